@@ -1,0 +1,29 @@
+//! Turns what `nginx-sys` learned about the nginx tree into `cfg`s, so code that
+//! depends on the nginx version or its features says so explicitly.
+use std::env;
+
+fn main() {
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_FEATURES_CHECK");
+    println!(
+        "cargo::rustc-check-cfg=cfg(ngx_feature, values({}))",
+        env::var("DEP_NGINX_FEATURES_CHECK").unwrap_or_else(|_| "any()".into())
+    );
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_FEATURES");
+    if let Ok(features) = env::var("DEP_NGINX_FEATURES") {
+        for feature in features.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            println!("cargo::rustc-cfg=ngx_feature=\"{feature}\"");
+        }
+    }
+
+    // Per-slot slab statistics (`ngx_slab_stat_t`) exist since nginx 1.11.7.
+    println!("cargo::rustc-check-cfg=cfg(ngx_slab_stats)");
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_VERSION_NUMBER");
+    if let Ok(version) = env::var("DEP_NGINX_VERSION_NUMBER") {
+        let version: u64 = version
+            .parse()
+            .expect("DEP_NGINX_VERSION_NUMBER is a number");
+        if version >= 1_011_007 {
+            println!("cargo::rustc-cfg=ngx_slab_stats");
+        }
+    }
+}

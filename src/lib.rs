@@ -1,0 +1,17 @@
+//! ngx-memory-status: an nginx module that answers, from inside a worker, where
+//! that worker's memory goes.
+//!
+//! `nginx/` is the thin `unsafe` layer: it registers the directive, serves the
+//! request and copies numbers out of nginx and the kernel into plain structs.
+//! Everything else is safe Rust over plain data, unit-tested without nginx.
+
+// The nginx layer is left out of test builds (its `#[used]` module static would
+// pull every nginx symbol into the test binary), so some items look unused there.
+#![cfg_attr(test, allow(dead_code))]
+
+mod panic_guard;
+mod procfs;
+mod report;
+
+#[cfg(not(test))]
+mod nginx;

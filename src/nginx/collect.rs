@@ -1,0 +1,45 @@
+//! Copies numbers out of nginx's globals and the kernel into the report's plain
+//! structs. No pointer into nginx outlives a call.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ngx::ffi::{
+    ngx_pid, ngx_process, ngx_worker, NGINX_VERSION, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
+};
+
+use crate::report::{self, NginxInfo, Report, Role, SCHEMA_VERSION};
+
+pub fn report() -> Report {
+    let mut errors = Vec::new();
+    let process = report::process_memory(std::fs::read_to_string("/proc/self/status"), &mut errors);
+    Report {
+        schema: SCHEMA_VERSION,
+        nginx: nginx_info(),
+        collected_at_ms: now_ms(),
+        process,
+        errors,
+    }
+}
+
+fn nginx_info() -> NginxInfo {
+    // SAFETY: plain integers nginx sets once when the process starts.
+    let (pid, worker, process) = unsafe { (ngx_pid, ngx_worker, ngx_process) };
+    let role = match process as u32 {
+        NGX_PROCESS_WORKER => Role::Worker,
+        NGX_PROCESS_SINGLE => Role::Single,
+        _ => Role::Other,
+    };
+    NginxInfo {
+        version: NGINX_VERSION.to_string_lossy().into_owned(),
+        module_version: env!("CARGO_PKG_VERSION"),
+        pid: pid as u32,
+        worker: worker as u64,
+        role,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

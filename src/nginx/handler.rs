@@ -1,0 +1,106 @@
+//! The content handler: GET/HEAD only, body discarded, JSON out; in the manner
+//! of nginx's own `stub_status`.
+
+use std::ptr;
+
+use ngx::ffi::{
+    add_to_ngx_table, ngx_alloc_chain_link, ngx_chain_t, ngx_create_temp_buf,
+    ngx_http_discard_request_body, ngx_http_output_filter, ngx_http_request_t,
+    ngx_http_send_header, ngx_int_t, ngx_list_push, ngx_table_elt_t, ngx_uint_t, NGX_ERROR,
+    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK,
+    NGX_LOG_ALERT, NGX_OK,
+};
+use ngx::ngx_log_error;
+
+use super::collect;
+use crate::panic_guard::run_guarded;
+
+const JSON: &[u8] = b"application/json";
+
+pub extern "C" fn memory_status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls a content handler with a valid request it owns for the call.
+    let r = unsafe { &mut *r };
+    match run_guarded(|| serve(r)) {
+        Ok(rc) => rc,
+        Err(message) => {
+            // SAFETY: a request always has a connection with a log.
+            let log = unsafe { (*r.connection).log };
+            ngx_log_error!(NGX_LOG_ALERT, log, "memory_status: panic: {message}");
+            NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+        }
+    }
+}
+
+fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
+    if r.method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t == 0 {
+        if push_header(r, b"Allow", b"GET, HEAD").is_none() {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+        return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
+    }
+
+    // SAFETY: valid request; nginx reads and drops the body.
+    let rc = unsafe { ngx_http_discard_request_body(r) };
+    if rc != NGX_OK as ngx_int_t {
+        return rc;
+    }
+
+    let body = collect::report().to_json();
+    send(r, NGX_HTTP_OK as usize, JSON, &body)
+}
+
+/// Sends a complete response: status, content type, `Cache-Control: no-store`,
+/// length, and the body unless this is a HEAD.
+fn send(
+    r: &mut ngx_http_request_t,
+    status: usize,
+    content_type: &'static [u8],
+    body: &[u8],
+) -> ngx_int_t {
+    if push_header(r, b"Cache-Control", b"no-store").is_none() {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
+    r.headers_out.status = status as ngx_uint_t;
+    r.headers_out.content_type.len = content_type.len();
+    r.headers_out.content_type.data = content_type.as_ptr().cast_mut();
+    r.headers_out.content_type_len = content_type.len();
+    r.headers_out.content_length_n = body.len() as _;
+
+    // SAFETY: valid request, headers set above.
+    let rc = unsafe { ngx_http_send_header(r) };
+    if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || r.header_only() != 0 {
+        return rc;
+    }
+
+    // SAFETY: buffers come from the request's pool and live as long as it does;
+    // the copy stays within the `body.len()` bytes just allocated.
+    unsafe {
+        let b = ngx_create_temp_buf(r.pool, body.len().max(1));
+        let out: *mut ngx_chain_t = ngx_alloc_chain_link(r.pool);
+        if b.is_null() || out.is_null() {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+        ptr::copy_nonoverlapping(body.as_ptr(), (*b).last, body.len());
+        (*b).last = (*b).last.add(body.len());
+        let is_main = ptr::eq(r, r.main);
+        (*b).set_last_buf(is_main as u32);
+        (*b).set_last_in_chain(1);
+        (*out).buf = b;
+        (*out).next = ptr::null_mut();
+        ngx_http_output_filter(r, out)
+    }
+}
+
+/// Adds a response header. `None` when the pool is out of memory.
+fn push_header(r: &mut ngx_http_request_t, key: &[u8], value: &[u8]) -> Option<()> {
+    // SAFETY: the headers list belongs to the request; the new element is zeroed
+    // first so fields newer nginx versions add (`next`) start out empty.
+    unsafe {
+        let h: *mut ngx_table_elt_t = ngx_list_push(&mut r.headers_out.headers).cast();
+        if h.is_null() {
+            return None;
+        }
+        ptr::write_bytes(h, 0, 1);
+        add_to_ngx_table(h, r.pool, key, value)
+    }
+}

@@ -1,0 +1,146 @@
+//! Parsers for the kernel's `/proc` files. Pure functions over text, so they are
+//! unit-tested on captured samples without nginx. One parser per source.
+
+/// Process-wide counters from `/proc/PID/status`. The kernel keeps these as
+/// counters, so reading them costs no page-table walk. `None`: absent or malformed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ProcStatus {
+    pub virtual_bytes: Option<u64>,
+    pub resident_bytes: Option<u64>,
+    pub resident_anon_bytes: Option<u64>,
+    pub resident_file_bytes: Option<u64>,
+    pub resident_shmem_bytes: Option<u64>,
+    pub swap_bytes: Option<u64>,
+    pub peak_virtual_bytes: Option<u64>,
+    pub peak_resident_bytes: Option<u64>,
+    pub threads: Option<u64>,
+}
+
+/// How a `/proc/PID/status` value is written.
+#[derive(Clone, Copy)]
+enum StatusUnit {
+    Kib,
+    Count,
+}
+
+/// The status keys we read, their unit, and where each goes.
+const STATUS_FIELDS: &[(&str, StatusUnit, fn(&mut ProcStatus) -> &mut Option<u64>)] = &[
+    ("VmSize", StatusUnit::Kib, |s| &mut s.virtual_bytes),
+    ("VmRSS", StatusUnit::Kib, |s| &mut s.resident_bytes),
+    ("RssAnon", StatusUnit::Kib, |s| &mut s.resident_anon_bytes),
+    ("RssFile", StatusUnit::Kib, |s| &mut s.resident_file_bytes),
+    ("RssShmem", StatusUnit::Kib, |s| &mut s.resident_shmem_bytes),
+    ("VmSwap", StatusUnit::Kib, |s| &mut s.swap_bytes),
+    ("VmPeak", StatusUnit::Kib, |s| &mut s.peak_virtual_bytes),
+    ("VmHWM", StatusUnit::Kib, |s| &mut s.peak_resident_bytes),
+    ("Threads", StatusUnit::Count, |s| &mut s.threads),
+];
+
+impl ProcStatus {
+    /// Parses the text of `/proc/PID/status`. Returns the counters found and the
+    /// names of the keys that were missing or malformed (those stay `None`).
+    pub fn parse(text: &str) -> (ProcStatus, Vec<&'static str>) {
+        let mut status = ProcStatus::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let Some((_, unit, field)) = STATUS_FIELDS.iter().find(|(k, _, _)| *k == key) else {
+                continue;
+            };
+            *field(&mut status) = parse_status_value(value, *unit);
+        }
+        let mut unreadable = Vec::new();
+        for (key, _, field) in STATUS_FIELDS {
+            if field(&mut status).is_none() {
+                unreadable.push(*key);
+            }
+        }
+        (status, unreadable)
+    }
+}
+
+fn parse_status_value(value: &str, unit: StatusUnit) -> Option<u64> {
+    let mut words = value.split_whitespace();
+    let number: u64 = words.next()?.parse().ok()?;
+    match (unit, words.next(), words.next()) {
+        (StatusUnit::Kib, Some("kB"), None) => number.checked_mul(1024),
+        (StatusUnit::Count, None, None) => Some(number),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WORKER_SAMPLE: &str = include_str!("../testdata/proc_status_nginx_worker.txt");
+
+    #[test]
+    fn parses_a_real_worker_status() {
+        let (status, unreadable) = ProcStatus::parse(WORKER_SAMPLE);
+        assert!(unreadable.is_empty(), "{unreadable:?}");
+        assert_eq!(status.virtual_bytes, Some(11_984 * 1024));
+        assert_eq!(status.resident_bytes, Some(4_384 * 1024));
+        assert_eq!(status.resident_anon_bytes, Some(1_044 * 1024));
+        assert_eq!(status.resident_file_bytes, Some(3_336 * 1024));
+        assert_eq!(status.resident_shmem_bytes, Some(4 * 1024));
+        assert_eq!(status.swap_bytes, Some(0));
+        assert_eq!(status.peak_virtual_bytes, Some(12_020 * 1024));
+        assert_eq!(status.peak_resident_bytes, Some(4_384 * 1024));
+        assert_eq!(status.threads, Some(1));
+    }
+
+    #[test]
+    fn anon_file_and_shmem_add_up_to_rss_in_the_sample() {
+        let (s, _) = ProcStatus::parse(WORKER_SAMPLE);
+        let parts = s.resident_anon_bytes.unwrap()
+            + s.resident_file_bytes.unwrap()
+            + s.resident_shmem_bytes.unwrap();
+        assert_eq!(parts, s.resident_bytes.unwrap());
+    }
+
+    #[test]
+    fn empty_input_reads_nothing_and_names_every_key() {
+        let (status, unreadable) = ProcStatus::parse("");
+        assert_eq!(status, ProcStatus::default());
+        assert_eq!(unreadable.len(), STATUS_FIELDS.len());
+    }
+
+    #[test]
+    fn truncated_input_keeps_what_was_whole() {
+        // Cut in the middle of the VmRSS line: VmSize survives, VmRSS and later do not.
+        let cut = WORKER_SAMPLE.find("VmRSS:").unwrap() + "VmRSS:\t  ".len();
+        let (status, unreadable) = ProcStatus::parse(&WORKER_SAMPLE[..cut]);
+        assert_eq!(status.virtual_bytes, Some(11_984 * 1024));
+        assert_eq!(status.resident_bytes, None);
+        assert!(unreadable.contains(&"VmRSS"));
+        assert!(unreadable.contains(&"Threads"));
+        assert!(!unreadable.contains(&"VmSize"));
+    }
+
+    #[test]
+    fn garbage_values_are_rejected_not_misread() {
+        let text =
+            "VmSize:\tlots kB\nVmRSS:\t12 MB\nVmSwap:\t-1 kB\nThreads:\t2 kB\nVmHWM: 5 kB extra\n\
+                    RssAnon:\t99999999999999999999999 kB\n";
+        let (status, unreadable) = ProcStatus::parse(text);
+        assert_eq!(status, ProcStatus::default());
+        for key in ["VmSize", "VmRSS", "VmSwap", "Threads", "VmHWM", "RssAnon"] {
+            assert!(unreadable.contains(&key), "{key}");
+        }
+    }
+
+    #[test]
+    fn binary_garbage_does_not_panic() {
+        let junk: String = (0u8..=255).map(|b| b as char).cycle().take(4096).collect();
+        let (_, unreadable) = ProcStatus::parse(&junk);
+        assert_eq!(unreadable.len(), STATUS_FIELDS.len());
+    }
+
+    #[test]
+    fn overflowing_kib_is_rejected() {
+        let (status, _) = ProcStatus::parse("VmSize:\t18446744073709551615 kB\n");
+        assert_eq!(status.virtual_bytes, None);
+    }
+}

@@ -1,0 +1,196 @@
+//! The answer's model: plain data copied out of nginx and the kernel, and its
+//! JSON form. Nothing here touches nginx, so it is unit-tested on its own.
+
+use serde::Serialize;
+
+use crate::procfs::ProcStatus;
+
+/// Version of the JSON shape. Raised only when a field changes meaning or goes away;
+/// new fields do not raise it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    pub nginx: NginxInfo,
+    pub collected_at_ms: u64,
+    pub process: ProcessMemory,
+    pub errors: Vec<SourceError>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NginxInfo {
+    pub version: String,
+    pub module_version: &'static str,
+    pub pid: u32,
+    pub worker: u64,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A worker process under a master.
+    Worker,
+    /// `master_process off`: one process serves everything.
+    Single,
+    /// Any other process type (not expected to serve requests).
+    Other,
+}
+
+/// Whole-process figures from `/proc/self/status`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessMemory {
+    pub virtual_bytes: Option<u64>,
+    pub resident_bytes: Option<u64>,
+    pub resident_anon_bytes: Option<u64>,
+    pub resident_file_bytes: Option<u64>,
+    pub resident_shmem_bytes: Option<u64>,
+    pub swap_bytes: Option<u64>,
+    pub peak_virtual_bytes: Option<u64>,
+    pub peak_resident_bytes: Option<u64>,
+    pub threads: Option<u64>,
+}
+
+impl From<ProcStatus> for ProcessMemory {
+    fn from(s: ProcStatus) -> Self {
+        ProcessMemory {
+            virtual_bytes: s.virtual_bytes,
+            resident_bytes: s.resident_bytes,
+            resident_anon_bytes: s.resident_anon_bytes,
+            resident_file_bytes: s.resident_file_bytes,
+            resident_shmem_bytes: s.resident_shmem_bytes,
+            swap_bytes: s.swap_bytes,
+            peak_virtual_bytes: s.peak_virtual_bytes,
+            peak_resident_bytes: s.peak_resident_bytes,
+            threads: s.threads,
+        }
+    }
+}
+
+/// A source that could not be read, and why. Its fields in the answer are `null`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceError {
+    pub source: String,
+    pub error: String,
+}
+
+impl SourceError {
+    pub fn new(source: impl Into<String>, error: impl Into<String>) -> Self {
+        SourceError {
+            source: source.into(),
+            error: error.into(),
+        }
+    }
+}
+
+/// Reads the process section from the text of `/proc/self/status` (or the error
+/// met reading it), noting in `errors` whatever could not be had.
+pub fn process_memory(
+    status_text: std::io::Result<String>,
+    errors: &mut Vec<SourceError>,
+) -> ProcessMemory {
+    const SOURCE: &str = "/proc/self/status";
+    match status_text {
+        Ok(text) => {
+            let (status, unreadable) = ProcStatus::parse(&text);
+            if !unreadable.is_empty() {
+                errors.push(SourceError::new(
+                    SOURCE,
+                    format!("missing or malformed: {}", unreadable.join(", ")),
+                ));
+            }
+            status.into()
+        }
+        Err(err) => {
+            errors.push(SourceError::new(SOURCE, err.to_string()));
+            ProcessMemory::default()
+        }
+    }
+}
+
+impl Report {
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain structs of numbers and strings into a Vec cannot fail.
+        let mut body = serde_json::to_vec_pretty(self).expect("report serializes");
+        body.push(b'\n');
+        body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn sample_report(process: ProcessMemory, errors: Vec<SourceError>) -> Report {
+        Report {
+            schema: SCHEMA_VERSION,
+            nginx: NginxInfo {
+                version: "1.22.1".into(),
+                module_version: "0.1.0",
+                pid: 4242,
+                worker: 1,
+                role: Role::Worker,
+            },
+            collected_at_ms: 1_700_000_000_000,
+            process,
+            errors,
+        }
+    }
+
+    #[test]
+    fn json_has_every_field_with_its_type() {
+        let mut errors = Vec::new();
+        let status = include_str!("../testdata/proc_status_nginx_worker.txt");
+        let process = process_memory(Ok(status.to_string()), &mut errors);
+        assert!(errors.is_empty());
+        let v: Value = serde_json::from_slice(&sample_report(process, errors).to_json()).unwrap();
+        assert_eq!(v["schema"], 1);
+        assert_eq!(v["nginx"]["version"], "1.22.1");
+        assert_eq!(v["nginx"]["pid"], 4242);
+        assert_eq!(v["nginx"]["worker"], 1);
+        assert_eq!(v["nginx"]["role"], "worker");
+        assert!(v["collected_at_ms"].is_u64());
+        for key in [
+            "virtual_bytes",
+            "resident_bytes",
+            "resident_anon_bytes",
+            "resident_file_bytes",
+            "resident_shmem_bytes",
+            "swap_bytes",
+            "peak_virtual_bytes",
+            "peak_resident_bytes",
+            "threads",
+        ] {
+            assert!(v["process"][key].is_u64(), "{key}");
+        }
+        assert_eq!(v["errors"], Value::Array(vec![]));
+    }
+
+    #[test]
+    fn unreadable_status_gives_nulls_and_one_error() {
+        let mut errors = Vec::new();
+        let err = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let process = process_memory(Err(err), &mut errors);
+        let v: Value = serde_json::from_slice(&sample_report(process, errors).to_json()).unwrap();
+        assert!(v["process"]["resident_bytes"].is_null());
+        assert!(v["process"]["threads"].is_null());
+        assert_eq!(v["errors"][0]["source"], "/proc/self/status");
+        assert!(v["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("ermission"));
+    }
+
+    #[test]
+    fn a_missing_key_is_null_and_named() {
+        let mut errors = Vec::new();
+        let process = process_memory(Ok("VmRSS:\t100 kB\n".into()), &mut errors);
+        assert_eq!(process.resident_bytes, Some(102_400));
+        assert_eq!(process.swap_bytes, None);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].error.contains("VmSwap"));
+        assert!(!errors[0].error.contains("VmRSS"));
+    }
+}
