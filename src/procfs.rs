@@ -23,8 +23,11 @@ enum StatusUnit {
     Count,
 }
 
+/// Where a status key's value goes.
+type StatusSlot = fn(&mut ProcStatus) -> &mut Option<u64>;
+
 /// The status keys we read, their unit, and where each goes.
-const STATUS_FIELDS: &[(&str, StatusUnit, fn(&mut ProcStatus) -> &mut Option<u64>)] = &[
+const STATUS_FIELDS: &[(&str, StatusUnit, StatusSlot)] = &[
     ("VmSize", StatusUnit::Kib, |s| &mut s.virtual_bytes),
     ("VmRSS", StatusUnit::Kib, |s| &mut s.resident_bytes),
     ("RssAnon", StatusUnit::Kib, |s| &mut s.resident_anon_bytes),

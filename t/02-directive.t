@@ -1,0 +1,88 @@
+#!/usr/bin/perl
+
+# Every wrong use of the directive fails `nginx -t` with an [emerg] naming the
+# directive, the file and the line.
+
+use warnings;
+use strict;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use NginxTest;
+
+sub conf {
+    my ($http_extra, $server_extra, $location_body) = @_;
+    return <<"EOF";
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+events { }
+http {
+    %%TEST_GLOBALS_HTTP%%
+$http_extra
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+$server_extra
+        location = /memory_status {
+$location_body
+        }
+    }
+}
+EOF
+}
+
+# Line numbers count in the expanded file: placeholders expand to several lines.
+sub line_of {
+    my ($t, $needle, $nth) = @_;
+    my @lines = split /\n/, NginxTest::read_file_text($t->prefix . '/nginx.conf');
+    my $seen = 0;
+    for my $i (0 .. $#lines) {
+        return $i + 1 if $lines[$i] =~ $needle && ++$seen == ($nth // 1);
+    }
+    die "no line matching $needle";
+}
+
+my @cases = (
+    ['argument', conf('', '', '            memory_status on;'),
+        'invalid number of arguments in "memory_status" directive', qr/memory_status on;/],
+    ['in server', conf('', '        memory_status;', '            memory_status;'),
+        '"memory_status" directive is not allowed here', qr/^        memory_status;/],
+    ['in http', conf('    memory_status;', '', '            memory_status;'),
+        '"memory_status" directive is not allowed here', qr/^    memory_status;/],
+    ['twice', conf('', '', "            memory_status;\n            memory_status;"),
+        '"memory_status" directive is duplicate', qr/memory_status;/, 2],
+    ['in main', conf('', '', '            memory_status;') =~ s{^(%%LOAD_MODULE%%\n)}{$1memory_status;\n}r,
+        '"memory_status" directive is not allowed here', qr/^memory_status;/],
+);
+
+for my $case (@cases) {
+    my ($name, $conf, $message, $line_re, $nth) = @$case;
+    my $t = NginxTest->new;
+    $t->write_file_expand('nginx.conf', $conf);
+    my ($ok, $out) = $t->try_run;
+    ok(!$ok, "$name: nginx -t fails");
+    my $line = line_of($t, $line_re, $nth);
+    like($out, qr/\[emerg\] \Q$message\E in \Q${\ $t->prefix}\E\/+nginx\.conf:$line\b/,
+        "$name: [emerg] names directive, file and line $line") or diag $out;
+}
+
+# Without the module loaded the directive is unknown, as nginx says.
+{
+    my $t = NginxTest->new;
+    (my $conf = conf('', '', '            memory_status;')) =~ s/%%LOAD_MODULE%%//;
+    $t->write_file_expand('nginx.conf', $conf);
+    my ($ok, $out) = $t->try_run;
+    ok(!$ok, 'not loaded: nginx -t fails');
+    like($out, qr/unknown directive "memory_status"/, 'not loaded: unknown directive');
+}
+
+# The right use passes.
+{
+    my $t = NginxTest->new;
+    $t->write_file_expand('nginx.conf', conf('', '', '            memory_status;'));
+    my ($ok, $out) = $t->try_run;
+    ok($ok, 'correct use: nginx -t passes') or diag $out;
+}
+
+done_testing();

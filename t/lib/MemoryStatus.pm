@@ -1,0 +1,49 @@
+package MemoryStatus;
+
+# Checks of the JSON answer shared by the test files.
+
+use warnings;
+use strict;
+
+use B ();
+use Exporter 'import';
+use Test::More;
+
+our @EXPORT_OK = qw(is_uint is_uint_or_null check_base_shape);
+
+# A JSON number that is a non-negative integer (not a string that looks like one).
+sub is_uint {
+    my ($v) = @_;
+    return 0 unless defined $v && !ref $v;
+    my $flags = B::svref_2object(\$v)->FLAGS;
+    return 0 if $flags & B::SVp_POK;
+    return ($flags & (B::SVp_IOK | B::SVp_NOK)) && $v =~ /^\d+$/ ? 1 : 0;
+}
+
+sub is_uint_or_null { !defined $_[0] || is_uint($_[0]) }
+
+our @PROCESS_FIELDS = qw(virtual_bytes resident_bytes resident_anon_bytes
+    resident_file_bytes resident_shmem_bytes swap_bytes peak_virtual_bytes
+    peak_resident_bytes threads);
+
+# Every field of the foundation's JSON is present and of its type.
+sub check_base_shape {
+    my ($j, $name) = @_;
+    is($j->{schema}, 1, "$name: schema 1");
+    is($j->{nginx}{version}, '1.22.1', "$name: nginx version");
+    like($j->{nginx}{module_version}, qr/^\d+\.\d+\.\d+/, "$name: module_version");
+    ok(is_uint($j->{nginx}{pid}), "$name: pid is an integer");
+    ok(is_uint($j->{nginx}{worker}), "$name: worker is an integer");
+    like($j->{nginx}{role}, qr/^(worker|single)$/, "$name: role");
+    ok(is_uint($j->{collected_at_ms}), "$name: collected_at_ms is an integer");
+    my $now_ms = int(Time::HiRes::time() * 1000);
+    ok(abs($now_ms - $j->{collected_at_ms}) < 60_000, "$name: collected_at_ms is now");
+    for my $f (@PROCESS_FIELDS) {
+        ok(exists $j->{process}{$f} && is_uint($j->{process}{$f}), "$name: process.$f is an integer");
+    }
+    is(ref $j->{errors}, 'ARRAY', "$name: errors is an array");
+    is(scalar @{ $j->{errors} }, 0, "$name: no source errors")
+        or diag explain $j->{errors};
+}
+
+1;

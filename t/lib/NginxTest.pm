@@ -1,0 +1,263 @@
+package NginxTest;
+
+# A small harness in the manner of nginx-tests' Test::Nginx, on core Perl only
+# (Test::Nginx cannot be installed here): a temp prefix per test file, free
+# loopback ports, %%PLACEHOLDERS%% in configs, run/stop/reload, try_run for
+# configs that must fail, and an error.log check at the end of every file.
+
+use warnings;
+use strict;
+
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use File::Path qw(make_path);
+use File::Temp qw(tempdir);
+use HTTP::Tiny;
+use IO::Socket::INET;
+use JSON::PP;
+use POSIX qw(WNOHANG);
+use Test::More;
+use Time::HiRes qw(sleep time);
+
+use Exporter 'import';
+our @EXPORT_OK = qw(proc_status_bytes read_file_text);
+
+our $ROOT = abs_path(dirname(__FILE__) . '/../..');
+our $NGINX = $ENV{TEST_NGINX_BINARY} // '/usr/sbin/nginx';
+our $MODULE = $ENV{TEST_NGINX_MODULE}
+    // "$ROOT/target/release/libngx_http_memory_status_module.so";
+our $MODULES_DIR = '/usr/lib/nginx/modules';
+
+sub new {
+    my ($class) = @_;
+    my $dir = tempdir('nginx-memory-status-XXXXXX', TMPDIR => 1,
+        CLEANUP => !$ENV{TEST_NGINX_LEAVE});
+    # Workers run as nobody when the tests run as root: let them in.
+    chmod 0755, $dir;
+    my $self = bless { prefix => $dir, ports => {} }, $class;
+    die "module not built: $MODULE\n" unless -f $MODULE;
+    return $self;
+}
+
+sub prefix { $_[0]{prefix} }
+
+sub has_lua { -f "$MODULES_DIR/ngx_http_lua_module.so" }
+
+# A loopback port nobody listens on, the same one for the same index.
+sub port {
+    my ($self, $n) = @_;
+    return $self->{ports}{$n} //= do {
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+            Listen => 1, ReuseAddr => 1) or die "no free port: $!";
+        my $p = $s->sockport;
+        close $s;
+        $p;
+    };
+}
+
+sub expand {
+    my ($self, $text) = @_;
+    my $p = $self->{prefix};
+    my %subst = (
+        TEST_GLOBALS => "pid $p/nginx.pid;\nerror_log $p/error.log notice;",
+        TEST_GLOBALS_HTTP => join("\n",
+            'access_log off;',
+            map({ "${_}_temp_path $p/${_}_temp;" }
+                qw(client_body proxy fastcgi uwsgi scgi))),
+        LOAD_MODULE => "load_module $MODULE;",
+        LOAD_LUA => "load_module $MODULES_DIR/ndk_http_module.so;\n"
+            . "load_module $MODULES_DIR/ngx_http_lua_module.so;",
+        LOAD_STREAM => "load_module $MODULES_DIR/ngx_stream_module.so;",
+        PREFIX => $p,
+    );
+    $text =~ s/%%PORT_(\d+)%%/$self->port($1)/ge;
+    $text =~ s/%%([A-Z_]+)%%/exists $subst{$1} ? $subst{$1} : die "unknown placeholder %%$1%%\n"/ge;
+    return $text;
+}
+
+sub write_file {
+    my ($self, $name, $content) = @_;
+    my $path = "$self->{prefix}/$name";
+    make_path(dirname($path));
+    open my $fh, '>', $path or die "write $path: $!";
+    print $fh $content;
+    close $fh;
+    return $self;
+}
+
+sub write_file_expand {
+    my ($self, $name, $content) = @_;
+    return $self->write_file($name, $self->expand($content));
+}
+
+sub nginx_cmd {
+    my ($self, @extra) = @_;
+    my $p = $self->{prefix};
+    return ($NGINX, '-p', "$p/", '-c', "$p/nginx.conf", '-e', "$p/error.log", @extra);
+}
+
+# Checks the configuration without starting: (ok, output of nginx -t).
+sub try_run {
+    my ($self) = @_;
+    my @cmd = $self->nginx_cmd('-t');
+    my $out = qx{@cmd 2>&1};
+    return ($? == 0, $out);
+}
+
+# Starts nginx (daemonized) and waits for its processes and ports.
+# single => 1: master_process off, so there are no workers to wait for.
+sub run {
+    my ($self, %opt) = @_;
+    my @cmd = $self->nginx_cmd();
+    my $out = qx{@cmd 2>&1};
+    die "nginx failed to start:\n$out\n" . $self->error_log_tail if $?;
+    $self->{running} = 1;
+    $self->wait_for(sub {
+        my @w = $self->worker_pids;
+        $self->master_pid && ($opt{single} || @w);
+    }, 'nginx processes');
+    $self->wait_for_ports;
+    return $self;
+}
+
+sub master_pid {
+    my ($self) = @_;
+    my $pid = read_file_text($self->{pid_file} // "$self->{prefix}/nginx.pid") // return;
+    chomp $pid;
+    return ($pid =~ /^\d+$/ && kill(0, $pid)) ? $pid : undef;
+}
+
+# Worker processes of the running master (children that are nginx workers).
+sub worker_pids {
+    my ($self) = @_;
+    my $master = $self->master_pid or return;
+    my @pids;
+    for my $dir (glob '/proc/[0-9]*') {
+        my $stat = read_file_text("$dir/stat") // next;
+        my ($pid, $ppid) = $stat =~ /^(\d+) \(.*\) \S (\d+)/ or next;
+        next unless $ppid == $master;
+        my $cmd = read_file_text("$dir/cmdline") // next;
+        push @pids, $pid if $cmd =~ /^nginx: worker process/;
+    }
+    return sort { $a <=> $b } @pids;
+}
+
+sub wait_for_ports {
+    my ($self) = @_;
+    for my $port (values %{ $self->{ports} }) {
+        $self->wait_for(sub {
+            IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 1)
+        }, "port $port");
+    }
+}
+
+sub wait_for {
+    my ($self, $cond, $what) = @_;
+    my $deadline = time + 10;
+    while (time < $deadline) {
+        return 1 if $cond->();
+        sleep 0.05;
+    }
+    die "timed out waiting for $what\n" . $self->error_log_tail;
+}
+
+# Sends HUP and waits until every old worker is gone and new ones are up.
+sub reload {
+    my ($self) = @_;
+    my %old = map { $_ => 1 } $self->worker_pids;
+    kill 'HUP', $self->master_pid;
+    $self->wait_for(sub {
+        my @now = $self->worker_pids;
+        @now && !grep { $old{$_} } @now;
+    }, 'new workers after reload');
+    return $self;
+}
+
+sub stop {
+    my ($self) = @_;
+    return $self unless $self->{running};
+    my $master = $self->master_pid;
+    if ($master) {
+        kill 'QUIT', $master;
+        my $deadline = time + 10;
+        sleep 0.05 while kill(0, $master) && time < $deadline;
+        kill 'KILL', $master if kill 0, $master;
+    }
+    $self->{running} = 0;
+    return $self;
+}
+
+sub error_log { read_file_text($_[0]{error_log} // "$_[0]{prefix}/error.log") // '' }
+
+sub error_log_tail {
+    my @lines = split /\n/, $_[0]->error_log;
+    return join("\n", @lines > 30 ? @lines[-30 .. -1] : @lines) . "\n";
+}
+
+# Ends a test file: stop nginx, and no [alert] or worse may be in error.log.
+sub done {
+    my ($self) = @_;
+    $self->done_file;
+    done_testing();
+}
+
+# The same for one of several nginx instances in a file.
+sub done_file {
+    my ($self) = @_;
+    $self->stop;
+    my @bad = grep { /\[(alert|crit|emerg)\]/ } split /\n/, $self->error_log;
+    is(scalar @bad, 0, 'no [alert], [crit] or [emerg] in error.log')
+        or diag(join "\n", @bad);
+}
+
+sub DESTROY { $_[0]->stop }
+
+# --- HTTP -------------------------------------------------------------------
+
+sub http {
+    my ($self, $method, $port, $path, %opt) = @_;
+    my $ua = HTTP::Tiny->new(timeout => 10, keep_alive => 0);
+    return $ua->request($method, "http://127.0.0.1:$port$path", \%opt);
+}
+
+# Sends a request as given and returns everything the server wrote until it closed.
+sub raw_http {
+    my ($self, $port, $request) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10)
+        or die "connect $port: $!";
+    print $s $request;
+    local $/;
+    my $reply = <$s>;
+    return $reply // '';
+}
+
+sub get { my ($self, $port, $path) = @_; $self->http('GET', $port, $path) }
+
+# GET a path and decode its JSON body; dies with the response if it is not JSON.
+sub get_json {
+    my ($self, $port, $path) = @_;
+    my $res = $self->get($port, $path);
+    my $json = eval { decode_json($res->{content}) };
+    die "not JSON ($res->{status}): $res->{content}\n" unless $json;
+    return ($json, $res);
+}
+
+# --- /proc helpers ----------------------------------------------------------
+
+sub read_file_text {
+    my ($path) = @_;
+    open my $fh, '<', $path or return undef;
+    local $/;
+    my $text = <$fh>;
+    return $text;
+}
+
+# A /proc/PID/status value in bytes (kB fields) or as a count.
+sub proc_status_bytes {
+    my ($pid, $key) = @_;
+    my $text = read_file_text("/proc/$pid/status") // return undef;
+    my ($n, $unit) = $text =~ /^\Q$key\E:\s+(\d+)(?:\s+(kB))?$/m or return undef;
+    return $unit ? $n * 1024 : $n;
+}
+
+1;
