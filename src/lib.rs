@@ -11,7 +11,9 @@
 
 mod panic_guard;
 mod procfs;
+mod query;
 mod report;
+mod zones;
 
 #[cfg(not(test))]
 mod nginx;

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::procfs::ProcStatus;
+use crate::zones::Zone;
 
 /// Version of the JSON shape. Raised only when a field changes meaning or goes away;
 /// new fields do not raise it.
@@ -15,7 +16,18 @@ pub struct Report {
     pub nginx: NginxInfo,
     pub collected_at_ms: u64,
     pub process: ProcessMemory,
+    pub zones: Vec<Zone>,
     pub errors: Vec<SourceError>,
+}
+
+/// The answer to `?zone=NAME`: the same envelope, with that zone alone.
+#[derive(Debug, Serialize)]
+pub struct ZoneReport<'a> {
+    pub schema: u32,
+    pub nginx: &'a NginxInfo,
+    pub collected_at_ms: u64,
+    pub zones: [&'a Zone; 1],
+    pub errors: Vec<&'a SourceError>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,11 +123,34 @@ pub fn process_memory(
 
 impl Report {
     pub fn to_json(&self) -> Vec<u8> {
-        // Serializing plain structs of numbers and strings into a Vec cannot fail.
-        let mut body = serde_json::to_vec_pretty(self).expect("report serializes");
-        body.push(b'\n');
-        body
+        to_json(self)
     }
+
+    /// The report narrowed to one zone, or `None` when no zone has that name.
+    pub fn zone_only(&self, name: &str) -> Option<ZoneReport<'_>> {
+        let zone = self.zones.iter().find(|z| z.name == name)?;
+        let source = format!("zone {name}");
+        Some(ZoneReport {
+            schema: self.schema,
+            nginx: &self.nginx,
+            collected_at_ms: self.collected_at_ms,
+            zones: [zone],
+            errors: self.errors.iter().filter(|e| e.source == source).collect(),
+        })
+    }
+}
+
+impl ZoneReport<'_> {
+    pub fn to_json(&self) -> Vec<u8> {
+        to_json(self)
+    }
+}
+
+fn to_json(value: &impl Serialize) -> Vec<u8> {
+    // Serializing plain structs of numbers and strings into a Vec cannot fail.
+    let mut body = serde_json::to_vec_pretty(value).expect("report serializes");
+    body.push(b'\n');
+    body
 }
 
 #[cfg(test)]
@@ -135,6 +170,7 @@ mod tests {
             },
             collected_at_ms: 1_700_000_000_000,
             process,
+            zones: Vec::new(),
             errors,
         }
     }
@@ -165,7 +201,36 @@ mod tests {
         ] {
             assert!(v["process"][key].is_u64(), "{key}");
         }
+        assert_eq!(v["zones"], Value::Array(vec![]));
         assert_eq!(v["errors"], Value::Array(vec![]));
+    }
+
+    #[test]
+    fn zone_only_keeps_that_zone_and_its_errors() {
+        use crate::zones::ZoneSample;
+        let sample = |name: &str| ZoneSample {
+            name: name.into(),
+            owner: None,
+            size_bytes: 8192,
+            page_size_bytes: 4096,
+            resident_pages: Err("no".into()),
+            slab: Err("no".into()),
+        };
+        let mut errors = Vec::new();
+        let zones = vec![
+            sample("a").to_zone(&mut errors),
+            sample("b").to_zone(&mut errors),
+        ];
+        let mut report = sample_report(ProcessMemory::default(), errors);
+        report.zones = zones;
+        let v: Value = serde_json::from_slice(&report.zone_only("b").unwrap().to_json()).unwrap();
+        assert_eq!(v["zones"].as_array().unwrap().len(), 1);
+        assert_eq!(v["zones"][0]["name"], "b");
+        assert!(v.get("process").is_none());
+        let errs = v["errors"].as_array().unwrap();
+        assert_eq!(errs.len(), 2);
+        assert!(errs.iter().all(|e| e["source"] == "zone b"));
+        assert!(report.zone_only("c").is_none());
     }
 
     #[test]

@@ -7,16 +7,28 @@ use ngx::ffi::{
     ngx_pid, ngx_process, ngx_worker, NGINX_VERSION, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 
-use crate::report::{self, NginxInfo, Report, Role, SCHEMA_VERSION};
+use super::zones::sample_zones;
+use crate::query::Query;
+use crate::report::{self, NginxInfo, ProcessMemory, Report, Role, SCHEMA_VERSION};
 
-pub fn report() -> Report {
+/// Collects what the query asks for: everything, or only the zones for `?zone=`.
+pub fn report(query: &Query) -> Report {
     let mut errors = Vec::new();
-    let process = report::process_memory(std::fs::read_to_string("/proc/self/status"), &mut errors);
+    let process = if query.zone.is_some() {
+        ProcessMemory::default()
+    } else {
+        report::process_memory(std::fs::read_to_string("/proc/self/status"), &mut errors)
+    };
+    let zones = sample_zones()
+        .iter()
+        .map(|z| z.to_zone(&mut errors))
+        .collect();
     Report {
         schema: SCHEMA_VERSION,
         nginx: nginx_info(),
         collected_at_ms: now_ms(),
         process,
+        zones,
         errors,
     }
 }

@@ -7,15 +7,17 @@ use ngx::ffi::{
     add_to_ngx_table, ngx_alloc_chain_link, ngx_chain_t, ngx_create_temp_buf,
     ngx_http_discard_request_body, ngx_http_output_filter, ngx_http_request_t,
     ngx_http_send_header, ngx_int_t, ngx_list_push, ngx_table_elt_t, ngx_uint_t, NGX_ERROR,
-    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK,
-    NGX_LOG_ALERT, NGX_OK,
+    NGX_HTTP_BAD_REQUEST, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_NOT_ALLOWED, NGX_HTTP_NOT_FOUND, NGX_HTTP_OK, NGX_LOG_ALERT, NGX_OK,
 };
 use ngx::ngx_log_error;
 
 use super::collect;
 use crate::panic_guard::run_guarded;
+use crate::query::Query;
 
 const JSON: &[u8] = b"application/json";
+const TEXT: &[u8] = b"text/plain";
 
 pub extern "C" fn memory_status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls a content handler with a valid request it owns for the call.
@@ -45,8 +47,28 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
         return rc;
     }
 
-    let body = collect::report().to_json();
+    let query = match Query::parse(r.args.as_bytes()) {
+        Ok(query) => query,
+        Err(err) => return send_reason(r, NGX_HTTP_BAD_REQUEST, &err.to_string()),
+    };
+
+    let report = collect::report(&query);
+    let body = match &query.zone {
+        None => report.to_json(),
+        Some(name) => match report.zone_only(name) {
+            Some(zone) => zone.to_json(),
+            None => {
+                return send_reason(r, NGX_HTTP_NOT_FOUND, &format!("no zone named \"{name}\""));
+            }
+        },
+    };
     send(r, NGX_HTTP_OK as usize, JSON, &body)
+}
+
+/// A 4xx answer with a one-line reason.
+fn send_reason(r: &mut ngx_http_request_t, status: u32, reason: &str) -> ngx_int_t {
+    let body = format!("memory_status: {reason}\n");
+    send(r, status as usize, TEXT, body.as_bytes())
 }
 
 /// Sends a complete response: status, content type, `Cache-Control: no-store`,

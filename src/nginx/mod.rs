@@ -3,6 +3,7 @@
 
 mod collect;
 mod handler;
+mod zones;
 
 use std::ffi::{c_char, c_void};
 use std::ptr::{addr_of, addr_of_mut};

@@ -1,0 +1,157 @@
+//! Copies every shared memory zone's figures out of nginx: the zone list of the
+//! running cycle, each zone's slab pool (under its mutex) and its residency.
+
+use std::ffi::{c_void, CStr};
+use std::ptr;
+
+use ngx::ffi::{
+    ngx_cycle, ngx_cycle_t, ngx_list_t, ngx_pagesize, ngx_pagesize_shift, ngx_shm_zone_t,
+    ngx_shmtx_lock, ngx_shmtx_t, ngx_shmtx_unlock, ngx_slab_page_t, ngx_slab_pool_t,
+};
+
+use crate::zones::{SlabSample, SlotSample, ZoneSample};
+
+pub fn sample_zones() -> Vec<ZoneSample> {
+    // SAFETY: in a worker the cycle and its zone list stay put while a request runs.
+    unsafe {
+        let cycle = &*ngx_cycle;
+        let page_size = ngx_pagesize as u64;
+        let mut zones = Vec::new();
+        for_each_in_list::<ngx_shm_zone_t>(&cycle.shared_memory, |zone| {
+            zones.push(sample_zone(cycle, zone, page_size));
+        });
+        zones
+    }
+}
+
+/// Calls `f` on every element of an `ngx_list_t` of `T`.
+unsafe fn for_each_in_list<T>(list: &ngx_list_t, mut f: impl FnMut(&T)) {
+    let mut part = &list.part;
+    loop {
+        let elts = part.elts as *const T;
+        for i in 0..part.nelts {
+            f(&*elts.add(i));
+        }
+        if part.next.is_null() {
+            break;
+        }
+        part = &*part.next;
+    }
+}
+
+unsafe fn sample_zone(cycle: &ngx_cycle_t, zone: &ngx_shm_zone_t, page_size: u64) -> ZoneSample {
+    let addr = zone.shm.addr;
+    let size = zone.shm.size;
+    ZoneSample {
+        name: String::from_utf8_lossy(zone.shm.name.as_bytes()).into_owned(),
+        owner: owner_name(cycle, zone.tag),
+        size_bytes: size as u64,
+        page_size_bytes: page_size,
+        resident_pages: resident_pages(addr.cast(), size, page_size as usize),
+        slab: if addr.is_null() {
+            Err("zone is not mapped".into())
+        } else {
+            sample_slab(addr.cast())
+        },
+    }
+}
+
+/// The module whose address is the zone's tag: that is how nginx marks a zone's
+/// owner, and it holds for dynamic modules too.
+unsafe fn owner_name(cycle: &ngx_cycle_t, tag: *mut c_void) -> Option<String> {
+    if tag.is_null() || cycle.modules.is_null() {
+        return None;
+    }
+    (0..cycle.modules_n)
+        .map(|i| *cycle.modules.add(i))
+        .find(|&m| ptr::eq(m.cast::<c_void>(), tag))
+        .filter(|m| !(**m).name.is_null())
+        .map(|m| CStr::from_ptr((*m).name).to_string_lossy().into_owned())
+}
+
+/// Pages of `[addr, addr + size)` resident in memory, by `mincore`: pages any
+/// process has touched, not only this one.
+pub unsafe fn resident_pages(
+    addr: *mut c_void,
+    size: usize,
+    page_size: usize,
+) -> Result<u64, String> {
+    if addr.is_null() || size == 0 || page_size == 0 {
+        return Ok(0);
+    }
+    let pages = size.div_ceil(page_size);
+    let mut vec = vec![0u8; pages];
+    if libc::mincore(addr, size, vec.as_mut_ptr()) != 0 {
+        return Err(format!("mincore: {}", std::io::Error::last_os_error()));
+    }
+    Ok(vec.iter().filter(|&&b| b & 1 != 0).count() as u64)
+}
+
+/// Holds a zone's slab mutex and releases it however the scope is left.
+struct ShmtxGuard(*mut ngx_shmtx_t);
+
+impl ShmtxGuard {
+    unsafe fn lock(mutex: *mut ngx_shmtx_t) -> Self {
+        ngx_shmtx_lock(mutex);
+        ShmtxGuard(mutex)
+    }
+}
+
+impl Drop for ShmtxGuard {
+    fn drop(&mut self) {
+        // SAFETY: locked in `lock` by this process.
+        unsafe { ngx_shmtx_unlock(self.0) }
+    }
+}
+
+/// Free runs walked at most; more than a zone of 2^20 pages (4 GiB) can hold
+/// means a corrupt list, and the walk must end anyway.
+const MAX_FREE_RUNS: u64 = 1 << 20;
+
+unsafe fn sample_slab(addr: *mut c_void) -> Result<SlabSample, String> {
+    let sp = addr.cast::<ngx_slab_pool_t>();
+    // nginx puts a slab pool at the start of every zone and records its address.
+    if (*sp).addr != addr {
+        return Err("no slab pool at the start of the zone".into());
+    }
+    let min_shift = (*sp).min_shift;
+    let slot_count = (ngx_pagesize_shift as usize).saturating_sub(min_shift);
+    // Allocate before taking the lock: the lock is shared by all workers.
+    let mut slots = Vec::with_capacity(slot_count);
+
+    let locked = ShmtxGuard::lock(ptr::addr_of_mut!((*sp).mutex));
+    let pages_total = (*sp).last.offset_from((*sp).pages).max(0) as u64;
+    let pages_free = (*sp).pfree as u64;
+    if !(*sp).stats.is_null() {
+        for i in 0..slot_count {
+            let st = &*(*sp).stats.add(i);
+            slots.push(SlotSample {
+                size_bytes: 1u64 << (min_shift + i),
+                total: st.total as u64,
+                used: st.used as u64,
+                reqs: st.reqs as u64,
+                fails: st.fails as u64,
+            });
+        }
+    }
+    let head: *mut ngx_slab_page_t = ptr::addr_of_mut!((*sp).free);
+    let (mut runs, mut largest) = (0u64, 0u64);
+    let mut page = (*sp).free.next;
+    while page != head && !page.is_null() && runs < MAX_FREE_RUNS {
+        runs += 1;
+        // The first page of a free run holds the run's length in pages.
+        largest = largest.max((*page).slab as u64);
+        page = (*page).next;
+    }
+    let truncated = page != head;
+    drop(locked);
+
+    Ok(SlabSample {
+        pages_total,
+        pages_free,
+        slots,
+        free_runs: runs,
+        largest_free_run_pages: largest,
+        free_runs_truncated: truncated,
+    })
+}

@@ -1,0 +1,146 @@
+//! The request's query string: which arguments the location takes, and a
+//! one-line reason for anything else (answered with 400).
+
+use std::fmt;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// `zone=NAME`: answer with this shared memory zone alone.
+    pub zone: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryError {
+    Unknown(String),
+    Repeated(&'static str),
+    Empty(&'static str),
+    BadEncoding(String),
+}
+
+impl fmt::Display for QueryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueryError::Unknown(name) => {
+                write!(
+                    f,
+                    "unknown argument \"{name}\" (supported: {})",
+                    ARGUMENTS.join(", ")
+                )
+            }
+            QueryError::Repeated(name) => write!(f, "argument \"{name}\" given more than once"),
+            QueryError::Empty(name) => write!(f, "argument \"{name}\" needs a value"),
+            QueryError::BadEncoding(part) => write!(f, "badly encoded argument \"{part}\""),
+        }
+    }
+}
+
+const ARGUMENTS: &[&str] = &["zone"];
+
+impl Query {
+    /// Parses `r->args` (the part after `?`, still percent-encoded).
+    pub fn parse(args: &[u8]) -> Result<Query, QueryError> {
+        let mut query = Query::default();
+        for part in args.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+            let (raw_name, raw_value) = match part.iter().position(|&b| b == b'=') {
+                Some(i) => (&part[..i], &part[i + 1..]),
+                None => (part, &part[part.len()..]),
+            };
+            let bad = || QueryError::BadEncoding(String::from_utf8_lossy(part).into_owned());
+            let name = percent_decode(raw_name).ok_or_else(bad)?;
+            let value = percent_decode(raw_value).ok_or_else(bad)?;
+            match name.as_str() {
+                "zone" => set_once(&mut query.zone, "zone", value)?,
+                _ => return Err(QueryError::Unknown(name)),
+            }
+        }
+        Ok(query)
+    }
+}
+
+fn set_once(
+    slot: &mut Option<String>,
+    name: &'static str,
+    value: String,
+) -> Result<(), QueryError> {
+    if slot.is_some() {
+        return Err(QueryError::Repeated(name));
+    }
+    if value.is_empty() {
+        return Err(QueryError::Empty(name));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// `%XX` and `+` decoding; `None` for a broken escape or text that is not UTF-8.
+fn percent_decode(raw: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'%' => {
+                let hex = raw.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_arguments() {
+        assert_eq!(Query::parse(b""), Ok(Query::default()));
+        assert_eq!(Query::parse(b"&&"), Ok(Query::default()));
+    }
+
+    #[test]
+    fn zone_is_decoded() {
+        assert_eq!(
+            Query::parse(b"zone=sessions").unwrap().zone.as_deref(),
+            Some("sessions")
+        );
+        assert_eq!(
+            Query::parse(b"zone=a%20b+c").unwrap().zone.as_deref(),
+            Some("a b c")
+        );
+    }
+
+    #[test]
+    fn bad_input_gets_a_reason() {
+        let err = Query::parse(b"zone=x&foo=1").unwrap_err();
+        assert_eq!(err, QueryError::Unknown("foo".into()));
+        assert!(err.to_string().contains("\"foo\""));
+        assert_eq!(
+            Query::parse(b"zone=a&zone=b"),
+            Err(QueryError::Repeated("zone"))
+        );
+        assert_eq!(Query::parse(b"zone="), Err(QueryError::Empty("zone")));
+        assert_eq!(Query::parse(b"zone"), Err(QueryError::Empty("zone")));
+        assert!(matches!(
+            Query::parse(b"zone=%zz"),
+            Err(QueryError::BadEncoding(_))
+        ));
+        assert!(matches!(
+            Query::parse(b"zone=%f"),
+            Err(QueryError::BadEncoding(_))
+        ));
+        assert!(matches!(
+            Query::parse(b"zone=%ff"),
+            Err(QueryError::BadEncoding(_))
+        ));
+    }
+}
