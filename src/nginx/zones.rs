@@ -115,7 +115,7 @@ unsafe fn sample_slab(addr: *mut c_void) -> Result<SlabSample, String> {
         return Err("no slab pool at the start of the zone".into());
     }
     let min_shift = (*sp).min_shift;
-    let slot_count = (ngx_pagesize_shift as usize).saturating_sub(min_shift);
+    let slot_count = ngx_pagesize_shift.saturating_sub(min_shift);
     // Allocate before taking the lock: the lock is shared by all workers.
     let mut slots = Vec::with_capacity(slot_count);
 
