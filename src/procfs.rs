@@ -73,6 +73,78 @@ fn parse_status_value(value: &str, unit: StatusUnit) -> Option<u64> {
     }
 }
 
+/// One line of `/proc/PID/maps`: a mapping of the address space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    /// `s`: shared; `p`: private (copy on write).
+    pub shared: bool,
+    pub offset: u64,
+    pub inode: u64,
+    /// The file, or a pseudo-name like `[heap]`, `[stack]`, `/dev/zero (deleted)`;
+    /// empty for anonymous memory.
+    pub path: String,
+}
+
+impl Mapping {
+    pub fn size_bytes(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Parses `/proc/PID/maps`. Malformed lines are skipped and counted.
+    pub fn parse_all(text: &str) -> (Vec<Mapping>, usize) {
+        let mut maps = Vec::new();
+        let mut malformed = 0;
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            match Mapping::parse_line(line) {
+                Some(m) => maps.push(m),
+                None => malformed += 1,
+            }
+        }
+        (maps, malformed)
+    }
+
+    fn parse_line(line: &str) -> Option<Mapping> {
+        // start-end perms offset dev inode [path]; the path may hold spaces.
+        let mut rest = line;
+        let mut field = || {
+            let trimmed = rest.trim_start();
+            let end = trimmed.find(' ').unwrap_or(trimmed.len());
+            let (f, r) = trimmed.split_at(end);
+            rest = r;
+            (!f.is_empty()).then_some(f)
+        };
+        let range = field()?;
+        let perms = field()?.as_bytes();
+        let offset = field()?;
+        let _dev = field()?;
+        let inode = field()?;
+        let path = rest.trim_start().to_string();
+
+        let (start, end) = range.split_once('-')?;
+        let start = u64::from_str_radix(start, 16).ok()?;
+        let end = u64::from_str_radix(end, 16).ok()?;
+        if end < start || perms.len() != 4 {
+            return None;
+        }
+        Some(Mapping {
+            start,
+            end,
+            read: perms[0] == b'r',
+            write: perms[1] == b'w',
+            exec: perms[2] == b'x',
+            shared: perms[3] == b's',
+            offset: u64::from_str_radix(offset, 16).ok()?,
+            inode: inode.parse().ok()?,
+            path,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +217,56 @@ mod tests {
     fn overflowing_kib_is_rejected() {
         let (status, _) = ProcStatus::parse("VmSize:\t18446744073709551615 kB\n");
         assert_eq!(status.virtual_bytes, None);
+    }
+
+    const MAPS_SAMPLE: &str = include_str!("../testdata/proc_maps_nginx_worker.txt");
+
+    #[test]
+    fn parses_a_real_worker_maps() {
+        let (maps, malformed) = Mapping::parse_all(MAPS_SAMPLE);
+        assert_eq!(malformed, 0);
+        assert!(maps.len() > 50);
+        let nginx_text = maps
+            .iter()
+            .find(|m| m.path == "/usr/sbin/nginx" && m.exec)
+            .expect("nginx text mapping");
+        assert!(nginx_text.read && !nginx_text.write && !nginx_text.shared);
+        assert!(nginx_text.size_bytes() > 0);
+        assert!(maps.iter().any(|m| m.path == "[stack]"));
+        assert!(maps.iter().any(|m| m.path == "/dev/zero (deleted)" && m.shared));
+        assert!(maps.iter().any(|m| m.path.is_empty() && m.write));
+    }
+
+    #[test]
+    fn maps_line_fields() {
+        let (maps, _) = Mapping::parse_all(
+            "7f0000001000-7f0000003000 r-xp 00002000 fe:00 247030                     /usr/lib/a b.so\n",
+        );
+        assert_eq!(
+            maps[0],
+            Mapping {
+                start: 0x7f00_0000_1000,
+                end: 0x7f00_0000_3000,
+                read: true,
+                write: false,
+                exec: true,
+                shared: false,
+                offset: 0x2000,
+                inode: 247_030,
+                path: "/usr/lib/a b.so".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn maps_garbage_is_counted_not_misread() {
+        let text = "zz-10 r-xp 0 0:0 0\n10-5 r-xp 0 0:0 0 x\n10-20 rw 0 0:0 0\n10-20\n\n";
+        let (maps, malformed) = Mapping::parse_all(text);
+        assert!(maps.is_empty());
+        assert_eq!(malformed, 4);
+        let cut = &MAPS_SAMPLE[..MAPS_SAMPLE.len() / 2];
+        let (maps, malformed) = Mapping::parse_all(cut);
+        assert!(!maps.is_empty());
+        assert!(malformed <= 1);
     }
 }
