@@ -233,7 +233,9 @@ mod tests {
         assert!(nginx_text.read && !nginx_text.write && !nginx_text.shared);
         assert!(nginx_text.size_bytes() > 0);
         assert!(maps.iter().any(|m| m.path == "[stack]"));
-        assert!(maps.iter().any(|m| m.path == "/dev/zero (deleted)" && m.shared));
+        assert!(maps
+            .iter()
+            .any(|m| m.path == "/dev/zero (deleted)" && m.shared));
         assert!(maps.iter().any(|m| m.path.is_empty() && m.write));
     }
 

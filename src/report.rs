@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::lua::Lua;
 use crate::procfs::ProcStatus;
 use crate::zones::Zone;
 
@@ -17,6 +18,7 @@ pub struct Report {
     pub collected_at_ms: u64,
     pub process: ProcessMemory,
     pub zones: Vec<Zone>,
+    pub lua: Lua,
     pub errors: Vec<SourceError>,
 }
 
@@ -171,6 +173,7 @@ mod tests {
             collected_at_ms: 1_700_000_000_000,
             process,
             zones: Vec::new(),
+            lua: Lua::default(),
             errors,
         }
     }

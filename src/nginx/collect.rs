@@ -7,28 +7,38 @@ use ngx::ffi::{
     ngx_pid, ngx_process, ngx_worker, NGINX_VERSION, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 
+use super::lua::sample_vms;
 use super::zones::sample_zones;
+use crate::lua::Lua;
 use crate::query::Query;
 use crate::report::{self, NginxInfo, ProcessMemory, Report, Role, SCHEMA_VERSION};
 
 /// Collects what the query asks for: everything, or only the zones for `?zone=`.
 pub fn report(query: &Query) -> Report {
     let mut errors = Vec::new();
-    let process = if query.zone.is_some() {
-        ProcessMemory::default()
-    } else {
+    let whole = query.zone.is_none();
+    let process = if whole {
         report::process_memory(std::fs::read_to_string("/proc/self/status"), &mut errors)
+    } else {
+        ProcessMemory::default()
     };
     let zones = sample_zones()
         .iter()
         .map(|z| z.to_zone(&mut errors))
         .collect();
+    let lua = if whole {
+        let (http, stream) = sample_vms();
+        Lua::from_samples(http, stream, &mut errors)
+    } else {
+        Lua::default()
+    };
     Report {
         schema: SCHEMA_VERSION,
         nginx: nginx_info(),
         collected_at_ms: now_ms(),
         process,
         zones,
+        lua,
         errors,
     }
 }

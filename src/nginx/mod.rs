@@ -2,7 +2,10 @@
 //! configuration. Request handling is in `handler`, reading nginx in `collect`.
 
 mod collect;
+mod cycle;
 mod handler;
+mod lua;
+mod residency;
 mod zones;
 
 use std::ffi::{c_char, c_void};

@@ -1,20 +1,22 @@
 //! Copies every shared memory zone's figures out of nginx: the zone list of the
 //! running cycle, each zone's slab pool (under its mutex) and its residency.
 
-use std::ffi::{c_void, CStr};
+use std::ffi::c_void;
 use std::ptr;
 
 use ngx::ffi::{
-    ngx_cycle, ngx_cycle_t, ngx_list_t, ngx_pagesize, ngx_pagesize_shift, ngx_shm_zone_t,
-    ngx_shmtx_lock, ngx_shmtx_t, ngx_shmtx_unlock, ngx_slab_page_t, ngx_slab_pool_t,
+    ngx_cycle_t, ngx_list_t, ngx_pagesize, ngx_pagesize_shift, ngx_shm_zone_t, ngx_shmtx_lock,
+    ngx_shmtx_t, ngx_shmtx_unlock, ngx_slab_page_t, ngx_slab_pool_t,
 };
 
+use super::cycle;
+use super::residency::resident_pages;
 use crate::zones::{SlabSample, SlotSample, ZoneSample};
 
 pub fn sample_zones() -> Vec<ZoneSample> {
-    // SAFETY: in a worker the cycle and its zone list stay put while a request runs.
+    let cycle = cycle::current();
+    // SAFETY: in a worker the zone list and the zones stay put while a request runs.
     unsafe {
-        let cycle = &*ngx_cycle;
         let page_size = ngx_pagesize as u64;
         let mut zones = Vec::new();
         for_each_in_list::<ngx_shm_zone_t>(&cycle.shared_memory, |zone| {
@@ -44,7 +46,10 @@ unsafe fn sample_zone(cycle: &ngx_cycle_t, zone: &ngx_shm_zone_t, page_size: u64
     let size = zone.shm.size;
     ZoneSample {
         name: String::from_utf8_lossy(zone.shm.name.as_bytes()).into_owned(),
-        owner: owner_name(cycle, zone.tag),
+        // A zone's tag is its owner module's address, for dynamic modules too.
+        owner: cycle::module_by_address(cycle, zone.tag)
+            .and_then(cycle::module_name)
+            .map(str::to_string),
         size_bytes: size as u64,
         page_size_bytes: page_size,
         resident_pages: resident_pages(addr.cast(), size, page_size as usize),
@@ -54,37 +59,6 @@ unsafe fn sample_zone(cycle: &ngx_cycle_t, zone: &ngx_shm_zone_t, page_size: u64
             sample_slab(addr.cast())
         },
     }
-}
-
-/// The module whose address is the zone's tag: that is how nginx marks a zone's
-/// owner, and it holds for dynamic modules too.
-unsafe fn owner_name(cycle: &ngx_cycle_t, tag: *mut c_void) -> Option<String> {
-    if tag.is_null() || cycle.modules.is_null() {
-        return None;
-    }
-    (0..cycle.modules_n)
-        .map(|i| *cycle.modules.add(i))
-        .find(|&m| ptr::eq(m.cast::<c_void>(), tag))
-        .filter(|m| !(**m).name.is_null())
-        .map(|m| CStr::from_ptr((*m).name).to_string_lossy().into_owned())
-}
-
-/// Pages of `[addr, addr + size)` resident in memory, by `mincore`: pages any
-/// process has touched, not only this one.
-pub unsafe fn resident_pages(
-    addr: *mut c_void,
-    size: usize,
-    page_size: usize,
-) -> Result<u64, String> {
-    if addr.is_null() || size == 0 || page_size == 0 {
-        return Ok(0);
-    }
-    let pages = size.div_ceil(page_size);
-    let mut vec = vec![0u8; pages];
-    if libc::mincore(addr, size, vec.as_mut_ptr()) != 0 {
-        return Err(format!("mincore: {}", std::io::Error::last_os_error()));
-    }
-    Ok(vec.iter().filter(|&&b| b & 1 != 0).count() as u64)
 }
 
 /// Holds a zone's slab mutex and releases it however the scope is left.

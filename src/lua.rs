@@ -1,0 +1,210 @@
+//! The LuaJIT VMs of the http and stream Lua modules: what the nginx layer
+//! copies out of each VM, and the answer built from it.
+
+use serde::Serialize;
+
+use crate::report::SourceError;
+
+/// One VM as copied out of LuaJIT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LuaVmSample {
+    /// `lua_gc(L, LUA_GCCOUNT) * 1024 + lua_gc(L, LUA_GCCOUNTB)`.
+    pub gc_bytes: u64,
+    pub allocator: Result<AllocatorSample, String>,
+    pub jit_enabled: Result<bool, String>,
+    pub runtime: LuaRuntime,
+}
+
+/// The LuaJIT library the VMs run on: the same for both VMs of a process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LuaRuntime {
+    pub version: Option<String>,
+    pub library: Option<String>,
+}
+
+/// LuaJIT's own allocator (`lj_alloc`, a dlmalloc): its segments and free chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocatorSample {
+    pub segments: u64,
+    pub mapped_bytes: u64,
+    pub resident_bytes: Result<u64, String>,
+    /// Free chunks in the segments: freed by the GC, kept by the allocator.
+    pub free_bytes: u64,
+    pub free_chunks: u64,
+    pub walk_truncated: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Lua {
+    pub http: Option<LuaVm>,
+    pub stream: Option<LuaVm>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LuaVm {
+    pub gc_bytes: u64,
+    pub allocator: Option<LuaAllocator>,
+    pub version: Option<String>,
+    pub library: Option<String>,
+    pub jit_enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LuaAllocator {
+    pub kind: &'static str,
+    pub segments: u64,
+    pub mapped_bytes: u64,
+    pub resident_bytes: Option<u64>,
+    pub free_bytes: u64,
+    pub free_chunks: u64,
+    pub walk_truncated: bool,
+}
+
+impl Lua {
+    pub fn from_samples(
+        http: Result<LuaVmSample, String>,
+        stream: Result<LuaVmSample, String>,
+        errors: &mut Vec<SourceError>,
+    ) -> Lua {
+        Lua {
+            http: vm("lua.http", http, errors),
+            stream: vm("lua.stream", stream, errors),
+        }
+    }
+}
+
+fn vm(
+    source: &str,
+    sample: Result<LuaVmSample, String>,
+    errors: &mut Vec<SourceError>,
+) -> Option<LuaVm> {
+    let sample = match sample {
+        Ok(s) => s,
+        Err(e) => {
+            errors.push(SourceError::new(source, e));
+            return None;
+        }
+    };
+    let mut note =
+        |part: &str, e: String| errors.push(SourceError::new(format!("{source}.{part}"), e));
+    let allocator = match sample.allocator {
+        Ok(a) => Some(LuaAllocator {
+            kind: "luajit",
+            segments: a.segments,
+            mapped_bytes: a.mapped_bytes,
+            resident_bytes: a.resident_bytes.map_err(|e| note("allocator", e)).ok(),
+            free_bytes: a.free_bytes,
+            free_chunks: a.free_chunks,
+            walk_truncated: a.walk_truncated,
+        }),
+        Err(e) => {
+            note("allocator", e);
+            None
+        }
+    };
+    let jit_enabled = sample.jit_enabled.map_err(|e| note("jit", e)).ok();
+    Some(LuaVm {
+        gc_bytes: sample.gc_bytes,
+        allocator,
+        version: sample.runtime.version,
+        library: sample.runtime.library,
+        jit_enabled,
+    })
+}
+
+/// Finds LuaJIT's version banner (`LuaJIT 2.1.0-beta3`) in the library's
+/// read-only data: LuaJIT exports no call that returns it without running Lua.
+pub fn find_version_banner(bytes: &[u8]) -> Option<String> {
+    const PREFIX: &[u8] = b"LuaJIT 2.";
+    let start = bytes.windows(PREFIX.len()).position(|w| w == PREFIX)?;
+    let tail = &bytes[start..];
+    let end = tail
+        .iter()
+        .position(|&b| b == 0 || !(b.is_ascii_graphic() || b == b' '))
+        .unwrap_or(tail.len().min(64));
+    std::str::from_utf8(&tail[..end.min(64)])
+        .ok()
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn sample() -> LuaVmSample {
+        LuaVmSample {
+            gc_bytes: 1_000_000,
+            allocator: Ok(AllocatorSample {
+                segments: 2,
+                mapped_bytes: 4 << 20,
+                resident_bytes: Ok(3 << 20),
+                free_bytes: 2 << 20,
+                free_chunks: 17,
+                walk_truncated: false,
+            }),
+            jit_enabled: Ok(true),
+            runtime: LuaRuntime {
+                version: Some("LuaJIT 2.1.0-beta3".into()),
+                library: Some("/usr/lib/x86_64-linux-gnu/libluajit-5.1.so.2.1.0".into()),
+            },
+        }
+    }
+
+    #[test]
+    fn a_vm_and_an_absent_one() {
+        let mut errors = Vec::new();
+        let lua = Lua::from_samples(
+            Ok(sample()),
+            Err("ngx_stream_lua_module is not loaded".into()),
+            &mut errors,
+        );
+        let v: Value = serde_json::to_value(&lua).unwrap();
+        assert_eq!(v["http"]["gc_bytes"], 1_000_000);
+        assert_eq!(v["http"]["allocator"]["kind"], "luajit");
+        assert_eq!(v["http"]["allocator"]["mapped_bytes"], 4 << 20);
+        assert_eq!(v["http"]["allocator"]["resident_bytes"], 3 << 20);
+        assert_eq!(v["http"]["allocator"]["free_bytes"], 2 << 20);
+        assert_eq!(v["http"]["jit_enabled"], true);
+        assert_eq!(v["http"]["version"], "LuaJIT 2.1.0-beta3");
+        assert!(v["stream"].is_null());
+        assert_eq!(
+            errors,
+            vec![SourceError::new(
+                "lua.stream",
+                "ngx_stream_lua_module is not loaded"
+            )]
+        );
+    }
+
+    #[test]
+    fn unknown_allocator_and_jit_are_null_with_reasons() {
+        let mut s = sample();
+        s.allocator = Err("LuaJIT uses the system allocator".into());
+        s.jit_enabled = Err("unrecognized global_State layout".into());
+        let mut errors = Vec::new();
+        let lua = Lua::from_samples(Ok(s), Err("x".into()), &mut errors);
+        let v: Value = serde_json::to_value(&lua).unwrap();
+        assert!(v["http"]["allocator"].is_null());
+        assert!(v["http"]["jit_enabled"].is_null());
+        assert_eq!(v["http"]["gc_bytes"], 1_000_000);
+        let sources: Vec<&str> = errors.iter().map(|e| e.source.as_str()).collect();
+        assert_eq!(
+            sources,
+            ["lua.http.allocator", "lua.http.jit", "lua.stream"]
+        );
+    }
+
+    #[test]
+    fn version_banner() {
+        let blob = b"\x00\x01junk LuaJIT 2.1.0-beta3\x00more";
+        assert_eq!(
+            find_version_banner(blob).as_deref(),
+            Some("LuaJIT 2.1.0-beta3")
+        );
+        assert_eq!(find_version_banner(b"no banner here"), None);
+        assert_eq!(find_version_banner(b"LuaJIT 2."), Some("LuaJIT 2.".into()));
+        let long = [b"LuaJIT 2.".as_slice(), &[b'x'; 200]].concat();
+        assert_eq!(find_version_banner(&long).unwrap().len(), 64);
+    }
+}

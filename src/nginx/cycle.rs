@@ -1,0 +1,38 @@
+//! The running cycle's modules: one walker for every lookup by address or name.
+
+use std::ffi::{c_void, CStr};
+
+use ngx::ffi::{ngx_cycle, ngx_cycle_t, ngx_module_t};
+
+/// The running cycle. In a worker it stays put while a request runs.
+pub fn current() -> &'static ngx_cycle_t {
+    // SAFETY: nginx sets `ngx_cycle` before any request is served.
+    unsafe { &*ngx_cycle }
+}
+
+/// Every module of the cycle, static and dynamic, in load order.
+pub fn modules(cycle: &ngx_cycle_t) -> impl Iterator<Item = &ngx_module_t> {
+    let count = if cycle.modules.is_null() {
+        0
+    } else {
+        cycle.modules_n
+    };
+    // SAFETY: `modules` holds `modules_n` valid module pointers for the cycle's life.
+    (0..count).filter_map(move |i| unsafe { (*cycle.modules.add(i)).as_ref() })
+}
+
+pub fn module_name(module: &ngx_module_t) -> Option<&str> {
+    if module.name.is_null() {
+        return None;
+    }
+    // SAFETY: nginx sets each module's name from its static, NUL-terminated name table.
+    unsafe { CStr::from_ptr(module.name) }.to_str().ok()
+}
+
+pub fn module_by_name<'a>(cycle: &'a ngx_cycle_t, name: &str) -> Option<&'a ngx_module_t> {
+    modules(cycle).find(|m| module_name(m) == Some(name))
+}
+
+pub fn module_by_address(cycle: &ngx_cycle_t, address: *const c_void) -> Option<&ngx_module_t> {
+    modules(cycle).find(|m| std::ptr::eq(*m as *const ngx_module_t as *const c_void, address))
+}

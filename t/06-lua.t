@@ -1,0 +1,172 @@
+#!/usr/bin/perl
+
+# The Lua VMs: gc_bytes against Lua's own collectgarbage("count"), before and
+# after 64 MiB, after freeing; the allocator's retained memory; version and JIT
+# flag against Lua's jit module; and every load order, with and without Lua.
+
+use warnings;
+use strict;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use JSON::PP qw(decode_json);
+use Test::More;
+use NginxTest;
+use MemoryStatus qw(check_base_shape unexpected_errors);
+
+plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
+
+my $MiB = 1024 * 1024;
+
+sub start {
+    my ($load) = @_;
+    my $t = NginxTest->new;
+    $t->write_file_expand('nginx.conf', <<"EOF");
+$load
+%%TEST_GLOBALS%%
+worker_processes 1;
+events { worker_connections 128; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /memory_status { memory_status; }
+        include lua.conf;
+    }
+}
+EOF
+    $t->write_file('lua.conf', $load =~ /LOAD_LUA/ ? <<'EOF' : '');
+# Reads memory_status from inside Lua, bracketed by collectgarbage("count")
+# with the collector stopped: the total only grows between the two readings.
+location = /compare {
+    content_by_lua_block {
+        collectgarbage("stop")
+        local before = collectgarbage("count") * 1024
+        local res = ngx.location.capture("/memory_status")
+        local after = collectgarbage("count") * 1024
+        collectgarbage("restart")
+        ngx.say(string.format("%.0f %.0f", before, after))
+        ngx.print(res.body)
+    }
+}
+# 64 MiB of distinct 1 KiB strings; every 16th is kept in `keep`.
+location = /allocate {
+    content_by_lua_block {
+        big, keep = {}, {}
+        local pad = string.rep("x", 1016)
+        for i = 1, 65536 do
+            local s = pad .. string.format("%08d", i)
+            big[i] = s
+            if i % 16 == 0 then keep[#keep + 1] = s end
+        end
+        ngx.say("ok")
+    }
+}
+location = /free {
+    content_by_lua_block {
+        big = nil
+        collectgarbage("collect")
+        collectgarbage("collect")
+        ngx.say("ok")
+    }
+}
+location = /jit {
+    content_by_lua_block {
+        if ngx.var.arg_set == "off" then jit.off() elseif ngx.var.arg_set == "on" then jit.on() end
+        ngx.say(jit.version, "|", tostring(jit.status()))
+    }
+}
+EOF
+    $t->run;
+    return $t;
+}
+
+# gc_bytes lies between Lua's readings just before and just after it.
+sub compare {
+    my ($t, $what) = @_;
+    my $body = $t->get($t->port(1), '/compare')->{content};
+    my ($before, $after, $json) = $body =~ /^(\d+) (\d+)\n(.*)\z/s or die "bad /compare: $body";
+    my $j = decode_json($json);
+    my $gc = $j->{lua}{http}{gc_bytes};
+    my @unexpected = unexpected_errors($j);
+    is(scalar @unexpected, 0, "$what: no source errors") or diag explain \@unexpected;
+    cmp_ok($gc, '>=', $before, "$what: gc_bytes >= collectgarbage before ($before)");
+    cmp_ok($gc, '<=', $after, "$what: gc_bytes <= collectgarbage after ($after)");
+    cmp_ok(abs($gc - $before), '<=', 0.01 * $before, "$what: gc_bytes within 1% of collectgarbage");
+    return $j;
+}
+
+for my $order ("%%LOAD_LUA%%\n%%LOAD_MODULE%%", "%%LOAD_MODULE%%\n%%LOAD_LUA%%") {
+    my $name = $order =~ /^%%LOAD_LUA/ ? 'lua first' : 'module first';
+    my $t = start($order);
+    my ($j) = $t->get_json($t->port(1), '/memory_status');
+    check_base_shape($j, $name);
+    my $vm = $j->{lua}{http};
+    ok($vm, "$name: lua.http present");
+    ok($vm->{gc_bytes} > 0, "$name: gc_bytes > 0");
+    is($vm->{allocator}{kind}, 'luajit', "$name: LuaJIT's own allocator recognized");
+    is($j->{lua}{stream}, undef, "$name: lua.stream null (no stream Lua module in Debian)");
+    my ($stream_err) = grep { $_->{source} eq 'lua.stream' } @{ $j->{errors} };
+    is($stream_err->{error}, 'ngx_stream_lua_module is not loaded', "$name: lua.stream reason");
+    $t->done_file;
+}
+
+{
+    my $t = start("%%LOAD_LUA%%\n%%LOAD_MODULE%%");
+    my $port = $t->port(1);
+
+    my $j0 = compare($t, 'idle');
+    my $a0 = $j0->{lua}{http}{allocator};
+
+    is($t->get($port, '/allocate')->{content}, "ok\n", 'Lua allocated 64 MiB');
+    my $j1 = compare($t, 'after 64 MiB');
+    my $gc1 = $j1->{lua}{http}{gc_bytes};
+    my $a1 = $j1->{lua}{http}{allocator};
+    cmp_ok($gc1 - $j0->{lua}{http}{gc_bytes}, '>=', 64 * $MiB, 'gc_bytes rose by at least 64 MiB');
+    cmp_ok($a1->{mapped_bytes} - $a0->{mapped_bytes}, '>=', 64 * $MiB, 'allocator mapped rose by at least 64 MiB');
+    cmp_ok($a1->{resident_bytes}, '>=', 64 * $MiB, 'allocator resident holds the 64 MiB');
+    cmp_ok($a1->{free_bytes}, '<', 8 * $MiB, 'little of it is free while in use');
+
+    is($t->get($port, '/free')->{content}, "ok\n", 'Lua freed 60 MiB and collected');
+    my $j2 = compare($t, 'after free + collect');
+    my $gc2 = $j2->{lua}{http}{gc_bytes};
+    my $a2 = $j2->{lua}{http}{allocator};
+    cmp_ok($gc2, '<', $gc1 - 48 * $MiB, "gc_bytes fell back ($gc2)");
+    cmp_ok($a2->{mapped_bytes}, '>', $gc2 + 32 * $MiB,
+        "the allocator keeps what the GC freed: mapped $a2->{mapped_bytes} > gc $gc2 + 32 MiB");
+    cmp_ok($a2->{free_bytes}, '>', 32 * $MiB, "and says how much of it is free: $a2->{free_bytes}");
+    cmp_ok($a2->{free_bytes}, '<=', $a2->{mapped_bytes}, 'free within mapped');
+    is($a2->{walk_truncated}, JSON::PP::false, 'free-chunk walk complete');
+    diag sprintf 'after free: gc %.1f MiB, allocator mapped %.1f MiB, resident %.1f MiB, free %.1f MiB in %d chunks',
+        $gc2 / $MiB, $a2->{mapped_bytes} / $MiB, $a2->{resident_bytes} / $MiB, $a2->{free_bytes} / $MiB, $a2->{free_chunks};
+
+    # Version and JIT flag against Lua's own jit module.
+    my ($version, $status) = split /\|/, $t->get($port, '/jit')->{content};
+    chomp $status;
+    is($j2->{lua}{http}{version}, $version, "version = jit.version ($version)");
+    is($j2->{lua}{http}{jit_enabled} ? 'true' : 'false', $status, 'jit_enabled = jit.status()');
+    like($t->get($port, '/jit?set=off')->{content}, qr/\|false$/, 'jit.off()');
+    my ($off) = $t->get_json($port, '/memory_status');
+    is($off->{lua}{http}{jit_enabled}, JSON::PP::false, 'jit_enabled false after jit.off()');
+    like($t->get($port, '/jit?set=on')->{content}, qr/\|true$/, 'jit.on()');
+    my ($on) = $t->get_json($port, '/memory_status');
+    is($on->{lua}{http}{jit_enabled}, JSON::PP::true, 'jit_enabled true after jit.on()');
+    like($on->{lua}{http}{library}, qr{/libluajit-5\.1\.so\.[\d.]+$}, 'library path');
+
+    $t->done_file;
+}
+
+# Without the Lua module: null with the reason, the rest answers.
+{
+    my $t = start('%%LOAD_MODULE%%');
+    my ($j, $res) = $t->get_json($t->port(1), '/memory_status');
+    is($res->{status}, 200, 'no Lua: 200');
+    check_base_shape($j, 'no Lua');
+    is($j->{lua}{http}, undef, 'no Lua: lua.http null');
+    my ($err) = grep { $_->{source} eq 'lua.http' } @{ $j->{errors} };
+    is($err->{error}, 'ngx_http_lua_module is not loaded', 'no Lua: the reason');
+    $t->done_file;
+}
+
+done_testing();
