@@ -108,7 +108,7 @@ impl Mapping {
         (maps, malformed)
     }
 
-    fn parse_line(line: &str) -> Option<Mapping> {
+    pub fn parse_line(line: &str) -> Option<Mapping> {
         // start-end perms offset dev inode [path]; the path may hold spaces.
         let mut rest = line;
         let mut field = || {
@@ -143,6 +143,79 @@ impl Mapping {
             path,
         })
     }
+}
+
+/// One mapping of `/proc/PID/smaps`: the maps line and the page-table walk's
+/// counts for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmapsEntry {
+    pub mapping: Mapping,
+    pub rss_bytes: u64,
+    pub pss_bytes: u64,
+    /// Private anonymous pages, including copied-on-write pages of file mappings.
+    pub anonymous_bytes: u64,
+    pub swap_bytes: u64,
+}
+
+impl SmapsEntry {
+    /// Parses `/proc/PID/smaps`. A mapping whose header or counts are malformed
+    /// is skipped and counted.
+    pub fn parse_all(text: &str) -> (Vec<SmapsEntry>, usize) {
+        let mut entries: Vec<SmapsEntry> = Vec::new();
+        let mut malformed = 0;
+        let mut current: Option<(Mapping, [Option<u64>; 4])> = None;
+        let mut finish = |current: Option<(Mapping, [Option<u64>; 4])>, malformed: &mut usize| {
+            if let Some((mapping, [Some(rss), Some(pss), Some(anon), Some(swap)])) = current {
+                entries.push(SmapsEntry {
+                    mapping,
+                    rss_bytes: rss,
+                    pss_bytes: pss,
+                    anonymous_bytes: anon,
+                    swap_bytes: swap,
+                });
+            } else if current.is_some() {
+                *malformed += 1;
+            }
+        };
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let key = line.split_once(':').map(|(k, _)| k);
+            let slot = match key {
+                Some("Rss") => Some(0),
+                Some("Pss") => Some(1),
+                Some("Anonymous") => Some(2),
+                Some("Swap") => Some(3),
+                _ => None,
+            };
+            match (slot, &mut current) {
+                (Some(i), Some((_, counts))) => {
+                    let value = line.split_once(':').map(|(_, v)| v).unwrap_or("");
+                    counts[i] = parse_status_value(value, StatusUnit::Kib);
+                }
+                (Some(_), None) => malformed += 1,
+                (None, _) if key.is_some_and(|k| k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) => {}
+                (None, _) => {
+                    finish(current.take(), &mut malformed);
+                    match Mapping::parse_line(line) {
+                        Some(m) => current = Some((m, [None; 4])),
+                        None => malformed += 1,
+                    }
+                }
+            }
+        }
+        finish(current.take(), &mut malformed);
+        (entries, malformed)
+    }
+}
+
+/// The stack pointer of a thread blocked in a system call, from
+/// `/proc/PID/task/TID/syscall` (`NR args... SP PC`); `None` while it runs.
+pub fn parse_syscall_stack_pointer(text: &str) -> Option<u64> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    if fields.len() < 3 || fields[0] == "running" {
+        return None;
+    }
+    let sp = fields[fields.len() - 2].strip_prefix("0x")?;
+    u64::from_str_radix(sp, 16).ok()
 }
 
 #[cfg(test)]
@@ -270,5 +343,50 @@ mod tests {
         let (maps, malformed) = Mapping::parse_all(cut);
         assert!(!maps.is_empty());
         assert!(malformed <= 1);
+    }
+
+    const SMAPS_SAMPLE: &str = include_str!("../testdata/proc_smaps_nginx_worker.txt");
+
+    #[test]
+    fn parses_a_real_worker_smaps() {
+        let (entries, malformed) = SmapsEntry::parse_all(SMAPS_SAMPLE);
+        assert_eq!(malformed, 0);
+        let (maps, _) = Mapping::parse_all(
+            &SMAPS_SAMPLE
+                .lines()
+                .filter(|l| Mapping::parse_line(l).is_some())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+        assert_eq!(entries.len(), maps.len());
+        // The capture's Rss adds up to its VmRSS (4872 kB).
+        let rss: u64 = entries.iter().map(|e| e.rss_bytes).sum();
+        assert_eq!(rss, 4872 * 1024);
+        let text = entries.iter().find(|e| e.mapping.path == "/usr/sbin/nginx" && e.mapping.exec).unwrap();
+        assert_eq!(text.mapping.size_bytes(), 768 * 1024);
+        assert_eq!(text.rss_bytes, 276 * 1024);
+        assert!(entries.iter().all(|e| e.pss_bytes <= e.rss_bytes));
+    }
+
+    #[test]
+    fn smaps_truncated_or_garbage() {
+        let cut = &SMAPS_SAMPLE[..SMAPS_SAMPLE.find("Pss:").unwrap() + 3];
+        let (entries, malformed) = SmapsEntry::parse_all(cut);
+        assert!(entries.is_empty());
+        assert!(malformed >= 1);
+        let (entries, malformed) = SmapsEntry::parse_all("Rss: 4 kB\ngarbage line here\n");
+        assert!(entries.is_empty());
+        assert_eq!(malformed, 2);
+        assert_eq!(SmapsEntry::parse_all(""), (vec![], 0));
+    }
+
+    #[test]
+    fn syscall_stack_pointer() {
+        let blocked = "232 0xd 0x565071343410 0x200 0xffffffff 0xc507a 0x0 0x7ffea80996f8 0x7f3980b26ef3\n";
+        assert_eq!(parse_syscall_stack_pointer(blocked), Some(0x7ffe_a809_96f8));
+        assert_eq!(parse_syscall_stack_pointer("running\n"), None);
+        assert_eq!(parse_syscall_stack_pointer("-1 0x7ffea80996f8 0x7f3980b26ef3\n"), Some(0x7ffe_a809_96f8));
+        assert_eq!(parse_syscall_stack_pointer(""), None);
+        assert_eq!(parse_syscall_stack_pointer("232 zz 0xq 0x1"), None);
     }
 }
