@@ -9,6 +9,7 @@
 // pull every nginx symbol into the test binary), so some items look unused there.
 #![cfg_attr(test, allow(dead_code))]
 
+mod breakdown;
 mod lua;
 mod panic_guard;
 mod procfs;

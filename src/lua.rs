@@ -32,6 +32,8 @@ pub struct AllocatorSample {
     pub free_bytes: u64,
     pub free_chunks: u64,
     pub walk_truncated: bool,
+    /// The segments' address ranges: never printed, used to group mappings.
+    pub segment_ranges: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -58,6 +60,8 @@ pub struct LuaAllocator {
     pub free_bytes: u64,
     pub free_chunks: u64,
     pub walk_truncated: bool,
+    #[serde(skip)]
+    pub segment_ranges: Vec<(u64, u64)>,
 }
 
 impl Lua {
@@ -96,6 +100,7 @@ fn vm(
             free_bytes: a.free_bytes,
             free_chunks: a.free_chunks,
             walk_truncated: a.walk_truncated,
+            segment_ranges: a.segment_ranges,
         }),
         Err(e) => {
             note("allocator", e);
@@ -142,6 +147,7 @@ mod tests {
                 free_bytes: 2 << 20,
                 free_chunks: 17,
                 walk_truncated: false,
+                segment_ranges: vec![(0x1000, 0x2000)],
             }),
             jit_enabled: Ok(true),
             runtime: LuaRuntime {

@@ -192,7 +192,10 @@ impl SmapsEntry {
                     counts[i] = parse_status_value(value, StatusUnit::Kib);
                 }
                 (Some(_), None) => malformed += 1,
-                (None, _) if key.is_some_and(|k| k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) => {}
+                (None, _)
+                    if key.is_some_and(|k| {
+                        k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    }) => {}
                 (None, _) => {
                     finish(current.take(), &mut malformed);
                     match Mapping::parse_line(line) {
@@ -362,7 +365,10 @@ mod tests {
         // The capture's Rss adds up to its VmRSS (4872 kB).
         let rss: u64 = entries.iter().map(|e| e.rss_bytes).sum();
         assert_eq!(rss, 4872 * 1024);
-        let text = entries.iter().find(|e| e.mapping.path == "/usr/sbin/nginx" && e.mapping.exec).unwrap();
+        let text = entries
+            .iter()
+            .find(|e| e.mapping.path == "/usr/sbin/nginx" && e.mapping.exec)
+            .unwrap();
         assert_eq!(text.mapping.size_bytes(), 768 * 1024);
         assert_eq!(text.rss_bytes, 276 * 1024);
         assert!(entries.iter().all(|e| e.pss_bytes <= e.rss_bytes));
@@ -382,10 +388,14 @@ mod tests {
 
     #[test]
     fn syscall_stack_pointer() {
-        let blocked = "232 0xd 0x565071343410 0x200 0xffffffff 0xc507a 0x0 0x7ffea80996f8 0x7f3980b26ef3\n";
+        let blocked =
+            "232 0xd 0x565071343410 0x200 0xffffffff 0xc507a 0x0 0x7ffea80996f8 0x7f3980b26ef3\n";
         assert_eq!(parse_syscall_stack_pointer(blocked), Some(0x7ffe_a809_96f8));
         assert_eq!(parse_syscall_stack_pointer("running\n"), None);
-        assert_eq!(parse_syscall_stack_pointer("-1 0x7ffea80996f8 0x7f3980b26ef3\n"), Some(0x7ffe_a809_96f8));
+        assert_eq!(
+            parse_syscall_stack_pointer("-1 0x7ffea80996f8 0x7f3980b26ef3\n"),
+            Some(0x7ffe_a809_96f8)
+        );
         assert_eq!(parse_syscall_stack_pointer(""), None);
         assert_eq!(parse_syscall_stack_pointer("232 zz 0xq 0x1"), None);
     }

@@ -3,10 +3,14 @@
 
 use std::fmt;
 
+use crate::breakdown::Depth;
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Query {
     /// `zone=NAME`: answer with this shared memory zone alone.
     pub zone: Option<String>,
+    /// `detail=full`: add what needs `/proc/self/smaps`.
+    pub depth: Depth,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +19,12 @@ pub enum QueryError {
     Repeated(&'static str),
     Empty(&'static str),
     BadEncoding(String),
+    BadValue {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    Conflict(&'static str),
 }
 
 impl fmt::Display for QueryError {
@@ -30,16 +40,28 @@ impl fmt::Display for QueryError {
             QueryError::Repeated(name) => write!(f, "argument \"{name}\" given more than once"),
             QueryError::Empty(name) => write!(f, "argument \"{name}\" needs a value"),
             QueryError::BadEncoding(part) => write!(f, "badly encoded argument \"{part}\""),
+            QueryError::BadValue {
+                name,
+                value,
+                expected,
+            } => {
+                write!(
+                    f,
+                    "bad value \"{value}\" for argument \"{name}\" (expected {expected})"
+                )
+            }
+            QueryError::Conflict(reason) => write!(f, "conflicting arguments: {reason}"),
         }
     }
 }
 
-const ARGUMENTS: &[&str] = &["zone"];
+const ARGUMENTS: &[&str] = &["zone", "detail"];
 
 impl Query {
     /// Parses `r->args` (the part after `?`, still percent-encoded).
     pub fn parse(args: &[u8]) -> Result<Query, QueryError> {
         let mut query = Query::default();
+        let mut detail = None;
         for part in args.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
             let (raw_name, raw_value) = match part.iter().position(|&b| b == b'=') {
                 Some(i) => (&part[..i], &part[i + 1..]),
@@ -50,8 +72,24 @@ impl Query {
             let value = percent_decode(raw_value).ok_or_else(bad)?;
             match name.as_str() {
                 "zone" => set_once(&mut query.zone, "zone", value)?,
+                "detail" => set_once(&mut detail, "detail", value)?,
                 _ => return Err(QueryError::Unknown(name)),
             }
+        }
+        if let Some(value) = detail {
+            if value != "full" {
+                return Err(QueryError::BadValue {
+                    name: "detail",
+                    value,
+                    expected: "\"full\"",
+                });
+            }
+            if query.zone.is_some() {
+                return Err(QueryError::Conflict(
+                    "detail=full applies to the whole answer, not to zone=",
+                ));
+            }
+            query.depth = Depth::Full;
         }
         Ok(query)
     }
@@ -116,6 +154,22 @@ mod tests {
         assert_eq!(
             Query::parse(b"zone=a%20b+c").unwrap().zone.as_deref(),
             Some("a b c")
+        );
+    }
+
+    #[test]
+    fn detail_full() {
+        assert_eq!(Query::parse(b"detail=full").unwrap().depth, Depth::Full);
+        assert_eq!(Query::parse(b"").unwrap().depth, Depth::Default);
+        let err = Query::parse(b"detail=yes").unwrap_err();
+        assert!(err.to_string().contains("\"yes\"") && err.to_string().contains("\"detail\""));
+        assert!(matches!(
+            Query::parse(b"detail=full&zone=a"),
+            Err(QueryError::Conflict(_))
+        ));
+        assert_eq!(
+            Query::parse(b"detail=full&detail=full"),
+            Err(QueryError::Repeated("detail"))
         );
     }
 

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::breakdown::{Breakdown, VirtualSplit};
 use crate::lua::Lua;
 use crate::procfs::ProcStatus;
 use crate::zones::Zone;
@@ -17,6 +18,9 @@ pub struct Report {
     pub nginx: NginxInfo,
     pub collected_at_ms: u64,
     pub process: ProcessMemory,
+    #[serde(rename = "virtual")]
+    pub virtual_split: VirtualSplit,
+    pub breakdown: Breakdown,
     pub zones: Vec<Zone>,
     pub lua: Lua,
     pub errors: Vec<SourceError>,
@@ -24,12 +28,12 @@ pub struct Report {
 
 /// The answer to `?zone=NAME`: the same envelope, with that zone alone.
 #[derive(Debug, Serialize)]
-pub struct ZoneReport<'a> {
+pub struct ZoneReport {
     pub schema: u32,
-    pub nginx: &'a NginxInfo,
+    pub nginx: NginxInfo,
     pub collected_at_ms: u64,
-    pub zones: [&'a Zone; 1],
-    pub errors: Vec<&'a SourceError>,
+    pub zones: Vec<Zone>,
+    pub errors: Vec<SourceError>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,22 +131,29 @@ impl Report {
     pub fn to_json(&self) -> Vec<u8> {
         to_json(self)
     }
-
-    /// The report narrowed to one zone, or `None` when no zone has that name.
-    pub fn zone_only(&self, name: &str) -> Option<ZoneReport<'_>> {
-        let zone = self.zones.iter().find(|z| z.name == name)?;
-        let source = format!("zone {name}");
-        Some(ZoneReport {
-            schema: self.schema,
-            nginx: &self.nginx,
-            collected_at_ms: self.collected_at_ms,
-            zones: [zone],
-            errors: self.errors.iter().filter(|e| e.source == source).collect(),
-        })
-    }
 }
 
-impl ZoneReport<'_> {
+impl ZoneReport {
+    /// The zone named `name` with the errors about it, or `None` when no zone
+    /// has that name.
+    pub fn pick(
+        nginx: NginxInfo,
+        collected_at_ms: u64,
+        zones: Vec<Zone>,
+        errors: Vec<SourceError>,
+        name: &str,
+    ) -> Option<ZoneReport> {
+        let zone = zones.into_iter().find(|z| z.name == name)?;
+        let source = format!("zone {name}");
+        Some(ZoneReport {
+            schema: SCHEMA_VERSION,
+            nginx,
+            collected_at_ms,
+            zones: vec![zone],
+            errors: errors.into_iter().filter(|e| e.source == source).collect(),
+        })
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         to_json(self)
     }
@@ -158,22 +169,43 @@ fn to_json(value: &impl Serialize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::breakdown::{Depth, Inputs};
     use serde_json::Value;
 
+    fn nginx() -> NginxInfo {
+        NginxInfo {
+            version: "1.22.1".into(),
+            module_version: "0.1.0",
+            pid: 4242,
+            worker: 1,
+            role: Role::Worker,
+        }
+    }
+
     fn sample_report(process: ProcessMemory, errors: Vec<SourceError>) -> Report {
+        let lua = Lua::default();
+        let inputs = Inputs {
+            depth: Depth::Default,
+            process: &process,
+            maps: &Ok(Vec::new()),
+            smaps: None,
+            glibc: Err("not glibc".into()),
+            zones: &[],
+            lua: &lua,
+            stacks: Ok(Vec::new()),
+            other_allocators: Ok(None),
+            mapped_chunks: &[],
+        };
+        let breakdown = Breakdown::build(inputs, &mut Vec::new());
         Report {
             schema: SCHEMA_VERSION,
-            nginx: NginxInfo {
-                version: "1.22.1".into(),
-                module_version: "0.1.0",
-                pid: 4242,
-                worker: 1,
-                role: Role::Worker,
-            },
+            nginx: nginx(),
             collected_at_ms: 1_700_000_000_000,
+            virtual_split: VirtualSplit::from_process(&process),
+            breakdown,
             process,
             zones: Vec::new(),
-            lua: Lua::default(),
+            lua,
             errors,
         }
     }
@@ -224,16 +256,15 @@ mod tests {
             sample("a").to_zone(&mut errors),
             sample("b").to_zone(&mut errors),
         ];
-        let mut report = sample_report(ProcessMemory::default(), errors);
-        report.zones = zones;
-        let v: Value = serde_json::from_slice(&report.zone_only("b").unwrap().to_json()).unwrap();
+        let picked = ZoneReport::pick(nginx(), 1, zones.clone(), errors.clone(), "b").unwrap();
+        let v: Value = serde_json::from_slice(&picked.to_json()).unwrap();
         assert_eq!(v["zones"].as_array().unwrap().len(), 1);
         assert_eq!(v["zones"][0]["name"], "b");
         assert!(v.get("process").is_none());
         let errs = v["errors"].as_array().unwrap();
         assert_eq!(errs.len(), 2);
         assert!(errs.iter().all(|e| e["source"] == "zone b"));
-        assert!(report.zone_only("c").is_none());
+        assert!(ZoneReport::pick(nginx(), 1, zones, errors, "c").is_none());
     }
 
     #[test]

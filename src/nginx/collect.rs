@@ -8,39 +8,65 @@ use ngx::ffi::{
 };
 
 use super::lua::sample_vms;
+use super::process;
 use super::zones::sample_zones;
+use crate::breakdown::{Breakdown, Depth, Inputs, VirtualSplit};
 use crate::lua::Lua;
-use crate::query::Query;
-use crate::report::{self, NginxInfo, ProcessMemory, Report, Role, SCHEMA_VERSION};
+use crate::report::{self, NginxInfo, Report, Role, ZoneReport, SCHEMA_VERSION};
+use crate::zones::Zone;
 
-/// Collects what the query asks for: everything, or only the zones for `?zone=`.
-pub fn report(query: &Query) -> Report {
+/// Everything, at the asked depth.
+pub fn report(depth: Depth) -> Report {
     let mut errors = Vec::new();
-    let whole = query.zone.is_none();
-    let process = if whole {
-        report::process_memory(std::fs::read_to_string("/proc/self/status"), &mut errors)
-    } else {
-        ProcessMemory::default()
-    };
-    let zones = sample_zones()
+    let process = report::process_memory(std::fs::read_to_string("/proc/self/status"), &mut errors);
+    let zones: Vec<Zone> = sample_zones()
         .iter()
         .map(|z| z.to_zone(&mut errors))
         .collect();
-    let lua = if whole {
-        let (http, stream) = sample_vms();
-        Lua::from_samples(http, stream, &mut errors)
-    } else {
-        Lua::default()
-    };
+    let (http, stream) = sample_vms();
+    let lua = Lua::from_samples(http, stream, &mut errors);
+    let segments: Vec<(u64, u64)> = [&lua.http, &lua.stream]
+        .iter()
+        .filter_map(|vm| vm.as_ref()?.allocator.as_ref())
+        .flat_map(|a| a.segment_ranges.iter().copied())
+        .collect();
+    let samples = process::sample(depth, &segments);
+    let breakdown = Breakdown::build(
+        Inputs {
+            depth,
+            process: &process,
+            maps: &samples.maps,
+            smaps: samples.smaps.as_ref(),
+            glibc: samples.glibc,
+            zones: &zones,
+            lua: &lua,
+            stacks: samples.stacks,
+            other_allocators: samples.other_allocators,
+            mapped_chunks: &samples.mapped_chunks,
+        },
+        &mut errors,
+    );
     Report {
         schema: SCHEMA_VERSION,
         nginx: nginx_info(),
         collected_at_ms: now_ms(),
+        virtual_split: VirtualSplit::from_process(&process),
         process,
+        breakdown,
         zones,
         lua,
         errors,
     }
+}
+
+/// One zone alone (`?zone=NAME`): only the zones are read.
+pub fn zone_report(name: &str) -> Option<ZoneReport> {
+    let mut errors = Vec::new();
+    let zones = sample_zones()
+        .iter()
+        .map(|z| z.to_zone(&mut errors))
+        .collect();
+    ZoneReport::pick(nginx_info(), now_ms(), zones, errors, name)
 }
 
 fn nginx_info() -> NginxInfo {

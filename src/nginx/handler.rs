@@ -52,10 +52,9 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
         Err(err) => return send_reason(r, NGX_HTTP_BAD_REQUEST, &err.to_string()),
     };
 
-    let report = collect::report(&query);
     let body = match &query.zone {
-        None => report.to_json(),
-        Some(name) => match report.zone_only(name) {
+        None => collect::report(query.depth).to_json(),
+        Some(name) => match collect::zone_report(name) {
             Some(zone) => zone.to_json(),
             None => {
                 return send_reason(r, NGX_HTTP_NOT_FOUND, &format!("no zone named \"{name}\""));

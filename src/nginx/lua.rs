@@ -425,5 +425,10 @@ unsafe fn sample_allocator(
         free_bytes,
         free_chunks,
         walk_truncated: truncated,
+        segment_ranges: segments
+            .0
+            .iter()
+            .map(|&(b, e)| (b as u64, e as u64))
+            .collect(),
     })
 }

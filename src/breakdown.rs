@@ -1,0 +1,839 @@
+//! The article's two pies, from inside the worker: where resident memory goes,
+//! owner by owner, and how the virtual address space splits.
+//!
+//! The rule: every owner's `resident_bytes` is this process's resident memory
+//! that the owner's own ranges or a kernel counter account for, and
+//! `unattributed.resident_bytes` is `process.resident_bytes` minus their sum, so
+//! the owners and `unattributed` add up to RSS exactly, at every depth.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::lua::{Lua, LuaVm};
+use crate::procfs::{Mapping, SmapsEntry};
+use crate::report::{ProcessMemory, SourceError};
+use crate::zones::Zone;
+
+/// How deep the answer looks: `detail=full` adds what needs `/proc/self/smaps`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Depth {
+    #[default]
+    Default,
+    Full,
+}
+
+/// glibc's allocator, from `mallinfo2()` and `mincore` over the main heap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlibcSample {
+    /// `uordblks`: in use in the arenas.
+    pub arena_in_use_bytes: u64,
+    /// `fordblks`: free in the arenas, held by the allocator.
+    pub free_bytes: u64,
+    /// `arena`: taken from the system for the arenas (brk and arena heaps).
+    pub arena_bytes: u64,
+    /// `hblkhd`, `hblks`: chunks mapped directly with mmap.
+    pub mmapped_bytes: u64,
+    pub mmapped_chunks: u64,
+    /// `<heap nr=...>` entries of `malloc_info()`: detail depth only.
+    pub arenas: Option<u64>,
+    /// Resident pages of the main arena's `[heap]`.
+    pub heap_resident_bytes: Result<u64, String>,
+}
+
+/// Whose large allocation a directly mapped chunk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkKind {
+    /// glibc's `malloc` above its mmap threshold.
+    Glibc,
+    /// LuaJIT's allocator, for allocations of 128 KiB and more.
+    LuaJit,
+}
+
+/// A chunk an allocator mapped by itself, found by its header at the start of
+/// an anonymous mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MappedChunk {
+    pub kind: ChunkKind,
+    pub start: u64,
+    pub end: u64,
+    pub resident_bytes: u64,
+}
+
+/// Tells a directly mapped chunk from the two words at the start of its mapping
+/// (`prev`, `head`), and how long its mapping is. `fencepost` reads the word at
+/// an offset into the chunk (LuaJIT marks the end of its chunks). `None`: not a
+/// chunk either allocator would have written there.
+pub fn mapped_chunk_at(
+    prev: u64,
+    head: u64,
+    page_size: u64,
+    fencepost: impl Fn(u64) -> Option<u64>,
+) -> Option<(ChunkKind, u64)> {
+    let size = head & !7;
+    if size == 0 || page_size == 0 {
+        return None;
+    }
+    // glibc: prev_size is the alignment offset (0 for malloc), the size word has
+    // IS_MMAPPED alone, and the chunk is the whole mapping.
+    if prev == 0 && head & 7 == 2 && size % page_size == 0 {
+        return Some((ChunkKind::Glibc, size));
+    }
+    // LuaJIT (direct_alloc): prev_foot is offset 0 | IS_DIRECT_BIT, head has
+    // CINUSE alone, a fencepost head (INUSE_BITS | 8) follows the chunk, and the
+    // mapping is the chunk plus a four-word foot.
+    if prev == 1 && head & 7 == 2 && (size + 32) % page_size == 0 && fencepost(size + 8) == Some(11)
+    {
+        return Some((ChunkKind::LuaJit, size + 32));
+    }
+    None
+}
+
+/// One thread's stack: its mapping's size and resident part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackSample {
+    /// `main`, or the thread id.
+    pub thread: String,
+    pub start: u64,
+    pub end: u64,
+    pub resident_bytes: u64,
+}
+
+/// jemalloc or tcmalloc, with its own numeric statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherAllocatorSample {
+    pub name: &'static str,
+    /// What the allocator says is allocated to the application.
+    pub allocated_bytes: u64,
+    /// Every statistic read, under the allocator's own name.
+    pub stats: BTreeMap<String, u64>,
+}
+
+pub struct Inputs<'a> {
+    pub depth: Depth,
+    pub process: &'a ProcessMemory,
+    pub maps: &'a Result<Vec<Mapping>, String>,
+    pub smaps: Option<&'a Result<Vec<SmapsEntry>, String>>,
+    pub glibc: Result<GlibcSample, String>,
+    pub zones: &'a [Zone],
+    pub lua: &'a Lua,
+    pub stacks: Result<Vec<StackSample>, String>,
+    pub other_allocators: Result<Option<OtherAllocatorSample>, String>,
+    /// Chunks glibc and LuaJIT mapped directly, found in anonymous mappings.
+    pub mapped_chunks: &'a [MappedChunk],
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Breakdown {
+    pub glibc: Option<Owner>,
+    pub shm: Option<Owner>,
+    pub lua_http: Option<Owner>,
+    pub lua_stream: Option<Owner>,
+    pub text: Option<Owner>,
+    pub stacks: Option<Owner>,
+    pub other_allocators: Option<Owner>,
+    pub unattributed: Owner,
+}
+
+/// One slice of the pie.
+#[derive(Debug, Clone, Serialize)]
+pub struct Owner {
+    /// The owner's own figure, in the measure named by `measure`.
+    pub bytes: u64,
+    /// `allocated`, `loaded`, `mapped` or `resident`.
+    pub measure: &'static str,
+    /// This owner's share of the process's resident memory.
+    pub resident_bytes: Option<i64>,
+    /// Detail depth: proportional share of the owner's whole mappings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pss_bytes: Option<u64>,
+    #[serde(flatten)]
+    pub details: BTreeMap<&'static str, serde_json::Value>,
+    /// Detail depth: the mappings this owner's figures come from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mappings: Option<Vec<MappingView>>,
+}
+
+/// A mapping as shown in detail mode: never its address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MappingView {
+    pub path: String,
+    pub perms: String,
+    pub size_bytes: u64,
+    pub rss_bytes: u64,
+    pub pss_bytes: u64,
+    pub anonymous_bytes: u64,
+    pub swap_bytes: u64,
+}
+
+/// The virtual pie: resident, swapped out, and mapped but never touched.
+#[derive(Debug, Clone, Serialize)]
+pub struct VirtualSplit {
+    pub virtual_bytes: Option<u64>,
+    pub resident_bytes: Option<u64>,
+    pub swap_bytes: Option<u64>,
+    pub untouched_bytes: Option<u64>,
+}
+
+impl VirtualSplit {
+    pub fn from_process(p: &ProcessMemory) -> VirtualSplit {
+        let untouched = match (p.virtual_bytes, p.resident_bytes, p.swap_bytes) {
+            (Some(v), Some(r), Some(s)) => Some(v.saturating_sub(r + s)),
+            _ => None,
+        };
+        VirtualSplit {
+            virtual_bytes: p.virtual_bytes,
+            resident_bytes: p.resident_bytes,
+            swap_bytes: p.swap_bytes,
+            untouched_bytes: untouched,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnerId {
+    Glibc,
+    Shm,
+    LuaHttp,
+    LuaStream,
+    Text,
+    Stacks,
+    Unattributed,
+}
+
+fn details<const N: usize>(
+    pairs: [(&'static str, serde_json::Value); N],
+) -> BTreeMap<&'static str, serde_json::Value> {
+    pairs.into_iter().collect()
+}
+
+fn owner(bytes: u64, measure: &'static str, resident: Option<u64>) -> Owner {
+    Owner {
+        bytes,
+        measure,
+        resident_bytes: resident.map(|r| r as i64),
+        pss_bytes: None,
+        details: BTreeMap::new(),
+        mappings: None,
+    }
+}
+
+/// Files that have an executable mapping: the nginx binary and shared objects.
+fn program_files(maps: &[Mapping]) -> Vec<&str> {
+    let mut files: Vec<&str> = maps
+        .iter()
+        .filter(|m| m.exec && m.path.starts_with('/') && m.inode != 0)
+        .map(|m| m.path.as_str())
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    files
+}
+
+fn overlaps(m: &Mapping, ranges: &[(u64, u64)]) -> bool {
+    ranges.iter().any(|&(s, e)| s < m.end && m.start < e)
+}
+
+impl Breakdown {
+    pub fn build(inputs: Inputs<'_>, errors: &mut Vec<SourceError>) -> Breakdown {
+        let maps: &[Mapping] = match inputs.maps {
+            Ok(maps) => maps,
+            Err(e) => {
+                errors.push(SourceError::new("/proc/self/maps", e.clone()));
+                &[]
+            }
+        };
+        let smaps: Option<&[SmapsEntry]> = match inputs.smaps {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                errors.push(SourceError::new("/proc/self/smaps", e.clone()));
+                None
+            }
+            None => None,
+        };
+        let files = program_files(maps);
+        let stack_ranges: Vec<(u64, u64)> = match &inputs.stacks {
+            Ok(stacks) => stacks.iter().map(|s| (s.start, s.end)).collect(),
+            Err(_) => Vec::new(),
+        };
+        let segments = |vm: &Option<LuaVm>| -> Vec<(u64, u64)> {
+            vm.as_ref()
+                .and_then(|v| v.allocator.as_ref())
+                .map(|a| a.segment_ranges.clone())
+                .unwrap_or_default()
+        };
+        // LuaJIT's direct chunks carry no mark of their VM: with one VM they are
+        // its own, with two they cannot be told apart and stay unattributed.
+        let single_vm = match (&inputs.lua.http, &inputs.lua.stream) {
+            (Some(_), None) => Some(OwnerId::LuaHttp),
+            (None, Some(_)) => Some(OwnerId::LuaStream),
+            _ => None,
+        };
+        let chunks = |kind: ChunkKind| -> Vec<(u64, u64)> {
+            inputs
+                .mapped_chunks
+                .iter()
+                .filter(|c| c.kind == kind)
+                .map(|c| (c.start, c.end))
+                .collect()
+        };
+        let (glibc_chunks, luajit_chunks) = (chunks(ChunkKind::Glibc), chunks(ChunkKind::LuaJit));
+        let chunk_resident = |kind: ChunkKind| -> (u64, u64) {
+            let mine = inputs.mapped_chunks.iter().filter(|c| c.kind == kind);
+            (
+                mine.clone().count() as u64,
+                mine.map(|c| c.resident_bytes).sum(),
+            )
+        };
+        let lua_segments = [segments(&inputs.lua.http), segments(&inputs.lua.stream)];
+        let classify = |m: &Mapping| -> OwnerId {
+            if m.shared {
+                OwnerId::Shm
+            } else if files.binary_search(&m.path.as_str()).is_ok() {
+                OwnerId::Text
+            } else if m.path == "[heap]" || overlaps(m, &glibc_chunks) {
+                OwnerId::Glibc
+            } else if overlaps(m, &stack_ranges) {
+                OwnerId::Stacks
+            } else if overlaps(m, &lua_segments[0]) {
+                OwnerId::LuaHttp
+            } else if overlaps(m, &lua_segments[1]) {
+                OwnerId::LuaStream
+            } else if let Some(vm) = single_vm.filter(|_| overlaps(m, &luajit_chunks)) {
+                vm
+            } else {
+                OwnerId::Unattributed
+            }
+        };
+        // Detail depth: every mapping under the owner it belongs to.
+        let grouped = |id: OwnerId| -> Option<Vec<&SmapsEntry>> {
+            smaps.map(|s| s.iter().filter(|e| classify(&e.mapping) == id).collect())
+        };
+        let view = |entries: &[&SmapsEntry]| -> Vec<MappingView> {
+            entries
+                .iter()
+                .map(|e| MappingView {
+                    path: e.mapping.path.clone(),
+                    perms: format!(
+                        "{}{}{}{}",
+                        if e.mapping.read { 'r' } else { '-' },
+                        if e.mapping.write { 'w' } else { '-' },
+                        if e.mapping.exec { 'x' } else { '-' },
+                        if e.mapping.shared { 's' } else { 'p' }
+                    ),
+                    size_bytes: e.mapping.size_bytes(),
+                    rss_bytes: e.rss_bytes,
+                    pss_bytes: e.pss_bytes,
+                    anonymous_bytes: e.anonymous_bytes,
+                    swap_bytes: e.swap_bytes,
+                })
+                .collect()
+        };
+        let sum = |entries: &[&SmapsEntry], f: fn(&SmapsEntry) -> u64| {
+            entries.iter().map(|e| f(e)).sum::<u64>()
+        };
+        // Adds detail's mapping list and PSS to an owner.
+        let with_mappings = |mut o: Owner, id: OwnerId| -> Owner {
+            if let Some(entries) = grouped(id) {
+                o.pss_bytes = Some(sum(&entries, |e| e.pss_bytes));
+                o.mappings = Some(view(&entries));
+            }
+            o
+        };
+
+        let p = inputs.process;
+
+        // glibc
+        let glibc = match inputs.glibc {
+            Ok(g) => {
+                let (chunks_found, chunks_resident) = chunk_resident(ChunkKind::Glibc);
+                let resident = match g.heap_resident_bytes {
+                    Ok(heap) => Some(heap + chunks_resident),
+                    Err(e) => {
+                        errors.push(SourceError::new(
+                            "breakdown.glibc",
+                            format!("[heap] resident: {e}"),
+                        ));
+                        None
+                    }
+                };
+                let mut o = owner(
+                    g.arena_in_use_bytes + g.mmapped_bytes,
+                    "allocated",
+                    resident,
+                );
+                o.details = details([
+                    ("mmapped_chunks_found", chunks_found.into()),
+                    ("mmapped_resident_bytes", chunks_resident.into()),
+                    (
+                        "in_use_bytes",
+                        (g.arena_in_use_bytes + g.mmapped_bytes).into(),
+                    ),
+                    ("free_bytes", g.free_bytes.into()),
+                    ("arena_bytes", g.arena_bytes.into()),
+                    ("mmapped_bytes", g.mmapped_bytes.into()),
+                    ("mmapped_chunks", g.mmapped_chunks.into()),
+                    ("arenas", g.arenas.into()),
+                ]);
+                Some(with_mappings(o, OwnerId::Glibc))
+            }
+            Err(e) => {
+                errors.push(SourceError::new("breakdown.glibc", e));
+                None
+            }
+        };
+
+        // shm: every zone together. `bytes` is what is loaded (touched by any
+        // worker); resident_bytes is what this worker has mapped (RssShmem).
+        let loaded: u64 = inputs.zones.iter().filter_map(|z| z.loaded_bytes).sum();
+        let shm_resident = match (inputs.depth, grouped(OwnerId::Shm)) {
+            (Depth::Full, Some(entries)) => Some(sum(&entries, |e| e.rss_bytes)),
+            _ => p.resident_shmem_bytes,
+        };
+        let mut shm = owner(loaded, "loaded", shm_resident);
+        shm.details = details([
+            ("zones", (inputs.zones.len() as u64).into()),
+            (
+                "size_bytes",
+                inputs
+                    .zones
+                    .iter()
+                    .map(|z| z.size_bytes)
+                    .sum::<u64>()
+                    .into(),
+            ),
+            (
+                "mapped_bytes",
+                inputs
+                    .zones
+                    .iter()
+                    .map(|z| z.mapped_bytes)
+                    .sum::<u64>()
+                    .into(),
+            ),
+        ]);
+        let shm = Some(with_mappings(shm, OwnerId::Shm));
+
+        // Lua VMs: reasons for a missing VM are already in errors (lua.http, ...).
+        let lua_owner = |vm: &Option<LuaVm>, id: OwnerId| {
+            vm.as_ref().map(|vm| {
+                let (direct_found, direct_resident) = if single_vm == Some(id) {
+                    chunk_resident(ChunkKind::LuaJit)
+                } else {
+                    (0, 0)
+                };
+                let resident = vm
+                    .allocator
+                    .as_ref()
+                    .and_then(|a| a.resident_bytes)
+                    .map(|r| r + direct_resident);
+                let mut o = owner(vm.gc_bytes, "allocated", resident);
+                o.details = details([
+                    (
+                        "allocator_mapped_bytes",
+                        vm.allocator.as_ref().map(|a| a.mapped_bytes).into(),
+                    ),
+                    (
+                        "allocator_free_bytes",
+                        vm.allocator.as_ref().map(|a| a.free_bytes).into(),
+                    ),
+                    ("direct_chunks_found", direct_found.into()),
+                    ("direct_resident_bytes", direct_resident.into()),
+                ]);
+                let mut o = with_mappings(o, id);
+                o.pss_bytes = None; // a mapping may hold more than the VM's segments
+                o
+            })
+        };
+        let lua_http = lua_owner(&inputs.lua.http, OwnerId::LuaHttp);
+        let lua_stream = lua_owner(&inputs.lua.stream, OwnerId::LuaStream);
+
+        // text: executable mappings; resident is every resident page of the
+        // program's files (code and read-only data).
+        let text = if maps.is_empty() {
+            None
+        } else {
+            let exec_bytes: u64 = maps
+                .iter()
+                .filter(|m| m.exec && files.binary_search(&m.path.as_str()).is_ok())
+                .map(Mapping::size_bytes)
+                .sum();
+            let text_entries = grouped(OwnerId::Text);
+            let resident = match (inputs.depth, &text_entries) {
+                (Depth::Full, Some(entries)) => Some(sum(entries, |e| e.rss_bytes)),
+                _ => p.resident_file_bytes,
+            };
+            let mut o = owner(exec_bytes, "mapped", resident);
+            o.details = details([("files", (files.len() as u64).into())]);
+            if let Some(entries) = &text_entries {
+                let per_file: Vec<serde_json::Value> = files
+                    .iter()
+                    .map(|f| {
+                        let mine: Vec<&&SmapsEntry> = entries.iter().filter(|e| e.mapping.path == *f).collect();
+                        serde_json::json!({
+                            "path": f,
+                            "mapped_bytes": mine.iter().filter(|e| e.mapping.exec).map(|e| e.mapping.size_bytes()).sum::<u64>(),
+                            "resident_bytes": mine.iter().map(|e| e.rss_bytes).sum::<u64>(),
+                            "exec_resident_bytes": mine.iter().filter(|e| e.mapping.exec).map(|e| e.rss_bytes).sum::<u64>(),
+                            "pss_bytes": mine.iter().map(|e| e.pss_bytes).sum::<u64>(),
+                        })
+                    })
+                    .collect();
+                o.details.insert(
+                    "exec_resident_bytes",
+                    entries
+                        .iter()
+                        .filter(|e| e.mapping.exec)
+                        .map(|e| e.rss_bytes)
+                        .sum::<u64>()
+                        .into(),
+                );
+                o.details.insert("per_file", per_file.into());
+            }
+            Some(with_mappings(o, OwnerId::Text))
+        };
+
+        // stacks
+        let stacks = match &inputs.stacks {
+            Ok(stacks) => {
+                let size: u64 = stacks.iter().map(|s| s.end - s.start).sum();
+                let resident: u64 = stacks.iter().map(|s| s.resident_bytes).sum();
+                let mut o = owner(size, "mapped", Some(resident));
+                let list: Vec<serde_json::Value> = stacks
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "thread": s.thread,
+                            "size_bytes": s.end - s.start,
+                            "resident_bytes": s.resident_bytes,
+                        })
+                    })
+                    .collect();
+                o.details = details([
+                    ("threads", p.threads.into()),
+                    ("stacks_found", (stacks.len() as u64).into()),
+                    ("stacks", list.into()),
+                ]);
+                Some(with_mappings(o, OwnerId::Stacks))
+            }
+            Err(e) => {
+                errors.push(SourceError::new("breakdown.stacks", e.clone()));
+                None
+            }
+        };
+
+        let other_allocators = match inputs.other_allocators {
+            Ok(Some(a)) => {
+                // The allocator's own "resident" is its estimate, not a measure of
+                // its pages in this process: its share stays in unattributed.
+                let mut o = owner(a.allocated_bytes, "allocated", None);
+                o.details = details([
+                    ("name", a.name.into()),
+                    ("stats", serde_json::to_value(&a.stats).unwrap_or_default()),
+                ]);
+                Some(o)
+            }
+            Ok(None) => {
+                errors.push(SourceError::new(
+                    "breakdown.other_allocators",
+                    "not present (neither jemalloc nor tcmalloc is loaded)",
+                ));
+                None
+            }
+            Err(e) => {
+                errors.push(SourceError::new("breakdown.other_allocators", e));
+                None
+            }
+        };
+
+        let attributed: i64 = [
+            &glibc,
+            &shm,
+            &lua_http,
+            &lua_stream,
+            &text,
+            &stacks,
+            &other_allocators,
+        ]
+        .iter()
+        .filter_map(|o| o.as_ref().and_then(|o| o.resident_bytes))
+        .sum();
+        let rest = p.resident_bytes.map(|rss| rss as i64 - attributed);
+        let mut unattributed = Owner {
+            bytes: rest.unwrap_or(0).max(0) as u64,
+            measure: "resident",
+            resident_bytes: rest,
+            pss_bytes: None,
+            details: BTreeMap::new(),
+            mappings: None,
+        };
+        if let Some(entries) = grouped(OwnerId::Unattributed) {
+            unattributed.mappings = Some(view(&entries));
+        }
+
+        Breakdown {
+            glibc,
+            shm,
+            lua_http,
+            lua_stream,
+            text,
+            stacks,
+            other_allocators,
+            unattributed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lua::{LuaAllocator, LuaVm};
+    use serde_json::Value;
+
+    const MAPS: &str = include_str!("../testdata/proc_maps_nginx_worker.txt");
+    const SMAPS: &str = include_str!("../testdata/proc_smaps_nginx_worker.txt");
+
+    fn process() -> ProcessMemory {
+        ProcessMemory {
+            virtual_bytes: Some(60 << 20),
+            resident_bytes: Some(10 << 20),
+            resident_anon_bytes: Some(5 << 20),
+            resident_file_bytes: Some(3 << 20),
+            resident_shmem_bytes: Some(2 << 20),
+            swap_bytes: Some(1 << 20),
+            peak_virtual_bytes: None,
+            peak_resident_bytes: None,
+            threads: Some(1),
+        }
+    }
+
+    fn lua() -> Lua {
+        Lua {
+            http: Some(LuaVm {
+                gc_bytes: 300_000,
+                allocator: Some(LuaAllocator {
+                    kind: "luajit",
+                    segments: 1,
+                    mapped_bytes: 1 << 20,
+                    resident_bytes: Some(400_000),
+                    free_bytes: 100_000,
+                    free_chunks: 3,
+                    walk_truncated: false,
+                    segment_ranges: vec![],
+                }),
+                version: None,
+                library: None,
+                jit_enabled: Some(true),
+            }),
+            stream: None,
+        }
+    }
+
+    fn glibc() -> GlibcSample {
+        GlibcSample {
+            arena_in_use_bytes: 700_000,
+            free_bytes: 50_000,
+            arena_bytes: 800_000,
+            mmapped_bytes: 1 << 20,
+            mmapped_chunks: 1,
+            arenas: None,
+            heap_resident_bytes: Ok(600_000),
+        }
+    }
+
+    fn build(depth: Depth, chunks: &[MappedChunk], errors: &mut Vec<SourceError>) -> Breakdown {
+        let p = process();
+        let lua = lua();
+        let maps = Ok(Mapping::parse_all(MAPS).0);
+        let smaps = Ok(SmapsEntry::parse_all(SMAPS).0);
+        Breakdown::build(
+            Inputs {
+                depth,
+                process: &p,
+                maps: &maps,
+                smaps: (depth == Depth::Full).then_some(&smaps),
+                glibc: Ok(glibc()),
+                zones: &[],
+                lua: &lua,
+                stacks: Ok(vec![StackSample {
+                    thread: "main".into(),
+                    start: 0,
+                    end: 135_168,
+                    resident_bytes: 20_480,
+                }]),
+                other_allocators: Ok(None),
+                mapped_chunks: chunks,
+            },
+            errors,
+        )
+    }
+
+    fn total(b: &Breakdown) -> i64 {
+        [
+            &b.glibc,
+            &b.shm,
+            &b.lua_http,
+            &b.lua_stream,
+            &b.text,
+            &b.stacks,
+            &b.other_allocators,
+        ]
+        .iter()
+        .filter_map(|o| o.as_ref()?.resident_bytes)
+        .sum::<i64>()
+            + b.unattributed.resident_bytes.unwrap_or(0)
+    }
+
+    #[test]
+    fn owners_and_unattributed_add_up_to_rss_at_both_depths() {
+        for depth in [Depth::Default, Depth::Full] {
+            let b = build(depth, &[], &mut Vec::new());
+            assert_eq!(total(&b), 10 << 20, "{depth:?}");
+        }
+    }
+
+    #[test]
+    fn default_depth_uses_kernel_counters_for_files_and_shm() {
+        let b = build(Depth::Default, &[], &mut Vec::new());
+        assert_eq!(b.shm.as_ref().unwrap().resident_bytes, Some(2 << 20));
+        assert_eq!(b.text.as_ref().unwrap().resident_bytes, Some(3 << 20));
+        assert_eq!(b.glibc.as_ref().unwrap().resident_bytes, Some(600_000));
+        assert_eq!(b.lua_http.as_ref().unwrap().resident_bytes, Some(400_000));
+        assert_eq!(b.stacks.as_ref().unwrap().resident_bytes, Some(20_480));
+        assert!(b.text.as_ref().unwrap().mappings.is_none());
+    }
+
+    #[test]
+    fn text_is_the_executable_mappings_of_program_files() {
+        let b = build(Depth::Full, &[], &mut Vec::new());
+        let text = b.text.as_ref().unwrap();
+        let (maps, _) = Mapping::parse_all(MAPS);
+        let exec: u64 = maps
+            .iter()
+            .filter(|m| m.exec && m.path.starts_with('/'))
+            .map(Mapping::size_bytes)
+            .sum();
+        assert_eq!(text.bytes, exec);
+        assert_eq!(text.measure, "mapped");
+        // Detail depth: the Rss of every mapping of those files, from smaps.
+        let (smaps, _) = SmapsEntry::parse_all(SMAPS);
+        let files: Vec<&str> = program_files(&maps);
+        let rss: u64 = smaps
+            .iter()
+            .filter(|e| files.contains(&e.mapping.path.as_str()))
+            .map(|e| e.rss_bytes)
+            .sum();
+        assert_eq!(text.resident_bytes, Some(rss as i64));
+        let v: Value = serde_json::to_value(text).unwrap();
+        assert!(v["per_file"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"] == "/usr/sbin/nginx"));
+        assert!(v["mappings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m.get("start").is_none()));
+    }
+
+    #[test]
+    fn mapped_chunks_join_their_owner() {
+        let chunks = [
+            MappedChunk {
+                kind: ChunkKind::Glibc,
+                start: 0x1000,
+                end: 0x101000,
+                resident_bytes: 1 << 20,
+            },
+            MappedChunk {
+                kind: ChunkKind::LuaJit,
+                start: 0x200000,
+                end: 0x240000,
+                resident_bytes: 1 << 18,
+            },
+        ];
+        let b = build(Depth::Default, &chunks, &mut Vec::new());
+        assert_eq!(
+            b.glibc.as_ref().unwrap().resident_bytes,
+            Some(600_000 + (1 << 20))
+        );
+        assert_eq!(
+            b.lua_http.as_ref().unwrap().resident_bytes,
+            Some(400_000 + (1 << 18))
+        );
+        assert_eq!(total(&b), 10 << 20);
+    }
+
+    #[test]
+    fn absent_sources_are_null_with_reasons() {
+        let p = process();
+        let lua = Lua::default();
+        let mut errors = Vec::new();
+        let b = Breakdown::build(
+            Inputs {
+                depth: Depth::Default,
+                process: &p,
+                maps: &Err("Permission denied".into()),
+                smaps: None,
+                glibc: Err("the C library is not glibc".into()),
+                zones: &[],
+                lua: &lua,
+                stacks: Err("no maps".into()),
+                other_allocators: Ok(None),
+                mapped_chunks: &[],
+            },
+            &mut errors,
+        );
+        assert!(
+            b.glibc.is_none() && b.text.is_none() && b.stacks.is_none() && b.lua_http.is_none()
+        );
+        let sources: Vec<&str> = errors.iter().map(|e| e.source.as_str()).collect();
+        assert_eq!(
+            sources,
+            [
+                "/proc/self/maps",
+                "breakdown.glibc",
+                "breakdown.stacks",
+                "breakdown.other_allocators"
+            ]
+        );
+        // Still adds up: what no owner could claim is unattributed.
+        assert_eq!(total(&b), 10 << 20);
+        assert_eq!(b.unattributed.resident_bytes, Some((10 << 20) - (2 << 20)));
+    }
+
+    #[test]
+    fn virtual_split() {
+        let v = VirtualSplit::from_process(&process());
+        assert_eq!(v.untouched_bytes, Some((60 << 20) - (11 << 20)));
+        assert_eq!(
+            VirtualSplit::from_process(&ProcessMemory::default()).untouched_bytes,
+            None
+        );
+    }
+
+    #[test]
+    fn chunk_headers() {
+        let page = 4096;
+        let no_fence = |_| None;
+        assert_eq!(
+            mapped_chunk_at(0, 0x21000 | 2, page, no_fence),
+            Some((ChunkKind::Glibc, 0x21000))
+        );
+        // PREV_INUSE or NON_MAIN_ARENA set, odd sizes, offsets: not a mapped glibc chunk.
+        assert_eq!(mapped_chunk_at(0, 0x21000 | 3, page, no_fence), None);
+        assert_eq!(mapped_chunk_at(0, 0x21010 | 2, page, no_fence), None);
+        assert_eq!(mapped_chunk_at(16, 0x21000 | 2, page, no_fence), None);
+        assert_eq!(mapped_chunk_at(0, 0, page, no_fence), None);
+        // LuaJIT: size + 32 is the mapping, and the fencepost must be there.
+        let psize = 0x40000 - 32;
+        let fence = |off: u64| (off == psize + 8).then_some(11);
+        assert_eq!(
+            mapped_chunk_at(1, psize | 2, page, fence),
+            Some((ChunkKind::LuaJit, 0x40000))
+        );
+        assert_eq!(mapped_chunk_at(1, psize | 2, page, no_fence), None);
+        assert_eq!(mapped_chunk_at(1, psize | 3, page, fence), None);
+    }
+}

@@ -1,0 +1,298 @@
+//! Copies the process-wide figures of the breakdown: mappings, glibc's
+//! allocator, thread stacks and any other allocator in the process.
+
+use std::collections::BTreeMap;
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+use ngx::ffi::ngx_pagesize;
+
+use super::residency::resident_pages;
+use crate::breakdown::{
+    mapped_chunk_at, Depth, GlibcSample, MappedChunk, OtherAllocatorSample, StackSample,
+};
+use crate::procfs::{parse_syscall_stack_pointer, Mapping, SmapsEntry};
+
+pub struct ProcessSamples {
+    pub maps: Result<Vec<Mapping>, String>,
+    pub smaps: Option<Result<Vec<SmapsEntry>, String>>,
+    pub glibc: Result<GlibcSample, String>,
+    pub stacks: Result<Vec<StackSample>, String>,
+    pub other_allocators: Result<Option<OtherAllocatorSample>, String>,
+    pub mapped_chunks: Vec<MappedChunk>,
+}
+
+/// `known`: address ranges already accounted for (LuaJIT's segments), not to be
+/// searched for directly mapped chunks.
+pub fn sample(depth: Depth, known: &[(u64, u64)]) -> ProcessSamples {
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map(|text| Mapping::parse_all(&text).0)
+        .map_err(|e| e.to_string());
+    let smaps = (depth == Depth::Full).then(|| {
+        std::fs::read_to_string("/proc/self/smaps")
+            .map(|text| SmapsEntry::parse_all(&text).0)
+            .map_err(|e| e.to_string())
+    });
+    let empty = Vec::new();
+    let mapped: &[Mapping] = maps.as_deref().unwrap_or(&empty);
+    let stacks = maps
+        .as_ref()
+        .map_err(Clone::clone)
+        .map(|m| sample_stacks(m));
+    let mut skip = known.to_vec();
+    if let Ok(stacks) = &stacks {
+        skip.extend(stacks.iter().map(|s| (s.start, s.end)));
+    }
+    ProcessSamples {
+        glibc: sample_glibc(mapped, depth),
+        mapped_chunks: scan_mapped_chunks(mapped, &skip),
+        stacks,
+        other_allocators: sample_other_allocators(),
+        maps,
+        smaps,
+    }
+}
+
+/// Chunks that glibc's malloc and LuaJIT's allocator mapped by themselves (their
+/// large allocations), found by their headers at the start of anonymous
+/// mappings; several may share one mapping when the kernel merged them.
+fn scan_mapped_chunks(maps: &[Mapping], skip: &[(u64, u64)]) -> Vec<MappedChunk> {
+    // SAFETY: reads only words on pages `mincore` shows present in a private,
+    // readable, writable anonymous mapping just listed in /proc/self/maps.
+    let page = unsafe { ngx_pagesize } as u64;
+    let resident = |addr: u64| is_page_present(addr, page);
+    let mut found = Vec::new();
+    let anonymous = maps
+        .iter()
+        .filter(|m| m.path.is_empty() && m.read && m.write && !m.exec && !m.shared);
+    for m in anonymous.filter(|m| !skip.iter().any(|&(s, e)| s < m.end && m.start < e)) {
+        let mut at = m.start;
+        while at + 16 <= m.end && resident(at) {
+            let (prev, head) = unsafe { (*(at as *const u64), *((at + 8) as *const u64)) };
+            let word_at = |offset: u64| {
+                let addr = at.checked_add(offset)?;
+                (addr % 8 == 0 && addr + 8 <= m.end && resident(addr))
+                    .then(|| unsafe { *(addr as *const u64) })
+            };
+            match mapped_chunk_at(prev, head, page, word_at) {
+                Some((kind, len)) if at + len <= m.end => {
+                    let chunk = Mapping {
+                        start: at,
+                        end: at + len,
+                        ..m.clone()
+                    };
+                    let Ok(resident_bytes) = resident_bytes_of(&chunk) else {
+                        break;
+                    };
+                    found.push(MappedChunk {
+                        kind,
+                        start: at,
+                        end: at + len,
+                        resident_bytes,
+                    });
+                    at += len;
+                }
+                _ => break,
+            }
+        }
+    }
+    found
+}
+
+fn is_page_present(addr: u64, page: u64) -> bool {
+    let mut vec = [0u8; 1];
+    let start = addr - addr % page;
+    // SAFETY: mincore only inspects page tables; ENOMEM for an unmapped page.
+    unsafe {
+        libc::mincore(start as *mut c_void, page as usize, vec.as_mut_ptr()) == 0 && vec[0] & 1 != 0
+    }
+}
+
+/// Resident bytes of a mapping of this process, by `mincore`.
+fn resident_bytes_of(m: &Mapping) -> Result<u64, String> {
+    // SAFETY: the range is a mapping just listed in /proc/self/maps, page-aligned.
+    let page = unsafe { ngx_pagesize };
+    unsafe { resident_pages(m.start as *mut c_void, m.size_bytes() as usize, page) }
+        .map(|pages| pages * page as u64)
+}
+
+unsafe fn symbol(name: &CStr) -> *mut c_void {
+    libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr())
+}
+
+fn sample_glibc(maps: &[Mapping], depth: Depth) -> Result<GlibcSample, String> {
+    // SAFETY: symbols looked up by name and called with their C signatures.
+    unsafe {
+        if symbol(c"gnu_get_libc_version").is_null() {
+            return Err("the C library is not glibc (musl?): no mallinfo2".into());
+        }
+        let mallinfo2 = symbol(c"mallinfo2");
+        if mallinfo2.is_null() {
+            return Err("glibc older than 2.33: no mallinfo2".into());
+        }
+        let mallinfo2: unsafe extern "C" fn() -> libc::mallinfo2 = std::mem::transmute(mallinfo2);
+        let mi = mallinfo2();
+        let heap_resident_bytes = match maps.iter().find(|m| m.path == "[heap]") {
+            Some(heap) => resident_bytes_of(heap),
+            None => Ok(0), // brk never used: every arena is mmapped
+        };
+        Ok(GlibcSample {
+            arena_in_use_bytes: mi.uordblks as u64,
+            free_bytes: mi.fordblks as u64,
+            arena_bytes: mi.arena as u64,
+            mmapped_bytes: mi.hblkhd as u64,
+            mmapped_chunks: mi.hblks as u64,
+            arenas: if depth == Depth::Full {
+                count_arenas()
+            } else {
+                None
+            },
+            heap_resident_bytes,
+        })
+    }
+}
+
+/// Arenas in `malloc_info()`'s XML (`<heap nr="N">` each). It walks every
+/// arena's bins, so it is left to detail depth.
+unsafe fn count_arenas() -> Option<u64> {
+    let mut buf: *mut c_char = std::ptr::null_mut();
+    let mut len: libc::size_t = 0;
+    let stream = libc::open_memstream(&mut buf, &mut len);
+    if stream.is_null() {
+        return None;
+    }
+    let ok = libc::malloc_info(0, stream) == 0;
+    libc::fclose(stream);
+    if buf.is_null() {
+        return None;
+    }
+    let xml = std::slice::from_raw_parts(buf as *const u8, len);
+    let count = ok.then(|| xml.windows(10).filter(|w| w == b"<heap nr=\"").count() as u64);
+    libc::free(buf.cast());
+    count
+}
+
+/// The main thread's `[stack]`, and each other thread's stack: the mapping that
+/// holds the stack pointer the kernel reports while the thread waits in a system
+/// call (nginx's thread-pool threads wait on a condition variable).
+fn sample_stacks(maps: &[Mapping]) -> Vec<StackSample> {
+    let mut stacks = Vec::new();
+    let mut add = |thread: String, m: &Mapping| {
+        if let Ok(resident) = resident_bytes_of(m) {
+            stacks.push(StackSample {
+                thread,
+                start: m.start,
+                end: m.end,
+                resident_bytes: resident,
+            });
+        }
+    };
+    if let Some(main) = maps.iter().find(|m| m.path == "[stack]") {
+        add("main".into(), main);
+    }
+    let pid = std::process::id().to_string();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return stacks;
+    };
+    for task in tasks.flatten() {
+        let tid = task.file_name().to_string_lossy().into_owned();
+        if tid == pid {
+            continue;
+        }
+        let Ok(syscall) = std::fs::read_to_string(task.path().join("syscall")) else {
+            continue;
+        };
+        let Some(sp) = parse_syscall_stack_pointer(&syscall) else {
+            continue;
+        };
+        if let Some(m) = maps
+            .iter()
+            .find(|m| m.start <= sp && sp < m.end && m.path != "[stack]")
+        {
+            add(tid, m);
+        }
+    }
+    stacks
+}
+
+type Mallctl = unsafe extern "C" fn(
+    *const c_char,
+    *mut c_void,
+    *mut libc::size_t,
+    *mut c_void,
+    libc::size_t,
+) -> c_int;
+type TcmallocProperty = unsafe extern "C" fn(*const c_char, *mut libc::size_t) -> c_int;
+
+/// jemalloc (`mallctl`) or tcmalloc (`MallocExtension_GetNumericProperty`), found
+/// at run time; `Ok(None)` when neither is in the process.
+fn sample_other_allocators() -> Result<Option<OtherAllocatorSample>, String> {
+    // SAFETY: symbols looked up by name and called with their documented signatures.
+    unsafe {
+        let mallctl = symbol(c"mallctl");
+        if !mallctl.is_null() {
+            let mallctl: Mallctl = std::mem::transmute(mallctl);
+            // Statistics are cached until the epoch advances.
+            let mut epoch: u64 = 1;
+            let mut len = std::mem::size_of::<u64>();
+            let epoch_ptr = (&mut epoch as *mut u64).cast::<c_void>();
+            if mallctl(c"epoch".as_ptr(), epoch_ptr, &mut len, epoch_ptr, len) != 0 {
+                return Err("jemalloc: mallctl(\"epoch\") failed".into());
+            }
+            let mut stats = BTreeMap::new();
+            for name in [
+                c"stats.allocated",
+                c"stats.active",
+                c"stats.resident",
+                c"stats.mapped",
+                c"stats.retained",
+                c"stats.metadata",
+            ] {
+                let mut value: libc::size_t = 0;
+                let mut len = std::mem::size_of::<libc::size_t>();
+                if mallctl(
+                    name.as_ptr(),
+                    (&mut value as *mut libc::size_t).cast(),
+                    &mut len,
+                    std::ptr::null_mut(),
+                    0,
+                ) == 0
+                {
+                    stats.insert(name.to_string_lossy().into_owned(), value as u64);
+                }
+            }
+            let Some(&allocated) = stats.get("stats.allocated") else {
+                return Err("jemalloc without statistics (built with --disable-stats)".into());
+            };
+            return Ok(Some(OtherAllocatorSample {
+                name: "jemalloc",
+                allocated_bytes: allocated,
+                stats,
+            }));
+        }
+        let property = symbol(c"MallocExtension_GetNumericProperty");
+        if !property.is_null() {
+            let property: TcmallocProperty = std::mem::transmute(property);
+            let mut stats = BTreeMap::new();
+            for name in [
+                c"generic.current_allocated_bytes",
+                c"generic.heap_size",
+                c"tcmalloc.pageheap_free_bytes",
+                c"tcmalloc.pageheap_unmapped_bytes",
+            ] {
+                let mut value: libc::size_t = 0;
+                if property(name.as_ptr(), &mut value) != 0 {
+                    stats.insert(name.to_string_lossy().into_owned(), value as u64);
+                }
+            }
+            let Some(&allocated) = stats.get("generic.current_allocated_bytes") else {
+                return Err("tcmalloc: generic.current_allocated_bytes not available".into());
+            };
+            return Ok(Some(OtherAllocatorSample {
+                name: "tcmalloc",
+                allocated_bytes: allocated,
+                stats,
+            }));
+        }
+        Ok(None)
+    }
+}
