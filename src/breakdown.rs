@@ -89,6 +89,28 @@ pub fn mapped_chunk_at(
     None
 }
 
+/// The parts of `[start, end)` outside every range of `skip`.
+pub fn uncovered(start: u64, end: u64, skip: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut inside: Vec<(u64, u64)> = skip
+        .iter()
+        .filter(|&&(s, e)| s < end && start < e)
+        .map(|&(s, e)| (s.max(start), e.min(end)))
+        .collect();
+    inside.sort_unstable();
+    let mut gaps = Vec::new();
+    let mut at = start;
+    for (s, e) in inside {
+        if s > at {
+            gaps.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < end {
+        gaps.push((at, end));
+    }
+    gaps
+}
+
 /// One thread's stack: its mapping's size and resident part.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackSample {
@@ -810,6 +832,20 @@ mod tests {
         assert_eq!(
             VirtualSplit::from_process(&ProcessMemory::default()).untouched_bytes,
             None
+        );
+    }
+
+    #[test]
+    fn uncovered_stretches() {
+        assert_eq!(uncovered(0, 100, &[]), vec![(0, 100)]);
+        assert_eq!(
+            uncovered(0, 100, &[(20, 30), (0, 10), (90, 200)]),
+            vec![(10, 20), (30, 90)]
+        );
+        assert_eq!(uncovered(0, 100, &[(0, 100)]), vec![]);
+        assert_eq!(
+            uncovered(50, 100, &[(0, 10), (40, 60), (55, 70)]),
+            vec![(70, 100)]
         );
     }
 

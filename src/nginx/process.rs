@@ -8,7 +8,7 @@ use ngx::ffi::ngx_pagesize;
 
 use super::residency::resident_pages;
 use crate::breakdown::{
-    mapped_chunk_at, Depth, GlibcSample, MappedChunk, OtherAllocatorSample, StackSample,
+    mapped_chunk_at, uncovered, Depth, GlibcSample, MappedChunk, OtherAllocatorSample, StackSample,
 };
 use crate::procfs::{parse_syscall_stack_pointer, Mapping, SmapsEntry};
 
@@ -64,34 +64,38 @@ fn scan_mapped_chunks(maps: &[Mapping], skip: &[(u64, u64)]) -> Vec<MappedChunk>
     let anonymous = maps
         .iter()
         .filter(|m| m.path.is_empty() && m.read && m.write && !m.exec && !m.shared);
-    for m in anonymous.filter(|m| !skip.iter().any(|&(s, e)| s < m.end && m.start < e)) {
-        let mut at = m.start;
-        while at + 16 <= m.end && resident(at) {
-            let (prev, head) = unsafe { (*(at as *const u64), *((at + 8) as *const u64)) };
-            let word_at = |offset: u64| {
-                let addr = at.checked_add(offset)?;
-                (addr % 8 == 0 && addr + 8 <= m.end && resident(addr))
-                    .then(|| unsafe { *(addr as *const u64) })
-            };
-            match mapped_chunk_at(prev, head, page, word_at) {
-                Some((kind, len)) if at + len <= m.end => {
-                    let chunk = Mapping {
-                        start: at,
-                        end: at + len,
-                        ..m.clone()
-                    };
-                    let Ok(resident_bytes) = resident_bytes_of(&chunk) else {
-                        break;
-                    };
-                    found.push(MappedChunk {
-                        kind,
-                        start: at,
-                        end: at + len,
-                        resident_bytes,
-                    });
-                    at += len;
+    for m in anonymous {
+        // The kernel merges neighbouring anonymous mappings into one: scan each
+        // stretch of it that no known range covers, from the stretch's start.
+        for (start, end) in uncovered(m.start, m.end, skip) {
+            let mut at = start;
+            while at + 16 <= end && resident(at) {
+                let (prev, head) = unsafe { (*(at as *const u64), *((at + 8) as *const u64)) };
+                let word_at = |offset: u64| {
+                    let addr = at.checked_add(offset)?;
+                    (addr % 8 == 0 && addr + 8 <= end && resident(addr))
+                        .then(|| unsafe { *(addr as *const u64) })
+                };
+                match mapped_chunk_at(prev, head, page, word_at) {
+                    Some((kind, len)) if at + len <= end => {
+                        let chunk = Mapping {
+                            start: at,
+                            end: at + len,
+                            ..m.clone()
+                        };
+                        let Ok(resident_bytes) = resident_bytes_of(&chunk) else {
+                            break;
+                        };
+                        found.push(MappedChunk {
+                            kind,
+                            start: at,
+                            end: at + len,
+                            resident_bytes,
+                        });
+                        at += len;
+                    }
+                    _ => break,
                 }
-                _ => break,
             }
         }
     }

@@ -106,9 +106,11 @@ sub try_run {
 
 # Starts nginx (daemonized) and waits for its processes and ports.
 # single => 1: master_process off, so there are no workers to wait for.
+# env => {...}: environment for nginx (LD_PRELOAD reaches the workers too).
 sub run {
     my ($self, %opt) = @_;
     my @cmd = $self->nginx_cmd();
+    local %ENV = (%ENV, %{ $opt{env} // {} });
     my $out = qx{@cmd 2>&1};
     die "nginx failed to start:\n$out\n" . $self->error_log_tail if $?;
     $self->{running} = 1;

@@ -1,0 +1,287 @@
+#!/usr/bin/perl
+
+# The breakdown: every owner's figure against a source no code of ours
+# computes (Lua's collectgarbage, the kernel's /proc/PID/maps and smaps read
+# from outside), and the owners adding up to RSS at both depths.
+
+use warnings;
+use strict;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use JSON::PP qw(decode_json);
+use Test::More;
+use NginxTest qw(read_file_text proc_status_bytes);
+use MemoryStatus qw(check_base_shape unexpected_errors);
+
+plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
+
+my $MiB = 1024 * 1024;
+my @OWNERS = qw(glibc shm lua_http lua_stream text stacks other_allocators);
+
+my $t = NginxTest->new;
+$t->write_file_expand('nginx.conf', <<'EOF');
+%%LOAD_LUA%%
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+worker_processes 1;
+events { worker_connections 128; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    lua_shared_dict sixteen 16m;
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /memory_status { memory_status; }
+        location = /compare {
+            content_by_lua_block {
+                collectgarbage("stop")
+                local before = collectgarbage("count") * 1024
+                local res = ngx.location.capture("/memory_status")
+                collectgarbage("restart")
+                ngx.say(string.format("%.0f", before))
+                ngx.print(res.body)
+            }
+        }
+        location = /lua_allocate {
+            content_by_lua_block {
+                big = {}
+                local pad = string.rep("x", 1016)
+                for i = 1, 65536 do big[i] = pad .. string.format("%08d", i) end
+                ngx.say("ok")
+            }
+        }
+        location = /lua_free {
+            content_by_lua_block { big = nil; collectgarbage("collect"); collectgarbage("collect"); ngx.say("ok") }
+        }
+        location = /malloc {
+            content_by_lua_block {
+                local ffi = require "ffi"
+                pcall(ffi.cdef, "void *malloc(size_t); void free(void *); void *memset(void *, int, size_t);")
+                local n = 32 * 1024 * 1024
+                block = ffi.C.malloc(n)
+                ffi.C.memset(block, 1, n)
+                ngx.say("ok")
+            }
+        }
+        location = /free {
+            content_by_lua_block {
+                local ffi = require "ffi"
+                ffi.C.free(block)
+                block = nil
+                ngx.say("ok")
+            }
+        }
+        location = /fill {
+            content_by_lua_block {
+                local d = ngx.shared.sixteen
+                local v = string.rep("v", 200)
+                local i = 0
+                repeat i = i + 1 until not d:safe_set(string.format("k%08d", i), v)
+                ngx.say(i)
+            }
+        }
+    }
+}
+EOF
+$t->run;
+my $port = $t->port(1);
+my ($worker) = $t->worker_pids;
+
+sub status {
+    my ($query) = @_;
+    my ($j) = $t->get_json($port, '/memory_status' . ($query // ''));
+    return $j;
+}
+
+# The pie adds up to RSS, and what no owner claims stays small.
+sub check_sums {
+    my ($j, $what) = @_;
+    my $b = $j->{breakdown};
+    my $sum = 0;
+    $sum += $b->{$_}{resident_bytes} // 0 for grep { $b->{$_} } @OWNERS;
+    $sum += $b->{unattributed}{resident_bytes};
+    is($sum, $j->{process}{resident_bytes}, "$what: owners + unattributed = process.resident_bytes");
+    my $share = $b->{unattributed}{resident_bytes} / $j->{process}{resident_bytes};
+    cmp_ok($share, '<', 0.20, sprintf('%s: unattributed %.1f%% of resident', $what, 100 * $share));
+    cmp_ok($b->{unattributed}{resident_bytes}, '>=', 0, "$what: unattributed not negative");
+    is($b->{unattributed}{measure}, 'resident', "$what: unattributed measure");
+    is(scalar unexpected_errors($j), 0, "$what: no source errors") or diag explain [unexpected_errors($j)];
+    return $b;
+}
+
+sub both_depths {
+    my ($what) = @_;
+    my $j = status();
+    check_sums($j, "$what (default)");
+    my $full = status('?detail=full');
+    check_sums($full, "$what (detail)");
+    return ($j, $full);
+}
+
+# --- the shape ------------------------------------------------------------------
+
+my ($j0, $full0) = both_depths('idle');
+check_base_shape($j0, 'default');
+for my $owner (qw(glibc shm lua_http text stacks)) {
+    my $o = $j0->{breakdown}{$owner};
+    ok($o, "$owner present");
+    like($o->{measure}, qr/^(allocated|loaded|mapped)$/, "$owner: measure $o->{measure}");
+    ok(defined $o->{resident_bytes}, "$owner: resident_bytes measured");
+}
+is($j0->{breakdown}{lua_stream}, undef, 'lua_stream null (no stream Lua module)');
+is($j0->{breakdown}{other_allocators}, undef, 'other_allocators null: not present');
+ok(!exists $j0->{breakdown}{text}{mappings}, 'default depth: no mapping lists');
+ok($full0->{breakdown}{text}{mappings} && @{ $full0->{breakdown}{text}{per_file} }, 'detail: mappings and per-file list');
+ok(!grep({ exists $_->{start} } @{ $full0->{breakdown}{unattributed}{mappings} }), 'detail: no addresses');
+ok(defined $full0->{breakdown}{text}{pss_bytes}, 'detail: PSS');
+is($full0->{breakdown}{glibc}{arenas}, 1, 'detail: one glibc arena in a single-threaded worker');
+my $v = $j0->{virtual};
+is($v->{resident_bytes} + $v->{swap_bytes} + $v->{untouched_bytes}, $v->{virtual_bytes}, 'virtual = resident + swap + untouched');
+cmp_ok($v->{untouched_bytes}, '>', 16 * $MiB, 'the 16 MiB dict is mostly untouched virtual space');
+
+# --- text against /proc/PID/maps from outside -------------------------------------
+
+my $exec = 0;
+for (split /\n/, read_file_text("/proc/$worker/maps")) {
+    my ($lo, $hi, $perms, $path) = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/ or next;
+    next unless $perms =~ /x/ && $path =~ m{^/};
+    no warnings 'portable';
+    $exec += hex($hi) - hex($lo);
+}
+is($j0->{breakdown}{text}{bytes}, $exec, "text = executable file mappings in /proc/PID/maps ($exec)");
+
+# --- Lua: 64 MiB ----------------------------------------------------------------------
+
+sub compare_lua {
+    my ($what) = @_;
+    my ($before, $json) = $t->get($port, '/compare')->{content} =~ /^(\d+)\n(.*)\z/s or die 'bad /compare';
+    my $j = decode_json($json);
+    my $bytes = $j->{breakdown}{lua_http}{bytes};
+    cmp_ok(abs($bytes - $before), '<=', 0.01 * $before,
+        "$what: lua_http.bytes $bytes within 1% of collectgarbage $before");
+    return $j;
+}
+my $lua0 = compare_lua('idle');
+is($t->get($port, '/lua_allocate')->{content}, "ok\n", 'Lua allocated 64 MiB');
+my $lua1 = compare_lua('after 64 MiB');
+cmp_ok($lua1->{breakdown}{lua_http}{bytes} - $lua0->{breakdown}{lua_http}{bytes}, '>=', 64 * $MiB, 'lua_http.bytes rose by 64 MiB');
+cmp_ok($lua1->{breakdown}{lua_http}{resident_bytes} - $lua0->{breakdown}{lua_http}{resident_bytes}, '>=', 64 * $MiB,
+    'lua_http.resident_bytes rose by 64 MiB');
+cmp_ok($lua1->{breakdown}{lua_http}{direct_chunks_found}, '>=', 1, 'the big table array is a direct LuaJIT chunk, found');
+both_depths('Lua holding 64 MiB');
+is($t->get($port, '/lua_free')->{content}, "ok\n", 'Lua freed it');
+compare_lua('after free');
+
+# --- glibc: 32 MiB through FFI malloc ----------------------------------------------------
+
+my $g0 = status()->{breakdown}{glibc};
+is($t->get($port, '/malloc')->{content}, "ok\n", 'FFI malloc and memset 32 MiB');
+my ($j1) = both_depths('glibc holding 32 MiB');
+my $g1 = $j1->{breakdown}{glibc};
+cmp_ok($g1->{in_use_bytes} - $g0->{in_use_bytes}, '>=', 32 * $MiB, 'glibc in_use rose by 32 MiB');
+cmp_ok($g1->{bytes} - $g0->{bytes}, '>=', 32 * $MiB, 'glibc bytes rose by 32 MiB');
+cmp_ok($g1->{resident_bytes} - $g0->{resident_bytes}, '>=', 32 * $MiB, 'glibc resident rose by 32 MiB (its mmapped chunk found)');
+is($t->get($port, '/free')->{content}, "ok\n", 'free');
+my $g2 = status()->{breakdown}{glibc};
+cmp_ok(abs($g2->{in_use_bytes} - $g0->{in_use_bytes}), '<', 1 * $MiB, 'glibc in_use back where it was');
+
+# --- shm: a 16 MiB dict filled -------------------------------------------------------------
+
+like($t->get($port, '/fill')->{content}, qr/^\d+$/, 'dict filled');
+my ($j2, $full2) = both_depths('16 MiB dict filled');
+my $shm = $j2->{breakdown}{shm};
+cmp_ok($shm->{bytes}, '>', 15 * $MiB, "shm loaded about 16 MiB ($shm->{bytes})");
+my $rss = smaps_rss_of_size($worker, 16 * $MiB);
+cmp_ok(abs($shm->{bytes} - $rss), '<=', 0.02 * 16 * $MiB, "shm loaded within 2% of the mapping's smaps Rss ($rss)");
+cmp_ok(abs($shm->{resident_bytes} - proc_status_bytes($worker, 'RssShmem')), '<=', 64 * 1024,
+    'shm resident = this worker\'s RssShmem');
+cmp_ok(abs($full2->{breakdown}{shm}{resident_bytes} - $rss), '<=', 64 * 1024, 'detail: shm resident = smaps Rss');
+
+# --- bad arguments --------------------------------------------------------------------------
+
+my $bad = $t->get($port, '/memory_status?detail=yes');
+is($bad->{status}, 400, 'detail=yes: 400');
+like($bad->{content}, qr/^memory_status: bad value "yes" for argument "detail"/, 'detail=yes: reason names it');
+is($t->get($port, '/memory_status?detail=full&zone=sixteen')->{status}, 400, 'detail with zone: 400');
+
+$t->done_file;
+
+# --- thread stacks with aio threads -------------------------------------------------------
+
+{
+    my $t = NginxTest->new;
+    $t->write_file_expand('nginx.conf', <<'EOF');
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+worker_processes 1;
+thread_pool default threads=4;
+events { worker_connections 128; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    aio threads;
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /memory_status { memory_status; }
+    }
+}
+EOF
+    $t->run;
+    my ($w) = $t->worker_pids;
+    my ($j) = $t->get_json($t->port(1), '/memory_status');
+    my $s = $j->{breakdown}{stacks};
+    is($s->{threads}, 5, 'aio threads: 5 threads');
+    is($s->{threads}, proc_status_bytes($w, 'Threads'), 'threads = /proc Threads');
+    is($s->{stacks_found}, 5, 'every thread\'s stack found');
+    cmp_ok($s->{bytes}, '>=', 4 * 1024 * 1024, 'thread stacks are mapped');
+    is(scalar(grep { $_->{thread} ne 'main' } @{ $s->{stacks} }), 4, 'four thread stacks listed');
+    $t->done_file;
+}
+
+# --- jemalloc and tcmalloc, preloaded ---------------------------------------------------------
+
+for my $case (['jemalloc', 'libjemalloc.so.2', 'stats.allocated'],
+              ['tcmalloc', 'libtcmalloc_minimal.so.4', 'generic.current_allocated_bytes']) {
+    my ($name, $lib, $stat) = @$case;
+    my ($path) = grep { -f } map { "$_/$lib" } qw(/usr/lib/x86_64-linux-gnu /usr/lib);
+    SKIP: {
+        skip "$lib not installed", 4 unless $path;
+        my $t = NginxTest->new;
+        $t->write_file_expand('nginx.conf', <<'EOF');
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+worker_processes 1;
+events { worker_connections 128; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /memory_status { memory_status; }
+    }
+}
+EOF
+        $t->run(env => { LD_PRELOAD => $path });
+        my ($j) = $t->get_json($t->port(1), '/memory_status');
+        my $o = $j->{breakdown}{other_allocators};
+        is($o->{name}, $name, "$name preloaded: detected");
+        ok($o->{bytes} > 0, "$name: allocated bytes from its own stats");
+        is($o->{bytes}, $o->{stats}{$stat}, "$name: bytes = $stat");
+        is($o->{measure}, 'allocated', "$name: measure");
+        $t->done_file;
+    }
+}
+
+done_testing();
+
+# The Rss of the one mapping of exactly that size in /proc/PID/smaps.
+sub smaps_rss_of_size {
+    my ($pid, $size) = @_;
+    my @found;
+    for my $block (split /(?=^[0-9a-f]+-[0-9a-f]+ )/m, read_file_text("/proc/$pid/smaps")) {
+        my ($lo, $hi) = $block =~ /^([0-9a-f]+)-([0-9a-f]+) / or next;
+        no warnings 'portable';
+        next unless hex($hi) - hex($lo) == $size;
+        push @found, ($block =~ /^Rss:\s+(\d+) kB/m)[0] * 1024;
+    }
+    return @found == 1 ? $found[0] : undef;
+}
