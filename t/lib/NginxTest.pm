@@ -114,12 +114,20 @@ sub run {
     my $out = qx{@cmd 2>&1};
     die "nginx failed to start:\n$out\n" . $self->error_log_tail if $?;
     $self->{running} = 1;
+    my $want = $opt{single} ? 0 : $self->configured_workers;
     $self->wait_for(sub {
         my @w = $self->worker_pids;
-        $self->master_pid && ($opt{single} || @w);
+        $self->master_pid && @w >= $want;
     }, 'nginx processes');
     $self->wait_for_ports;
     return $self;
+}
+
+# worker_processes of the configuration (nginx's default is 1).
+sub configured_workers {
+    my ($self) = @_;
+    my $conf = read_file_text("$self->{prefix}/nginx.conf") // '';
+    return $conf =~ /^\s*worker_processes\s+(\d+)\s*;/m ? $1 : 1;
 }
 
 sub master_pid {
@@ -168,9 +176,10 @@ sub reload {
     my ($self) = @_;
     my %old = map { $_ => 1 } $self->worker_pids;
     kill 'HUP', $self->master_pid;
+    my $want = $self->configured_workers;
     $self->wait_for(sub {
         my @now = $self->worker_pids;
-        @now && !grep { $old{$_} } @now;
+        @now >= $want && !grep { $old{$_} } @now;
     }, 'new workers after reload');
     return $self;
 }
