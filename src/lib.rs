@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod breakdown;
+mod format;
 mod lua;
 mod panic_guard;
 mod procfs;

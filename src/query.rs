@@ -5,12 +5,51 @@ use std::fmt;
 
 use crate::breakdown::Depth;
 
+/// The answer's format.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Json,
+    Prometheus,
+    Html,
+}
+
+impl Format {
+    pub const NAMES: &'static str = "json, prometheus, html";
+
+    pub fn from_name(name: &str) -> Option<Format> {
+        match name {
+            "json" => Some(Format::Json),
+            "prometheus" => Some(Format::Prometheus),
+            "html" => Some(Format::Html),
+            _ => None,
+        }
+    }
+
+    /// Prometheus asks for its text exposition format (or OpenMetrics) in `Accept`.
+    pub fn from_accept(accept: &str) -> Option<Format> {
+        let wants = |media: &str| {
+            accept.split(',').any(|part| {
+                part.replace(' ', "")
+                    .to_ascii_lowercase()
+                    .starts_with(media)
+            })
+        };
+        (wants("application/openmetrics-text") || wants("text/plain;version=0.0.4"))
+            .then_some(Format::Prometheus)
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Query {
     /// `zone=NAME`: answer with this shared memory zone alone.
     pub zone: Option<String>,
     /// `detail=full`: add what needs `/proc/self/smaps`.
     pub depth: Depth,
+    /// `format=...`: overrides the location's `memory_status_format` and `Accept`.
+    pub format: Option<Format>,
+    /// `refresh=N` (html only): reload the page every N seconds.
+    pub refresh_seconds: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,13 +94,15 @@ impl fmt::Display for QueryError {
     }
 }
 
-const ARGUMENTS: &[&str] = &["zone", "detail"];
+const ARGUMENTS: &[&str] = &["zone", "detail", "format", "refresh"];
 
 impl Query {
     /// Parses `r->args` (the part after `?`, still percent-encoded).
     pub fn parse(args: &[u8]) -> Result<Query, QueryError> {
         let mut query = Query::default();
         let mut detail = None;
+        let mut format = None;
+        let mut refresh = None;
         for part in args.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
             let (raw_name, raw_value) = match part.iter().position(|&b| b == b'=') {
                 Some(i) => (&part[..i], &part[i + 1..]),
@@ -73,6 +114,8 @@ impl Query {
             match name.as_str() {
                 "zone" => set_once(&mut query.zone, "zone", value)?,
                 "detail" => set_once(&mut detail, "detail", value)?,
+                "format" => set_once(&mut format, "format", value)?,
+                "refresh" => set_once(&mut refresh, "refresh", value)?,
                 _ => return Err(QueryError::Unknown(name)),
             }
         }
@@ -91,7 +134,51 @@ impl Query {
             }
             query.depth = Depth::Full;
         }
+        if let Some(value) = format {
+            let Some(f) = Format::from_name(&value) else {
+                return Err(QueryError::BadValue {
+                    name: "format",
+                    value,
+                    expected: Format::NAMES,
+                });
+            };
+            query.format = Some(f);
+        }
+        if let Some(value) = refresh {
+            match value.parse::<u32>() {
+                Ok(n) if (1..=86_400).contains(&n) => query.refresh_seconds = Some(n),
+                _ => {
+                    return Err(QueryError::BadValue {
+                        name: "refresh",
+                        value,
+                        expected: "seconds from 1 to 86400",
+                    })
+                }
+            }
+        }
         Ok(query)
+    }
+
+    /// The format to answer in: `format=` first, then what `Accept` asks for,
+    /// then the location's `memory_status_format`, else JSON. Arguments that
+    /// do not fit the format are a conflict.
+    pub fn resolve_format(
+        &self,
+        accept: Option<Format>,
+        configured: Option<Format>,
+    ) -> Result<Format, QueryError> {
+        let format = self.format.or(accept).or(configured).unwrap_or_default();
+        if self.refresh_seconds.is_some() && format != Format::Html {
+            return Err(QueryError::Conflict(
+                "refresh= applies to the html format only",
+            ));
+        }
+        if self.zone.is_some() && format == Format::Html {
+            return Err(QueryError::Conflict(
+                "the html format shows every zone, not zone=",
+            ));
+        }
+        Ok(format)
     }
 }
 
@@ -155,6 +242,82 @@ mod tests {
             Query::parse(b"zone=a%20b+c").unwrap().zone.as_deref(),
             Some("a b c")
         );
+    }
+
+    fn resolve(
+        args: &[u8],
+        accept: Option<Format>,
+        configured: Option<Format>,
+    ) -> Result<Format, QueryError> {
+        Query::parse(args)?.resolve_format(accept, configured)
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(
+            resolve(b"format=prometheus", None, None),
+            Ok(Format::Prometheus)
+        );
+        assert_eq!(
+            Query::parse(b"format=html&refresh=5")
+                .unwrap()
+                .refresh_seconds,
+            Some(5)
+        );
+        let err = Query::parse(b"format=xml").unwrap_err().to_string();
+        assert!(
+            err.contains("\"xml\"") && err.contains("json, prometheus, html"),
+            "{err}"
+        );
+        assert!(matches!(
+            resolve(b"refresh=5", None, None),
+            Err(QueryError::Conflict(_))
+        ));
+        assert!(matches!(
+            resolve(b"format=json&refresh=5", None, None),
+            Err(QueryError::Conflict(_))
+        ));
+        assert!(matches!(
+            Query::parse(b"format=html&refresh=0"),
+            Err(QueryError::BadValue { .. })
+        ));
+        assert!(matches!(
+            resolve(b"format=html&zone=a", None, None),
+            Err(QueryError::Conflict(_))
+        ));
+        assert_eq!(
+            resolve(b"format=prometheus&zone=a", None, None),
+            Ok(Format::Prometheus)
+        );
+    }
+
+    #[test]
+    fn format_precedence() {
+        let (p, h) = (Some(Format::Prometheus), Some(Format::Html));
+        assert_eq!(resolve(b"", None, None), Ok(Format::Json));
+        assert_eq!(resolve(b"", None, h), Ok(Format::Html));
+        assert_eq!(resolve(b"", p, h), Ok(Format::Prometheus));
+        assert_eq!(resolve(b"format=json", p, h), Ok(Format::Json));
+        // refresh fits a location whose configured format is html.
+        assert_eq!(resolve(b"refresh=10", None, h), Ok(Format::Html));
+        assert!(matches!(
+            resolve(b"zone=a", None, h),
+            Err(QueryError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn accept_header() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                          version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::from_accept(prometheus), Some(Format::Prometheus));
+        assert_eq!(
+            Format::from_accept("text/plain; version=0.0.4"),
+            Some(Format::Prometheus)
+        );
+        assert_eq!(Format::from_accept("*/*"), None);
+        assert_eq!(Format::from_accept("text/html,application/xhtml+xml"), None);
+        assert_eq!(Format::from_accept("text/plain"), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The content handler: GET/HEAD only, body discarded, JSON out; in the manner
-//! of nginx's own `stub_status`.
+//! The content handler: GET/HEAD only, body discarded, the answer in the asked
+//! format; in the manner of nginx's own `stub_status`.
 
 use std::ptr;
 
@@ -10,11 +10,13 @@ use ngx::ffi::{
     NGX_HTTP_BAD_REQUEST, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR,
     NGX_HTTP_NOT_ALLOWED, NGX_HTTP_NOT_FOUND, NGX_HTTP_OK, NGX_LOG_ALERT, NGX_OK,
 };
+use ngx::http::{HttpModuleLocationConf, Request};
 use ngx::ngx_log_error;
 
-use super::collect;
+use super::{collect, MemoryStatusModule};
+use crate::format::{html, prometheus};
 use crate::panic_guard::run_guarded;
-use crate::query::Query;
+use crate::query::{Format, Query};
 
 const JSON: &[u8] = b"application/json";
 const TEXT: &[u8] = b"text/plain";
@@ -47,21 +49,47 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
         return rc;
     }
 
-    let query = match Query::parse(r.args.as_bytes()) {
-        Ok(query) => query,
-        Err(err) => return send_reason(r, NGX_HTTP_BAD_REQUEST, &err.to_string()),
-    };
+    // SAFETY: the request is valid for the call; `Request` is its transparent wrapper.
+    let request = unsafe { Request::from_ngx_http_request(r) };
+    let configured = MemoryStatusModule::location_conf(request).and_then(|c| c.format);
+    let accept = request
+        .headers_in_iterator()
+        .find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(b"accept"))
+        .and_then(|(_, v)| Format::from_accept(&String::from_utf8_lossy(v.as_bytes())));
+    let query = Query::parse(r.args.as_bytes());
+    let (query, format) =
+        match query.and_then(|q| q.resolve_format(accept, configured).map(|f| (q, f))) {
+            Ok(resolved) => resolved,
+            Err(err) => return send_reason(r, NGX_HTTP_BAD_REQUEST, &err.to_string()),
+        };
 
-    let body = match &query.zone {
-        None => collect::report(query.depth).to_json(),
+    let (content_type, body) = match &query.zone {
+        None => {
+            let report = collect::report(query.depth);
+            match format {
+                Format::Json => (JSON, report.to_json()),
+                Format::Prometheus => (
+                    prometheus::CONTENT_TYPE,
+                    prometheus::render(&report).into_bytes(),
+                ),
+                Format::Html => (
+                    html::CONTENT_TYPE,
+                    html::render(&report, query.refresh_seconds).into_bytes(),
+                ),
+            }
+        }
         Some(name) => match collect::zone_report(name) {
-            Some(zone) => zone.to_json(),
+            Some(zone) if format == Format::Prometheus => (
+                prometheus::CONTENT_TYPE,
+                prometheus::render_zone(&zone).into_bytes(),
+            ),
+            Some(zone) => (JSON, zone.to_json()),
             None => {
                 return send_reason(r, NGX_HTTP_NOT_FOUND, &format!("no zone named \"{name}\""));
             }
         },
     };
-    send(r, NGX_HTTP_OK as usize, JSON, &body)
+    send(r, NGX_HTTP_OK as usize, content_type, &body)
 }
 
 /// A 4xx answer with a one-line reason.

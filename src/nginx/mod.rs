@@ -12,13 +12,16 @@ mod zones;
 use std::ffi::{c_char, c_void};
 use std::ptr::{addr_of, addr_of_mut};
 
-use ngx::core::NGX_CONF_OK;
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_module_t, ngx_uint_t, NGX_CONF_NOARGS,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MODULE,
+    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_module_t, ngx_str_t, ngx_uint_t,
+    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, Merge, MergeConfigError, NgxHttpCoreModule};
-use ngx::ngx_string;
+use ngx::{ngx_conf_log_error, ngx_string};
+
+use crate::query::Format;
 
 pub struct MemoryStatusModule;
 
@@ -33,11 +36,17 @@ impl HttpModule for MemoryStatusModule {
 pub struct LocationConf {
     /// `memory_status` was given in this location.
     enabled: bool,
+    /// `memory_status_format`: the answer's format when the request names none.
+    format: Option<Format>,
 }
 
 impl Merge for LocationConf {
-    fn merge(&mut self, _prev: &Self) -> Result<(), MergeConfigError> {
-        // The content handler belongs to the location that names it; nothing inherits.
+    fn merge(&mut self, prev: &Self) -> Result<(), MergeConfigError> {
+        // The content handler belongs to the location that names it; the format
+        // is inherited from http and server levels.
+        if self.format.is_none() {
+            self.format = prev.format;
+        }
         Ok(())
     }
 }
@@ -46,11 +55,20 @@ unsafe impl HttpModuleLocationConf for MemoryStatusModule {
     type LocationConf = LocationConf;
 }
 
-static mut NGX_HTTP_MEMORY_STATUS_COMMANDS: [ngx_command_t; 2] = [
+static mut NGX_HTTP_MEMORY_STATUS_COMMANDS: [ngx_command_t; 3] = [
     ngx_command_t {
         name: ngx_string!("memory_status"),
         type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
         set: Some(set_memory_status),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: std::ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("memory_status_format"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
+            as ngx_uint_t,
+        set: Some(set_memory_status_format),
         conf: NGX_HTTP_LOC_CONF_OFFSET,
         offset: 0,
         post: std::ptr::null_mut(),
@@ -105,4 +123,36 @@ extern "C" fn set_memory_status(
     };
     clcf.handler = Some(handler::memory_status_handler);
     NGX_CONF_OK
+}
+
+/// `memory_status_format json|prometheus|html;`
+extern "C" fn set_memory_status_format(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location configuration.
+    let conf = unsafe { &mut *conf.cast::<LocationConf>() };
+    if conf.format.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // SAFETY: `cf->args` holds the directive and its one argument (NGX_CONF_TAKE1).
+    let args: &[ngx_str_t] = unsafe { (*(*cf).args).as_slice() };
+    let value = String::from_utf8_lossy(args[1].as_bytes());
+    match Format::from_name(&value) {
+        Some(format) => {
+            conf.format = Some(format);
+            NGX_CONF_OK
+        }
+        None => {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid value \"{}\" in \"memory_status_format\" directive, it must be one of: {}",
+                value,
+                Format::NAMES
+            );
+            NGX_CONF_ERROR
+        }
+    }
 }

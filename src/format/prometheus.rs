@@ -1,0 +1,407 @@
+//! Prometheus text exposition format 0.0.4. Names follow Prometheus'
+//! conventions (units in names, counters end in `_total`, no count inside a
+//! `_bytes` metric); slab metrics follow Angie's shape.
+
+use std::fmt::Write;
+
+use crate::breakdown::Owner;
+use crate::report::{NginxInfo, Report, ZoneReport};
+use crate::zones::Zone;
+
+pub const CONTENT_TYPE: &[u8] = b"text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+struct Family {
+    name: String,
+    kind: Kind,
+    help: &'static str,
+    samples: Vec<(String, String)>,
+}
+
+/// Collects samples by family, so each family's samples come out together
+/// after its `# HELP` and `# TYPE`.
+struct Metrics {
+    base_labels: Vec<(&'static str, String)>,
+    families: Vec<Family>,
+}
+
+impl Metrics {
+    fn new(nginx: &NginxInfo) -> Metrics {
+        Metrics {
+            base_labels: vec![
+                ("pid", nginx.pid.to_string()),
+                ("worker", nginx.worker.to_string()),
+            ],
+            families: Vec::new(),
+        }
+    }
+
+    fn add(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        value: impl ToString,
+    ) {
+        let name = format!("nginx_memory_{name}");
+        let mut rendered = String::new();
+        let all = self
+            .base_labels
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(labels.iter().copied());
+        for (i, (k, v)) in all.enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(rendered, "{sep}{k}=\"{}\"", escape(v));
+        }
+        let sample = (rendered, value.to_string());
+        match self.families.iter_mut().find(|f| f.name == name) {
+            Some(f) => f.samples.push(sample),
+            None => self.families.push(Family {
+                name,
+                kind,
+                help,
+                samples: vec![sample],
+            }),
+        }
+    }
+
+    fn gauge(
+        &mut self,
+        name: &str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        value: impl ToString,
+    ) {
+        self.add(name, Kind::Gauge, help, labels, value);
+    }
+
+    fn gauge_opt(
+        &mut self,
+        name: &str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        value: Option<impl ToString>,
+    ) {
+        if let Some(v) = value {
+            self.gauge(name, help, labels, v);
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for f in &self.families {
+            let kind = if f.kind == Kind::Counter {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+            let _ = writeln!(out, "# TYPE {} {kind}", f.name);
+            for (labels, value) in &f.samples {
+                let _ = writeln!(out, "{}{{{labels}}} {value}", f.name);
+            }
+        }
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn info(m: &mut Metrics, nginx: &NginxInfo) {
+    let role = serde_json::to_value(nginx.role)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    m.gauge(
+        "info",
+        "Always 1; labels name the nginx and module versions and the process role.",
+        &[
+            ("nginx_version", &nginx.version),
+            ("module_version", nginx.module_version),
+            ("role", &role),
+        ],
+        1,
+    );
+}
+
+fn zones(m: &mut Metrics, zones: &[Zone]) {
+    for z in zones {
+        let zl: &[(&str, &str)] = &[("zone", &z.name)];
+        m.gauge(
+            "zone_size_bytes",
+            "Shared memory zone size as configured.",
+            &[
+                ("zone", &z.name),
+                ("owner", z.owner.as_deref().unwrap_or("")),
+                ("kind", z.kind),
+            ],
+            z.size_bytes,
+        );
+        m.gauge(
+            "zone_mapped_bytes",
+            "Virtual memory the zone's mapping takes.",
+            zl,
+            z.mapped_bytes,
+        );
+        m.gauge_opt(
+            "zone_loaded_bytes",
+            "Pages of the zone resident in memory (mincore), touched by any process.",
+            zl,
+            z.loaded_bytes,
+        );
+        m.gauge_opt(
+            "lua_shared_dict_capacity_bytes",
+            "ngx.shared.DICT:capacity().",
+            zl,
+            z.capacity_bytes,
+        );
+        m.gauge_opt(
+            "lua_shared_dict_free_space_bytes",
+            "ngx.shared.DICT:free_space().",
+            zl,
+            z.free_space_bytes,
+        );
+        let Some(s) = &z.slab else { continue };
+        m.gauge("slabs_pages_used", "Slab pages in use.", zl, s.pages.used);
+        m.gauge("slabs_pages_free", "Slab pages free.", zl, s.pages.free);
+        m.gauge(
+            "slabs_page_size_bytes",
+            "Slab page size.",
+            zl,
+            s.page_size_bytes,
+        );
+        m.gauge(
+            "slabs_free_runs",
+            "Runs of contiguous free pages (many small runs: fragmentation).",
+            zl,
+            s.free_runs,
+        );
+        m.gauge(
+            "slabs_largest_free_run_bytes",
+            "Largest run of free pages: the biggest page allocation that can still succeed.",
+            zl,
+            s.largest_free_run_bytes,
+        );
+        for (size, c) in &s.slots.0 {
+            let size = size.to_string();
+            let sl: &[(&str, &str)] = &[("zone", &z.name), ("slot", &size)];
+            m.gauge(
+                "slabs_pages_slots_used",
+                "Chunks of this slot size in use.",
+                sl,
+                c.used,
+            );
+            m.gauge(
+                "slabs_pages_slots_free",
+                "Free chunks of this slot size in pages given to the slot.",
+                sl,
+                c.free,
+            );
+            m.add(
+                "slabs_pages_slots_reqs_total",
+                Kind::Counter,
+                "Allocations asked of this slot.",
+                sl,
+                c.reqs,
+            );
+            m.add(
+                "slabs_pages_slots_fails_total",
+                Kind::Counter,
+                "Allocations of this slot size that failed.",
+                sl,
+                c.fails,
+            );
+        }
+    }
+}
+
+fn owner(m: &mut Metrics, name: &str, o: &Owner) {
+    m.gauge(
+        "owner_bytes",
+        "Each owner's own figure, in the measure the label names (allocated, loaded, mapped, resident).",
+        &[("owner", name), ("measure", o.measure)],
+        o.bytes,
+    );
+    m.gauge_opt(
+        "owner_resident_bytes",
+        "Each owner's share of the process's resident memory; the shares add up to process_resident_bytes.",
+        &[("owner", name)],
+        o.resident_bytes,
+    );
+    m.gauge_opt(
+        "owner_pss_bytes",
+        "Proportional set size of the owner's mappings (detail=full).",
+        &[("owner", name)],
+        o.pss_bytes,
+    );
+}
+
+pub fn render(r: &Report) -> String {
+    let mut m = Metrics::new(&r.nginx);
+    info(&mut m, &r.nginx);
+    let p = &r.process;
+    m.gauge_opt(
+        "process_virtual_bytes",
+        "Virtual memory size (VmSize).",
+        &[],
+        p.virtual_bytes,
+    );
+    m.gauge_opt(
+        "process_resident_bytes",
+        "Resident memory (VmRSS).",
+        &[],
+        p.resident_bytes,
+    );
+    m.gauge_opt(
+        "process_resident_anon_bytes",
+        "Resident anonymous memory (RssAnon).",
+        &[],
+        p.resident_anon_bytes,
+    );
+    m.gauge_opt(
+        "process_resident_file_bytes",
+        "Resident file-backed memory (RssFile).",
+        &[],
+        p.resident_file_bytes,
+    );
+    m.gauge_opt(
+        "process_resident_shmem_bytes",
+        "Resident shared memory (RssShmem).",
+        &[],
+        p.resident_shmem_bytes,
+    );
+    m.gauge_opt(
+        "process_swap_bytes",
+        "Swapped-out memory (VmSwap).",
+        &[],
+        p.swap_bytes,
+    );
+    m.gauge_opt(
+        "process_peak_virtual_bytes",
+        "Peak virtual memory size (VmPeak).",
+        &[],
+        p.peak_virtual_bytes,
+    );
+    m.gauge_opt(
+        "process_peak_resident_bytes",
+        "Peak resident memory (VmHWM).",
+        &[],
+        p.peak_resident_bytes,
+    );
+    m.gauge_opt("process_threads", "OS threads.", &[], p.threads);
+    m.gauge_opt(
+        "virtual_untouched_bytes",
+        "Virtual memory mapped but never touched.",
+        &[],
+        r.virtual_split.untouched_bytes,
+    );
+
+    let b = &r.breakdown;
+    let owners = [
+        ("glibc", &b.glibc),
+        ("shm", &b.shm),
+        ("lua_http", &b.lua_http),
+        ("lua_stream", &b.lua_stream),
+        ("text", &b.text),
+        ("stacks", &b.stacks),
+        ("other_allocators", &b.other_allocators),
+    ];
+    for (name, o) in owners {
+        if let Some(o) = o {
+            owner(&mut m, name, o);
+        }
+    }
+    owner(&mut m, "unattributed", &b.unattributed);
+    if let Some(g) = &b.glibc {
+        let detail = |k: &str| g.details.get(k).and_then(|v| v.as_u64());
+        m.gauge_opt(
+            "glibc_free_bytes",
+            "Free memory glibc's arenas hold (fordblks).",
+            &[],
+            detail("free_bytes"),
+        );
+        m.gauge_opt(
+            "glibc_mmapped_bytes",
+            "Memory in chunks glibc mapped directly (hblkhd).",
+            &[],
+            detail("mmapped_bytes"),
+        );
+        m.gauge_opt(
+            "glibc_mmapped_chunks",
+            "Chunks glibc mapped directly (hblks).",
+            &[],
+            detail("mmapped_chunks"),
+        );
+    }
+
+    for (vm, v) in [("http", &r.lua.http), ("stream", &r.lua.stream)] {
+        let Some(v) = v else { continue };
+        let l: &[(&str, &str)] = &[("vm", vm)];
+        m.gauge(
+            "lua_gc_bytes",
+            "Live bytes the Lua GC counts (collectgarbage(\"count\") * 1024).",
+            l,
+            v.gc_bytes,
+        );
+        if let Some(a) = &v.allocator {
+            m.gauge(
+                "lua_allocator_mapped_bytes",
+                "Memory LuaJIT's allocator holds in its segments.",
+                l,
+                a.mapped_bytes,
+            );
+            m.gauge_opt(
+                "lua_allocator_resident_bytes",
+                "Resident part of LuaJIT's allocator segments.",
+                l,
+                a.resident_bytes,
+            );
+            m.gauge(
+                "lua_allocator_free_bytes",
+                "Free memory in LuaJIT's allocator segments: freed by the GC, kept.",
+                l,
+                a.free_bytes,
+            );
+        }
+        m.gauge_opt(
+            "lua_jit_enabled",
+            "1 when LuaJIT's JIT compiler is on.",
+            l,
+            v.jit_enabled.map(u8::from),
+        );
+    }
+
+    zones(&mut m, &r.zones);
+    errors(&mut m, r.errors.iter().map(|e| e.source.as_str()));
+    m.render()
+}
+
+pub fn render_zone(r: &ZoneReport) -> String {
+    let mut m = Metrics::new(&r.nginx);
+    info(&mut m, &r.nginx);
+    zones(&mut m, &r.zones);
+    errors(&mut m, r.errors.iter().map(|e| e.source.as_str()));
+    m.render()
+}
+
+fn errors<'a>(m: &mut Metrics, sources: impl Iterator<Item = &'a str>) {
+    for source in sources {
+        m.gauge(
+            "source_unavailable",
+            "1 for each source that could not be read or is absent (see the JSON answer's errors for why).",
+            &[("source", source)],
+            1,
+        );
+    }
+}
