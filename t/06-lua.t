@@ -88,6 +88,7 @@ sub compare {
     my $body = $t->get($t->port(1), '/compare')->{content};
     my ($before, $after, $json) = $body =~ /^(\d+) (\d+)\n(.*)\z/s or die "bad /compare: $body";
     my $j = decode_json($json);
+    NginxTest::spool_answer($json);
     my $gc = $j->{lua}{http}{gc_bytes};
     my @unexpected = unexpected_errors($j);
     is(scalar @unexpected, 0, "$what: no source errors") or diag explain \@unexpected;

@@ -157,6 +157,7 @@ sub compare_lua {
     my ($what) = @_;
     my ($before, $json) = $t->get($port, '/compare')->{content} =~ /^(\d+)\n(.*)\z/s or die 'bad /compare';
     my $j = decode_json($json);
+    NginxTest::spool_answer($json);
     my $bytes = $j->{breakdown}{lua_http}{bytes};
     cmp_ok(abs($bytes - $before), '<=', 0.01 * $before,
         "$what: lua_http.bytes $bytes within 1% of collectgarbage $before");

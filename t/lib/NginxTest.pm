@@ -27,6 +27,9 @@ our $NGINX = $ENV{TEST_NGINX_BINARY} // '/usr/sbin/nginx';
 our $MODULE = $ENV{TEST_NGINX_MODULE}
     // "$ROOT/target/release/libngx_http_memory_status_module.so";
 our $MODULES_DIR = '/usr/lib/nginx/modules';
+# Every JSON answer the tests get is kept here; t/99-schema.t validates them all.
+our $SPOOL = $ENV{TEST_JSON_SPOOL} // "$ROOT/t/tmp/answers";
+my $spooled = 0;
 
 sub new {
     my ($class) = @_;
@@ -255,7 +258,17 @@ sub get_json {
     my $res = $self->get($port, $path);
     my $json = eval { decode_json($res->{content}) };
     die "not JSON ($res->{status}): $res->{content}\n" unless $json;
+    spool_answer($res->{content});
     return ($json, $res);
+}
+
+sub spool_answer {
+    my ($content) = @_;
+    make_path($SPOOL);
+    my $name = sprintf '%s/%s-%d-%04d.json', $SPOOL, (split m{/}, $0)[-1], $$, ++$spooled;
+    open my $fh, '>', $name or die "spool $name: $!";
+    print $fh $content;
+    close $fh;
 }
 
 # --- /proc helpers ----------------------------------------------------------
