@@ -1,0 +1,208 @@
+#!/usr/bin/perl
+
+# Formats: Prometheus (checked by promtool, scraped by a real Prometheus),
+# HTML (rendered by headless Chromium), how the format is chosen, and errors.
+
+use warnings;
+use strict;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use File::Path qw(make_path);
+use File::Temp qw(tempdir);
+use HTTP::Tiny;
+use JSON::PP qw(decode_json);
+use Test::More;
+use Time::HiRes qw(sleep time);
+use NginxTest qw(read_file_text);
+
+plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
+
+my $t = NginxTest->new;
+$t->write_file_expand('nginx.conf', <<'EOF');
+%%LOAD_LUA%%
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+worker_processes 1;
+events { worker_connections 128; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    lua_shared_dict cache 1m;
+    limit_req_zone $binary_remote_addr zone=per_ip:1m rate=10r/s;
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /memory_status { memory_status; }
+        location = /metrics { memory_status; memory_status_format prometheus; }
+        location = /page { memory_status; memory_status_format html; }
+    }
+    server {
+        listen 127.0.0.1:%%PORT_2%%;
+        memory_status_format prometheus;    # inherited by the location
+        location = /memory_status { memory_status; }
+    }
+}
+EOF
+$t->run;
+my $port = $t->port(1);
+
+# --- Prometheus ---------------------------------------------------------------------
+
+my $prom = $t->get($port, '/memory_status?format=prometheus');
+is($prom->{status}, 200, 'format=prometheus: 200');
+is($prom->{headers}{'content-type'}, 'text/plain; version=0.0.4; charset=utf-8', 'exposition format 0.0.4');
+my $text = $prom->{content};
+like($text, qr/^# HELP nginx_memory_process_resident_bytes /m, 'HELP lines');
+like($text, qr/^# TYPE nginx_memory_slabs_pages_slots_reqs_total counter$/m, 'slot requests are a counter ending in _total');
+like($text, qr/^nginx_memory_slabs_pages_used\{pid="\d+",worker="0",zone="cache"\} \d+$/m, 'Angie-shaped slab pages');
+like($text, qr/^nginx_memory_slabs_pages_slots_used\{pid="\d+",worker="0",zone="per_ip",slot="8"\} \d+$/m, 'slot label');
+like($text, qr/^nginx_memory_owner_resident_bytes\{pid="\d+",worker="0",owner="lua_http"\} \d+$/m, 'owner label');
+like($text, qr/^nginx_memory_lua_gc_bytes\{pid="\d+",worker="0",vm="http"\} \d+$/m, 'vm label');
+unlike($text, qr/^nginx_memory_\w*_bytes\{[^}]*\} \d+\.\d+$/m, 'byte gauges are integers');
+for my $name ($text =~ /^# TYPE (\S+) counter$/mg) {
+    like($name, qr/_total$/, "counter $name ends in _total");
+}
+ok(!grep({ /_bytes$/ && /(chunks|runs|found|threads|zones|files|reqs|fails)/ } $text =~ /^# TYPE (\S+) /mg),
+    'no count inside a _bytes metric');
+
+# The same numbers as the JSON answer.
+my ($j) = $t->get_json($port, '/memory_status');
+my ($cache) = grep { $_->{name} eq 'cache' } @{ $j->{zones} };
+like($text, qr/^nginx_memory_zone_size_bytes\{pid="\d+",worker="0",zone="cache",owner="ngx_http_lua_module",kind="lua_shared_dict"\} $cache->{size_bytes}$/m,
+    'zone size as in JSON');
+
+SKIP: {
+    skip 'promtool not installed', 2 unless -x '/usr/bin/promtool';
+    my $file = File::Temp->new;
+    print $file $text;
+    close $file;
+    my $out = qx{/usr/bin/promtool check metrics < $file 2>&1};
+    is($?, 0, 'promtool check metrics passes') or diag $out;
+    is($out, '', 'promtool has no complaints') or diag $out;
+}
+
+# How the format is chosen.
+like($t->get($port, '/metrics')->{content}, qr/^# HELP nginx_memory_info /, 'memory_status_format prometheus: the default');
+like($t->get($port, '/metrics?format=json')->{content}, qr/^\{/, 'format=json overrides it');
+like($t->get($t->port(2), '/memory_status')->{content}, qr/^# HELP/, 'inherited from the server level');
+my $accept = $t->http('GET', $port, '/memory_status', headers => {
+    Accept => 'application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,'
+        . 'text/plain;version=0.0.4;q=0.5,*/*;q=0.1' });
+like($accept->{content}, qr/^# HELP/, "Prometheus' Accept header picks the exposition format");
+like($t->http('GET', $port, '/memory_status', headers => { Accept => '*/*' })->{content}, qr/^\{/, 'Accept */*: JSON');
+my $zone_prom = $t->get($port, '/memory_status?zone=cache&format=prometheus')->{content};
+like($zone_prom, qr/zone="cache"/, 'zone=cache in Prometheus format');
+unlike($zone_prom, qr/zone="per_ip"|process_resident/, 'zone=cache: that zone alone');
+
+# Errors.
+my $bad = $t->get($port, '/memory_status?format=xml');
+is($bad->{status}, 400, 'format=xml: 400');
+is($bad->{content}, "memory_status: bad value \"xml\" for argument \"format\" (expected json, prometheus, html)\n",
+    'format=xml: the supported formats named');
+my $conflict = $t->get($port, '/memory_status?format=json&refresh=5');
+is($conflict->{status}, 400, 'refresh with json: 400');
+like($conflict->{content}, qr/conflicting arguments: refresh= applies to the html format only/, 'the reason');
+is($t->get($port, '/page?zone=cache')->{status}, 400, 'html with zone=: 400');
+
+# --- a real Prometheus scrapes it ------------------------------------------------------
+
+SKIP: {
+    skip 'prometheus not installed', 3 unless -x '/usr/bin/prometheus';
+    my $dir = tempdir(CLEANUP => 1);
+    my $web = NginxTest->new->port(9);
+    open my $cf, '>', "$dir/prometheus.yml" or die $!;
+    print $cf <<"EOF";
+global: { scrape_interval: 1s, scrape_timeout: 1s }
+scrape_configs:
+  - job_name: nginx_memory
+    metrics_path: /metrics
+    static_configs: [ { targets: ['127.0.0.1:$port'] } ]
+EOF
+    close $cf;
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        open STDOUT, '>', "$dir/prometheus.log";
+        open STDERR, '>&', \*STDOUT;
+        exec '/usr/bin/prometheus', "--config.file=$dir/prometheus.yml", "--storage.tsdb.path=$dir/data",
+            "--web.listen-address=127.0.0.1:$web";
+        exit 127;
+    }
+    my $ua = HTTP::Tiny->new(timeout => 5);
+    my ($result, $up);
+    my $deadline = time + 60;
+    while (time < $deadline) {
+        my $r = $ua->get("http://127.0.0.1:$web/api/v1/query?query=nginx_memory_process_resident_bytes");
+        if ($r->{success}) {
+            my $data = eval { decode_json($r->{content}) };
+            if ($data && @{ $data->{data}{result} // [] }) { $result = $data->{data}{result}; last }
+        }
+        sleep 0.5;
+    }
+    ok($result, 'Prometheus scraped the location and its query API returns the series')
+        or diag read_file_text("$dir/prometheus.log");
+    is($result && $result->[0]{metric}{job}, 'nginx_memory', 'the series comes from the nginx job');
+    my $slots = $ua->get("http://127.0.0.1:$web/api/v1/query?query=nginx_memory_slabs_pages_slots_reqs_total");
+    like($slots->{content}, qr/"slot":"8"/, 'slot series are queryable too');
+    kill 'TERM', $pid;
+    waitpid $pid, 0;
+}
+
+# --- HTML in a real headless browser -----------------------------------------------------
+
+my $page = $t->get($port, '/memory_status?format=html&refresh=30');
+is($page->{status}, 200, 'format=html: 200');
+is($page->{headers}{'content-type'}, 'text/html; charset=utf-8', 'html content type');
+like($page->{content}, qr/<meta http-equiv="refresh" content="30">/, 'refresh=30');
+unlike($page->{content}, qr/<script|\bsrc=|\bhref=|url\(/i, 'self-contained: no scripts, no external assets');
+like($t->get($port, '/page')->{content}, qr/^<!DOCTYPE html>/, 'memory_status_format html');
+
+SKIP: {
+    my ($chromium) = grep { -x } qw(/usr/bin/chromium /usr/bin/chromium-browser);
+    skip 'chromium not installed', 5 unless $chromium;
+    my $profile = tempdir(CLEANUP => 1);
+    my @flags = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync',
+        "--user-data-dir=$profile", '--window-size=1100,1500');
+    my $url = "http://127.0.0.1:$port/memory_status?format=html";
+    my ($now) = $t->get_json($port, '/memory_status');
+    my $dom = qx{$chromium @flags --dump-dom '$url' 2>/dev/null};
+    like($dom, qr/<svg id="resident-pie"/, 'the browser rendered the page');
+    my ($resident_svg) = $dom =~ m{(<svg id="resident-pie".*?</svg>)}s;
+    my %slices = ($resident_svg // '') =~ /class="slice" data-name="(\w+)" data-bytes="(\d+)"/g;
+    my $b = $now->{breakdown};
+    my @nonzero = sort grep { $b->{$_} && ($b->{$_}{resident_bytes} // 0) > 0 } keys %$b;
+    is_deeply([sort keys %slices], \@nonzero, "one slice per owner with a non-zero value (@nonzero)");
+    ok(!grep({ !$_ } values %slices), 'every slice has a value');
+    like($dom, qr/<svg id="virtual-pie"/, 'the virtual pie is there');
+    my $dir = "$NginxTest::ROOT/t/tmp";
+    make_path($dir);
+    unlink "$dir/memory_status.png";
+    qx{$chromium @flags --screenshot='$dir/memory_status.png' '$url' 2>/dev/null};
+    ok(-s "$dir/memory_status.png", "screenshot at t/tmp/memory_status.png");
+}
+
+$t->done_file;
+
+# --- the directive's wrong uses -------------------------------------------------------------
+
+for my $case (['memory_status_format xml;', qr/\[emerg\] invalid value "xml" in "memory_status_format" directive, it must be one of: json, prometheus, html in \S+nginx\.conf:\d+/],
+              ['memory_status_format;', qr/\[emerg\] invalid number of arguments in "memory_status_format" directive in \S+nginx\.conf:\d+/],
+              ["memory_status_format json;\n    memory_status_format html;", qr/\[emerg\] "memory_status_format" directive is duplicate in \S+nginx\.conf:\d+/]) {
+    my ($directive, $expect) = @$case;
+    my $t = NginxTest->new;
+    $t->write_file_expand('nginx.conf', <<"EOF");
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+events { }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    $directive
+    server { listen 127.0.0.1:%%PORT_1%%; location / { memory_status; } }
+}
+EOF
+    my ($ok, $out) = $t->try_run;
+    ok(!$ok, "'$directive': nginx -t fails");
+    like($out, $expect, "'$directive': [emerg] names directive, file and line") or diag $out;
+}
+
+done_testing();
