@@ -13,6 +13,7 @@ mod breakdown;
 mod format;
 mod lua;
 mod panic_guard;
+mod pools;
 mod procfs;
 mod query;
 mod report;

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::breakdown::{Breakdown, VirtualSplit};
 use crate::lua::Lua;
+use crate::pools::Pools;
 use crate::procfs::ProcStatus;
 use crate::zones::Zone;
 
@@ -23,6 +24,7 @@ pub struct Report {
     pub breakdown: Breakdown,
     pub zones: Vec<Zone>,
     pub lua: Lua,
+    pub pools: Pools,
     pub errors: Vec<SourceError>,
 }
 
@@ -206,6 +208,7 @@ mod tests {
             process,
             zones: Vec::new(),
             lua,
+            pools: Pools::from_sample(&Default::default()),
             errors,
         }
     }

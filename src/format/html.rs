@@ -230,6 +230,39 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
     }
     h.push_str("</table></section>");
 
+    // Pools.
+    let p = &r.pools;
+    let _ = write!(
+        h,
+        "<section id=\"pools\"><h2>nginx pools</h2><table><tr><th>pool</th><th>count</th><th>bytes</th><th>largest</th></tr>\
+         <tr><td>cycle</td><td class=\"num\">{} blocks, {} large</td><td class=\"num\">{}</td><td></td></tr>",
+        p.cycle.blocks,
+        p.cycle.large_allocations,
+        size(p.cycle.bytes)
+    );
+    let kinds = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    for (kind, g) in &p.connections.by_kind {
+        let _ = write!(
+            h,
+            "<tr><td>connections: {}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            kinds(&serde_json::to_value(kind).unwrap_or_default()),
+            g.count,
+            size(g.bytes),
+            size(g.largest_bytes)
+        );
+    }
+    for (kind, g) in &p.requests.by_kind {
+        let _ = write!(
+            h,
+            "<tr><td>requests: {}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            kinds(&serde_json::to_value(kind).unwrap_or_default()),
+            g.count,
+            size(g.bytes),
+            size(g.largest_bytes)
+        );
+    }
+    h.push_str("</table></section>");
+
     if !r.errors.is_empty() {
         h.push_str("<section id=\"errors\"><h2>Not read</h2><ul>");
         for e in &r.errors {

@@ -382,6 +382,65 @@ pub fn render(r: &Report) -> String {
         );
     }
 
+    let pools = &r.pools;
+    m.gauge(
+        "pool_cycle_bytes",
+        "The cycle pool (configuration and long-lived data): blocks and large allocations.",
+        &[],
+        pools.cycle.bytes,
+    );
+    m.gauge(
+        "pool_cycle_large_allocations",
+        "Large allocations of the cycle pool.",
+        &[],
+        pools.cycle.large_allocations,
+    );
+    for (kind, g) in &pools.connections.by_kind {
+        let kind = serde_json::to_value(kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let l: &[(&str, &str)] = &[("kind", &kind)];
+        m.gauge("connections", "Connections in use, by kind.", l, g.count);
+        m.gauge(
+            "connection_pool_bytes",
+            "Pool memory of the connections in use, by kind.",
+            l,
+            g.bytes,
+        );
+        m.gauge(
+            "connection_pool_largest_bytes",
+            "The largest connection pool, by kind.",
+            l,
+            g.largest_bytes,
+        );
+    }
+    for (kind, g) in &pools.requests.by_kind {
+        let kind = serde_json::to_value(kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let l: &[(&str, &str)] = &[("kind", &kind)];
+        m.gauge(
+            "requests",
+            "Requests in flight (HTTP/1 requests, HTTP/2 streams, stream sessions).",
+            l,
+            g.count,
+        );
+        m.gauge(
+            "request_pool_bytes",
+            "Pool memory of the requests in flight, by kind.",
+            l,
+            g.bytes,
+        );
+        m.gauge(
+            "request_pool_largest_bytes",
+            "The largest request pool, by kind.",
+            l,
+            g.largest_bytes,
+        );
+    }
+
     zones(&mut m, &r.zones);
     errors(&mut m, r.errors.iter().map(|e| e.source.as_str()));
     m.render()

@@ -8,11 +8,13 @@ use ngx::ffi::{
 };
 
 use super::lua::sample_vms;
+use super::pools::sample_pools;
 use super::process;
 use super::zones::sample_zones;
 use crate::breakdown::{Breakdown, Depth, Inputs, VirtualSplit};
 use crate::lua::Lua;
-use crate::report::{self, NginxInfo, Report, Role, ZoneReport, SCHEMA_VERSION};
+use crate::pools::Pools;
+use crate::report::{self, NginxInfo, Report, Role, SourceError, ZoneReport, SCHEMA_VERSION};
 use crate::zones::Zone;
 
 /// Everything, at the asked depth.
@@ -46,6 +48,10 @@ pub fn report(depth: Depth) -> Report {
         },
         &mut errors,
     );
+    let pool_sample = sample_pools();
+    if let Some(reason) = &pool_sample.http2_unavailable {
+        errors.push(SourceError::new("pools.requests.http2", reason.clone()));
+    }
     Report {
         schema: SCHEMA_VERSION,
         nginx: nginx_info(),
@@ -55,6 +61,7 @@ pub fn report(depth: Depth) -> Report {
         breakdown,
         zones,
         lua,
+        pools: Pools::from_sample(&pool_sample),
         errors,
     }
 }

@@ -5,6 +5,7 @@ mod collect;
 mod cycle;
 mod handler;
 mod lua;
+mod pools;
 mod process;
 mod residency;
 mod zones;
