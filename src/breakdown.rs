@@ -646,6 +646,7 @@ mod tests {
                 version: None,
                 library: None,
                 jit_enabled: Some(true),
+                objects: None,
             }),
             stream: None,
         }

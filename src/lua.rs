@@ -13,6 +13,63 @@ pub struct LuaVmSample {
     pub allocator: Result<AllocatorSample, String>,
     pub jit_enabled: Result<bool, String>,
     pub runtime: LuaRuntime,
+    /// `lua_objects=1` only: the census of GC objects.
+    pub census: Option<Result<CensusSample, String>>,
+}
+
+/// GC objects by type, as LuaJIT's `gct` numbers them (`~LJ_T*`).
+pub const OBJECT_TYPES: [&str; 9] = [
+    "string", "upvalue", "thread", "proto", "function", "trace", "cdata", "table", "userdata",
+];
+
+/// A walk of one VM's GC objects: the string table and the GC root list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CensusSample {
+    /// Count and bytes per type, in `OBJECT_TYPES` order.
+    pub counts: [u64; 9],
+    pub bytes: [u64; 9],
+    pub walked: u64,
+    pub truncated: bool,
+    pub elapsed_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Census {
+    pub walked: u64,
+    pub truncated: bool,
+    pub elapsed_us: u64,
+    pub bytes: u64,
+    pub types: std::collections::BTreeMap<&'static str, TypeCount>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TypeCount {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+impl From<&CensusSample> for Census {
+    fn from(s: &CensusSample) -> Census {
+        Census {
+            walked: s.walked,
+            truncated: s.truncated,
+            elapsed_us: s.elapsed_us,
+            bytes: s.bytes.iter().sum(),
+            types: OBJECT_TYPES
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    (
+                        *name,
+                        TypeCount {
+                            count: s.counts[i],
+                            bytes: s.bytes[i],
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The LuaJIT library the VMs run on: the same for both VMs of a process.
@@ -49,6 +106,9 @@ pub struct LuaVm {
     pub version: Option<String>,
     pub library: Option<String>,
     pub jit_enabled: Option<bool>,
+    /// `lua_objects=1` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<Census>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,12 +168,21 @@ fn vm(
         }
     };
     let jit_enabled = sample.jit_enabled.map_err(|e| note("jit", e)).ok();
+    let objects = match sample.census {
+        Some(Ok(c)) => Some(Census::from(&c)),
+        Some(Err(e)) => {
+            note("objects", e);
+            None
+        }
+        None => None,
+    };
     Some(LuaVm {
         gc_bytes: sample.gc_bytes,
         allocator,
         version: sample.runtime.version,
         library: sample.runtime.library,
         jit_enabled,
+        objects,
     })
 }
 
@@ -154,6 +223,7 @@ mod tests {
                 version: Some("LuaJIT 2.1.0-beta3".into()),
                 library: Some("/usr/lib/x86_64-linux-gnu/libluajit-5.1.so.2.1.0".into()),
             },
+            census: None,
         }
     }
 
@@ -199,6 +269,37 @@ mod tests {
             sources,
             ["lua.http.allocator", "lua.http.jit", "lua.stream"]
         );
+    }
+
+    #[test]
+    fn census_by_type() {
+        let mut s = sample();
+        let mut c = CensusSample {
+            walked: 12,
+            elapsed_us: 40,
+            ..Default::default()
+        };
+        c.counts[0] = 10;
+        c.bytes[0] = 400;
+        c.counts[7] = 2;
+        c.bytes[7] = 128;
+        s.census = Some(Ok(c));
+        let lua = Lua::from_samples(Ok(s), Err("x".into()), &mut Vec::new());
+        let v: Value = serde_json::to_value(&lua).unwrap();
+        let o = &v["http"]["objects"];
+        assert_eq!(
+            o["types"]["string"],
+            serde_json::json!({"count": 10, "bytes": 400})
+        );
+        assert_eq!(o["types"]["table"]["count"], 2);
+        assert_eq!(o["types"].as_object().unwrap().len(), 9);
+        assert_eq!(o["bytes"], 528);
+        assert_eq!(o["truncated"], false);
+        // Not asked for: not in the answer at all.
+        let lua = Lua::from_samples(Ok(sample()), Err("x".into()), &mut Vec::new());
+        assert!(serde_json::to_value(&lua).unwrap()["http"]
+            .get("objects")
+            .is_none());
     }
 
     #[test]

@@ -50,7 +50,13 @@ pub struct Query {
     pub format: Option<Format>,
     /// `refresh=N` (html only): reload the page every N seconds.
     pub refresh_seconds: Option<u32>,
+    /// `lua_objects=1`: count the Lua VMs' GC objects, walking at most this many.
+    pub lua_objects_limit: Option<u64>,
 }
+
+/// Objects the census walks at most unless `lua_objects_limit=` says otherwise.
+pub const LUA_OBJECTS_DEFAULT_LIMIT: u64 = 1_000_000;
+const LUA_OBJECTS_MAX_LIMIT: u64 = 100_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryError {
@@ -94,7 +100,14 @@ impl fmt::Display for QueryError {
     }
 }
 
-const ARGUMENTS: &[&str] = &["zone", "detail", "format", "refresh"];
+const ARGUMENTS: &[&str] = &[
+    "zone",
+    "detail",
+    "format",
+    "refresh",
+    "lua_objects",
+    "lua_objects_limit",
+];
 
 impl Query {
     /// Parses `r->args` (the part after `?`, still percent-encoded).
@@ -103,6 +116,8 @@ impl Query {
         let mut detail = None;
         let mut format = None;
         let mut refresh = None;
+        let mut lua_objects = None;
+        let mut lua_objects_limit = None;
         for part in args.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
             let (raw_name, raw_value) = match part.iter().position(|&b| b == b'=') {
                 Some(i) => (&part[..i], &part[i + 1..]),
@@ -116,6 +131,10 @@ impl Query {
                 "detail" => set_once(&mut detail, "detail", value)?,
                 "format" => set_once(&mut format, "format", value)?,
                 "refresh" => set_once(&mut refresh, "refresh", value)?,
+                "lua_objects" => set_once(&mut lua_objects, "lua_objects", value)?,
+                "lua_objects_limit" => {
+                    set_once(&mut lua_objects_limit, "lua_objects_limit", value)?
+                }
                 _ => return Err(QueryError::Unknown(name)),
             }
         }
@@ -143,6 +162,40 @@ impl Query {
                 });
             };
             query.format = Some(f);
+        }
+        if let Some(value) = lua_objects {
+            if value != "1" {
+                return Err(QueryError::BadValue {
+                    name: "lua_objects",
+                    value,
+                    expected: "1",
+                });
+            }
+            query.lua_objects_limit = Some(LUA_OBJECTS_DEFAULT_LIMIT);
+        }
+        if let Some(value) = lua_objects_limit {
+            let Some(limit) = value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=LUA_OBJECTS_MAX_LIMIT).contains(n))
+            else {
+                return Err(QueryError::BadValue {
+                    name: "lua_objects_limit",
+                    value,
+                    expected: "a number of objects from 1 to 100000000",
+                });
+            };
+            if query.lua_objects_limit.is_none() {
+                return Err(QueryError::Conflict(
+                    "lua_objects_limit= needs lua_objects=1",
+                ));
+            }
+            query.lua_objects_limit = Some(limit);
+        }
+        if query.lua_objects_limit.is_some() && query.zone.is_some() {
+            return Err(QueryError::Conflict(
+                "lua_objects=1 applies to the whole answer, not to zone=",
+            ));
         }
         if let Some(value) = refresh {
             match value.parse::<u32>() {
@@ -302,6 +355,37 @@ mod tests {
         assert_eq!(resolve(b"refresh=10", None, h), Ok(Format::Html));
         assert!(matches!(
             resolve(b"zone=a", None, h),
+            Err(QueryError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn lua_objects() {
+        assert_eq!(Query::parse(b"").unwrap().lua_objects_limit, None);
+        assert_eq!(
+            Query::parse(b"lua_objects=1").unwrap().lua_objects_limit,
+            Some(LUA_OBJECTS_DEFAULT_LIMIT)
+        );
+        assert_eq!(
+            Query::parse(b"lua_objects=1&lua_objects_limit=10")
+                .unwrap()
+                .lua_objects_limit,
+            Some(10)
+        );
+        assert!(matches!(
+            Query::parse(b"lua_objects=yes"),
+            Err(QueryError::BadValue { .. })
+        ));
+        assert!(matches!(
+            Query::parse(b"lua_objects_limit=10"),
+            Err(QueryError::Conflict(_))
+        ));
+        assert!(matches!(
+            Query::parse(b"lua_objects=1&lua_objects_limit=0"),
+            Err(QueryError::BadValue { .. })
+        ));
+        assert!(matches!(
+            Query::parse(b"lua_objects=1&zone=a"),
             Err(QueryError::Conflict(_))
         ));
     }

@@ -71,6 +71,18 @@ location = /free {
         ngx.say("ok")
     }
 }
+location = /collect { content_by_lua_block { collectgarbage("collect"); collectgarbage("collect"); ngx.say("ok") } }
+# 100,000 tables and 100,000 distinct strings, kept.
+location = /objects {
+    content_by_lua_block {
+        tables, strings = {}, {}
+        for i = 1, 100000 do
+            tables[i] = {}
+            strings[i] = "census-" .. i
+        end
+        ngx.say("ok")
+    }
+}
 location = /jit {
     content_by_lua_block {
         if ngx.var.arg_set == "off" then jit.off() elseif ngx.var.arg_set == "on" then jit.on() end
@@ -155,6 +167,47 @@ for my $order ("%%LOAD_LUA%%\n%%LOAD_MODULE%%", "%%LOAD_MODULE%%\n%%LOAD_LUA%%")
     is($on->{lua}{http}{jit_enabled}, JSON::PP::true, 'jit_enabled true after jit.on()');
     like($on->{lua}{http}{library}, qr{/libluajit-5\.1\.so\.[\d.]+$}, 'library path');
 
+    $t->done_file;
+}
+
+# The census of GC objects (lua_objects=1).
+{
+    my $t = start("%%LOAD_LUA%%\n%%LOAD_MODULE%%");
+    my $port = $t->port(1);
+    my ($plain) = $t->get_json($port, '/memory_status');
+    ok(!exists $plain->{lua}{http}{objects}, 'no census unless asked for');
+    # A full collection before each count: no garbage from earlier requests is
+    # counted in one and freed before the other.
+    $t->get($port, '/collect');
+    my ($j0) = $t->get_json($port, '/memory_status?lua_objects=1');
+    my $o0 = $j0->{lua}{http}{objects};
+    ok($o0, 'lua_objects=1: the census is there');
+    is($o0->{truncated}, JSON::PP::false, 'not truncated');
+    is(scalar keys %{ $o0->{types} }, 9, 'nine object types');
+    cmp_ok($o0->{types}{function}{count}, '>', 0, 'functions counted');
+    cmp_ok($o0->{bytes}, '<=', $j0->{lua}{http}{gc_bytes}, 'census bytes within gc_bytes');
+    cmp_ok($o0->{bytes}, '>=', 0.8 * $j0->{lua}{http}{gc_bytes},
+        "census bytes $o0->{bytes} account for most of gc_bytes $j0->{lua}{http}{gc_bytes}");
+    is($t->get($port, '/objects')->{content}, "ok\n", 'Lua made 100,000 tables and 100,000 strings');
+    $t->get($port, '/collect');
+    my ($j1) = $t->get_json($port, '/memory_status?lua_objects=1');
+    my $o1 = $j1->{lua}{http}{objects};
+    cmp_ok($o1->{types}{table}{count} - $o0->{types}{table}{count}, '>=', 100000, 'tables rose by 100,000');
+    cmp_ok($o1->{types}{string}{count} - $o0->{types}{string}{count}, '>=', 100000, 'strings rose by 100,000');
+    cmp_ok($o1->{types}{table}{bytes} - $o0->{types}{table}{bytes}, '>=', 100000 * 64, 'table bytes rose by 100,000 tables');
+    cmp_ok(abs($o1->{bytes} - $j1->{lua}{http}{gc_bytes}), '<=', 0.1 * $j1->{lua}{http}{gc_bytes},
+        'census bytes within 10% of gc_bytes');
+    diag "census: $o1->{walked} objects in $o1->{elapsed_us} us";
+    my ($cut) = $t->get_json($port, '/memory_status?lua_objects=1&lua_objects_limit=1000');
+    is($cut->{lua}{http}{objects}{truncated}, JSON::PP::true, 'the cap works: truncated');
+    is($cut->{lua}{http}{objects}{walked}, 1000, 'walked exactly the cap');
+    my ($after) = $t->get_json($port, '/memory_status');
+    cmp_ok(abs($after->{lua}{http}{gc_bytes} - $j1->{lua}{http}{gc_bytes}), '<', 64 * 1024,
+        'the census allocated nothing in the VM');
+    is($t->get($port, '/memory_status?lua_objects=2')->{status}, 400, 'lua_objects=2: 400');
+    like($t->get($port, '/memory_status?lua_objects=1&format=prometheus')->{content},
+        qr/^nginx_memory_lua_objects\{pid="\d+",worker="0",vm="http",type="table"\} \d+$/m, 'census in Prometheus');
+    like($t->get($port, '/memory_status?lua_objects=1&format=html')->{content}, qr/GC objects of the http VM/, 'census in HTML');
     $t->done_file;
 }
 

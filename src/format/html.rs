@@ -228,7 +228,27 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
             }
         }
     }
-    h.push_str("</table></section>");
+    h.push_str("</table>");
+    for (name, vm) in [("http", &r.lua.http), ("stream", &r.lua.stream)] {
+        let Some(census) = vm.as_ref().and_then(|v| v.objects.as_ref()) else {
+            continue;
+        };
+        let _ = write!(
+            h,
+            "<h3>GC objects of the {name} VM{}</h3><table><tr><th>type</th><th>count</th><th>bytes</th></tr>",
+            if census.truncated { " (walk cut short)" } else { "" }
+        );
+        for (kind, t) in &census.types {
+            let _ = write!(
+                h,
+                "<tr><td>{kind}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                t.count,
+                size(t.bytes)
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("</section>");
 
     // Pools.
     let p = &r.pools;

@@ -380,6 +380,29 @@ pub fn render(r: &Report) -> String {
             l,
             v.jit_enabled.map(u8::from),
         );
+        if let Some(census) = &v.objects {
+            for (kind, t) in &census.types {
+                let tl: &[(&str, &str)] = &[("vm", vm), ("type", kind)];
+                m.gauge(
+                    "lua_objects",
+                    "GC objects of the VM by type (lua_objects=1).",
+                    tl,
+                    t.count,
+                );
+                m.gauge(
+                    "lua_object_bytes",
+                    "Bytes of the VM's GC objects by type (lua_objects=1).",
+                    tl,
+                    t.bytes,
+                );
+            }
+            m.gauge(
+                "lua_objects_truncated",
+                "1 when the object census stopped at its bound.",
+                l,
+                u8::from(census.truncated),
+            );
+        }
     }
 
     let pools = &r.pools;

@@ -7,7 +7,7 @@ use ngx::ffi::{
     ngx_pid, ngx_process, ngx_worker, NGINX_VERSION, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 
-use super::lua::sample_vms;
+use super::lua::{sample_vms, CensusLimits};
 use super::pools::sample_pools;
 use super::process;
 use super::zones::sample_zones;
@@ -17,15 +17,22 @@ use crate::pools::Pools;
 use crate::report::{self, NginxInfo, Report, Role, SourceError, ZoneReport, SCHEMA_VERSION};
 use crate::zones::Zone;
 
-/// Everything, at the asked depth.
-pub fn report(depth: Depth) -> Report {
+/// The census's time bound: it walks the Lua heap inside the event loop.
+const LUA_OBJECTS_MAX_TIME: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Everything, at the asked depth; with `lua_objects_limit`, the Lua census too.
+pub fn report(depth: Depth, lua_objects_limit: Option<u64>) -> Report {
     let mut errors = Vec::new();
     let process = report::process_memory(std::fs::read_to_string("/proc/self/status"), &mut errors);
     let zones: Vec<Zone> = sample_zones()
         .iter()
         .map(|z| z.to_zone(&mut errors))
         .collect();
-    let (http, stream) = sample_vms();
+    let census = lua_objects_limit.map(|max_objects| CensusLimits {
+        max_objects,
+        max_time: LUA_OBJECTS_MAX_TIME,
+    });
+    let (http, stream) = sample_vms(census);
     let lua = Lua::from_samples(http, stream, &mut errors);
     let segments: Vec<(u64, u64)> = [&lua.http, &lua.stream]
         .iter()

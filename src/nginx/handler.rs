@@ -65,7 +65,7 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
 
     let (content_type, body) = match &query.zone {
         None => {
-            let report = collect::report(query.depth);
+            let report = collect::report(query.depth, query.lua_objects_limit);
             match format {
                 Format::Json => (JSON, report.to_json()),
                 Format::Prometheus => (

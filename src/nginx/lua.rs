@@ -15,7 +15,7 @@ use ngx::ffi::{ngx_cycle_t, ngx_pagesize};
 
 use super::cycle;
 use super::residency::resident_pages;
-use crate::lua::{find_version_banner, AllocatorSample, LuaRuntime, LuaVmSample};
+use crate::lua::{find_version_banner, AllocatorSample, CensusSample, LuaRuntime, LuaVmSample};
 use crate::procfs::Mapping;
 
 const LUA_GCCOUNT: c_int = 3;
@@ -99,16 +99,33 @@ fn runtime_of(library_path: Option<&str>) -> LuaRuntime {
     }
 }
 
-/// The http VM (`ngx_http_lua_module`) and the stream VM (`ngx_stream_lua_module`).
-pub fn sample_vms() -> (Result<LuaVmSample, String>, Result<LuaVmSample, String>) {
+/// Bounds of the GC object census: it walks the heap, so it stops at either.
+#[derive(Debug, Clone, Copy)]
+pub struct CensusLimits {
+    pub max_objects: u64,
+    pub max_time: std::time::Duration,
+}
+
+/// The http VM (`ngx_http_lua_module`) and the stream VM (`ngx_stream_lua_module`);
+/// with `census`, each VM's GC objects counted too.
+pub fn sample_vms(
+    census: Option<CensusLimits>,
+) -> (Result<LuaVmSample, String>, Result<LuaVmSample, String>) {
     let cycle = cycle::current();
     (
-        sample_vm(cycle, "http", "ngx_http_module", "ngx_http_lua_module"),
+        sample_vm(
+            cycle,
+            "http",
+            "ngx_http_module",
+            "ngx_http_lua_module",
+            census,
+        ),
         sample_vm(
             cycle,
             "stream",
             "ngx_stream_module",
             "ngx_stream_lua_module",
+            census,
         ),
     )
 }
@@ -118,6 +135,7 @@ fn sample_vm(
     block: &str,
     core: &str,
     lua_module: &str,
+    census: Option<CensusLimits>,
 ) -> Result<LuaVmSample, String> {
     let lua = cycle::module_by_name(cycle, lua_module)
         .ok_or_else(|| format!("{lua_module} is not loaded"))?;
@@ -143,11 +161,25 @@ fn sample_vm(
         let mut ud = std::ptr::null_mut();
         let allocf = (luajit.getallocf)(l, &mut ud);
         let g = global_state(l, allocf, ud, total);
+        let allocator = sample_allocator(allocf, ud, luajit.library_path.as_deref());
+        let census = census.map(|limits| {
+            let g = g.clone()?;
+            let segments = match &allocator {
+                Ok(a) => a
+                    .segment_ranges
+                    .iter()
+                    .map(|&(s, e)| (s as usize, e as usize))
+                    .collect(),
+                Err(e) => return Err(format!("allocator unknown: {e}")),
+            };
+            census_of(g, &Segments(segments), limits)
+        });
         Ok(LuaVmSample {
             gc_bytes: total,
-            allocator: sample_allocator(allocf, ud, luajit.library_path.as_deref()),
+            allocator,
             jit_enabled: g.and_then(|g| jit_enabled(g)),
             runtime: luajit.runtime.clone(),
+            census,
         })
     }
 }
@@ -285,11 +317,17 @@ fn is_mapped(addr: usize, len: usize, page: usize) -> bool {
     let Some(end) = addr.checked_add(len) else {
         return false;
     };
-    let mut vec = [0u8; 2];
     let pages = (end - start).div_ceil(page);
-    // SAFETY: mincore only inspects the page tables; `vec` holds `pages` (<= 2) entries.
-    pages <= vec.len()
-        && unsafe { libc::mincore(start as *mut c_void, end - start, vec.as_mut_ptr()) } == 0
+    let mut small = [0u8; 2];
+    let mut large = Vec::new();
+    let vec = if pages <= small.len() {
+        &mut small[..]
+    } else {
+        large.resize(pages, 0u8);
+        &mut large[..]
+    };
+    // SAFETY: mincore only inspects the page tables; `vec` holds `pages` entries.
+    unsafe { libc::mincore(start as *mut c_void, end - start, vec.as_mut_ptr()) == 0 }
 }
 
 unsafe fn sample_allocator(
@@ -431,4 +469,183 @@ unsafe fn sample_allocator(
             .map(|&(b, e)| (b as u64, e as u64))
             .collect(),
     })
+}
+
+// --- The GC object census (LuaJIT 2.1, GC64) -----------------------------------
+
+/// `global_State`: `gc.root` (the list of every GC object but strings and the
+/// main thread), the string table `str.{tab,mask,num}`, and `nilnode` (the
+/// shared empty hash part, two nil TValues).
+const G_GC_ROOT: usize = 16 + 24;
+const G_STR_TAB: usize = 152;
+const G_STR_MASK: usize = 160;
+const G_STR_NUM: usize = 164;
+const G_NILNODE: usize = 248;
+const NIL: u64 = u64::MAX;
+
+/// Object sizes and field offsets of LuaJIT 2.1 with GC64 (lj_obj.h): every
+/// object starts with `nextgc` (8 bytes), `marked`, `gct`.
+const GCT_OFFSET: usize = 9;
+const STR_HEADER: u64 = 24;
+const STR_LEN: usize = 20;
+const UPVAL_SIZE: u64 = 48;
+const THREAD_SIZE: u64 = 112;
+const THREAD_GLREF: usize = 16;
+const THREAD_STACKSIZE: usize = 88;
+const PROTO_SIZEPT: usize = 56;
+const FUNC_FFID: usize = 10;
+const FUNC_NUPVALUES: usize = 11;
+const FUNC_L_BASE: u64 = 40;
+const FUNC_C_BASE: u64 = 48;
+const TAB_SIZE: u64 = 64;
+const TAB_COLO: usize = 11;
+const TAB_NODE: usize = 40;
+const TAB_ASIZE: usize = 48;
+const TAB_HMASK: usize = 52;
+const NODE_SIZE: u64 = 24;
+const UDATA_SIZE: u64 = 48;
+const UDATA_LEN: usize = 24;
+/// `marked` bit of a variable-length cdata, and its `GCcdataVar` just before it.
+const CDATA_VAR: u8 = 0x80;
+/// `GCcdataVar` fields, counted back from the cdata: extra at -6, len at -4.
+const CDATA_VAR_EXTRA_BACK: usize = 6;
+const CDATA_VAR_LEN_BACK: usize = 4;
+
+/// The payload size of the allocator chunk an object starts: its head word is
+/// the 8 bytes before it, size in all but the low 3 bits, "in use" set.
+unsafe fn allocated_size(o: *const u8) -> Option<u64> {
+    let head: usize = std::ptr::read_unaligned(o.sub(8).cast());
+    let size = chunk_size(head);
+    (head & CINUSE_BIT != 0 && (16..(1 << 40)).contains(&size)).then(|| size as u64 - 8)
+}
+
+unsafe fn read<T: Copy>(base: *const u8, offset: usize) -> T {
+    std::ptr::read_unaligned(base.add(offset).cast::<T>())
+}
+
+/// Counts and sizes every GC object of the VM: read-only, allocates nothing in
+/// the VM, changes no GC state. Every object pointer is checked to lie in the
+/// allocator's segments (or in mapped memory, for directly mapped chunks)
+/// before it is read; the string count must match the string table's own.
+unsafe fn census_of(
+    g: *const u8,
+    segments: &Segments,
+    limits: CensusLimits,
+) -> Result<CensusSample, String> {
+    let started = std::time::Instant::now();
+    let page = ngx_pagesize;
+    let readable = |p: *const u8, len: usize| {
+        !p.is_null() && (segments.holds(p as usize, len) || is_mapped(p as usize, len, page))
+    };
+    let unknown = |what: &str| format!("unrecognized LuaJIT object layout: {what}");
+    if read::<u64>(g, G_NILNODE) != NIL || read::<u64>(g, G_NILNODE + 8) != NIL {
+        return Err(unknown("global_State.nilnode"));
+    }
+    let nilnode = g.add(G_NILNODE) as usize;
+    let mut c = CensusSample::default();
+    let over_limit = |c: &mut CensusSample| {
+        if c.walked >= limits.max_objects
+            || (c.walked % 1024 == 0 && started.elapsed() >= limits.max_time)
+        {
+            c.truncated = true;
+        }
+        c.truncated
+    };
+
+    // Strings: chained from the string table's buckets (low bit of an anchor
+    // is a flag).
+    let tab: *const u64 = read(g, G_STR_TAB);
+    let mask: u32 = read(g, G_STR_MASK);
+    let num: u32 = read(g, G_STR_NUM);
+    if !readable(tab as *const u8, (mask as usize + 1) * 8) {
+        return Err(unknown("string table"));
+    }
+    'strings: for i in 0..=mask as usize {
+        let mut o = (*tab.add(i) & !1) as *const u8;
+        while !o.is_null() {
+            if over_limit(&mut c) {
+                break 'strings;
+            }
+            if !readable(o, STR_HEADER as usize) || read::<u8>(o, GCT_OFFSET) != GCT_STRING {
+                return Err(unknown("string chain"));
+            }
+            let len: u32 = read(o, STR_LEN);
+            c.counts[0] += 1;
+            c.bytes[0] += STR_HEADER + ((len as u64 + 4) & !3);
+            c.walked += 1;
+            o = read(o, 0);
+        }
+    }
+    if !c.truncated && c.counts[0] != num as u64 {
+        return Err(unknown("string count differs from the string table's"));
+    }
+
+    // Everything else: the root list.
+    let mut o: *const u8 = read(g, G_GC_ROOT);
+    while !o.is_null() {
+        if over_limit(&mut c) {
+            break;
+        }
+        if !readable(o, 16) {
+            return Err(unknown("root list"));
+        }
+        let gct: u8 = read(o, GCT_OFFSET);
+        let (index, bytes) = match gct {
+            5 => (1, UPVAL_SIZE),
+            6 => {
+                if !readable(o, THREAD_SIZE as usize) || read::<*const u8>(o, THREAD_GLREF) != g {
+                    return Err(unknown("thread"));
+                }
+                (2, THREAD_SIZE + read::<u32>(o, THREAD_STACKSIZE) as u64 * 8)
+            }
+            7 => (3, read::<u32>(o, PROTO_SIZEPT) as u64),
+            8 => {
+                let n = read::<u8>(o, FUNC_NUPVALUES) as u64;
+                let base = if read::<u8>(o, FUNC_FFID) == 0 {
+                    FUNC_L_BASE
+                } else {
+                    FUNC_C_BASE
+                };
+                (4, base + 8 * n)
+            }
+            // A trace's size is its allocator chunk's, whose header precedes it.
+            9 => (5, allocated_size(o).ok_or_else(|| unknown("trace chunk"))?),
+            // cdata: a variable-length one has its length before it (`GCcdataVar`:
+            // offset, extra, len); a fixed one is a whole allocator chunk.
+            10 if read::<u8>(o, 8) & CDATA_VAR != 0 => {
+                let extra: u16 = read(o.sub(CDATA_VAR_EXTRA_BACK), 0);
+                let len: u32 = read(o.sub(CDATA_VAR_LEN_BACK), 0);
+                (6, len as u64 + extra as u64)
+            }
+            10 => (6, allocated_size(o).ok_or_else(|| unknown("cdata chunk"))?),
+            11 => {
+                if !readable(o, TAB_SIZE as usize) {
+                    return Err(unknown("table"));
+                }
+                let colo = read::<i8>(o, TAB_COLO);
+                let asize = read::<u32>(o, TAB_ASIZE) as u64;
+                let hmask = read::<u32>(o, TAB_HMASK) as u64;
+                let node = read::<usize>(o, TAB_NODE);
+                let mut bytes = TAB_SIZE;
+                if colo != 0 {
+                    bytes += ((colo as u8) & 0x7f) as u64 * 8;
+                }
+                if colo <= 0 {
+                    bytes += asize * 8;
+                }
+                if node != nilnode {
+                    bytes += (hmask + 1) * NODE_SIZE;
+                }
+                (7, bytes)
+            }
+            12 => (8, UDATA_SIZE + read::<u32>(o, UDATA_LEN) as u64),
+            _ => return Err(unknown("object type in the root list")),
+        };
+        c.counts[index] += 1;
+        c.bytes[index] += bytes;
+        c.walked += 1;
+        o = read(o, 0);
+    }
+    c.elapsed_us = started.elapsed().as_micros() as u64;
+    Ok(c)
 }
