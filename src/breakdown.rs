@@ -606,6 +606,21 @@ impl Breakdown {
     }
 }
 
+impl Breakdown {
+    /// The owners other than `unattributed`, by name, in the pie's order.
+    pub fn owners(&self) -> [(&'static str, &Option<Owner>); 7] {
+        [
+            ("glibc", &self.glibc),
+            ("shm", &self.shm),
+            ("lua_http", &self.lua_http),
+            ("lua_stream", &self.lua_stream),
+            ("text", &self.text),
+            ("stacks", &self.stacks),
+            ("other_allocators", &self.other_allocators),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

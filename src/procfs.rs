@@ -3,7 +3,7 @@
 
 /// Process-wide counters from `/proc/PID/status`. The kernel keeps these as
 /// counters, so reading them costs no page-table walk. `None`: absent or malformed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProcStatus {
     pub virtual_bytes: Option<u64>,
     pub resident_bytes: Option<u64>,

@@ -58,35 +58,8 @@ pub enum Role {
     Other,
 }
 
-/// Whole-process figures from `/proc/self/status`.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
-pub struct ProcessMemory {
-    pub virtual_bytes: Option<u64>,
-    pub resident_bytes: Option<u64>,
-    pub resident_anon_bytes: Option<u64>,
-    pub resident_file_bytes: Option<u64>,
-    pub resident_shmem_bytes: Option<u64>,
-    pub swap_bytes: Option<u64>,
-    pub peak_virtual_bytes: Option<u64>,
-    pub peak_resident_bytes: Option<u64>,
-    pub threads: Option<u64>,
-}
-
-impl From<ProcStatus> for ProcessMemory {
-    fn from(s: ProcStatus) -> Self {
-        ProcessMemory {
-            virtual_bytes: s.virtual_bytes,
-            resident_bytes: s.resident_bytes,
-            resident_anon_bytes: s.resident_anon_bytes,
-            resident_file_bytes: s.resident_file_bytes,
-            resident_shmem_bytes: s.resident_shmem_bytes,
-            swap_bytes: s.swap_bytes,
-            peak_virtual_bytes: s.peak_virtual_bytes,
-            peak_resident_bytes: s.peak_resident_bytes,
-            threads: s.threads,
-        }
-    }
-}
+/// Whole-process figures: the counters of `/proc/self/status`, as parsed.
+pub type ProcessMemory = ProcStatus;
 
 /// A source that could not be read, and why. Its fields in the answer are `null`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -120,7 +93,7 @@ pub fn process_memory(
                     format!("missing or malformed: {}", unreadable.join(", ")),
                 ));
             }
-            status.into()
+            status
         }
         Err(err) => {
             errors.push(SourceError::new(SOURCE, err.to_string()));

@@ -119,15 +119,7 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
 
     // The resident pie, owner by owner.
     let b = &r.breakdown;
-    let owners = [
-        ("glibc", &b.glibc),
-        ("shm", &b.shm),
-        ("lua_http", &b.lua_http),
-        ("lua_stream", &b.lua_stream),
-        ("text", &b.text),
-        ("stacks", &b.stacks),
-        ("other_allocators", &b.other_allocators),
-    ];
+    let owners = b.owners();
     let mut slices: Vec<(&str, u64)> = owners
         .iter()
         .filter_map(|(n, o)| Some((*n, o.as_ref()?.resident_bytes?.max(0) as u64)))

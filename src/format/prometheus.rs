@@ -308,15 +308,7 @@ pub fn render(r: &Report) -> String {
     );
 
     let b = &r.breakdown;
-    let owners = [
-        ("glibc", &b.glibc),
-        ("shm", &b.shm),
-        ("lua_http", &b.lua_http),
-        ("lua_stream", &b.lua_stream),
-        ("text", &b.text),
-        ("stacks", &b.stacks),
-        ("other_allocators", &b.other_allocators),
-    ];
+    let owners = b.owners();
     for (name, o) in owners {
         if let Some(o) = o {
             owner(&mut m, name, o);
