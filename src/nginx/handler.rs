@@ -49,13 +49,7 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
         return rc;
     }
 
-    // SAFETY: the request is valid for the call; `Request` is its transparent wrapper.
-    let request = unsafe { Request::from_ngx_http_request(r) };
-    let configured = MemoryStatusModule::location_conf(request).and_then(|c| c.format);
-    let accept = request
-        .headers_in_iterator()
-        .find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(b"accept"))
-        .and_then(|(_, v)| Format::from_accept(&String::from_utf8_lossy(v.as_bytes())));
+    let (accept, configured) = format_hints(r);
     let query = Query::parse(r.args.as_bytes());
     let (query, format) =
         match query.and_then(|q| q.resolve_format(accept, configured).map(|f| (q, f))) {
@@ -90,6 +84,18 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
         },
     };
     send(r, NGX_HTTP_OK as usize, content_type, &body)
+}
+
+/// The format the `Accept` header asks for, and the location's configured one.
+fn format_hints(r: &ngx_http_request_t) -> (Option<Format>, Option<Format>) {
+    // SAFETY: `Request` is the request's transparent wrapper; only read here.
+    let request: &Request = unsafe { &*(r as *const ngx_http_request_t).cast::<Request>() };
+    let configured = MemoryStatusModule::location_conf(request).and_then(|c| c.format);
+    let accept = request
+        .headers_in_iterator()
+        .find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(b"accept"))
+        .and_then(|(_, v)| Format::from_accept(&String::from_utf8_lossy(v.as_bytes())));
+    (accept, configured)
 }
 
 /// A 4xx answer with a one-line reason.
