@@ -143,6 +143,8 @@ pub struct Inputs<'a> {
     pub other_allocators: Result<Option<OtherAllocatorSample>, String>,
     /// Chunks glibc and LuaJIT mapped directly, found in anonymous mappings.
     pub mapped_chunks: &'a [MappedChunk],
+    /// The program's data outside its files' pages (default depth).
+    pub program_data: Result<ProgramDataSample, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -240,6 +242,52 @@ fn owner(bytes: u64, measure: &'static str, resident: Option<u64>) -> Owner {
     }
 }
 
+/// Where the program's data lies beyond its files' pages: its files' private
+/// mappings (relocated data and RELRO, whose written pages became anonymous
+/// copies) and the anonymous mapping right after a file's last mapping (`.bss`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProgramDataRanges {
+    pub private: Vec<(u64, u64)>,
+    pub bss: Vec<(u64, u64)>,
+}
+
+impl ProgramDataRanges {
+    pub fn of(maps: &[Mapping]) -> ProgramDataRanges {
+        let files = program_files(maps);
+        let is_program = |m: &Mapping| files.binary_search(&m.path.as_str()).is_ok();
+        let mut ranges = ProgramDataRanges::default();
+        for (i, m) in maps.iter().enumerate() {
+            if is_program(m) && !m.shared {
+                ranges.private.push((m.start, m.end));
+            }
+            let follows_program = i > 0 && is_program(&maps[i - 1]) && maps[i - 1].end == m.start;
+            if m.path.is_empty() && m.write && !m.shared && !m.exec && follows_program {
+                ranges.bss.push((m.start, m.end));
+            }
+        }
+        ranges
+    }
+}
+
+/// The program's data measured: copied-on-write pages of its files' writable
+/// mappings (from `/proc/self/pagemap`) and resident `.bss` pages (`mincore`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProgramDataSample {
+    pub copied_bytes: u64,
+    pub bss_resident_bytes: u64,
+}
+
+/// Pages of a private file mapping that are anonymous copies: present, and not
+/// a file page (`/proc/PID/pagemap`: bit 63 present, bit 61 file or shared).
+pub fn copied_pages(pagemap_entries: &[u64]) -> u64 {
+    const PRESENT: u64 = 1 << 63;
+    const FILE_OR_SHARED: u64 = 1 << 61;
+    pagemap_entries
+        .iter()
+        .filter(|&&e| e & PRESENT != 0 && e & FILE_OR_SHARED == 0)
+        .count() as u64
+}
+
 /// Files that have an executable mapping: the nginx binary and shared objects.
 fn program_files(maps: &[Mapping]) -> Vec<&str> {
     let mut files: Vec<&str> = maps
@@ -308,10 +356,13 @@ impl Breakdown {
             )
         };
         let lua_segments = [segments(&inputs.lua.http), segments(&inputs.lua.stream)];
+        let bss = ProgramDataRanges::of(maps).bss;
         let classify = |m: &Mapping| -> OwnerId {
             if m.shared {
                 OwnerId::Shm
-            } else if files.binary_search(&m.path.as_str()).is_ok() {
+            } else if files.binary_search(&m.path.as_str()).is_ok()
+                || bss.contains(&(m.start, m.end))
+            {
                 OwnerId::Text
             } else if m.path == "[heap]" || overlaps(m, &glibc_chunks) {
                 OwnerId::Glibc
@@ -481,12 +532,38 @@ impl Breakdown {
                 .map(Mapping::size_bytes)
                 .sum();
             let text_entries = grouped(OwnerId::Text);
+            // Default depth: the file pages (RssFile) plus the program's data that
+            // became anonymous (copied-on-write pages, .bss).
+            let data = match &inputs.program_data {
+                Ok(d) => Some(d.clone()),
+                Err(e) => {
+                    errors.push(SourceError::new(
+                        "breakdown.text",
+                        format!("program data: {e}"),
+                    ));
+                    None
+                }
+            };
             let resident = match (inputs.depth, &text_entries) {
                 (Depth::Full, Some(entries)) => Some(sum(entries, |e| e.rss_bytes)),
-                _ => p.resident_file_bytes,
+                _ => p.resident_file_bytes.map(|f| {
+                    f + data
+                        .as_ref()
+                        .map_or(0, |d| d.copied_bytes + d.bss_resident_bytes)
+                }),
             };
             let mut o = owner(exec_bytes, "mapped", resident);
-            o.details = details([("files", (files.len() as u64).into())]);
+            o.details = details([
+                ("files", (files.len() as u64).into()),
+                (
+                    "data_copied_bytes",
+                    data.as_ref().map(|d| d.copied_bytes).into(),
+                ),
+                (
+                    "bss_resident_bytes",
+                    data.as_ref().map(|d| d.bss_resident_bytes).into(),
+                ),
+            ]);
             if let Some(entries) = &text_entries {
                 let per_file: Vec<serde_json::Value> = files
                     .iter()
@@ -701,6 +778,10 @@ mod tests {
                 }]),
                 other_allocators: Ok(None),
                 mapped_chunks: chunks,
+                program_data: Ok(ProgramDataSample {
+                    copied_bytes: 4096,
+                    bss_resident_bytes: 8192,
+                }),
             },
             errors,
         )
@@ -734,7 +815,10 @@ mod tests {
     fn default_depth_uses_kernel_counters_for_files_and_shm() {
         let b = build(Depth::Default, &[], &mut Vec::new());
         assert_eq!(b.shm.as_ref().unwrap().resident_bytes, Some(2 << 20));
-        assert_eq!(b.text.as_ref().unwrap().resident_bytes, Some(3 << 20));
+        assert_eq!(
+            b.text.as_ref().unwrap().resident_bytes,
+            Some((3 << 20) + 4096 + 8192)
+        );
         assert_eq!(b.glibc.as_ref().unwrap().resident_bytes, Some(600_000));
         assert_eq!(b.lua_http.as_ref().unwrap().resident_bytes, Some(400_000));
         assert_eq!(b.stacks.as_ref().unwrap().resident_bytes, Some(20_480));
@@ -753,12 +837,17 @@ mod tests {
             .sum();
         assert_eq!(text.bytes, exec);
         assert_eq!(text.measure, "mapped");
-        // Detail depth: the Rss of every mapping of those files, from smaps.
+        // Detail depth: the Rss of every mapping of those files and of their
+        // .bss, from smaps.
         let (smaps, _) = SmapsEntry::parse_all(SMAPS);
         let files: Vec<&str> = program_files(&maps);
+        let bss = ProgramDataRanges::of(&maps).bss;
         let rss: u64 = smaps
             .iter()
-            .filter(|e| files.contains(&e.mapping.path.as_str()))
+            .filter(|e| {
+                files.contains(&e.mapping.path.as_str())
+                    || bss.contains(&(e.mapping.start, e.mapping.end))
+            })
             .map(|e| e.rss_bytes)
             .sum();
         assert_eq!(text.resident_bytes, Some(rss as i64));
@@ -820,6 +909,7 @@ mod tests {
                 stacks: Err("no maps".into()),
                 other_allocators: Ok(None),
                 mapped_chunks: &[],
+                program_data: Err("no maps".into()),
             },
             &mut errors,
         );
@@ -849,6 +939,49 @@ mod tests {
             VirtualSplit::from_process(&ProcessMemory::default()).untouched_bytes,
             None
         );
+    }
+
+    #[test]
+    fn program_data_ranges_in_a_real_worker() {
+        let (maps, _) = Mapping::parse_all(MAPS);
+        let r = ProgramDataRanges::of(&maps);
+        // Every private mapping of the nginx binary and the shared objects.
+        let (maps_all, _) = Mapping::parse_all(MAPS);
+        let files = program_files(&maps_all);
+        let expected = maps
+            .iter()
+            .filter(|m| files.contains(&m.path.as_str()) && !m.shared)
+            .count();
+        assert_eq!(r.private.len(), expected);
+        assert!(expected >= 40, "{expected}");
+        let nginx_data = maps
+            .iter()
+            .find(|m| m.path == "/usr/sbin/nginx" && m.write)
+            .unwrap();
+        assert!(r.private.contains(&(nginx_data.start, nginx_data.end)));
+        // .bss: anonymous, right after a program file's mapping.
+        assert!(!r.bss.is_empty());
+        for (start, _) in &r.bss {
+            assert!(maps
+                .iter()
+                .any(|m| m.end == *start && m.path.starts_with('/')));
+        }
+        assert!(!r
+            .bss
+            .iter()
+            .any(|&(s, _)| maps.iter().any(|m| m.start == s && m.path == "[heap]")));
+    }
+
+    #[test]
+    fn copied_pages_from_pagemap() {
+        let present = 1u64 << 63;
+        let file = 1u64 << 61;
+        let swapped = 1u64 << 62;
+        assert_eq!(
+            copied_pages(&[present, present | file, 0, swapped, present | 1 << 56]),
+            2
+        );
+        assert_eq!(copied_pages(&[]), 0);
     }
 
     #[test]

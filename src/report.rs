@@ -170,6 +170,7 @@ mod tests {
             stacks: Ok(Vec::new()),
             other_allocators: Ok(None),
             mapped_chunks: &[],
+            program_data: Ok(Default::default()),
         };
         let breakdown = Breakdown::build(inputs, &mut Vec::new());
         Report {

@@ -23,7 +23,6 @@ const LUA_OBJECTS_MAX_TIME: std::time::Duration = std::time::Duration::from_mill
 /// Everything, at the asked depth; with `lua_objects_limit`, the Lua census too.
 pub fn report(depth: Depth, lua_objects_limit: Option<u64>) -> Report {
     let mut errors = Vec::new();
-    let process = report::process_memory(std::fs::read_to_string("/proc/self/status"), &mut errors);
     let zones: Vec<Zone> = sample_zones()
         .iter()
         .map(|z| z.to_zone(&mut errors))
@@ -40,6 +39,9 @@ pub fn report(depth: Depth, lua_objects_limit: Option<u64>) -> Report {
         .flat_map(|a| a.segment_ranges.iter().copied())
         .collect();
     let samples = process::sample(depth, &segments);
+    // RSS last: pages the collection itself touched (its own allocations) are
+    // then in RSS as well as in the owners' ranges, never only in the latter.
+    let process = report::process_memory(std::fs::read_to_string("/proc/self/status"), &mut errors);
     let breakdown = Breakdown::build(
         Inputs {
             depth,
@@ -52,6 +54,7 @@ pub fn report(depth: Depth, lua_objects_limit: Option<u64>) -> Report {
             stacks: samples.stacks,
             other_allocators: samples.other_allocators,
             mapped_chunks: &samples.mapped_chunks,
+            program_data: samples.program_data,
         },
         &mut errors,
     );

@@ -8,7 +8,8 @@ use ngx::ffi::ngx_pagesize;
 
 use super::residency::resident_pages;
 use crate::breakdown::{
-    mapped_chunk_at, uncovered, Depth, GlibcSample, MappedChunk, OtherAllocatorSample, StackSample,
+    copied_pages, mapped_chunk_at, uncovered, Depth, GlibcSample, MappedChunk,
+    OtherAllocatorSample, ProgramDataRanges, ProgramDataSample, StackSample,
 };
 use crate::procfs::{parse_syscall_stack_pointer, Mapping, SmapsEntry};
 
@@ -19,6 +20,7 @@ pub struct ProcessSamples {
     pub stacks: Result<Vec<StackSample>, String>,
     pub other_allocators: Result<Option<OtherAllocatorSample>, String>,
     pub mapped_chunks: Vec<MappedChunk>,
+    pub program_data: Result<ProgramDataSample, String>,
 }
 
 /// `known`: address ranges already accounted for (LuaJIT's segments), not to be
@@ -42,7 +44,10 @@ pub fn sample(depth: Depth, known: &[(u64, u64)]) -> ProcessSamples {
     if let Ok(stacks) = &stacks {
         skip.extend(stacks.iter().map(|s| (s.start, s.end)));
     }
+    let data_ranges = ProgramDataRanges::of(mapped);
+    skip.extend(data_ranges.bss.iter().copied());
     ProcessSamples {
+        program_data: sample_program_data(&data_ranges),
         glibc: sample_glibc(mapped, depth),
         mapped_chunks: scan_mapped_chunks(mapped, &skip),
         stacks,
@@ -100,6 +105,45 @@ fn scan_mapped_chunks(maps: &[Mapping], skip: &[(u64, u64)]) -> Vec<MappedChunk>
         }
     }
     found
+}
+
+/// Copied-on-write pages of the program files' private mappings, by their
+/// `/proc/self/pagemap` entries (8 bytes a page, no page-table walk beyond those
+/// pages), and resident `.bss` pages by `mincore`.
+fn sample_program_data(ranges: &ProgramDataRanges) -> Result<ProgramDataSample, String> {
+    use std::os::unix::fs::FileExt;
+    // SAFETY: a plain integer nginx sets at start.
+    let page = unsafe { ngx_pagesize } as u64;
+    let pagemap = std::fs::File::open("/proc/self/pagemap").map_err(|e| format!("pagemap: {e}"))?;
+    let mut sample = ProgramDataSample::default();
+    let mut buf = Vec::new();
+    for &(start, end) in &ranges.private {
+        let pages = ((end - start) / page) as usize;
+        buf.resize(pages * 8, 0u8);
+        pagemap
+            .read_exact_at(&mut buf, start / page * 8)
+            .map_err(|e| format!("pagemap: {e}"))?;
+        let entries: Vec<u64> = buf
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        sample.copied_bytes += copied_pages(&entries) * page;
+    }
+    for &(start, end) in &ranges.bss {
+        let m = Mapping {
+            start,
+            end,
+            read: true,
+            write: true,
+            exec: false,
+            shared: false,
+            offset: 0,
+            inode: 0,
+            path: String::new(),
+        };
+        sample.bss_resident_bytes += resident_bytes_of(&m)?;
+    }
+    Ok(sample)
 }
 
 fn is_page_present(addr: u64, page: u64) -> bool {
