@@ -36,6 +36,17 @@ pub extern "C" fn memory_status_handler(r: *mut ngx_http_request_t) -> ngx_int_t
 }
 
 fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
+    #[cfg(feature = "test-panic")]
+    {
+        // SAFETY: `Request` is the request's transparent wrapper; only read here.
+        let request: &Request = unsafe { &*(r as *const ngx_http_request_t).cast::<Request>() };
+        if request
+            .headers_in_iterator()
+            .any(|(k, _)| k.as_bytes() == b"X-Memory-Status-Test-Panic")
+        {
+            panic!("test-panic: asked by the request");
+        }
+    }
     if r.method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t == 0 {
         if push_header(r, b"Allow", b"GET, HEAD").is_none() {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;

@@ -1,0 +1,49 @@
+#!/usr/bin/perl
+
+# A panic in the handler never reaches nginx: the request gets 500, error.log an
+# [alert] with the panic's message, and the worker goes on serving. Uses the
+# test-only build with the `test-panic` feature (scripts/test builds it).
+
+use warnings;
+use strict;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use NginxTest;
+
+my $so = "$NginxTest::ROOT/target/panic-test/debug/libngx_http_memory_status_module.so";
+BAIL_OUT("$so missing: build it with cargo build --features test-panic --target-dir target/panic-test")
+    unless -f $so;
+local $NginxTest::MODULE = $so;
+
+my $t = NginxTest->new;
+$t->write_file_expand('nginx.conf', <<'EOF');
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+worker_processes 1;
+events { worker_connections 64; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /memory_status { memory_status; }
+    }
+}
+EOF
+$t->run;
+my $port = $t->port(1);
+my ($worker) = $t->worker_pids;
+
+my $r = $t->http('GET', $port, '/memory_status', headers => { 'X-Memory-Status-Test-Panic' => '1' });
+is($r->{status}, 500, 'a panic answers 500');
+like($t->error_log, qr/\[alert\] \d+#\d+: \*\d+ memory_status: panic: test-panic: asked by the request/,
+    'and logs an [alert] with its message');
+my ($j, $ok) = $t->get_json($port, '/memory_status');
+is($ok->{status}, 200, 'the next request is answered');
+is($j->{nginx}{pid}, $worker, 'by the same worker: it did not die');
+unlike($t->error_log, qr/exited on signal/, 'no worker died');
+
+$t->done_file(allow => [qr/memory_status: panic: test-panic/]);
+done_testing();
