@@ -104,7 +104,10 @@ sub check_sums {
     is($sum, $j->{process}{resident_bytes}, "$what: owners + unattributed = process.resident_bytes");
     my $share = $b->{unattributed}{resident_bytes} / $j->{process}{resident_bytes};
     cmp_ok($share, '<', 0.20, sprintf('%s: unattributed %.1f%% of resident', $what, 100 * $share));
-    cmp_ok($b->{unattributed}{resident_bytes}, '>=', 0, "$what: unattributed not negative");
+    # The kernel batches RSS counter updates per CPU (up to 31 pages per counter
+    # per CPU before they show in /proc/PID/status), while the owners' pages are
+    # counted exactly: unattributed may dip below zero by that much, no more.
+    cmp_ok($b->{unattributed}{resident_bytes}, '>=', -3 * 31 * 4096 * 2, "$what: unattributed not below the counters' lag");
     is($b->{unattributed}{measure}, 'resident', "$what: unattributed measure");
     is(scalar unexpected_errors($j), 0, "$what: no source errors") or diag explain [unexpected_errors($j)];
     return $b;
