@@ -645,32 +645,7 @@ impl Breakdown {
             }
         };
 
-        let attributed: i64 = [
-            &glibc,
-            &shm,
-            &lua_http,
-            &lua_stream,
-            &text,
-            &stacks,
-            &other_allocators,
-        ]
-        .iter()
-        .filter_map(|o| o.as_ref().and_then(|o| o.resident_bytes))
-        .sum();
-        let rest = p.resident_bytes.map(|rss| rss as i64 - attributed);
-        let mut unattributed = Owner {
-            bytes: rest.unwrap_or(0).max(0) as u64,
-            measure: "resident",
-            resident_bytes: rest,
-            pss_bytes: None,
-            details: BTreeMap::new(),
-            mappings: None,
-        };
-        if let Some(entries) = grouped(OwnerId::Unattributed) {
-            unattributed.mappings = Some(view(&entries));
-        }
-
-        Breakdown {
+        let mut breakdown = Breakdown {
             glibc,
             shm,
             lua_http,
@@ -678,8 +653,22 @@ impl Breakdown {
             text,
             stacks,
             other_allocators,
-            unattributed,
+            unattributed: owner(0, "resident", None),
+        };
+        // What no owner's own ranges account for: RSS less their shares.
+        let attributed: i64 = breakdown
+            .owners()
+            .iter()
+            .filter_map(|(_, o)| o.as_ref()?.resident_bytes)
+            .sum();
+        let rest = p.resident_bytes.map(|rss| rss as i64 - attributed);
+        let unattributed = &mut breakdown.unattributed;
+        unattributed.bytes = rest.unwrap_or(0).max(0) as u64;
+        unattributed.resident_bytes = rest;
+        if let Some(entries) = grouped(OwnerId::Unattributed) {
+            unattributed.mappings = Some(view(&entries));
         }
+        breakdown
     }
 }
 

@@ -11,7 +11,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
-use NginxTest qw(read_file_text);
+use NginxTest qw(read_file_text smaps_rss_of_size);
 use MemoryStatus qw(is_uint);
 
 plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
@@ -226,17 +226,3 @@ $t->done_file(allow => [
     qr/shared memory zone "frag" was locked by $holder/,
 ]);
 done_testing();
-
-# The Rss of the one mapping of exactly that size in /proc/PID/smaps.
-sub smaps_rss_of_size {
-    my ($pid, $size) = @_;
-    my $smaps = read_file_text("/proc/$pid/smaps") // return;
-    my @found;
-    for my $block (split /(?=^[0-9a-f]+-[0-9a-f]+ )/m, $smaps) {
-        my ($lo, $hi) = $block =~ /^([0-9a-f]+)-([0-9a-f]+) / or next;
-        next unless (do { no warnings "portable"; hex($hi) - hex($lo) }) == $size;
-        my ($rss_kb) = $block =~ /^Rss:\s+(\d+) kB/m;
-        push @found, $rss_kb * 1024;
-    }
-    return @found == 1 ? $found[0] : undef;
-}

@@ -12,7 +12,7 @@ use lib "$FindBin::Bin/lib";
 
 use JSON::PP qw(decode_json);
 use Test::More;
-use NginxTest qw(read_file_text proc_status_bytes);
+use NginxTest qw(read_file_text proc_status_bytes smaps_rss_of_size);
 use MemoryStatus qw(check_base_shape unexpected_errors);
 
 plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
@@ -276,16 +276,3 @@ EOF
 }
 
 done_testing();
-
-# The Rss of the one mapping of exactly that size in /proc/PID/smaps.
-sub smaps_rss_of_size {
-    my ($pid, $size) = @_;
-    my @found;
-    for my $block (split /(?=^[0-9a-f]+-[0-9a-f]+ )/m, read_file_text("/proc/$pid/smaps")) {
-        my ($lo, $hi) = $block =~ /^([0-9a-f]+)-([0-9a-f]+) / or next;
-        no warnings 'portable';
-        next unless hex($hi) - hex($lo) == $size;
-        push @found, ($block =~ /^Rss:\s+(\d+) kB/m)[0] * 1024;
-    }
-    return @found == 1 ? $found[0] : undef;
-}

@@ -20,7 +20,7 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 
 use Exporter 'import';
-our @EXPORT_OK = qw(proc_status_bytes read_file_text);
+our @EXPORT_OK = qw(proc_status_bytes read_file_text smaps_rss_of_size);
 
 our $ROOT = abs_path(dirname(__FILE__) . '/../..');
 our $NGINX = $ENV{TEST_NGINX_BINARY} // '/usr/sbin/nginx';
@@ -279,6 +279,21 @@ sub read_file_text {
     local $/;
     my $text = <$fh>;
     return $text;
+}
+
+# The Rss of the one mapping of exactly that size in /proc/PID/smaps (undef if
+# none or several).
+sub smaps_rss_of_size {
+    my ($pid, $size) = @_;
+    my $smaps = read_file_text("/proc/$pid/smaps") // return undef;
+    my @found;
+    for my $block (split /(?=^[0-9a-f]+-[0-9a-f]+ )/m, $smaps) {
+        my ($lo, $hi) = $block =~ /^([0-9a-f]+)-([0-9a-f]+) / or next;
+        no warnings 'portable';
+        next unless hex($hi) - hex($lo) == $size;
+        push @found, ($block =~ /^Rss:\s+(\d+) kB/m)[0] * 1024;
+    }
+    return @found == 1 ? $found[0] : undef;
 }
 
 # A /proc/PID/status value in bytes (kB fields) or as a count.
