@@ -37,8 +37,23 @@ pub struct GlibcSample {
     pub mmapped_chunks: u64,
     /// `<heap nr=...>` entries of `malloc_info()`: detail depth only.
     pub arenas: Option<u64>,
-    /// Resident pages of the main arena's `[heap]`.
-    pub heap_resident_bytes: Result<u64, String>,
+    /// The heaps of every arena, as found in the address space.
+    pub heaps: Result<GlibcHeaps, String>,
+}
+
+/// glibc's heaps: the main arena's `[heap]` pieces and other arenas' heaps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GlibcHeaps {
+    /// Mappings named `[heap]`, and their bytes.
+    pub main_pieces: u64,
+    pub main_bytes: u64,
+    /// Heaps of other arenas, and what their arenas use of them (`heap_info.size`).
+    pub arena_heaps: u64,
+    pub arena_heap_bytes: u64,
+    /// Resident pages of all of them (`mincore`).
+    pub resident_bytes: u64,
+    /// Their address ranges (an arena heap's whole reservation).
+    pub ranges: Vec<(u64, u64)>,
 }
 
 /// Whose large allocation a directly mapped chunk is.
@@ -145,6 +160,8 @@ pub struct Inputs<'a> {
     pub mapped_chunks: &'a [MappedChunk],
     /// The program's data outside its files' pages (default depth).
     pub program_data: Result<ProgramDataSample, String>,
+    /// Where that data lies.
+    pub program_ranges: &'a ProgramDataRanges,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -244,28 +261,48 @@ fn owner(bytes: u64, measure: &'static str, resident: Option<u64>) -> Owner {
 
 /// Where the program's data lies beyond its files' pages: its files' private
 /// mappings (relocated data and RELRO, whose written pages became anonymous
-/// copies) and the anonymous mapping right after a file's last mapping (`.bss`).
+/// copies) and each loaded object's `.bss` beyond its file's last page.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProgramDataRanges {
     pub private: Vec<(u64, u64)>,
     pub bss: Vec<(u64, u64)>,
 }
 
+/// A loadable segment of a loaded object (`PT_LOAD`), at its address in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadSegment {
+    pub start: u64,
+    pub file_bytes: u64,
+    pub memory_bytes: u64,
+}
+
 impl ProgramDataRanges {
-    pub fn of(maps: &[Mapping]) -> ProgramDataRanges {
+    /// `segments`: every loaded object's loadable segments (the dynamic
+    /// loader's list); their `.bss` is what a segment holds beyond its file's
+    /// bytes, past the page the file's bytes end in (that page is a private
+    /// file mapping). An anonymous mapping that merely follows a file is not
+    /// taken for `.bss`: the kernel may have put anything there.
+    pub fn of(maps: &[Mapping], segments: &[LoadSegment], page_size: u64) -> ProgramDataRanges {
         let files = program_files(maps);
-        let is_program = |m: &Mapping| files.binary_search(&m.path.as_str()).is_ok();
-        let mut ranges = ProgramDataRanges::default();
-        for (i, m) in maps.iter().enumerate() {
-            if is_program(m) && !m.shared {
-                ranges.private.push((m.start, m.end));
-            }
-            let follows_program = i > 0 && is_program(&maps[i - 1]) && maps[i - 1].end == m.start;
-            if m.path.is_empty() && m.write && !m.shared && !m.exec && follows_program {
-                ranges.bss.push((m.start, m.end));
-            }
-        }
-        ranges
+        let private = maps
+            .iter()
+            .filter(|m| !m.shared && files.binary_search(&m.path.as_str()).is_ok())
+            .map(|m| (m.start, m.end))
+            .collect();
+        let page_up = |n: u64| n.div_ceil(page_size.max(1)) * page_size.max(1);
+        let mut bss: Vec<(u64, u64)> = segments
+            .iter()
+            .filter(|s| s.memory_bytes > s.file_bytes)
+            .map(|s| {
+                (
+                    page_up(s.start + s.file_bytes),
+                    page_up(s.start + s.memory_bytes),
+                )
+            })
+            .filter(|(start, end)| start < end)
+            .collect();
+        bss.sort_unstable();
+        ProgramDataRanges { private, bss }
     }
 }
 
@@ -304,6 +341,159 @@ fn overlaps(m: &Mapping, ranges: &[(u64, u64)]) -> bool {
     ranges.iter().any(|&(s, e)| s < m.end && m.start < e)
 }
 
+/// Tells which owner a mapping belongs to, from the ranges each owner's own
+/// source names.
+struct Classifier<'a> {
+    files: Vec<&'a str>,
+    bss: Vec<(u64, u64)>,
+    /// glibc's heaps (every arena's) and its directly mapped chunks.
+    glibc: Vec<(u64, u64)>,
+    stacks: Vec<(u64, u64)>,
+    lua_segments: [Vec<(u64, u64)>; 2],
+    luajit_chunks: Vec<(u64, u64)>,
+    /// LuaJIT's direct chunks carry no mark of their VM: with one VM they are
+    /// its own, with two they cannot be told apart and stay unattributed.
+    single_vm: Option<OwnerId>,
+}
+
+impl<'a> Classifier<'a> {
+    fn new(inputs: &Inputs<'_>, maps: &'a [Mapping]) -> Classifier<'a> {
+        let chunks = |kind: ChunkKind| -> Vec<(u64, u64)> {
+            inputs
+                .mapped_chunks
+                .iter()
+                .filter(|c| c.kind == kind)
+                .map(|c| (c.start, c.end))
+                .collect()
+        };
+        let segments = |vm: &Option<LuaVm>| -> Vec<(u64, u64)> {
+            vm.as_ref()
+                .and_then(|v| v.allocator.as_ref())
+                .map(|a| a.segment_ranges.clone())
+                .unwrap_or_default()
+        };
+        let mut glibc = chunks(ChunkKind::Glibc);
+        if let Ok(GlibcSample { heaps: Ok(h), .. }) = &inputs.glibc {
+            glibc.extend(h.ranges.iter().copied());
+        }
+        Classifier {
+            files: program_files(maps),
+            bss: inputs.program_ranges.bss.clone(),
+            glibc,
+            stacks: match &inputs.stacks {
+                Ok(stacks) => stacks.iter().map(|s| (s.start, s.end)).collect(),
+                Err(_) => Vec::new(),
+            },
+            lua_segments: [segments(&inputs.lua.http), segments(&inputs.lua.stream)],
+            luajit_chunks: chunks(ChunkKind::LuaJit),
+            single_vm: match (&inputs.lua.http, &inputs.lua.stream) {
+                (Some(_), None) => Some(OwnerId::LuaHttp),
+                (None, Some(_)) => Some(OwnerId::LuaStream),
+                _ => None,
+            },
+        }
+    }
+
+    fn is_program_file(&self, m: &Mapping) -> bool {
+        self.files.binary_search(&m.path.as_str()).is_ok()
+    }
+
+    fn classify(&self, m: &Mapping) -> OwnerId {
+        if m.shared {
+            OwnerId::Shm
+        } else if self.is_program_file(m) {
+            OwnerId::Text
+        } else if m.path == "[heap]" || overlaps(m, &self.glibc) {
+            OwnerId::Glibc
+        } else if overlaps(m, &self.stacks) {
+            OwnerId::Stacks
+        } else if overlaps(m, &self.lua_segments[0]) {
+            OwnerId::LuaHttp
+        } else if overlaps(m, &self.lua_segments[1]) {
+            OwnerId::LuaStream
+        } else if let Some(vm) = self.single_vm.filter(|_| overlaps(m, &self.luajit_chunks)) {
+            vm
+        } else if overlaps(m, &self.bss) {
+            // Last: the kernel may merge .bss with whatever is mapped after it.
+            OwnerId::Text
+        } else {
+            OwnerId::Unattributed
+        }
+    }
+}
+
+/// What every owner's figures are built from.
+struct Context<'a> {
+    depth: Depth,
+    process: &'a ProcessMemory,
+    maps: &'a [Mapping],
+    /// Detail depth: every mapping with its page-table counts.
+    smaps: Option<&'a [SmapsEntry]>,
+    classifier: Classifier<'a>,
+    mapped_chunks: &'a [MappedChunk],
+}
+
+impl<'a> Context<'a> {
+    /// Detail depth: every mapping under the owner it belongs to.
+    fn grouped(&self, id: OwnerId) -> Option<Vec<&'a SmapsEntry>> {
+        let smaps = self.smaps?;
+        Some(
+            smaps
+                .iter()
+                .filter(|e| self.classifier.classify(&e.mapping) == id)
+                .collect(),
+        )
+    }
+
+    /// Adds detail's mapping list and PSS to an owner.
+    fn with_mappings(&self, mut o: Owner, id: OwnerId) -> Owner {
+        if let Some(entries) = self.grouped(id) {
+            o.pss_bytes = Some(entries.iter().map(|e| e.pss_bytes).sum());
+            o.mappings = Some(view(&entries));
+        }
+        o
+    }
+
+    /// Directly mapped chunks of one allocator: how many, and their resident bytes.
+    fn chunks(&self, kind: ChunkKind) -> (u64, u64) {
+        let mine = self.mapped_chunks.iter().filter(|c| c.kind == kind);
+        (
+            mine.clone().count() as u64,
+            mine.map(|c| c.resident_bytes).sum(),
+        )
+    }
+}
+
+fn perms(m: &Mapping) -> String {
+    [
+        if m.read { 'r' } else { '-' },
+        if m.write { 'w' } else { '-' },
+        if m.exec { 'x' } else { '-' },
+        if m.shared { 's' } else { 'p' },
+    ]
+    .iter()
+    .collect()
+}
+
+fn view(entries: &[&SmapsEntry]) -> Vec<MappingView> {
+    entries
+        .iter()
+        .map(|e| MappingView {
+            path: e.mapping.path.clone(),
+            perms: perms(&e.mapping),
+            size_bytes: e.mapping.size_bytes(),
+            rss_bytes: e.rss_bytes,
+            pss_bytes: e.pss_bytes,
+            anonymous_bytes: e.anonymous_bytes,
+            swap_bytes: e.swap_bytes,
+        })
+        .collect()
+}
+
+fn rss_sum(entries: &[&SmapsEntry]) -> u64 {
+    entries.iter().map(|e| e.rss_bytes).sum()
+}
+
 impl Breakdown {
     pub fn build(inputs: Inputs<'_>, errors: &mut Vec<SourceError>) -> Breakdown {
         let maps: &[Mapping] = match inputs.maps {
@@ -321,338 +511,22 @@ impl Breakdown {
             }
             None => None,
         };
-        let files = program_files(maps);
-        let stack_ranges: Vec<(u64, u64)> = match &inputs.stacks {
-            Ok(stacks) => stacks.iter().map(|s| (s.start, s.end)).collect(),
-            Err(_) => Vec::new(),
+        let cx = Context {
+            depth: inputs.depth,
+            process: inputs.process,
+            maps,
+            smaps,
+            classifier: Classifier::new(&inputs, maps),
+            mapped_chunks: inputs.mapped_chunks,
         };
-        let segments = |vm: &Option<LuaVm>| -> Vec<(u64, u64)> {
-            vm.as_ref()
-                .and_then(|v| v.allocator.as_ref())
-                .map(|a| a.segment_ranges.clone())
-                .unwrap_or_default()
-        };
-        // LuaJIT's direct chunks carry no mark of their VM: with one VM they are
-        // its own, with two they cannot be told apart and stay unattributed.
-        let single_vm = match (&inputs.lua.http, &inputs.lua.stream) {
-            (Some(_), None) => Some(OwnerId::LuaHttp),
-            (None, Some(_)) => Some(OwnerId::LuaStream),
-            _ => None,
-        };
-        let chunks = |kind: ChunkKind| -> Vec<(u64, u64)> {
-            inputs
-                .mapped_chunks
-                .iter()
-                .filter(|c| c.kind == kind)
-                .map(|c| (c.start, c.end))
-                .collect()
-        };
-        let (glibc_chunks, luajit_chunks) = (chunks(ChunkKind::Glibc), chunks(ChunkKind::LuaJit));
-        let chunk_resident = |kind: ChunkKind| -> (u64, u64) {
-            let mine = inputs.mapped_chunks.iter().filter(|c| c.kind == kind);
-            (
-                mine.clone().count() as u64,
-                mine.map(|c| c.resident_bytes).sum(),
-            )
-        };
-        let lua_segments = [segments(&inputs.lua.http), segments(&inputs.lua.stream)];
-        let bss = ProgramDataRanges::of(maps).bss;
-        let classify = |m: &Mapping| -> OwnerId {
-            if m.shared {
-                OwnerId::Shm
-            } else if files.binary_search(&m.path.as_str()).is_ok()
-                || bss.contains(&(m.start, m.end))
-            {
-                OwnerId::Text
-            } else if m.path == "[heap]" || overlaps(m, &glibc_chunks) {
-                OwnerId::Glibc
-            } else if overlaps(m, &stack_ranges) {
-                OwnerId::Stacks
-            } else if overlaps(m, &lua_segments[0]) {
-                OwnerId::LuaHttp
-            } else if overlaps(m, &lua_segments[1]) {
-                OwnerId::LuaStream
-            } else if let Some(vm) = single_vm.filter(|_| overlaps(m, &luajit_chunks)) {
-                vm
-            } else {
-                OwnerId::Unattributed
-            }
-        };
-        // Detail depth: every mapping under the owner it belongs to.
-        let grouped = |id: OwnerId| -> Option<Vec<&SmapsEntry>> {
-            smaps.map(|s| s.iter().filter(|e| classify(&e.mapping) == id).collect())
-        };
-        let view = |entries: &[&SmapsEntry]| -> Vec<MappingView> {
-            entries
-                .iter()
-                .map(|e| MappingView {
-                    path: e.mapping.path.clone(),
-                    perms: format!(
-                        "{}{}{}{}",
-                        if e.mapping.read { 'r' } else { '-' },
-                        if e.mapping.write { 'w' } else { '-' },
-                        if e.mapping.exec { 'x' } else { '-' },
-                        if e.mapping.shared { 's' } else { 'p' }
-                    ),
-                    size_bytes: e.mapping.size_bytes(),
-                    rss_bytes: e.rss_bytes,
-                    pss_bytes: e.pss_bytes,
-                    anonymous_bytes: e.anonymous_bytes,
-                    swap_bytes: e.swap_bytes,
-                })
-                .collect()
-        };
-        let sum = |entries: &[&SmapsEntry], f: fn(&SmapsEntry) -> u64| {
-            entries.iter().map(|e| f(e)).sum::<u64>()
-        };
-        // Adds detail's mapping list and PSS to an owner.
-        let with_mappings = |mut o: Owner, id: OwnerId| -> Owner {
-            if let Some(entries) = grouped(id) {
-                o.pss_bytes = Some(sum(&entries, |e| e.pss_bytes));
-                o.mappings = Some(view(&entries));
-            }
-            o
-        };
-
-        let p = inputs.process;
-
-        // glibc
-        let glibc = match inputs.glibc {
-            Ok(g) => {
-                let (chunks_found, chunks_resident) = chunk_resident(ChunkKind::Glibc);
-                let resident = match g.heap_resident_bytes {
-                    Ok(heap) => Some(heap + chunks_resident),
-                    Err(e) => {
-                        errors.push(SourceError::new(
-                            "breakdown.glibc",
-                            format!("[heap] resident: {e}"),
-                        ));
-                        None
-                    }
-                };
-                let mut o = owner(
-                    g.arena_in_use_bytes + g.mmapped_bytes,
-                    "allocated",
-                    resident,
-                );
-                o.details = details([
-                    ("mmapped_chunks_found", chunks_found.into()),
-                    ("mmapped_resident_bytes", chunks_resident.into()),
-                    (
-                        "in_use_bytes",
-                        (g.arena_in_use_bytes + g.mmapped_bytes).into(),
-                    ),
-                    ("free_bytes", g.free_bytes.into()),
-                    ("arena_bytes", g.arena_bytes.into()),
-                    ("mmapped_bytes", g.mmapped_bytes.into()),
-                    ("mmapped_chunks", g.mmapped_chunks.into()),
-                    ("arenas", g.arenas.into()),
-                ]);
-                Some(with_mappings(o, OwnerId::Glibc))
-            }
-            Err(e) => {
-                errors.push(SourceError::new("breakdown.glibc", e));
-                None
-            }
-        };
-
-        // shm: every zone together. `bytes` is what is loaded (touched by any
-        // worker); resident_bytes is what this worker has mapped (RssShmem).
-        let loaded: u64 = inputs.zones.iter().filter_map(|z| z.loaded_bytes).sum();
-        let shm_resident = match (inputs.depth, grouped(OwnerId::Shm)) {
-            (Depth::Full, Some(entries)) => Some(sum(&entries, |e| e.rss_bytes)),
-            _ => p.resident_shmem_bytes,
-        };
-        let mut shm = owner(loaded, "loaded", shm_resident);
-        shm.details = details([
-            ("zones", (inputs.zones.len() as u64).into()),
-            (
-                "size_bytes",
-                inputs
-                    .zones
-                    .iter()
-                    .map(|z| z.size_bytes)
-                    .sum::<u64>()
-                    .into(),
-            ),
-            (
-                "mapped_bytes",
-                inputs
-                    .zones
-                    .iter()
-                    .map(|z| z.mapped_bytes)
-                    .sum::<u64>()
-                    .into(),
-            ),
-        ]);
-        let shm = Some(with_mappings(shm, OwnerId::Shm));
-
-        // Lua VMs: reasons for a missing VM are already in errors (lua.http, ...).
-        let lua_owner = |vm: &Option<LuaVm>, id: OwnerId| {
-            vm.as_ref().map(|vm| {
-                let (direct_found, direct_resident) = if single_vm == Some(id) {
-                    chunk_resident(ChunkKind::LuaJit)
-                } else {
-                    (0, 0)
-                };
-                let resident = vm
-                    .allocator
-                    .as_ref()
-                    .and_then(|a| a.resident_bytes)
-                    .map(|r| r + direct_resident);
-                let mut o = owner(vm.gc_bytes, "allocated", resident);
-                o.details = details([
-                    (
-                        "allocator_mapped_bytes",
-                        vm.allocator.as_ref().map(|a| a.mapped_bytes).into(),
-                    ),
-                    (
-                        "allocator_free_bytes",
-                        vm.allocator.as_ref().map(|a| a.free_bytes).into(),
-                    ),
-                    ("direct_chunks_found", direct_found.into()),
-                    ("direct_resident_bytes", direct_resident.into()),
-                ]);
-                let mut o = with_mappings(o, id);
-                o.pss_bytes = None; // a mapping may hold more than the VM's segments
-                o
-            })
-        };
-        let lua_http = lua_owner(&inputs.lua.http, OwnerId::LuaHttp);
-        let lua_stream = lua_owner(&inputs.lua.stream, OwnerId::LuaStream);
-
-        // text: executable mappings; resident is every resident page of the
-        // program's files (code and read-only data).
-        let text = if maps.is_empty() {
-            None
-        } else {
-            let exec_bytes: u64 = maps
-                .iter()
-                .filter(|m| m.exec && files.binary_search(&m.path.as_str()).is_ok())
-                .map(Mapping::size_bytes)
-                .sum();
-            let text_entries = grouped(OwnerId::Text);
-            // Default depth: the file pages (RssFile) plus the program's data that
-            // became anonymous (copied-on-write pages, .bss).
-            let data = match &inputs.program_data {
-                Ok(d) => Some(d.clone()),
-                Err(e) => {
-                    errors.push(SourceError::new(
-                        "breakdown.text",
-                        format!("program data: {e}"),
-                    ));
-                    None
-                }
-            };
-            let resident = match (inputs.depth, &text_entries) {
-                (Depth::Full, Some(entries)) => Some(sum(entries, |e| e.rss_bytes)),
-                _ => p.resident_file_bytes.map(|f| {
-                    f + data
-                        .as_ref()
-                        .map_or(0, |d| d.copied_bytes + d.bss_resident_bytes)
-                }),
-            };
-            let mut o = owner(exec_bytes, "mapped", resident);
-            o.details = details([
-                ("files", (files.len() as u64).into()),
-                (
-                    "data_copied_bytes",
-                    data.as_ref().map(|d| d.copied_bytes).into(),
-                ),
-                (
-                    "bss_resident_bytes",
-                    data.as_ref().map(|d| d.bss_resident_bytes).into(),
-                ),
-            ]);
-            if let Some(entries) = &text_entries {
-                let per_file: Vec<serde_json::Value> = files
-                    .iter()
-                    .map(|f| {
-                        let mine: Vec<&&SmapsEntry> = entries.iter().filter(|e| e.mapping.path == *f).collect();
-                        serde_json::json!({
-                            "path": f,
-                            "mapped_bytes": mine.iter().filter(|e| e.mapping.exec).map(|e| e.mapping.size_bytes()).sum::<u64>(),
-                            "resident_bytes": mine.iter().map(|e| e.rss_bytes).sum::<u64>(),
-                            "exec_resident_bytes": mine.iter().filter(|e| e.mapping.exec).map(|e| e.rss_bytes).sum::<u64>(),
-                            "pss_bytes": mine.iter().map(|e| e.pss_bytes).sum::<u64>(),
-                        })
-                    })
-                    .collect();
-                o.details.insert(
-                    "exec_resident_bytes",
-                    entries
-                        .iter()
-                        .filter(|e| e.mapping.exec)
-                        .map(|e| e.rss_bytes)
-                        .sum::<u64>()
-                        .into(),
-                );
-                o.details.insert("per_file", per_file.into());
-            }
-            Some(with_mappings(o, OwnerId::Text))
-        };
-
-        // stacks
-        let stacks = match &inputs.stacks {
-            Ok(stacks) => {
-                let size: u64 = stacks.iter().map(|s| s.end - s.start).sum();
-                let resident: u64 = stacks.iter().map(|s| s.resident_bytes).sum();
-                let mut o = owner(size, "mapped", Some(resident));
-                let list: Vec<serde_json::Value> = stacks
-                    .iter()
-                    .map(|s| {
-                        serde_json::json!({
-                            "thread": s.thread,
-                            "size_bytes": s.end - s.start,
-                            "resident_bytes": s.resident_bytes,
-                        })
-                    })
-                    .collect();
-                o.details = details([
-                    ("threads", p.threads.into()),
-                    ("stacks_found", (stacks.len() as u64).into()),
-                    ("stacks", list.into()),
-                ]);
-                Some(with_mappings(o, OwnerId::Stacks))
-            }
-            Err(e) => {
-                errors.push(SourceError::new("breakdown.stacks", e.clone()));
-                None
-            }
-        };
-
-        let other_allocators = match inputs.other_allocators {
-            Ok(Some(a)) => {
-                // The allocator's own "resident" is its estimate, not a measure of
-                // its pages in this process: its share stays in unattributed.
-                let mut o = owner(a.allocated_bytes, "allocated", None);
-                o.details = details([
-                    ("name", a.name.into()),
-                    ("stats", serde_json::to_value(&a.stats).unwrap_or_default()),
-                ]);
-                Some(o)
-            }
-            Ok(None) => {
-                errors.push(SourceError::new(
-                    "breakdown.other_allocators",
-                    "not present (neither jemalloc nor tcmalloc is loaded)",
-                ));
-                None
-            }
-            Err(e) => {
-                errors.push(SourceError::new("breakdown.other_allocators", e));
-                None
-            }
-        };
-
         let mut breakdown = Breakdown {
-            glibc,
-            shm,
-            lua_http,
-            lua_stream,
-            text,
-            stacks,
-            other_allocators,
+            glibc: glibc_owner(&cx, &inputs.glibc, errors),
+            shm: Some(shm_owner(&cx, inputs.zones)),
+            lua_http: lua_owner(&cx, &inputs.lua.http, OwnerId::LuaHttp),
+            lua_stream: lua_owner(&cx, &inputs.lua.stream, OwnerId::LuaStream),
+            text: text_owner(&cx, &inputs.program_data, errors),
+            stacks: stacks_owner(&cx, &inputs.stacks, errors),
+            other_allocators: other_allocators_owner(inputs.other_allocators, errors),
             unattributed: owner(0, "resident", None),
         };
         // What no owner's own ranges account for: RSS less their shares.
@@ -661,14 +535,256 @@ impl Breakdown {
             .iter()
             .filter_map(|(_, o)| o.as_ref()?.resident_bytes)
             .sum();
-        let rest = p.resident_bytes.map(|rss| rss as i64 - attributed);
+        let rest = cx.process.resident_bytes.map(|rss| rss as i64 - attributed);
         let unattributed = &mut breakdown.unattributed;
         unattributed.bytes = rest.unwrap_or(0).max(0) as u64;
         unattributed.resident_bytes = rest;
-        if let Some(entries) = grouped(OwnerId::Unattributed) {
+        if let Some(entries) = cx.grouped(OwnerId::Unattributed) {
             unattributed.mappings = Some(view(&entries));
         }
         breakdown
+    }
+}
+
+/// glibc: what `mallinfo2` says is in use; resident is every arena's heap and
+/// every directly mapped chunk.
+fn glibc_owner(
+    cx: &Context<'_>,
+    glibc: &Result<GlibcSample, String>,
+    errors: &mut Vec<SourceError>,
+) -> Option<Owner> {
+    let g = match glibc {
+        Ok(g) => g,
+        Err(e) => {
+            errors.push(SourceError::new("breakdown.glibc", e.clone()));
+            return None;
+        }
+    };
+    let (chunks_found, chunks_resident) = cx.chunks(ChunkKind::Glibc);
+    let heaps = match &g.heaps {
+        Ok(h) => Some(h),
+        Err(e) => {
+            errors.push(SourceError::new("breakdown.glibc", format!("heaps: {e}")));
+            None
+        }
+    };
+    let resident = heaps.map(|h| h.resident_bytes + chunks_resident);
+    let in_use = g.arena_in_use_bytes + g.mmapped_bytes;
+    let mut o = owner(in_use, "allocated", resident);
+    o.details = details([
+        ("mmapped_chunks_found", chunks_found.into()),
+        ("mmapped_resident_bytes", chunks_resident.into()),
+        ("in_use_bytes", in_use.into()),
+        ("free_bytes", g.free_bytes.into()),
+        ("arena_bytes", g.arena_bytes.into()),
+        ("mmapped_bytes", g.mmapped_bytes.into()),
+        ("mmapped_chunks", g.mmapped_chunks.into()),
+        ("arenas", g.arenas.into()),
+        ("main_heap_pieces", heaps.map(|h| h.main_pieces).into()),
+        ("main_heap_bytes", heaps.map(|h| h.main_bytes).into()),
+        ("arena_heaps_found", heaps.map(|h| h.arena_heaps).into()),
+        ("arena_heap_bytes", heaps.map(|h| h.arena_heap_bytes).into()),
+        (
+            "heap_resident_bytes",
+            heaps.map(|h| h.resident_bytes).into(),
+        ),
+    ]);
+    Some(cx.with_mappings(o, OwnerId::Glibc))
+}
+
+/// shm: every zone together. `bytes` is what is loaded (touched by any worker);
+/// resident_bytes is what this worker has mapped (RssShmem).
+fn shm_owner(cx: &Context<'_>, zones: &[Zone]) -> Owner {
+    let loaded: u64 = zones.iter().filter_map(|z| z.loaded_bytes).sum();
+    let resident = match (cx.depth, cx.grouped(OwnerId::Shm)) {
+        (Depth::Full, Some(entries)) => Some(rss_sum(&entries)),
+        _ => cx.process.resident_shmem_bytes,
+    };
+    let mut shm = owner(loaded, "loaded", resident);
+    shm.details = details([
+        ("zones", (zones.len() as u64).into()),
+        (
+            "size_bytes",
+            zones.iter().map(|z| z.size_bytes).sum::<u64>().into(),
+        ),
+        (
+            "mapped_bytes",
+            zones.iter().map(|z| z.mapped_bytes).sum::<u64>().into(),
+        ),
+    ]);
+    cx.with_mappings(shm, OwnerId::Shm)
+}
+
+/// A Lua VM: reasons for a missing VM are already in errors (lua.http, ...).
+fn lua_owner(cx: &Context<'_>, vm: &Option<LuaVm>, id: OwnerId) -> Option<Owner> {
+    let vm = vm.as_ref()?;
+    let (direct_found, direct_resident) = if cx.classifier.single_vm == Some(id) {
+        cx.chunks(ChunkKind::LuaJit)
+    } else {
+        (0, 0)
+    };
+    let allocator = vm.allocator.as_ref();
+    let resident = allocator
+        .and_then(|a| a.resident_bytes)
+        .map(|r| r + direct_resident);
+    let mut o = owner(vm.gc_bytes, "allocated", resident);
+    o.details = details([
+        (
+            "allocator_mapped_bytes",
+            allocator.map(|a| a.mapped_bytes).into(),
+        ),
+        (
+            "allocator_free_bytes",
+            allocator.map(|a| a.free_bytes).into(),
+        ),
+        ("direct_chunks_found", direct_found.into()),
+        ("direct_resident_bytes", direct_resident.into()),
+    ]);
+    let mut o = cx.with_mappings(o, id);
+    o.pss_bytes = None; // a mapping may hold more than the VM's segments
+    Some(o)
+}
+
+/// text: executable mappings; resident is every resident page of the program's
+/// files (code and read-only data) and of its data that became anonymous.
+fn text_owner(
+    cx: &Context<'_>,
+    program_data: &Result<ProgramDataSample, String>,
+    errors: &mut Vec<SourceError>,
+) -> Option<Owner> {
+    if cx.maps.is_empty() {
+        return None;
+    }
+    let files = &cx.classifier.files;
+    let exec_bytes: u64 = cx
+        .maps
+        .iter()
+        .filter(|m| m.exec && cx.classifier.is_program_file(m))
+        .map(Mapping::size_bytes)
+        .sum();
+    let entries = cx.grouped(OwnerId::Text);
+    let data = match program_data {
+        Ok(d) => Some(d.clone()),
+        Err(e) => {
+            errors.push(SourceError::new(
+                "breakdown.text",
+                format!("program data: {e}"),
+            ));
+            None
+        }
+    };
+    // Default depth: the file pages (RssFile) plus the program's data that
+    // became anonymous (copied-on-write pages, .bss).
+    let resident = match (cx.depth, &entries) {
+        (Depth::Full, Some(entries)) => Some(rss_sum(entries)),
+        _ => cx.process.resident_file_bytes.map(|f| {
+            f + data
+                .as_ref()
+                .map_or(0, |d| d.copied_bytes + d.bss_resident_bytes)
+        }),
+    };
+    let mut o = owner(exec_bytes, "mapped", resident);
+    o.details = details([
+        ("files", (files.len() as u64).into()),
+        (
+            "data_copied_bytes",
+            data.as_ref().map(|d| d.copied_bytes).into(),
+        ),
+        (
+            "bss_resident_bytes",
+            data.as_ref().map(|d| d.bss_resident_bytes).into(),
+        ),
+    ]);
+    if let Some(entries) = &entries {
+        let exec_rss = |list: &[&SmapsEntry]| -> u64 {
+            list.iter()
+                .filter(|e| e.mapping.exec)
+                .map(|e| e.rss_bytes)
+                .sum()
+        };
+        let per_file: Vec<serde_json::Value> = files
+            .iter()
+            .map(|f| {
+                let mine: Vec<&SmapsEntry> = entries
+                    .iter()
+                    .copied()
+                    .filter(|e| e.mapping.path == *f)
+                    .collect();
+                serde_json::json!({
+                    "path": f,
+                    "mapped_bytes": mine.iter().filter(|e| e.mapping.exec).map(|e| e.mapping.size_bytes()).sum::<u64>(),
+                    "resident_bytes": rss_sum(&mine),
+                    "exec_resident_bytes": exec_rss(&mine),
+                    "pss_bytes": mine.iter().map(|e| e.pss_bytes).sum::<u64>(),
+                })
+            })
+            .collect();
+        o.details
+            .insert("exec_resident_bytes", exec_rss(entries).into());
+        o.details.insert("per_file", per_file.into());
+    }
+    Some(cx.with_mappings(o, OwnerId::Text))
+}
+
+fn stacks_owner(
+    cx: &Context<'_>,
+    stacks: &Result<Vec<StackSample>, String>,
+    errors: &mut Vec<SourceError>,
+) -> Option<Owner> {
+    let stacks = match stacks {
+        Ok(stacks) => stacks,
+        Err(e) => {
+            errors.push(SourceError::new("breakdown.stacks", e.clone()));
+            return None;
+        }
+    };
+    let size: u64 = stacks.iter().map(|s| s.end - s.start).sum();
+    let resident: u64 = stacks.iter().map(|s| s.resident_bytes).sum();
+    let mut o = owner(size, "mapped", Some(resident));
+    let list: Vec<serde_json::Value> = stacks
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "thread": s.thread,
+                "size_bytes": s.end - s.start,
+                "resident_bytes": s.resident_bytes,
+            })
+        })
+        .collect();
+    o.details = details([
+        ("threads", cx.process.threads.into()),
+        ("stacks_found", (stacks.len() as u64).into()),
+        ("stacks", list.into()),
+    ]);
+    Some(cx.with_mappings(o, OwnerId::Stacks))
+}
+
+fn other_allocators_owner(
+    sample: Result<Option<OtherAllocatorSample>, String>,
+    errors: &mut Vec<SourceError>,
+) -> Option<Owner> {
+    match sample {
+        Ok(Some(a)) => {
+            // The allocator's own "resident" is its estimate, not a measure of
+            // its pages in this process: its share stays in unattributed.
+            let mut o = owner(a.allocated_bytes, "allocated", None);
+            o.details = details([
+                ("name", a.name.into()),
+                ("stats", serde_json::to_value(&a.stats).unwrap_or_default()),
+            ]);
+            Some(o)
+        }
+        Ok(None) => {
+            errors.push(SourceError::new(
+                "breakdown.other_allocators",
+                "not present (neither jemalloc nor tcmalloc is loaded)",
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(SourceError::new("breakdown.other_allocators", e));
+            None
+        }
     }
 }
 
@@ -741,7 +857,12 @@ mod tests {
             mmapped_bytes: 1 << 20,
             mmapped_chunks: 1,
             arenas: None,
-            heap_resident_bytes: Ok(600_000),
+            heaps: Ok(GlibcHeaps {
+                main_pieces: 1,
+                main_bytes: 700_000,
+                resident_bytes: 600_000,
+                ..GlibcHeaps::default()
+            }),
         }
     }
 
@@ -771,6 +892,11 @@ mod tests {
                     copied_bytes: 4096,
                     bss_resident_bytes: 8192,
                 }),
+                program_ranges: &ProgramDataRanges::of(
+                    maps.as_ref().unwrap(),
+                    &nginx_load_segments(),
+                    4096,
+                ),
             },
             errors,
         )
@@ -830,7 +956,7 @@ mod tests {
         // .bss, from smaps.
         let (smaps, _) = SmapsEntry::parse_all(SMAPS);
         let files: Vec<&str> = program_files(&maps);
-        let bss = ProgramDataRanges::of(&maps).bss;
+        let bss = ProgramDataRanges::of(&maps, &nginx_load_segments(), 4096).bss;
         let rss: u64 = smaps
             .iter()
             .filter(|e| {
@@ -899,6 +1025,7 @@ mod tests {
                 other_allocators: Ok(None),
                 mapped_chunks: &[],
                 program_data: Err("no maps".into()),
+                program_ranges: &ProgramDataRanges::default(),
             },
             &mut errors,
         );
@@ -930,13 +1057,31 @@ mod tests {
         );
     }
 
+    /// The nginx binary's data segment in the captured worker: its file bytes
+    /// end inside 56505e34c000, its memory at 56505e36b2f0 (the anonymous
+    /// mapping 56505e34d000-56505e36c000 in MAPS).
+    fn nginx_load_segments() -> Vec<LoadSegment> {
+        vec![
+            LoadSegment {
+                start: 0x5650_5e33_3e10,
+                file_bytes: 0x5650_5e34_c5a0 - 0x5650_5e33_3e10,
+                memory_bytes: 0x5650_5e36_b2f0 - 0x5650_5e33_3e10,
+            },
+            // Code: no .bss.
+            LoadSegment {
+                start: 0x5650_5e23_b000,
+                file_bytes: 0xc0000,
+                memory_bytes: 0xc0000,
+            },
+        ]
+    }
+
     #[test]
     fn program_data_ranges_in_a_real_worker() {
         let (maps, _) = Mapping::parse_all(MAPS);
-        let r = ProgramDataRanges::of(&maps);
+        let r = ProgramDataRanges::of(&maps, &nginx_load_segments(), 4096);
         // Every private mapping of the nginx binary and the shared objects.
-        let (maps_all, _) = Mapping::parse_all(MAPS);
-        let files = program_files(&maps_all);
+        let files = program_files(&maps);
         let expected = maps
             .iter()
             .filter(|m| files.contains(&m.path.as_str()) && !m.shared)
@@ -948,17 +1093,61 @@ mod tests {
             .find(|m| m.path == "/usr/sbin/nginx" && m.write)
             .unwrap();
         assert!(r.private.contains(&(nginx_data.start, nginx_data.end)));
-        // .bss: anonymous, right after a program file's mapping.
-        assert!(!r.bss.is_empty());
-        for (start, _) in &r.bss {
-            assert!(maps
-                .iter()
-                .any(|m| m.end == *start && m.path.starts_with('/')));
-        }
-        assert!(!r
-            .bss
+        // .bss: what the loader's segments say, never a mapping only because
+        // it follows a file.
+        assert_eq!(r.bss, [(0x5650_5e34_d000, 0x5650_5e36_c000)]);
+        assert!(ProgramDataRanges::of(&maps, &[], 4096).bss.is_empty());
+        // A .bss that fits in the file's last page has no anonymous part.
+        let small = LoadSegment {
+            start: 0x1000,
+            file_bytes: 0x100,
+            memory_bytes: 0x900,
+        };
+        assert!(ProgramDataRanges::of(&maps, &[small], 4096).bss.is_empty());
+    }
+
+    #[test]
+    fn an_anonymous_mapping_after_a_file_is_not_taken_for_its_bss() {
+        // A Lua segment the kernel placed right after a library's data: it is
+        // Lua's, not the library's .bss (it was once counted by both).
+        let mut maps = Mapping::parse_all(MAPS).0;
+        let lib_data = maps
             .iter()
-            .any(|&(s, _)| maps.iter().any(|m| m.start == s && m.path == "[heap]")));
+            .rposition(|m| m.path.starts_with("/usr/lib") && m.write)
+            .unwrap();
+        let at = maps[lib_data].end;
+        if maps.get(lib_data + 1).is_some_and(|m| m.start == at) {
+            maps.remove(lib_data + 1);
+        }
+        let segment =
+            Mapping::parse_line(&format!("{at:x}-{:x} rw-p 00000000 00:00 0", at + 0x60000))
+                .unwrap();
+        maps.insert(lib_data + 1, segment.clone());
+        let ranges = ProgramDataRanges::of(&maps, &[], 4096);
+        let mut lua = lua();
+        lua.http
+            .as_mut()
+            .unwrap()
+            .allocator
+            .as_mut()
+            .unwrap()
+            .segment_ranges = vec![(at, at + 0x60000)];
+        let inputs = Inputs {
+            depth: Depth::Full,
+            process: &process(),
+            maps: &Ok(maps.clone()),
+            smaps: None,
+            glibc: Ok(glibc()),
+            zones: &[],
+            lua: &lua,
+            stacks: Ok(vec![]),
+            other_allocators: Ok(None),
+            mapped_chunks: &[],
+            program_data: Ok(ProgramDataSample::default()),
+            program_ranges: &ranges,
+        };
+        let classifier = Classifier::new(&inputs, &maps);
+        assert_eq!(classifier.classify(&segment), OwnerId::LuaHttp);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 mod breakdown;
 mod format;
+mod glibc_heaps;
 mod lua;
 mod panic_guard;
 mod pools;

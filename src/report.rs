@@ -171,6 +171,7 @@ mod tests {
             other_allocators: Ok(None),
             mapped_chunks: &[],
             program_data: Ok(Default::default()),
+            program_ranges: &Default::default(),
         };
         let breakdown = Breakdown::build(inputs, &mut Vec::new());
         Report {

@@ -55,6 +55,7 @@ pub fn report(depth: Depth, lua_objects_limit: Option<u64>) -> Report {
             other_allocators: samples.other_allocators,
             mapped_chunks: &samples.mapped_chunks,
             program_data: samples.program_data,
+            program_ranges: &samples.program_ranges,
         },
         &mut errors,
     );

@@ -8,8 +8,11 @@ use ngx::ffi::ngx_pagesize;
 
 use super::residency::resident_pages;
 use crate::breakdown::{
-    copied_pages, mapped_chunk_at, uncovered, Depth, GlibcSample, MappedChunk,
-    OtherAllocatorSample, ProgramDataRanges, ProgramDataSample, StackSample,
+    copied_pages, mapped_chunk_at, uncovered, Depth, GlibcHeaps, GlibcSample, LoadSegment,
+    MappedChunk, OtherAllocatorSample, ProgramDataRanges, ProgramDataSample, StackSample,
+};
+use crate::glibc_heaps::{
+    aligned_starts, is_private_anonymous_rw, link_heaps, main_heap, HeapHeader,
 };
 use crate::procfs::{parse_syscall_stack_pointer, Mapping, SmapsEntry};
 
@@ -21,6 +24,7 @@ pub struct ProcessSamples {
     pub other_allocators: Result<Option<OtherAllocatorSample>, String>,
     pub mapped_chunks: Vec<MappedChunk>,
     pub program_data: Result<ProgramDataSample, String>,
+    pub program_ranges: ProgramDataRanges,
 }
 
 /// `known`: address ranges already accounted for (LuaJIT's segments), not to be
@@ -44,11 +48,18 @@ pub fn sample(depth: Depth, known: &[(u64, u64)]) -> ProcessSamples {
     if let Ok(stacks) = &stacks {
         skip.extend(stacks.iter().map(|s| (s.start, s.end)));
     }
-    let data_ranges = ProgramDataRanges::of(mapped);
+    // SAFETY: a plain integer nginx sets at start.
+    let page = unsafe { ngx_pagesize } as u64;
+    let data_ranges = ProgramDataRanges::of(mapped, &load_segments(), page);
     skip.extend(data_ranges.bss.iter().copied());
+    let glibc = sample_glibc(mapped, depth);
+    if let Ok(GlibcSample { heaps: Ok(h), .. }) = &glibc {
+        skip.extend(h.ranges.iter().copied());
+    }
     ProcessSamples {
         program_data: sample_program_data(&data_ranges),
-        glibc: sample_glibc(mapped, depth),
+        program_ranges: data_ranges,
+        glibc,
         mapped_chunks: scan_mapped_chunks(mapped, &skip),
         stacks,
         other_allocators: sample_other_allocators(),
@@ -66,9 +77,7 @@ fn scan_mapped_chunks(maps: &[Mapping], skip: &[(u64, u64)]) -> Vec<MappedChunk>
     let page = unsafe { ngx_pagesize } as u64;
     let resident = |addr: u64| is_page_present(addr, page);
     let mut found = Vec::new();
-    let anonymous = maps
-        .iter()
-        .filter(|m| m.path.is_empty() && m.read && m.write && !m.exec && !m.shared);
+    let anonymous = maps.iter().filter(|m| is_private_anonymous_rw(m));
     for m in anonymous {
         // The kernel merges neighbouring anonymous mappings into one: scan each
         // stretch of it that no known range covers, from the stretch's start.
@@ -133,17 +142,47 @@ fn sample_program_data(ranges: &ProgramDataRanges) -> Result<ProgramDataSample, 
         let m = Mapping {
             start,
             end,
-            read: true,
-            write: true,
-            exec: false,
-            shared: false,
-            offset: 0,
-            inode: 0,
-            path: String::new(),
+            ..anonymous_rw()
         };
         sample.bss_resident_bytes += resident_bytes_of(&m)?;
     }
     Ok(sample)
+}
+
+/// Every loaded object's loadable segments, from the dynamic loader's list.
+fn load_segments() -> Vec<LoadSegment> {
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: the loader passes a valid info with `dlpi_phnum` headers, and
+        // `data` is the vector below, alive for the whole call.
+        let (info, out) = unsafe { (&*info, &mut *data.cast::<Vec<LoadSegment>>()) };
+        if info.dlpi_phdr.is_null() {
+            return 0;
+        }
+        // SAFETY: as above.
+        let headers =
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+        out.extend(
+            headers
+                .iter()
+                .filter(|h| h.p_type == libc::PT_LOAD)
+                .map(|h| LoadSegment {
+                    start: info.dlpi_addr + h.p_vaddr,
+                    file_bytes: h.p_filesz,
+                    memory_bytes: h.p_memsz,
+                }),
+        );
+        0
+    }
+    let mut segments: Vec<LoadSegment> = Vec::new();
+    // SAFETY: the callback only reads what the loader passes and appends to
+    // `segments`. The loader's lock is only ever contended by another thread of
+    // this process loading a library (nginx's threads do not).
+    unsafe { libc::dl_iterate_phdr(Some(each), (&mut segments as *mut Vec<LoadSegment>).cast()) };
+    segments
 }
 
 fn is_page_present(addr: u64, page: u64) -> bool {
@@ -169,7 +208,7 @@ unsafe fn symbol(name: &CStr) -> *mut c_void {
 
 fn sample_glibc(maps: &[Mapping], depth: Depth) -> Result<GlibcSample, String> {
     // SAFETY: symbols looked up by name and called with their C signatures.
-    unsafe {
+    let mi = unsafe {
         if symbol(c"gnu_get_libc_version").is_null() {
             return Err("the C library is not glibc (musl?): no mallinfo2".into());
         }
@@ -178,24 +217,78 @@ fn sample_glibc(maps: &[Mapping], depth: Depth) -> Result<GlibcSample, String> {
             return Err("glibc older than 2.33: no mallinfo2".into());
         }
         let mallinfo2: unsafe extern "C" fn() -> libc::mallinfo2 = std::mem::transmute(mallinfo2);
-        let mi = mallinfo2();
-        let heap_resident_bytes = match maps.iter().find(|m| m.path == "[heap]") {
-            Some(heap) => resident_bytes_of(heap),
-            None => Ok(0), // brk never used: every arena is mmapped
+        mallinfo2()
+    };
+    let heaps = find_heaps(maps);
+    Ok(GlibcSample {
+        arena_in_use_bytes: mi.uordblks as u64,
+        free_bytes: mi.fordblks as u64,
+        arena_bytes: mi.arena as u64,
+        mmapped_bytes: mi.hblkhd as u64,
+        mmapped_chunks: mi.hblks as u64,
+        // SAFETY: malloc_info writes into a memory stream of its own.
+        arenas: (depth == Depth::Full)
+            .then(|| unsafe { count_arenas() })
+            .flatten(),
+        heaps,
+    })
+}
+
+/// Every piece of the main arena's `[heap]` and every other arena's heap, with
+/// their resident pages.
+fn find_heaps(maps: &[Mapping]) -> Result<GlibcHeaps, String> {
+    // SAFETY: a plain integer nginx sets at start.
+    let page = unsafe { ngx_pagesize } as u64;
+    let mut heaps = GlibcHeaps::default();
+    for piece in main_heap(maps) {
+        heaps.main_pieces += 1;
+        heaps.main_bytes += piece.size_bytes();
+        heaps.resident_bytes += resident_bytes_of(piece)?;
+        heaps.ranges.push((piece.start, piece.end));
+    }
+    // Candidate arena heaps: aligned starts in anonymous read-write mappings,
+    // read only where the page is present (a header is always written).
+    let mut candidates = Vec::new();
+    for m in maps.iter().filter(|m| is_private_anonymous_rw(m)) {
+        for start in aligned_starts(m.start, m.end) {
+            if start + 32 <= m.end && is_page_present(start, page) {
+                // SAFETY: four words on a present page of a readable mapping.
+                let words = unsafe { std::ptr::read(start as *const [u64; 4]) };
+                candidates.push((start, HeapHeader::from_words(words), m.end - start));
+            }
+        }
+    }
+    for heap in link_heaps(&candidates, page) {
+        // Only the part glibc made writable can be resident; it ends where the
+        // read-write mapping holding the header ends.
+        let writable_end = maps
+            .iter()
+            .find(|m| m.start <= heap.start && heap.start < m.end)
+            .map_or(heap.start, |m| m.end.min(heap.end));
+        let writable = Mapping {
+            start: heap.start,
+            end: writable_end,
+            ..anonymous_rw()
         };
-        Ok(GlibcSample {
-            arena_in_use_bytes: mi.uordblks as u64,
-            free_bytes: mi.fordblks as u64,
-            arena_bytes: mi.arena as u64,
-            mmapped_bytes: mi.hblkhd as u64,
-            mmapped_chunks: mi.hblks as u64,
-            arenas: if depth == Depth::Full {
-                count_arenas()
-            } else {
-                None
-            },
-            heap_resident_bytes,
-        })
+        heaps.arena_heaps += 1;
+        heaps.arena_heap_bytes += heap.size_bytes;
+        heaps.resident_bytes += resident_bytes_of(&writable)?;
+        heaps.ranges.push((heap.start, heap.end));
+    }
+    Ok(heaps)
+}
+
+fn anonymous_rw() -> Mapping {
+    Mapping {
+        start: 0,
+        end: 0,
+        read: true,
+        write: true,
+        exec: false,
+        shared: false,
+        offset: 0,
+        inode: 0,
+        path: String::new(),
     }
 }
 
