@@ -44,9 +44,12 @@ pub struct GlibcSample {
 /// glibc's heaps: the main arena's `[heap]` pieces and other arenas' heaps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GlibcHeaps {
-    /// Mappings named `[heap]`, and their bytes.
+    /// Mappings named `[heap]`, and the bytes of them the main arena took.
     pub main_pieces: u64,
     pub main_bytes: u64,
+    /// `[heap]` bytes beyond the main arena's: the program break grown by
+    /// another allocator (tcmalloc).
+    pub break_beyond_glibc_bytes: u64,
     /// Heaps of other arenas, and what their arenas use of them (`heap_info.size`).
     pub arena_heaps: u64,
     pub arena_heap_bytes: u64,
@@ -403,7 +406,7 @@ impl<'a> Classifier<'a> {
             OwnerId::Shm
         } else if self.is_program_file(m) {
             OwnerId::Text
-        } else if m.path == "[heap]" || overlaps(m, &self.glibc) {
+        } else if overlaps(m, &self.glibc) {
             OwnerId::Glibc
         } else if overlaps(m, &self.stacks) {
             OwnerId::Stacks
@@ -536,14 +539,30 @@ impl Breakdown {
             .filter_map(|(_, o)| o.as_ref()?.resident_bytes)
             .sum();
         let rest = cx.process.resident_bytes.map(|rss| rss as i64 - attributed);
+        let includes = unattributed_includes(&cx, breakdown.other_allocators.is_some());
         let unattributed = &mut breakdown.unattributed;
         unattributed.bytes = rest.unwrap_or(0).max(0) as u64;
         unattributed.resident_bytes = rest;
+        unattributed.details.insert("includes", includes.into());
         if let Some(entries) = cx.grouped(OwnerId::Unattributed) {
             unattributed.mappings = Some(view(&entries));
         }
         breakdown
     }
+}
+
+/// Memory known to be inside `unattributed` because its pages cannot be told
+/// from other anonymous memory: another allocator's (jemalloc, tcmalloc), and
+/// LuaJIT's direct chunks when two VMs could own them.
+fn unattributed_includes(cx: &Context<'_>, other_allocator: bool) -> Vec<&'static str> {
+    let mut includes = Vec::new();
+    if other_allocator {
+        includes.push("other_allocators");
+    }
+    if cx.classifier.single_vm.is_none() && cx.chunks(ChunkKind::LuaJit).0 > 0 {
+        includes.push("lua_direct_chunks");
+    }
+    includes
 }
 
 /// glibc: what `mallinfo2` says is in use; resident is every arena's heap and
@@ -582,6 +601,10 @@ fn glibc_owner(
         ("arenas", g.arenas.into()),
         ("main_heap_pieces", heaps.map(|h| h.main_pieces).into()),
         ("main_heap_bytes", heaps.map(|h| h.main_bytes).into()),
+        (
+            "break_beyond_glibc_bytes",
+            heaps.map(|h| h.break_beyond_glibc_bytes).into(),
+        ),
         ("arena_heaps_found", heaps.map(|h| h.arena_heaps).into()),
         ("arena_heap_bytes", heaps.map(|h| h.arena_heap_bytes).into()),
         (

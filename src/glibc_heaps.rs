@@ -119,6 +119,27 @@ pub fn main_heap(maps: &[Mapping]) -> impl Iterator<Item = &Mapping> {
     maps.iter().filter(|m| m.path == "[heap]")
 }
 
+/// The part of the `[heap]` pieces (in address order, from the program break's
+/// start) that glibc's main arena took: its first `glibc_bytes` (the main
+/// arena's system memory, page-rounded). What lies beyond was taken with `sbrk`
+/// by someone else (tcmalloc grows the program break itself).
+pub fn main_arena_ranges(
+    pieces: &[(u64, u64)],
+    glibc_bytes: u64,
+    page_size: u64,
+) -> Vec<(u64, u64)> {
+    let Some(&(start, _)) = pieces.first() else {
+        return Vec::new();
+    };
+    let page = page_size.max(1);
+    let end = start.saturating_add(glibc_bytes.div_ceil(page) * page);
+    pieces
+        .iter()
+        .filter(|&&(s, _)| s < end)
+        .map(|&(s, e)| (s, e.min(end)))
+        .collect()
+}
+
 /// Anonymous, private, read-write mappings: where allocators keep their memory.
 pub fn is_private_anonymous_rw(m: &Mapping) -> bool {
     m.path.is_empty() && m.read && m.write && !m.exec && !m.shared
@@ -199,6 +220,22 @@ mod tests {
         assert_eq!(found.len(), 1);
         // Zeroed memory is no heap.
         assert!(refused(H1, header(0, 0, 0), PAGE));
+    }
+
+    #[test]
+    fn main_arena_takes_its_own_part_of_the_program_break() {
+        let pieces = [(0x1000, 0x5000), (0x5000, 0x9000)];
+        // glibc alone: all of it (a partial last page is glibc's).
+        assert_eq!(main_arena_ranges(&pieces, 0x8000 - 16, PAGE), pieces);
+        // tcmalloc grew the break after glibc's 0x2000 bytes.
+        assert_eq!(main_arena_ranges(&pieces, 0x2000, PAGE), [(0x1000, 0x3000)]);
+        assert_eq!(
+            main_arena_ranges(&pieces, 0x5000, PAGE),
+            [(0x1000, 0x5000), (0x5000, 0x6000)]
+        );
+        // glibc's malloc never used: none of it.
+        assert!(main_arena_ranges(&pieces, 0, PAGE).is_empty());
+        assert!(main_arena_ranges(&[], 0x1000, PAGE).is_empty());
     }
 
     #[test]

@@ -157,7 +157,18 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
             }
         }
     }
-    h.push_str("</table></section>");
+    h.push_str("</table>");
+    if let Some(serde_json::Value::Array(includes)) = b.unattributed.details.get("includes") {
+        if !includes.is_empty() {
+            let names: Vec<&str> = includes.iter().filter_map(|v| v.as_str()).collect();
+            let _ = write!(
+                h,
+                "<p class=\"note\">Unattributed includes the pages of: {} (they cannot be told from other anonymous memory).</p>",
+                esc(&names.join(", "))
+            );
+        }
+    }
+    h.push_str("</section>");
 
     // Zones.
     h.push_str(

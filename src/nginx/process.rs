@@ -12,7 +12,7 @@ use crate::breakdown::{
     MappedChunk, OtherAllocatorSample, ProgramDataRanges, ProgramDataSample, StackSample,
 };
 use crate::glibc_heaps::{
-    aligned_starts, is_private_anonymous_rw, link_heaps, main_heap, HeapHeader,
+    aligned_starts, is_private_anonymous_rw, link_heaps, main_arena_ranges, main_heap, HeapHeader,
 };
 use crate::procfs::{parse_syscall_stack_pointer, Mapping, SmapsEntry};
 
@@ -219,7 +219,7 @@ fn sample_glibc(maps: &[Mapping], depth: Depth) -> Result<GlibcSample, String> {
         let mallinfo2: unsafe extern "C" fn() -> libc::mallinfo2 = std::mem::transmute(mallinfo2);
         mallinfo2()
     };
-    let heaps = find_heaps(maps);
+    let heaps = find_heaps(maps, mi.arena as u64);
     Ok(GlibcSample {
         arena_in_use_bytes: mi.uordblks as u64,
         free_bytes: mi.fordblks as u64,
@@ -234,18 +234,13 @@ fn sample_glibc(maps: &[Mapping], depth: Depth) -> Result<GlibcSample, String> {
     })
 }
 
-/// Every piece of the main arena's `[heap]` and every other arena's heap, with
-/// their resident pages.
-fn find_heaps(maps: &[Mapping]) -> Result<GlibcHeaps, String> {
+/// Every other arena's heap, then the part of the `[heap]` pieces the main
+/// arena took (`arena_bytes`, mallinfo2's `arena`, less the other arenas'
+/// heaps), with their resident pages.
+fn find_heaps(maps: &[Mapping], arena_bytes: u64) -> Result<GlibcHeaps, String> {
     // SAFETY: a plain integer nginx sets at start.
     let page = unsafe { ngx_pagesize } as u64;
     let mut heaps = GlibcHeaps::default();
-    for piece in main_heap(maps) {
-        heaps.main_pieces += 1;
-        heaps.main_bytes += piece.size_bytes();
-        heaps.resident_bytes += resident_bytes_of(piece)?;
-        heaps.ranges.push((piece.start, piece.end));
-    }
     // Candidate arena heaps: aligned starts in anonymous read-write mappings,
     // read only where the page is present (a header is always written).
     let mut candidates = Vec::new();
@@ -265,17 +260,30 @@ fn find_heaps(maps: &[Mapping]) -> Result<GlibcHeaps, String> {
             .iter()
             .find(|m| m.start <= heap.start && heap.start < m.end)
             .map_or(heap.start, |m| m.end.min(heap.end));
-        let writable = Mapping {
-            start: heap.start,
-            end: writable_end,
-            ..anonymous_rw()
-        };
         heaps.arena_heaps += 1;
         heaps.arena_heap_bytes += heap.size_bytes;
-        heaps.resident_bytes += resident_bytes_of(&writable)?;
+        heaps.resident_bytes += resident_bytes_in(heap.start, writable_end)?;
         heaps.ranges.push((heap.start, heap.end));
     }
+    let pieces: Vec<(u64, u64)> = main_heap(maps).map(|m| (m.start, m.end)).collect();
+    heaps.main_pieces = pieces.len() as u64;
+    let main_arena_bytes = arena_bytes.saturating_sub(heaps.arena_heap_bytes);
+    for (start, end) in main_arena_ranges(&pieces, main_arena_bytes, page) {
+        heaps.main_bytes += end - start;
+        heaps.resident_bytes += resident_bytes_in(start, end)?;
+        heaps.ranges.push((start, end));
+    }
+    let break_bytes: u64 = pieces.iter().map(|(s, e)| e - s).sum();
+    heaps.break_beyond_glibc_bytes = break_bytes.saturating_sub(heaps.main_bytes);
     Ok(heaps)
+}
+
+fn resident_bytes_in(start: u64, end: u64) -> Result<u64, String> {
+    resident_bytes_of(&Mapping {
+        start,
+        end,
+        ..anonymous_rw()
+    })
 }
 
 fn anonymous_rw() -> Mapping {
