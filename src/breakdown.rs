@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::lua::{Lua, LuaVm};
+use crate::procfs::ProcStatus as ProcessMemory;
 use crate::procfs::{Mapping, SmapsEntry};
-use crate::report::{ProcessMemory, SourceError};
+use crate::source_error::SourceError;
 use crate::zones::Zone;
 
 /// How deep the answer looks: `detail=full` adds what needs `/proc/self/smaps`.

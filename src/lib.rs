@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod breakdown;
+mod escape;
 mod format;
 mod glibc_heaps;
 mod lua;
@@ -18,6 +19,7 @@ mod pools;
 mod procfs;
 mod query;
 mod report;
+mod source_error;
 mod zones;
 
 #[cfg(not(test))]

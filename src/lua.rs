@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::report::SourceError;
+use crate::source_error::SourceError;
 
 /// One VM as copied out of LuaJIT.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::breakdown::Depth;
+use crate::escape::echo;
 
 /// The answer's format.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +43,9 @@ impl Format {
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Query {
-    /// `zone=NAME`: answer with this shared memory zone alone.
-    pub zone: Option<String>,
+    /// `zone=NAME`: answer with this shared memory zone alone (its name's bytes,
+    /// or the escaped form the answers show).
+    pub zone: Option<Vec<u8>>,
     /// `detail=full`: add what needs `/proc/self/smaps`.
     pub depth: Depth,
     /// `format=...`: overrides the location's `memory_status_format` and `Accept`.
@@ -123,26 +125,26 @@ impl Query {
                 Some(i) => (&part[..i], &part[i + 1..]),
                 None => (part, &part[part.len()..]),
             };
-            let bad = || QueryError::BadEncoding(String::from_utf8_lossy(part).into_owned());
+            let bad = || QueryError::BadEncoding(echo(part));
             let name = percent_decode(raw_name).ok_or_else(bad)?;
             let value = percent_decode(raw_value).ok_or_else(bad)?;
-            match name.as_str() {
-                "zone" => set_once(&mut query.zone, "zone", value)?,
-                "detail" => set_once(&mut detail, "detail", value)?,
-                "format" => set_once(&mut format, "format", value)?,
-                "refresh" => set_once(&mut refresh, "refresh", value)?,
-                "lua_objects" => set_once(&mut lua_objects, "lua_objects", value)?,
-                "lua_objects_limit" => {
+            match name.as_slice() {
+                b"zone" => set_once(&mut query.zone, "zone", value)?,
+                b"detail" => set_once(&mut detail, "detail", value)?,
+                b"format" => set_once(&mut format, "format", value)?,
+                b"refresh" => set_once(&mut refresh, "refresh", value)?,
+                b"lua_objects" => set_once(&mut lua_objects, "lua_objects", value)?,
+                b"lua_objects_limit" => {
                     set_once(&mut lua_objects_limit, "lua_objects_limit", value)?
                 }
-                _ => return Err(QueryError::Unknown(name)),
+                _ => return Err(QueryError::Unknown(echo(&name))),
             }
         }
         if let Some(value) = detail {
-            if value != "full" {
+            if value != b"full" {
                 return Err(QueryError::BadValue {
                     name: "detail",
-                    value,
+                    value: echo(&value),
                     expected: "\"full\"",
                 });
             }
@@ -154,34 +156,32 @@ impl Query {
             query.depth = Depth::Full;
         }
         if let Some(value) = format {
-            let Some(f) = Format::from_name(&value) else {
+            let Some(f) = std::str::from_utf8(&value).ok().and_then(Format::from_name) else {
                 return Err(QueryError::BadValue {
                     name: "format",
-                    value,
+                    value: echo(&value),
                     expected: Format::NAMES,
                 });
             };
             query.format = Some(f);
         }
         if let Some(value) = lua_objects {
-            if value != "1" {
+            if value != b"1" {
                 return Err(QueryError::BadValue {
                     name: "lua_objects",
-                    value,
+                    value: echo(&value),
                     expected: "1",
                 });
             }
             query.lua_objects_limit = Some(LUA_OBJECTS_DEFAULT_LIMIT);
         }
         if let Some(value) = lua_objects_limit {
-            let Some(limit) = value
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (1..=LUA_OBJECTS_MAX_LIMIT).contains(n))
+            let Some(limit) =
+                parse_number::<u64>(&value).filter(|n| (1..=LUA_OBJECTS_MAX_LIMIT).contains(n))
             else {
                 return Err(QueryError::BadValue {
                     name: "lua_objects_limit",
-                    value,
+                    value: echo(&value),
                     expected: "a number of objects from 1 to 100000000",
                 });
             };
@@ -198,12 +198,12 @@ impl Query {
             ));
         }
         if let Some(value) = refresh {
-            match value.parse::<u32>() {
-                Ok(n) if (1..=86_400).contains(&n) => query.refresh_seconds = Some(n),
+            match parse_number::<u32>(&value) {
+                Some(n) if (1..=86_400).contains(&n) => query.refresh_seconds = Some(n),
                 _ => {
                     return Err(QueryError::BadValue {
                         name: "refresh",
-                        value,
+                        value: echo(&value),
                         expected: "seconds from 1 to 86400",
                     })
                 }
@@ -235,10 +235,14 @@ impl Query {
     }
 }
 
+fn parse_number<T: std::str::FromStr>(value: &[u8]) -> Option<T> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
 fn set_once(
-    slot: &mut Option<String>,
+    slot: &mut Option<Vec<u8>>,
     name: &'static str,
-    value: String,
+    value: Vec<u8>,
 ) -> Result<(), QueryError> {
     if slot.is_some() {
         return Err(QueryError::Repeated(name));
@@ -250,8 +254,9 @@ fn set_once(
     Ok(())
 }
 
-/// `%XX` and `+` decoding; `None` for a broken escape or text that is not UTF-8.
-fn percent_decode(raw: &[u8]) -> Option<String> {
+/// `%XX` and `+` decoding into bytes (any bytes: a zone name need not be
+/// UTF-8); `None` for a broken escape.
+fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
@@ -272,7 +277,7 @@ fn percent_decode(raw: &[u8]) -> Option<String> {
             }
         }
     }
-    String::from_utf8(out).ok()
+    Some(out)
 }
 
 #[cfg(test)]
@@ -289,11 +294,16 @@ mod tests {
     fn zone_is_decoded() {
         assert_eq!(
             Query::parse(b"zone=sessions").unwrap().zone.as_deref(),
-            Some("sessions")
+            Some(&b"sessions"[..])
         );
         assert_eq!(
             Query::parse(b"zone=a%20b+c").unwrap().zone.as_deref(),
-            Some("a b c")
+            Some(&b"a b c"[..])
+        );
+        // Any bytes: zone names need not be UTF-8.
+        assert_eq!(
+            Query::parse(b"zone=bin%ff%fe").unwrap().zone.as_deref(),
+            Some(&b"bin\xff\xfe"[..])
         );
     }
 
@@ -439,9 +449,23 @@ mod tests {
             Query::parse(b"zone=%f"),
             Err(QueryError::BadEncoding(_))
         ));
-        assert!(matches!(
-            Query::parse(b"zone=%ff"),
-            Err(QueryError::BadEncoding(_))
-        ));
+    }
+
+    #[test]
+    fn echoed_input_is_escaped_and_bounded() {
+        let err = Query::parse(b"detail=a%0d%0aX%00%1b%e2%80%ae").unwrap_err();
+        let reason = err.to_string();
+        assert!(!reason.chars().any(|c| c.is_control()), "{reason}");
+        assert!(
+            reason.contains("a\\x0d\\x0aX\\x00\\x1b\\xe2\\x80\\xae"),
+            "{reason}"
+        );
+        let long = format!("format={}", "x".repeat(10_000));
+        let reason = Query::parse(long.as_bytes()).unwrap_err().to_string();
+        assert!(reason.len() < 200, "{}", reason.len());
+        let reason = Query::parse(b"%0a%ff=1").unwrap_err().to_string();
+        assert!(reason.contains("\\x0a\\xff"), "{reason}");
+        let reason = Query::parse(b"x=%zz%0a\n").unwrap_err().to_string();
+        assert!(!reason.contains('\n'), "{reason}");
     }
 }

@@ -7,6 +7,7 @@ use crate::breakdown::{Breakdown, VirtualSplit};
 use crate::lua::Lua;
 use crate::pools::Pools;
 use crate::procfs::ProcStatus;
+pub use crate::source_error::SourceError;
 use crate::zones::Zone;
 
 /// Version of the JSON shape. Raised only when a field changes meaning or goes away;
@@ -61,22 +62,6 @@ pub enum Role {
 /// Whole-process figures: the counters of `/proc/self/status`, as parsed.
 pub type ProcessMemory = ProcStatus;
 
-/// A source that could not be read, and why. Its fields in the answer are `null`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SourceError {
-    pub source: String,
-    pub error: String,
-}
-
-impl SourceError {
-    pub fn new(source: impl Into<String>, error: impl Into<String>) -> Self {
-        SourceError {
-            source: source.into(),
-            error: error.into(),
-        }
-    }
-}
-
 /// Reads the process section from the text of `/proc/self/status` (or the error
 /// met reading it), noting in `errors` whatever could not be had.
 pub fn process_memory(
@@ -109,24 +94,20 @@ impl Report {
 }
 
 impl ZoneReport {
-    /// The zone named `name` with the errors about it, or `None` when no zone
-    /// has that name.
-    pub fn pick(
+    /// One zone, with the errors about it.
+    pub fn new(
         nginx: NginxInfo,
         collected_at_ms: u64,
-        zones: Vec<Zone>,
+        zone: Zone,
         errors: Vec<SourceError>,
-        name: &str,
-    ) -> Option<ZoneReport> {
-        let zone = zones.into_iter().find(|z| z.name == name)?;
-        let source = format!("zone {name}");
-        Some(ZoneReport {
+    ) -> ZoneReport {
+        ZoneReport {
             schema: SCHEMA_VERSION,
             nginx,
             collected_at_ms,
             zones: vec![zone],
-            errors: errors.into_iter().filter(|e| e.source == source).collect(),
-        })
+            errors,
+        }
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -219,30 +200,28 @@ mod tests {
     }
 
     #[test]
-    fn zone_only_keeps_that_zone_and_its_errors() {
+    fn zone_only_answer_has_that_zone_and_its_errors() {
         use crate::zones::ZoneSample;
-        let sample = |name: &str| ZoneSample {
-            name: name.into(),
+        let sample = ZoneSample {
+            name: "b".into(),
             owner: None,
             size_bytes: 8192,
             page_size_bytes: 4096,
             resident_pages: Err("no".into()),
-            slab: Err("no".into()),
+            slab: Err("lock held by another process".into()),
         };
         let mut errors = Vec::new();
-        let zones = vec![
-            sample("a").to_zone(&mut errors),
-            sample("b").to_zone(&mut errors),
-        ];
-        let picked = ZoneReport::pick(nginx(), 1, zones.clone(), errors.clone(), "b").unwrap();
-        let v: Value = serde_json::from_slice(&picked.to_json()).unwrap();
+        let zone = sample.to_zone(&mut errors);
+        let v: Value =
+            serde_json::from_slice(&ZoneReport::new(nginx(), 1, zone, errors).to_json()).unwrap();
         assert_eq!(v["zones"].as_array().unwrap().len(), 1);
         assert_eq!(v["zones"][0]["name"], "b");
+        assert_eq!(v["zones"][0]["size_bytes"], 8192);
+        assert!(v["zones"][0]["slab"].is_null());
         assert!(v.get("process").is_none());
         let errs = v["errors"].as_array().unwrap();
         assert_eq!(errs.len(), 2);
         assert!(errs.iter().all(|e| e["source"] == "zone b"));
-        assert!(ZoneReport::pick(nginx(), 1, zones, errors, "c").is_none());
     }
 
     #[test]

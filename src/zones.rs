@@ -4,7 +4,7 @@
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use crate::report::SourceError;
+use crate::source_error::SourceError;
 
 /// One zone as copied out of nginx, before any arithmetic.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,7 +23,7 @@ const LUA_OBJECTS_MAX_TIME: std::time::Duration = std::time::Duration::from_mill
 /// Everything, at the asked depth; with `lua_objects_limit`, the Lua census too.
 pub fn report(depth: Depth, lua_objects_limit: Option<u64>) -> Report {
     let mut errors = Vec::new();
-    let zones: Vec<Zone> = sample_zones()
+    let zones: Vec<Zone> = sample_zones(None)
         .iter()
         .map(|z| z.to_zone(&mut errors))
         .collect();
@@ -77,14 +77,12 @@ pub fn report(depth: Depth, lua_objects_limit: Option<u64>) -> Report {
     }
 }
 
-/// One zone alone (`?zone=NAME`): only the zones are read.
-pub fn zone_report(name: &str) -> Option<ZoneReport> {
+/// One zone alone (`?zone=NAME`, its bytes or its escaped name): that zone is
+/// the only one read.
+pub fn zone_report(name: &[u8]) -> Option<ZoneReport> {
     let mut errors = Vec::new();
-    let zones = sample_zones()
-        .iter()
-        .map(|z| z.to_zone(&mut errors))
-        .collect();
-    ZoneReport::pick(nginx_info(), now_ms(), zones, errors, name)
+    let zone = sample_zones(Some(name)).first()?.to_zone(&mut errors);
+    Some(ZoneReport::new(nginx_info(), now_ms(), zone, errors))
 }
 
 fn nginx_info() -> NginxInfo {

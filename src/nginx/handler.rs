@@ -14,12 +14,13 @@ use ngx::http::{HttpModuleLocationConf, Request};
 use ngx::ngx_log_error;
 
 use super::{collect, MemoryStatusModule};
+use crate::escape::echo;
 use crate::format::{html, prometheus};
 use crate::panic_guard::run_guarded;
 use crate::query::{Format, Query};
 
 const JSON: &[u8] = b"application/json";
-const TEXT: &[u8] = b"text/plain";
+const TEXT: &[u8] = b"text/plain; charset=utf-8";
 
 pub extern "C" fn memory_status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls a content handler with a valid request it owns for the call.
@@ -90,7 +91,8 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
             ),
             Some(zone) => (JSON, zone.to_json()),
             None => {
-                return send_reason(r, NGX_HTTP_NOT_FOUND, &format!("no zone named \"{name}\""));
+                let reason = format!("no zone named \"{}\"", echo(name));
+                return send_reason(r, NGX_HTTP_NOT_FOUND, &reason);
             }
         },
     };
@@ -102,16 +104,21 @@ fn format_hints(r: &ngx_http_request_t) -> (Option<Format>, Option<Format>) {
     // SAFETY: `Request` is the request's transparent wrapper; only read here.
     let request: &Request = unsafe { &*(r as *const ngx_http_request_t).cast::<Request>() };
     let configured = MemoryStatusModule::location_conf(request).and_then(|c| c.format);
+    // Every Accept header counts, as if joined with commas (RFC 9110).
     let accept = request
         .headers_in_iterator()
-        .find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(b"accept"))
-        .and_then(|(_, v)| Format::from_accept(&String::from_utf8_lossy(v.as_bytes())));
+        .filter(|(k, _)| k.as_bytes().eq_ignore_ascii_case(b"accept"))
+        .find_map(|(_, v)| Format::from_accept(&String::from_utf8_lossy(v.as_bytes())));
     (accept, configured)
 }
 
-/// A 4xx answer with a one-line reason.
+/// A 4xx answer with a one-line reason (whatever of the request it echoes is
+/// escaped and bounded by `escape::echo`).
 fn send_reason(r: &mut ngx_http_request_t, status: u32, reason: &str) -> ngx_int_t {
     let body = format!("memory_status: {reason}\n");
+    if push_header(r, b"X-Content-Type-Options", b"nosniff").is_none() {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
     send(r, status as usize, TEXT, body.as_bytes())
 }
 

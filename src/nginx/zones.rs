@@ -4,25 +4,50 @@
 use std::ffi::c_void;
 use std::ptr;
 
+use std::time::{Duration, Instant};
+
 use ngx::ffi::{
-    ngx_cycle_t, ngx_list_t, ngx_pagesize, ngx_pagesize_shift, ngx_shm_zone_t, ngx_shmtx_lock,
-    ngx_shmtx_t, ngx_shmtx_unlock, ngx_slab_page_t, ngx_slab_pool_t,
+    ngx_cycle_t, ngx_list_t, ngx_pagesize, ngx_pagesize_shift, ngx_shm_zone_t, ngx_shmtx_t,
+    ngx_shmtx_trylock, ngx_shmtx_unlock, ngx_slab_page_t, ngx_slab_pool_t,
 };
 
 use super::cycle;
 use super::residency::resident_pages;
+use crate::escape::{escape, name_matches};
 use crate::zones::{SlabSample, SlotSample, ZoneSample};
 
-pub fn sample_zones() -> Vec<ZoneSample> {
+/// How long one zone's lock is tried before its slab figures are given up: a
+/// zone lock is held for a few microseconds by a healthy worker.
+const LOCK_WAIT: Duration = Duration::from_micros(200);
+/// How long an answer waits on zone locks in all: with many zones locked by a
+/// frozen worker, the answer still comes at once.
+const LOCK_WAIT_PER_ANSWER: Duration = Duration::from_millis(1);
+
+/// Every zone; with `only`, the zone of that name alone (nothing else is read).
+pub fn sample_zones(only: Option<&[u8]>) -> Vec<ZoneSample> {
     let cycle = cycle::current();
+    let mut budget = LockBudget::new(LOCK_WAIT_PER_ANSWER);
     // SAFETY: in a worker the zone list and the zones stay put while a request runs.
     unsafe {
         let page_size = ngx_pagesize as u64;
         let mut zones = Vec::new();
         for_each_in_list::<ngx_shm_zone_t>(&cycle.shared_memory, |zone| {
-            zones.push(sample_zone(cycle, zone, page_size));
+            if only.map_or(true, |asked| name_matches(zone.shm.name.as_bytes(), asked)) {
+                zones.push(sample_zone(cycle, zone, page_size, &mut budget));
+            }
         });
         zones
+    }
+}
+
+/// What is left of an answer's time for waiting on locks.
+struct LockBudget {
+    left: Duration,
+}
+
+impl LockBudget {
+    fn new(total: Duration) -> Self {
+        LockBudget { left: total }
     }
 }
 
@@ -41,11 +66,16 @@ unsafe fn for_each_in_list<T>(list: &ngx_list_t, mut f: impl FnMut(&T)) {
     }
 }
 
-unsafe fn sample_zone(cycle: &ngx_cycle_t, zone: &ngx_shm_zone_t, page_size: u64) -> ZoneSample {
+unsafe fn sample_zone(
+    cycle: &ngx_cycle_t,
+    zone: &ngx_shm_zone_t,
+    page_size: u64,
+    budget: &mut LockBudget,
+) -> ZoneSample {
     let addr = zone.shm.addr;
     let size = zone.shm.size;
     ZoneSample {
-        name: String::from_utf8_lossy(zone.shm.name.as_bytes()).into_owned(),
+        name: escape(zone.shm.name.as_bytes()),
         // A zone's tag is its owner module's address, for dynamic modules too.
         owner: cycle::module_by_address(cycle, zone.tag)
             .and_then(cycle::module_name)
@@ -56,7 +86,7 @@ unsafe fn sample_zone(cycle: &ngx_cycle_t, zone: &ngx_shm_zone_t, page_size: u64
         slab: if addr.is_null() {
             Err("zone is not mapped".into())
         } else {
-            sample_slab(addr.cast())
+            sample_slab(addr.cast(), budget)
         },
     }
 }
@@ -65,9 +95,23 @@ unsafe fn sample_zone(cycle: &ngx_cycle_t, zone: &ngx_shm_zone_t, page_size: u64
 struct ShmtxGuard(*mut ngx_shmtx_t);
 
 impl ShmtxGuard {
-    unsafe fn lock(mutex: *mut ngx_shmtx_t) -> Self {
-        ngx_shmtx_lock(mutex);
-        ShmtxGuard(mutex)
+    /// Takes the lock if it comes within `LOCK_WAIT` and the answer's budget;
+    /// never blocks: a holder that is stopped (SIGSTOP, a debugger, a cgroup
+    /// freezer) would otherwise stop this worker too.
+    unsafe fn try_lock(mutex: *mut ngx_shmtx_t, budget: &mut LockBudget) -> Option<Self> {
+        let started = Instant::now();
+        let wait = LOCK_WAIT.min(budget.left);
+        let taken = loop {
+            if ngx_shmtx_trylock(mutex) != 0 {
+                break true;
+            }
+            if started.elapsed() >= wait {
+                break false;
+            }
+            std::hint::spin_loop();
+        };
+        budget.left = budget.left.saturating_sub(started.elapsed());
+        taken.then_some(ShmtxGuard(mutex))
     }
 }
 
@@ -82,7 +126,7 @@ impl Drop for ShmtxGuard {
 /// means a corrupt list, and the walk must end anyway.
 const MAX_FREE_RUNS: u64 = 1 << 20;
 
-unsafe fn sample_slab(addr: *mut c_void) -> Result<SlabSample, String> {
+unsafe fn sample_slab(addr: *mut c_void, budget: &mut LockBudget) -> Result<SlabSample, String> {
     let sp = addr.cast::<ngx_slab_pool_t>();
     // nginx puts a slab pool at the start of every zone and records its address.
     if (*sp).addr != addr {
@@ -93,7 +137,12 @@ unsafe fn sample_slab(addr: *mut c_void) -> Result<SlabSample, String> {
     // Allocate before taking the lock: the lock is shared by all workers.
     let mut slots = Vec::with_capacity(slot_count);
 
-    let locked = ShmtxGuard::lock(ptr::addr_of_mut!((*sp).mutex));
+    let Some(locked) = ShmtxGuard::try_lock(ptr::addr_of_mut!((*sp).mutex), budget) else {
+        return Err(format!(
+            "lock held by another process (not free within {} µs)",
+            LOCK_WAIT.as_micros()
+        ));
+    };
     let pages_total = (*sp).last.offset_from((*sp).pages).max(0) as u64;
     let pages_free = (*sp).pfree as u64;
     if !(*sp).stats.is_null() {
