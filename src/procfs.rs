@@ -73,6 +73,16 @@ fn parse_status_value(value: &str, unit: StatusUnit) -> Option<u64> {
     }
 }
 
+/// Reads a `/proc` file whole, in few large reads: the kernel builds these
+/// files as they are read, and `read_to_string`'s small first reads cost a
+/// trip each.
+pub fn read_proc_file(path: &str, size_hint: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::with_capacity(size_hint);
+    std::fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// One line of `/proc/PID/maps`: a mapping of the address space.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {

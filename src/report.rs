@@ -116,8 +116,10 @@ impl ZoneReport {
 }
 
 fn to_json(value: &impl Serialize) -> Vec<u8> {
-    // Serializing plain structs of numbers and strings into a Vec cannot fail.
-    let mut body = serde_json::to_vec_pretty(value).expect("report serializes");
+    // Compact, into a buffer sized for a typical answer. Serializing plain
+    // structs of numbers and strings into a Vec cannot fail.
+    let mut body = Vec::with_capacity(16 << 10);
+    serde_json::to_writer(&mut body, value).expect("report serializes");
     body.push(b'\n');
     body
 }

@@ -2,6 +2,7 @@
 //! conventions (units in names, counters end in `_total`, no count inside a
 //! `_bytes` metric); slab metrics follow Angie's shape.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 
 use crate::breakdown::Owner;
@@ -28,6 +29,8 @@ struct Family {
 struct Metrics {
     base_labels: Vec<(&'static str, String)>,
     families: Vec<Family>,
+    /// Family index by short name: one lookup per sample, whatever the count.
+    index: HashMap<String, usize>,
 }
 
 impl Metrics {
@@ -38,6 +41,7 @@ impl Metrics {
                 ("worker", nginx.worker.to_string()),
             ],
             families: Vec::new(),
+            index: HashMap::new(),
         }
     }
 
@@ -49,26 +53,33 @@ impl Metrics {
         labels: &[(&str, &str)],
         value: impl ToString,
     ) {
-        let name = format!("nginx_memory_{name}");
-        let mut rendered = String::new();
+        let mut rendered = String::with_capacity(64);
         let all = self
             .base_labels
             .iter()
             .map(|(k, v)| (*k, v.as_str()))
             .chain(labels.iter().copied());
         for (i, (k, v)) in all.enumerate() {
-            let sep = if i == 0 { "" } else { "," };
-            let _ = write!(rendered, "{sep}{k}=\"{}\"", escape(v));
+            if i > 0 {
+                rendered.push(',');
+            }
+            rendered.push_str(k);
+            rendered.push_str("=\"");
+            push_escaped(&mut rendered, v);
+            rendered.push('"');
         }
         let sample = (rendered, value.to_string());
-        match self.families.iter_mut().find(|f| f.name == name) {
-            Some(f) => f.samples.push(sample),
-            None => self.families.push(Family {
-                name,
-                kind,
-                help,
-                samples: vec![sample],
-            }),
+        match self.index.get(name) {
+            Some(&i) => self.families[i].samples.push(sample),
+            None => {
+                self.index.insert(name.to_string(), self.families.len());
+                self.families.push(Family {
+                    name: format!("nginx_memory_{name}"),
+                    kind,
+                    help,
+                    samples: vec![sample],
+                });
+            }
         }
     }
 
@@ -95,7 +106,8 @@ impl Metrics {
     }
 
     fn render(&self) -> String {
-        let mut out = String::new();
+        let lines: usize = self.families.iter().map(|f| f.samples.len() + 2).sum();
+        let mut out = String::with_capacity(lines * 96);
         for f in &self.families {
             let kind = if f.kind == Kind::Counter {
                 "counter"
@@ -105,17 +117,28 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
             let _ = writeln!(out, "# TYPE {} {kind}", f.name);
             for (labels, value) in &f.samples {
-                let _ = writeln!(out, "{}{{{labels}}} {value}", f.name);
+                out.push_str(&f.name);
+                out.push('{');
+                out.push_str(labels);
+                out.push_str("} ");
+                out.push_str(value);
+                out.push('\n');
             }
         }
         out
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A label value as the exposition format quotes it.
+fn push_escaped(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
 
 fn info(m: &mut Metrics, nginx: &NginxInfo) {

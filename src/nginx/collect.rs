@@ -41,7 +41,10 @@ pub fn report(depth: Depth, lua_objects_limit: Option<u64>) -> Report {
     let samples = process::sample(depth, &segments);
     // RSS last: pages the collection itself touched (its own allocations) are
     // then in RSS as well as in the owners' ranges, never only in the latter.
-    let process = report::process_memory(std::fs::read_to_string("/proc/self/status"), &mut errors);
+    let process = report::process_memory(
+        crate::procfs::read_proc_file("/proc/self/status", 4 << 10),
+        &mut errors,
+    );
     let breakdown = Breakdown::build(
         Inputs {
             depth,

@@ -48,8 +48,19 @@ pub fn sample_pools() -> PoolsSample {
         }
         let stream_init = libc::dlsym(libc::RTLD_DEFAULT, c"ngx_stream_init_connection".as_ptr());
         let now_ms = now_ms();
+        // Slots in use are `connection_n - free_connection_n`: once that many
+        // open ones were seen the rest are free, and the walk stops (Lua's fake
+        // connections are in use with fd -1: then it goes to the end).
+        let in_use = cycle.connection_n.saturating_sub(cycle.free_connection_n);
+        let mut open_seen = 0;
         for i in 0..cycle.connection_n {
+            if open_seen >= in_use {
+                break;
+            }
             let c = &*cycle.connections.add(i);
+            if c.fd != -1 {
+                open_seen += 1;
+            }
             if c.fd == -1 || c.pool.is_null() || c.pool == cycle.pool {
                 continue; // free, without a pool, or the master's channel
             }

@@ -14,7 +14,7 @@ use crate::breakdown::{
 use crate::glibc_heaps::{
     aligned_starts, is_private_anonymous_rw, link_heaps, main_arena_ranges, main_heap, HeapHeader,
 };
-use crate::procfs::{parse_syscall_stack_pointer, Mapping, SmapsEntry};
+use crate::procfs::{parse_syscall_stack_pointer, read_proc_file, Mapping, SmapsEntry};
 
 pub struct ProcessSamples {
     pub maps: Result<Vec<Mapping>, String>,
@@ -30,11 +30,11 @@ pub struct ProcessSamples {
 /// `known`: address ranges already accounted for (LuaJIT's segments), not to be
 /// searched for directly mapped chunks.
 pub fn sample(depth: Depth, known: &[(u64, u64)]) -> ProcessSamples {
-    let maps = std::fs::read_to_string("/proc/self/maps")
+    let maps = read_proc_file("/proc/self/maps", 64 << 10)
         .map(|text| Mapping::parse_all(&text).0)
         .map_err(|e| e.to_string());
     let smaps = (depth == Depth::Full).then(|| {
-        std::fs::read_to_string("/proc/self/smaps")
+        read_proc_file("/proc/self/smaps", 1 << 20)
             .map(|text| SmapsEntry::parse_all(&text).0)
             .map_err(|e| e.to_string())
     });
