@@ -72,8 +72,8 @@ pub fn sample(depth: Depth, known: &[(u64, u64)]) -> ProcessSamples {
 /// large allocations), found by their headers at the start of anonymous
 /// mappings; several may share one mapping when the kernel merged them.
 fn scan_mapped_chunks(maps: &[Mapping], skip: &[(u64, u64)]) -> Vec<MappedChunk> {
-    // SAFETY: reads only words on pages `mincore` shows present in a private,
-    // readable, writable anonymous mapping just listed in /proc/self/maps.
+    // Reads words only on pages `mincore` shows present, through `read_words`.
+    // SAFETY: a plain integer nginx sets at start.
     let page = unsafe { ngx_pagesize } as u64;
     let resident = |addr: u64| is_page_present(addr, page);
     let mut found = Vec::new();
@@ -84,11 +84,14 @@ fn scan_mapped_chunks(maps: &[Mapping], skip: &[(u64, u64)]) -> Vec<MappedChunk>
         for (start, end) in uncovered(m.start, m.end, skip) {
             let mut at = start;
             while at + 16 <= end && resident(at) {
-                let (prev, head) = unsafe { (*(at as *const u64), *((at + 8) as *const u64)) };
+                let Some([prev, head]) = read_words::<2>(at) else {
+                    break;
+                };
                 let word_at = |offset: u64| {
                     let addr = at.checked_add(offset)?;
                     (addr % 8 == 0 && addr + 8 <= end && resident(addr))
-                        .then(|| unsafe { *(addr as *const u64) })
+                        .then(|| read_words::<1>(addr).map(|[w]| w))
+                        .flatten()
                 };
                 match mapped_chunk_at(prev, head, page, word_at) {
                     Some((kind, len)) if at + len <= end => {
@@ -185,6 +188,27 @@ fn load_segments() -> Vec<LoadSegment> {
     segments
 }
 
+/// `N` words of this process's memory at `addr`, read by the kernel
+/// (`process_vm_readv` on ourselves): memory that is not an allocation of
+/// ours, and that another thread may unmap meanwhile, gives `None` rather than
+/// a fault.
+fn read_words<const N: usize>(addr: u64) -> Option<[u64; N]> {
+    let mut words = [0u64; N];
+    let len = std::mem::size_of_val(&words);
+    let local = libc::iovec {
+        iov_base: words.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut c_void,
+        iov_len: len,
+    };
+    // SAFETY: the kernel writes at most `len` bytes into `words` and checks
+    // the remote range itself.
+    let read = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    (read == len as isize).then_some(words)
+}
+
 fn is_page_present(addr: u64, page: u64) -> bool {
     let mut vec = [0u8; 1];
     let start = addr - addr % page;
@@ -247,9 +271,9 @@ fn find_heaps(maps: &[Mapping], arena_bytes: u64) -> Result<GlibcHeaps, String> 
     for m in maps.iter().filter(|m| is_private_anonymous_rw(m)) {
         for start in aligned_starts(m.start, m.end) {
             if start + 32 <= m.end && is_page_present(start, page) {
-                // SAFETY: four words on a present page of a readable mapping.
-                let words = unsafe { std::ptr::read(start as *const [u64; 4]) };
-                candidates.push((start, HeapHeader::from_words(words), m.end - start));
+                if let Some(words) = read_words::<4>(start) {
+                    candidates.push((start, HeapHeader::from_words(words), m.end - start));
+                }
             }
         }
     }

@@ -99,6 +99,31 @@ sub nginx_cmd {
     return ($NGINX, '-p', "$p/", '-c', "$p/nginx.conf", '-e', "$p/error.log", @extra);
 }
 
+# TEST_NGINX_VALGRIND=1: nginx runs under Valgrind's memcheck (every process,
+# one log each); done_file then fails on any error memcheck reports that the
+# suppressions in t/valgrind.supp do not explain.
+our $VALGRIND = $ENV{TEST_NGINX_VALGRIND};
+our $WAIT_SECONDS = $VALGRIND ? 120 : 10;
+
+sub valgrind_prefix {
+    my ($self) = @_;
+    return () unless $VALGRIND;
+    return ('valgrind', '--tool=memcheck', '--quiet', '--num-callers=40',
+        '--error-limit=no', "--suppressions=$ROOT/t/valgrind.supp",
+        '--log-file=' . $self->{prefix} . '/valgrind.%p.log');
+}
+
+# memcheck's reports, one per log that has any: (file, text).
+sub valgrind_reports {
+    my ($self) = @_;
+    my @reports;
+    for my $log (glob "$self->{prefix}/valgrind.*.log") {
+        my $text = read_file_text($log) // next;
+        push @reports, [$log, $text] if $text =~ /\S/;
+    }
+    return @reports;
+}
+
 # Checks the configuration without starting: (ok, output of nginx -t).
 sub try_run {
     my ($self) = @_;
@@ -112,7 +137,7 @@ sub try_run {
 # env => {...}: environment for nginx (LD_PRELOAD reaches the workers too).
 sub run {
     my ($self, %opt) = @_;
-    my @cmd = $self->nginx_cmd();
+    my @cmd = ($self->valgrind_prefix, $self->nginx_cmd());
     local %ENV = (%ENV, %{ $opt{env} // {} });
     my $out = qx{@cmd 2>&1};
     die "nginx failed to start:\n$out\n" . $self->error_log_tail if $?;
@@ -150,7 +175,8 @@ sub worker_pids {
         my ($pid, $ppid) = $stat =~ /^(\d+) \(.*\) \S (\d+)/ or next;
         next unless $ppid == $master;
         my $cmd = read_file_text("$dir/cmdline") // next;
-        push @pids, $pid if $cmd =~ /^nginx: worker process/;
+        # Under valgrind the title nginx sets is not in cmdline: any child is a worker.
+        push @pids, $pid if $cmd =~ /^nginx: worker process/ || ($VALGRIND && $cmd =~ m{^\S*valgrind});
     }
     return sort { $a <=> $b } @pids;
 }
@@ -166,7 +192,7 @@ sub wait_for_ports {
 
 sub wait_for {
     my ($self, $cond, $what) = @_;
-    my $deadline = time + 10;
+    my $deadline = time + $WAIT_SECONDS;
     while (time < $deadline) {
         return 1 if $cond->();
         sleep 0.05;
@@ -193,7 +219,7 @@ sub stop {
     my $master = $self->master_pid;
     if ($master) {
         kill 'QUIT', $master;
-        my $deadline = time + 10;
+        my $deadline = time + $WAIT_SECONDS;
         sleep 0.05 while kill(0, $master) && time < $deadline;
         kill 'KILL', $master if kill 0, $master;
     }
@@ -227,6 +253,11 @@ sub done_file {
     } split /\n/, $self->error_log;
     is(scalar @bad, 0, 'no [alert], [crit] or [emerg] in error.log')
         or diag(join "\n", @bad);
+    if ($VALGRIND) {
+        my @reports = $self->valgrind_reports;
+        is(scalar @reports, 0, 'memcheck: no error')
+            or diag(join "\n", map { "$_->[0]:\n" . substr($_->[1], 0, 6000) } @reports);
+    }
 }
 
 sub DESTROY { $_[0]->stop }
@@ -235,7 +266,7 @@ sub DESTROY { $_[0]->stop }
 
 sub http {
     my ($self, $method, $port, $path, %opt) = @_;
-    my $ua = HTTP::Tiny->new(timeout => 10, keep_alive => 0);
+    my $ua = HTTP::Tiny->new(timeout => $WAIT_SECONDS, keep_alive => 0);
     return $ua->request($method, "http://127.0.0.1:$port$path", \%opt);
 }
 
