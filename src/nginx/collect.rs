@@ -9,42 +9,133 @@ use ngx::ffi::{
 
 use super::lua::{sample_vms, CensusLimits};
 use super::pools::sample_pools;
-use super::process;
+use super::process::{self, ProcessSamples};
+use super::residency::{resident_pages_of, segments_resident_bytes};
 use super::zones::sample_zones;
 use crate::breakdown::{Breakdown, Depth, Inputs, VirtualSplit};
 use crate::lua::Lua;
+use crate::lua::LuaVmSample;
 use crate::pools::Pools;
+use crate::pools::PoolsSample;
 use crate::report::{self, NginxInfo, Report, Role, SourceError, ZoneReport, SCHEMA_VERSION};
 use crate::zones::Zone;
+use crate::zones::ZoneSample;
 
 /// The census's time bound: it walks the Lua heap inside the event loop.
 const LUA_OBJECTS_MAX_TIME: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Everything, at the asked depth; with `lua_objects_limit`, the Lua census too.
-pub fn report(depth: Depth, lua_objects_limit: Option<u64>) -> Report {
-    let mut errors = Vec::new();
-    let zones: Vec<Zone> = sample_zones(None)
-        .iter()
-        .map(|z| z.to_zone(&mut errors))
-        .collect();
+/// What the event loop copies out of nginx and the Lua VMs: counts, lists and
+/// addresses; nothing whose cost grows with bytes.
+pub struct LoopPart {
+    depth: Depth,
+    zones: Vec<ZoneSample>,
+    http: Result<LuaVmSample, String>,
+    stream: Result<LuaVmSample, String>,
+    pools: PoolsSample,
+}
+
+/// What is measured from the kernel, on any thread: the walks and reads that
+/// grow with the worker's size. Touches no nginx structure.
+pub struct Job {
+    depth: Depth,
+    zone_ranges: Vec<(usize, usize)>,
+    lua_segments: [Option<Vec<(u64, u64)>>; 2],
+}
+
+pub struct Measured {
+    samples: ProcessSamples,
+    zone_pages: Vec<Result<u64, String>>,
+    lua_resident: [Option<Result<u64, String>>; 2],
+    status: std::io::Result<String>,
+}
+
+/// The loop's part of an answer at the asked depth (with `lua_objects_limit`,
+/// the Lua census too), and the job that measures the rest.
+pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
+    let zones = sample_zones(None);
+    let zone_ranges = zones.iter().map(|z| z.range).collect();
     let census = lua_objects_limit.map(|max_objects| CensusLimits {
         max_objects,
         max_time: LUA_OBJECTS_MAX_TIME,
     });
     let (http, stream) = sample_vms(census);
+    let segments = |vm: &Result<LuaVmSample, String>| {
+        vm.as_ref()
+            .ok()?
+            .allocator
+            .as_ref()
+            .ok()
+            .map(|a| a.segment_ranges.clone())
+    };
+    let job = Job {
+        depth,
+        zone_ranges,
+        lua_segments: [segments(&http), segments(&stream)],
+    };
+    let part = LoopPart {
+        depth,
+        zones: zones.into_iter().map(|z| z.sample).collect(),
+        http,
+        stream,
+        pools: sample_pools(),
+    };
+    (part, job)
+}
+
+impl Job {
+    pub fn measure(self) -> Measured {
+        let zone_pages = resident_pages_of(&self.zone_ranges);
+        let lua_resident = self
+            .lua_segments
+            .each_ref()
+            .map(|s| s.as_deref().map(segments_resident_bytes));
+        let known: Vec<(u64, u64)> = self
+            .lua_segments
+            .iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .collect();
+        let samples = process::sample(self.depth, &known);
+        // RSS last: pages the collection itself touched (its own allocations) are
+        // then in RSS as well as in the owners' ranges, never only in the latter.
+        let status = crate::procfs::read_proc_file("/proc/self/status", 4 << 10);
+        Measured {
+            samples,
+            zone_pages,
+            lua_resident,
+            status,
+        }
+    }
+}
+
+/// The answer, from the loop's part and what was measured.
+pub fn finish(part: LoopPart, measured: Measured) -> Report {
+    let mut errors = Vec::new();
+    let LoopPart {
+        depth,
+        mut zones,
+        mut http,
+        mut stream,
+        pools,
+    } = part;
+    for (zone, pages) in zones.iter_mut().zip(measured.zone_pages) {
+        zone.resident_pages = pages;
+    }
+    let zones: Vec<Zone> = zones.iter().map(|z| z.to_zone(&mut errors)).collect();
+    for (vm, resident) in [&mut http, &mut stream]
+        .into_iter()
+        .zip(measured.lua_resident)
+    {
+        if let (Ok(vm), Some(resident)) = (vm, resident) {
+            if let Ok(a) = &mut vm.allocator {
+                a.resident_bytes = resident;
+            }
+        }
+    }
     let lua = Lua::from_samples(http, stream, &mut errors);
-    let segments: Vec<(u64, u64)> = [&lua.http, &lua.stream]
-        .iter()
-        .filter_map(|vm| vm.as_ref()?.allocator.as_ref())
-        .flat_map(|a| a.segment_ranges.iter().copied())
-        .collect();
-    let samples = process::sample(depth, &segments);
-    // RSS last: pages the collection itself touched (its own allocations) are
-    // then in RSS as well as in the owners' ranges, never only in the latter.
-    let process = report::process_memory(
-        crate::procfs::read_proc_file("/proc/self/status", 4 << 10),
-        &mut errors,
-    );
+    let samples = measured.samples;
+    let process = report::process_memory(measured.status, &mut errors);
     let breakdown = Breakdown::build(
         Inputs {
             depth,
@@ -62,8 +153,7 @@ pub fn report(depth: Depth, lua_objects_limit: Option<u64>) -> Report {
         },
         &mut errors,
     );
-    let pool_sample = sample_pools();
-    if let Some(reason) = &pool_sample.http2_unavailable {
+    if let Some(reason) = &pools.http2_unavailable {
         errors.push(SourceError::new("pools.requests.http2", reason.clone()));
     }
     Report {
@@ -75,16 +165,24 @@ pub fn report(depth: Depth, lua_objects_limit: Option<u64>) -> Report {
         breakdown,
         zones,
         lua,
-        pools: Pools::from_sample(&pool_sample),
+        pools: Pools::from_sample(&pools),
         errors,
     }
+}
+
+/// Everything, at once, on the calling thread.
+pub fn report(depth: Depth, lua_objects_limit: Option<u64>) -> Report {
+    let (part, job) = begin(depth, lua_objects_limit);
+    finish(part, job.measure())
 }
 
 /// One zone alone (`?zone=NAME`, its bytes or its escaped name): that zone is
 /// the only one read.
 pub fn zone_report(name: &[u8]) -> Option<ZoneReport> {
     let mut errors = Vec::new();
-    let zone = sample_zones(Some(name)).first()?.to_zone(&mut errors);
+    let mut zone = sample_zones(Some(name)).into_iter().next()?;
+    zone.sample.resident_pages = resident_pages_of(&[zone.range]).remove(0);
+    let zone = zone.sample.to_zone(&mut errors);
     Some(ZoneReport::new(nginx_info(), now_ms(), zone, errors))
 }
 

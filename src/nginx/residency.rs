@@ -21,3 +21,30 @@ pub unsafe fn resident_pages(
     }
     Ok(vec.iter().filter(|&&b| b & 1 != 0).count() as u64)
 }
+
+/// Resident pages of each range (address, length) of this process's mappings
+/// that stay mapped for the worker's life (zones), by `mincore`. Safe to call
+/// from any thread.
+pub fn resident_pages_of(ranges: &[(usize, usize)]) -> Vec<Result<u64, String>> {
+    // SAFETY: a plain integer nginx sets at start.
+    let page = unsafe { ngx::ffi::ngx_pagesize };
+    ranges
+        .iter()
+        // SAFETY: each range is a zone's whole mapping, page-aligned.
+        .map(|&(addr, len)| unsafe { resident_pages(addr as *mut c_void, len, page) })
+        .collect()
+}
+
+/// Resident bytes of a Lua VM's allocator segments. The VM may release a
+/// segment while this runs on another thread: `mincore` then fails, and so
+/// does this, saying so.
+pub fn segments_resident_bytes(segments: &[(u64, u64)]) -> Result<u64, String> {
+    // SAFETY: a plain integer nginx sets at start.
+    let page = unsafe { ngx::ffi::ngx_pagesize };
+    segments.iter().try_fold(0u64, |sum, &(start, end)| {
+        // SAFETY: mincore only inspects page tables; an unmapped range is ENOMEM.
+        unsafe { resident_pages(start as *mut c_void, (end - start) as usize, page) }
+            .map(|pages| sum + pages * page as u64)
+            .map_err(|e| format!("{e} (segment released while measuring?)"))
+    })
+}

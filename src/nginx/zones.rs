@@ -12,7 +12,6 @@ use ngx::ffi::{
 };
 
 use super::cycle;
-use super::residency::resident_pages;
 use crate::escape::{escape, name_matches};
 use crate::zones::{SlabSample, SlotSample, ZoneSample};
 
@@ -23,8 +22,17 @@ const LOCK_WAIT: Duration = Duration::from_micros(200);
 /// frozen worker, the answer still comes at once.
 const LOCK_WAIT_PER_ANSWER: Duration = Duration::from_millis(1);
 
+/// A zone's figures and where it is mapped: its residency is measured apart
+/// (`residency::resident_pages` over `range`), off the event loop when it can.
+pub struct SampledZone {
+    pub sample: ZoneSample,
+    /// Address and length of the zone's mapping; zero length when unmapped.
+    pub range: (usize, usize),
+}
+
 /// Every zone; with `only`, the zone of that name alone (nothing else is read).
-pub fn sample_zones(only: Option<&[u8]>) -> Vec<ZoneSample> {
+/// The zones' `resident_pages` are left for `measure`.
+pub fn sample_zones(only: Option<&[u8]>) -> Vec<SampledZone> {
     let cycle = cycle::current();
     let mut budget = LockBudget::new(LOCK_WAIT_PER_ANSWER);
     // SAFETY: in a worker the zone list and the zones stay put while a request runs.
@@ -71,10 +79,10 @@ unsafe fn sample_zone(
     zone: &ngx_shm_zone_t,
     page_size: u64,
     budget: &mut LockBudget,
-) -> ZoneSample {
+) -> SampledZone {
     let addr = zone.shm.addr;
     let size = zone.shm.size;
-    ZoneSample {
+    let sample = ZoneSample {
         name: escape(zone.shm.name.as_bytes()),
         // A zone's tag is its owner module's address, for dynamic modules too.
         owner: cycle::module_by_address(cycle, zone.tag)
@@ -82,13 +90,19 @@ unsafe fn sample_zone(
             .map(str::to_string),
         size_bytes: size as u64,
         page_size_bytes: page_size,
-        resident_pages: resident_pages(addr.cast(), size, page_size as usize),
+        resident_pages: Err("not measured".into()),
         slab: if addr.is_null() {
             Err("zone is not mapped".into())
         } else {
             sample_slab(addr.cast(), budget)
         },
-    }
+    };
+    let range = if addr.is_null() {
+        (0, 0)
+    } else {
+        (addr as usize, size)
+    };
+    SampledZone { sample, range }
 }
 
 /// Holds a zone's slab mutex and releases it however the scope is left.
