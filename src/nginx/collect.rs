@@ -170,12 +170,6 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
     }
 }
 
-/// Everything, at once, on the calling thread.
-pub fn report(depth: Depth, lua_objects_limit: Option<u64>) -> Report {
-    let (part, job) = begin(depth, lua_objects_limit);
-    finish(part, job.measure())
-}
-
 /// One zone alone (`?zone=NAME`, its bytes or its escaped name): that zone is
 /// the only one read.
 pub fn zone_report(name: &[u8]) -> Option<ZoneReport> {

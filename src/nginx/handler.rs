@@ -6,18 +6,20 @@ use std::ptr;
 use ngx::ffi::{
     add_to_ngx_table, ngx_alloc_chain_link, ngx_chain_t, ngx_create_temp_buf,
     ngx_http_discard_request_body, ngx_http_output_filter, ngx_http_request_t,
-    ngx_http_send_header, ngx_int_t, ngx_list_push, ngx_table_elt_t, ngx_uint_t, NGX_ERROR,
-    NGX_HTTP_BAD_REQUEST, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    ngx_http_send_header, ngx_int_t, ngx_list_push, ngx_table_elt_t, ngx_uint_t, NGX_DONE,
+    NGX_ERROR, NGX_HTTP_BAD_REQUEST, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR,
     NGX_HTTP_NOT_ALLOWED, NGX_HTTP_NOT_FOUND, NGX_HTTP_OK, NGX_LOG_ALERT, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, Request};
 use ngx::ngx_log_error;
 
+use super::offloop::{self, Answer, Complete};
 use super::{collect, MemoryStatusModule};
 use crate::escape::echo;
 use crate::format::{html, prometheus};
 use crate::panic_guard::run_guarded;
 use crate::query::{Format, Query};
+use crate::report::Report;
 
 const JSON: &[u8] = b"application/json";
 const TEXT: &[u8] = b"text/plain; charset=utf-8";
@@ -69,32 +71,55 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
             Err(err) => return send_reason(r, NGX_HTTP_BAD_REQUEST, &err.to_string()),
         };
 
-    let (content_type, body) = match &query.zone {
+    let Some(name) = &query.zone else {
+        // The whole answer: the loop copies nginx's and the VMs' figures, a
+        // thread measures the rest while the worker goes on serving.
+        let (part, job) = collect::begin(query.depth, query.lua_objects_limit);
+        let refresh = query.refresh_seconds;
+        let complete: Complete = Box::new(move |r, part, measured| {
+            answer(r, &collect::finish(part, measured), format, refresh)
+        });
+        let answer = Answer {
+            part,
+            job,
+            complete,
+        };
+        return match offloop::submit(r, answer) {
+            Ok(()) => NGX_DONE as ngx_int_t,
+            Err(answer) => answer.now(r),
+        };
+    };
+    let (content_type, body) = match collect::zone_report(name) {
+        Some(zone) if format == Format::Prometheus => (
+            prometheus::CONTENT_TYPE,
+            prometheus::render_zone(&zone).into_bytes(),
+        ),
+        Some(zone) => (JSON, zone.to_json()),
         None => {
-            let report = collect::report(query.depth, query.lua_objects_limit);
-            match format {
-                Format::Json => (JSON, report.to_json()),
-                Format::Prometheus => (
-                    prometheus::CONTENT_TYPE,
-                    prometheus::render(&report).into_bytes(),
-                ),
-                Format::Html => (
-                    html::CONTENT_TYPE,
-                    html::render(&report, query.refresh_seconds).into_bytes(),
-                ),
-            }
+            let reason = format!("no zone named \"{}\"", echo(name));
+            return send_reason(r, NGX_HTTP_NOT_FOUND, &reason);
         }
-        Some(name) => match collect::zone_report(name) {
-            Some(zone) if format == Format::Prometheus => (
-                prometheus::CONTENT_TYPE,
-                prometheus::render_zone(&zone).into_bytes(),
-            ),
-            Some(zone) => (JSON, zone.to_json()),
-            None => {
-                let reason = format!("no zone named \"{}\"", echo(name));
-                return send_reason(r, NGX_HTTP_NOT_FOUND, &reason);
-            }
-        },
+    };
+    send(r, NGX_HTTP_OK as usize, content_type, &body)
+}
+
+/// Sends the whole answer in its format.
+fn answer(
+    r: &mut ngx_http_request_t,
+    report: &Report,
+    format: Format,
+    refresh: Option<u32>,
+) -> ngx_int_t {
+    let (content_type, body) = match format {
+        Format::Json => (JSON, report.to_json()),
+        Format::Prometheus => (
+            prometheus::CONTENT_TYPE,
+            prometheus::render(report).into_bytes(),
+        ),
+        Format::Html => (
+            html::CONTENT_TYPE,
+            html::render(report, refresh).into_bytes(),
+        ),
     };
     send(r, NGX_HTTP_OK as usize, content_type, &body)
 }

@@ -5,6 +5,7 @@ mod collect;
 mod cycle;
 mod handler;
 mod lua;
+mod offloop;
 mod pools;
 mod process;
 mod residency;

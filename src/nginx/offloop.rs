@@ -1,0 +1,288 @@
+//! Measures off the event loop. The part of an answer that grows with the
+//! worker's size (`/proc` reads, `mincore`, pagemap, smaps) runs on a thread of
+//! the module's own while the worker goes on serving; the request waits, and
+//! is answered on the loop when the thread is done.
+//!
+//! The thread touches no nginx structure: it gets a `collect::Job` (addresses
+//! and lengths) and returns `collect::Measured`. It tells the loop through an
+//! eventfd that nginx watches like any connection (one connection slot per
+//! worker, marked as a channel so a graceful exit does not wait for it or
+//! complain about it). The only lock is the module's own queue mutex, held for
+//! a push or a pop, never while measuring.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::ffi::c_void;
+use std::ptr;
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use ngx::ffi::{
+    ngx_add_timer, ngx_connection_t, ngx_cycle, ngx_del_timer, ngx_event_t, ngx_get_connection,
+    ngx_handle_read_event, ngx_http_finalize_request, ngx_http_request_t,
+    ngx_http_run_posted_requests, ngx_int_t, ngx_msec_t, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_LOG_ALERT, NGX_OK,
+};
+use ngx::ngx_log_error;
+
+use super::collect::{Job, LoopPart, Measured};
+use crate::panic_guard::run_guarded;
+
+/// What the loop does with a measured answer: sends it, returns the status for
+/// `ngx_http_finalize_request`.
+pub type Complete = Box<dyn FnOnce(&mut ngx_http_request_t, LoopPart, Measured) -> ngx_int_t>;
+
+struct Waiting {
+    id: u64,
+    request: *mut ngx_http_request_t,
+    part: LoopPart,
+    complete: Complete,
+}
+
+/// Between the loop and the thread.
+struct Queue {
+    jobs: VecDeque<(u64, Job)>,
+    /// `None`: the measuring panicked (the thread goes on).
+    done: Vec<(u64, Option<Measured>)>,
+}
+
+static QUEUE: Mutex<Queue> = Mutex::new(Queue {
+    jobs: VecDeque::new(),
+    done: Vec::new(),
+});
+static WORK: Condvar = Condvar::new();
+/// The eventfd the thread writes when it is done with a job.
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+/// The process whose thread and eventfd these are (0: none yet).
+static STARTED_IN: AtomicU32 = AtomicU32::new(0);
+/// The wake-up channel's read event (loop thread only). While requests wait it
+/// also carries a timer: nginx's graceful exit waits for timers, so a worker
+/// that is shutting down answers its waiting requests before it exits.
+static WAKE_EVENT: AtomicPtr<ngx_event_t> = AtomicPtr::new(ptr::null_mut());
+const WAITING_TIMER_MS: ngx_msec_t = 1000;
+
+thread_local! {
+    /// Requests waiting, on the loop's thread only.
+    static WAITING: RefCell<(u64, Vec<Waiting>)> = const { RefCell::new((0, Vec::new())) };
+}
+
+fn queue() -> MutexGuard<'static, Queue> {
+    QUEUE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An answer to be measured: the loop's part, the thread's job, and what the
+/// loop does with the result.
+pub struct Answer {
+    pub part: LoopPart,
+    pub job: Job,
+    pub complete: Complete,
+}
+
+impl Answer {
+    /// Measures and answers here, on the loop.
+    pub fn now(self, r: &mut ngx_http_request_t) -> ngx_int_t {
+        (self.complete)(r, self.part, self.job.measure())
+    }
+}
+
+/// Hands the answer's job to the thread; its `complete` runs on the loop with
+/// the result. The request is kept alive until then (`count` raised; the
+/// caller returns `NGX_DONE`). `Err` gives the answer back when the thread
+/// cannot be had: the caller then answers `now`.
+pub fn submit(r: &mut ngx_http_request_t, answer: Answer) -> Result<(), Box<Answer>> {
+    let Answer {
+        part,
+        job,
+        complete,
+    } = answer;
+    if let Err(reason) = ensure_started() {
+        log_alert(
+            r,
+            &format!("memory_status: measuring on the event loop: {reason}"),
+        );
+        return Err(Box::new(Answer {
+            part,
+            job,
+            complete,
+        }));
+    }
+    let id = WAITING.with(|w| {
+        let mut w = w.borrow_mut();
+        w.0 += 1;
+        let id = w.0;
+        w.1.push(Waiting {
+            id,
+            request: r,
+            part,
+            complete,
+        });
+        id
+    });
+    queue().jobs.push_back((id, job));
+    WORK.notify_one();
+    keep_worker_while_waiting();
+    // SAFETY: `main` is the request itself or its parent, alive while `r` is.
+    unsafe {
+        let main = &mut *r.main;
+        main.set_count(main.count() + 1);
+    }
+    Ok(())
+}
+
+fn log_alert(r: &ngx_http_request_t, message: &str) {
+    // SAFETY: a request always has a connection with a log.
+    let log = unsafe { (*r.connection).log };
+    ngx_log_error!(NGX_LOG_ALERT, log, "{message}");
+}
+
+/// Starts the thread and the eventfd once per process.
+fn ensure_started() -> Result<(), String> {
+    let pid = std::process::id();
+    if STARTED_IN.load(Ordering::Relaxed) == pid {
+        return Ok(());
+    }
+    // SAFETY: plain system calls; the connection is nginx's, set up as nginx's
+    // own notification channel is.
+    unsafe {
+        let fd = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
+        if fd == -1 {
+            return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+        }
+        let c: *mut ngx_connection_t = ngx_get_connection(fd, (*ngx_cycle).log);
+        if c.is_null() {
+            libc::close(fd);
+            return Err("no free connection for the wake-up channel".into());
+        }
+        let rev: *mut ngx_event_t = (*c).read;
+        (*rev).handler = Some(on_wake);
+        (*rev).log = (*c).log;
+        // A channel: a graceful exit neither waits for it nor reports it open.
+        (*rev).set_channel(1);
+        (*(*c).write).set_channel(1);
+        if ngx_handle_read_event(rev, 0) != NGX_OK as ngx_int_t {
+            return Err("cannot watch the wake-up channel".into());
+        }
+        WAKE_FD.store(fd, Ordering::Relaxed);
+        WAKE_EVENT.store(rev, Ordering::Relaxed);
+        // The thread takes no signal: nginx's signals must reach the loop.
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let spawned = std::thread::Builder::new()
+            .name("memory_status".into())
+            .stack_size(256 << 10)
+            .spawn(measure_forever);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
+        spawned.map_err(|e| format!("thread: {e}"))?;
+    }
+    STARTED_IN.store(pid, Ordering::Relaxed);
+    Ok(())
+}
+
+fn measure_forever() {
+    loop {
+        let (id, job) = {
+            let mut q = queue();
+            loop {
+                if let Some(next) = q.jobs.pop_front() {
+                    break next;
+                }
+                q = WORK
+                    .wait(q)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+        };
+        let measured =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.measure())).ok();
+        queue().done.push((id, measured));
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes to the eventfd; a full counter (EAGAIN) still
+        // leaves the loop woken.
+        unsafe {
+            libc::write(
+                WAKE_FD.load(Ordering::Relaxed),
+                (&one as *const u64).cast::<c_void>(),
+                8,
+            );
+        }
+    }
+}
+
+/// A timer on the wake-up event while any request waits, none otherwise.
+fn keep_worker_while_waiting() {
+    let waiting = WAITING.with(|w| !w.borrow().1.is_empty());
+    let ev = WAKE_EVENT.load(Ordering::Relaxed);
+    if ev.is_null() {
+        return;
+    }
+    // SAFETY: the event of the wake-up connection, on the loop's thread.
+    unsafe {
+        let timer_set = (*ev).timer_set() != 0;
+        if waiting && !timer_set {
+            ngx_add_timer(ev, WAITING_TIMER_MS);
+        } else if !waiting && timer_set {
+            ngx_del_timer(ev);
+        }
+    }
+}
+
+/// On the loop: answers every request whose measuring is done (woken by the
+/// thread, or by the waiting timer).
+extern "C" fn on_wake(ev: *mut ngx_event_t) {
+    // SAFETY: nginx calls the handler with the event set up in ensure_started.
+    unsafe {
+        (*ev).set_timedout(0);
+        let mut counter: u64 = 0;
+        while libc::read(
+            WAKE_FD.load(Ordering::Relaxed),
+            (&mut counter as *mut u64).cast::<c_void>(),
+            8,
+        ) == 8
+        {}
+        (*ev).set_ready(0);
+    }
+    let done = std::mem::take(&mut queue().done);
+    for (id, measured) in done {
+        let waiting = WAITING.with(|w| {
+            let mut w = w.borrow_mut();
+            let at = w.1.iter().position(|x| x.id == id)?;
+            Some(w.1.swap_remove(at))
+        });
+        let Some(waiting) = waiting else {
+            continue;
+        };
+        // SAFETY: the request was kept alive by the raised count.
+        let r = unsafe { &mut *waiting.request };
+        let rc = match measured {
+            Some(measured) => {
+                let complete = waiting.complete;
+                let part = waiting.part;
+                let request: *mut ngx_http_request_t = r;
+                // SAFETY: the same live request, used by one closure at a time.
+                match run_guarded(|| complete(unsafe { &mut *request }, part, measured)) {
+                    Ok(rc) => rc,
+                    Err(message) => {
+                        log_alert(r, &format!("memory_status: panic: {message}"));
+                        NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+                    }
+                }
+            }
+            None => {
+                log_alert(r, "memory_status: panic while measuring");
+                NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+            }
+        };
+        // SAFETY: ends what the handler left open with NGX_DONE (count raised),
+        // then runs what that posted (a parent waiting on this subrequest), as
+        // nginx's own event handlers do after a request's work.
+        unsafe {
+            let c = r.connection;
+            ngx_http_finalize_request(r, rc);
+            ngx_http_run_posted_requests(c);
+        }
+    }
+    keep_worker_while_waiting();
+}
