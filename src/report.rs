@@ -210,6 +210,7 @@ mod tests {
             size_bytes: 8192,
             page_size_bytes: 4096,
             resident_pages: Err("no".into()),
+            resident_age_ms: 0,
             slab: Err("lock held by another process".into()),
         };
         let mut errors = Vec::new();

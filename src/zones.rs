@@ -17,6 +17,8 @@ pub struct ZoneSample {
     pub page_size_bytes: u64,
     /// Pages of the mapping resident in memory (`mincore`), or why not known.
     pub resident_pages: Result<u64, String>,
+    /// How old the residency figure is: 0 when measured for this answer.
+    pub resident_age_ms: u64,
     pub slab: Result<SlabSample, String>,
 }
 
@@ -31,6 +33,21 @@ pub struct SlabSample {
     pub largest_free_run_pages: u64,
     /// The free-list walk stopped at its bound before the end of the list.
     pub free_runs_truncated: bool,
+}
+
+impl SlabSample {
+    /// Changes whenever the zone's allocations do: the free pages and runs and
+    /// every slot's used, requests and failures. While it stays the same, no
+    /// page of the zone was newly allocated, so none newly touched.
+    pub fn signature(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.pages_total, self.pages_free, self.free_runs).hash(&mut h);
+        for slot in &self.slots {
+            (slot.size_bytes, slot.used, slot.reqs, slot.fails).hash(&mut h);
+        }
+        h.finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +69,9 @@ pub struct Zone {
     pub size_bytes: u64,
     pub mapped_bytes: u64,
     pub loaded_bytes: Option<u64>,
+    /// Age of `loaded_bytes`: 0 when measured for this answer; more when the
+    /// zone's slab counters have not moved since it was (see `SlabSample::signature`).
+    pub loaded_age_ms: Option<u64>,
     pub slab: Option<Slab>,
     /// `ngx.shared.DICT:capacity()`: lua_shared_dict zones only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -194,6 +214,7 @@ impl ZoneSample {
             kind,
             size_bytes: self.size_bytes,
             mapped_bytes: round_up(self.size_bytes, self.page_size_bytes),
+            loaded_age_ms: loaded_bytes.map(|_| self.resident_age_ms),
             loaded_bytes,
             capacity_bytes: is_dict.then_some(self.size_bytes),
             free_space_bytes: slab.as_ref().filter(|_| is_dict).map(|s| s.free_bytes),
@@ -205,6 +226,27 @@ impl ZoneSample {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signature_moves_with_allocations() {
+        let slab = |reqs: u64, free: u64| SlabSample {
+            pages_total: 100,
+            pages_free: free,
+            slots: vec![SlotSample {
+                size_bytes: 8,
+                total: 0,
+                used: 1,
+                reqs,
+                fails: 0,
+            }],
+            free_runs: 1,
+            largest_free_run_pages: free,
+            free_runs_truncated: false,
+        };
+        assert_eq!(slab(5, 10).signature(), slab(5, 10).signature());
+        assert_ne!(slab(5, 10).signature(), slab(6, 10).signature());
+        assert_ne!(slab(5, 10).signature(), slab(5, 9).signature());
+    }
     use serde_json::Value;
 
     fn slot(size_bytes: u64, total: u64, used: u64) -> SlotSample {
@@ -224,6 +266,7 @@ mod tests {
             size_bytes: 10 * 1024 * 1024,
             page_size_bytes: 4096,
             resident_pages: Ok(18),
+            resident_age_ms: 0,
             slab: Ok(SlabSample {
                 pages_total: 2547,
                 pages_free: 2500,

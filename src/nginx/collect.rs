@@ -10,7 +10,9 @@ use ngx::ffi::{
 use super::lua::{sample_vms, CensusLimits};
 use super::pools::sample_pools;
 use super::process::{self, ProcessSamples};
-use super::residency::{resident_pages_of, segments_resident_bytes};
+use super::residency::{
+    resident_pages_of, segments_resident_bytes, zones_resident_pages, ZoneRange,
+};
 use super::zones::sample_zones;
 use crate::breakdown::{Breakdown, Depth, Inputs, VirtualSplit};
 use crate::lua::Lua;
@@ -38,13 +40,13 @@ pub struct LoopPart {
 /// grow with the worker's size. Touches no nginx structure.
 pub struct Job {
     depth: Depth,
-    zone_ranges: Vec<(usize, usize)>,
+    zones: Vec<ZoneRange>,
     lua_segments: [Option<Vec<(u64, u64)>>; 2],
 }
 
 pub struct Measured {
     samples: ProcessSamples,
-    zone_pages: Vec<Result<u64, String>>,
+    zone_pages: Vec<(Result<u64, String>, u64)>,
     lua_resident: [Option<Result<u64, String>>; 2],
     status: std::io::Result<String>,
 }
@@ -53,7 +55,13 @@ pub struct Measured {
 /// the Lua census too), and the job that measures the rest.
 pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
     let zones = sample_zones(None);
-    let zone_ranges = zones.iter().map(|z| z.range).collect();
+    let zone_ranges = zones
+        .iter()
+        .map(|z| ZoneRange {
+            range: z.range,
+            signature: z.sample.slab.as_ref().ok().map(|s| s.signature()),
+        })
+        .collect();
     let census = lua_objects_limit.map(|max_objects| CensusLimits {
         max_objects,
         max_time: LUA_OBJECTS_MAX_TIME,
@@ -69,7 +77,7 @@ pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
     };
     let job = Job {
         depth,
-        zone_ranges,
+        zones: zone_ranges,
         lua_segments: [segments(&http), segments(&stream)],
     };
     let part = LoopPart {
@@ -84,7 +92,7 @@ pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
 
 impl Job {
     pub fn measure(self) -> Measured {
-        let zone_pages = resident_pages_of(&self.zone_ranges);
+        let zone_pages = zones_resident_pages(&self.zones);
         let lua_resident = self
             .lua_segments
             .each_ref()
@@ -119,8 +127,9 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         mut stream,
         pools,
     } = part;
-    for (zone, pages) in zones.iter_mut().zip(measured.zone_pages) {
+    for (zone, (pages, age_ms)) in zones.iter_mut().zip(measured.zone_pages) {
         zone.resident_pages = pages;
+        zone.resident_age_ms = age_ms;
     }
     let zones: Vec<Zone> = zones.iter().map(|z| z.to_zone(&mut errors)).collect();
     for (vm, resident) in [&mut http, &mut stream]

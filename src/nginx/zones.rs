@@ -91,6 +91,7 @@ unsafe fn sample_zone(
         size_bytes: size as u64,
         page_size_bytes: page_size,
         resident_pages: Err("not measured".into()),
+        resident_age_ms: 0,
         slab: if addr.is_null() {
             Err("zone is not mapped".into())
         } else {
