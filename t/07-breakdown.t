@@ -13,12 +13,11 @@ use lib "$FindBin::Bin/lib";
 use JSON::PP qw(decode_json);
 use Test::More;
 use NginxTest qw(read_file_text proc_status_bytes smaps_rss_of_size);
-use MemoryStatus qw(check_base_shape unexpected_errors);
+use MemoryStatus qw(check_base_shape unexpected_errors resident_sum);
 
 plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
 
 my $MiB = 1024 * 1024;
-my @OWNERS = qw(glibc shm lua_http lua_stream text stacks other_allocators);
 
 my $t = NginxTest->new;
 $t->write_file_expand('nginx.conf', <<'EOF');
@@ -98,10 +97,7 @@ sub status {
 sub check_sums {
     my ($j, $what) = @_;
     my $b = $j->{breakdown};
-    my $sum = 0;
-    $sum += $b->{$_}{resident_bytes} // 0 for grep { $b->{$_} } @OWNERS;
-    $sum += $b->{unattributed}{resident_bytes};
-    is($sum, $j->{process}{resident_bytes}, "$what: owners + unattributed = process.resident_bytes");
+    is(resident_sum($j), $j->{process}{resident_bytes}, "$what: owners + unattributed = process.resident_bytes");
     my $share = $b->{unattributed}{resident_bytes} / $j->{process}{resident_bytes};
     cmp_ok($share, '<=', 0.05, sprintf('%s: unattributed %.1f%% of resident', $what, 100 * $share));
     # The kernel batches RSS counter updates per CPU (up to 31 pages per counter

@@ -16,12 +16,11 @@ use File::Path qw(make_path);
 use IPC::Open2 qw(open2);
 use Test::More;
 use NginxTest qw(read_file_text);
-use MemoryStatus qw(unexpected_errors);
+use MemoryStatus qw(unexpected_errors resident_sum);
 
 plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
 
 my $MiB = 1024 * 1024;
-my @OWNERS = qw(glibc shm lua_http lua_stream text stacks other_allocators);
 my $MAX_SHARE = 0.05;
 # The kernel batches RSS counter updates per CPU (up to 31 pages per counter
 # per CPU before /proc/PID/status shows them): unattributed may dip below zero
@@ -35,9 +34,7 @@ sub check_rule {
     my ($j, $what, %opt) = @_;
     my $b = $j->{breakdown};
     my $rss = $j->{process}{resident_bytes};
-    my $sum = $b->{unattributed}{resident_bytes};
-    $sum += $b->{$_}{resident_bytes} // 0 for grep { $b->{$_} } @OWNERS;
-    is($sum, $rss, "$what: owners + unattributed = resident_bytes");
+    is(resident_sum($j), $rss, "$what: owners + unattributed = resident_bytes");
     my $share = $b->{unattributed}{resident_bytes} / $rss;
     if ($opt{unattributed_ok}) {
         note(sprintf '%s: unattributed %.1f%% (%s)', $what, 100 * $share, $opt{unattributed_ok});

@@ -17,6 +17,7 @@ use POSIX qw(WNOHANG);
 use Test::More;
 use Time::HiRes qw(time sleep);
 use NginxTest qw(proc_status_bytes);
+use MemoryStatus qw(resident_sum);
 
 plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
 
@@ -234,14 +235,8 @@ sub start_scrapers {
                 $st{$r->{status}}++;
                 if ($r->{status} == 200 && $path eq '/memory_status') {
                     my $j = eval { decode_json($r->{content}) };
-                    my $b = $j && $j->{breakdown};
-                    if ($b) {
-                        my $sum = $b->{unattributed}{resident_bytes};
-                        $sum += $b->{$_}{resident_bytes} // 0 for grep { $b->{$_} } qw(glibc shm lua_http lua_stream text stacks other_allocators);
-                        $sum_bad++ if $sum != $j->{process}{resident_bytes};
-                    } else {
-                        $sum_bad++;
-                    }
+                    my $sum = $j && resident_sum($j);
+                    $sum_bad++ unless defined $sum && $sum == $j->{process}{resident_bytes};
                 }
             }
             open my $fh, '>', $file or die;
@@ -367,10 +362,7 @@ SKIP: {
     ok((grep { /^breakdown\.text: program data: pagemap: .*(denied|not permitted)/i } @sources),
         'pagemap unreadable: named in errors') or diag explain \@sources;
     is($j->{breakdown}{text}{data_copied_bytes}, undef, 'pagemap unreadable: data_copied_bytes null');
-    my $b = $j->{breakdown};
-    my $sum = $b->{unattributed}{resident_bytes};
-    $sum += $b->{$_}{resident_bytes} // 0 for grep { $b->{$_} } qw(glibc shm lua_http lua_stream text stacks other_allocators);
-    is($sum, $j->{process}{resident_bytes}, 'pagemap unreadable: still adds up to RSS');
+    is(resident_sum($j), $j->{process}{resident_bytes}, 'pagemap unreadable: still adds up to RSS');
     my ($full) = $w->get_json($wport, '/memory_status?detail=full');
     ok(defined $full->{breakdown}{text}{resident_bytes}, 'detail=full: smaps stands in for text');
     for my $format (qw(prometheus html)) {

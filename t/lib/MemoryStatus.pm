@@ -9,7 +9,7 @@ use B ();
 use Exporter 'import';
 use Test::More;
 
-our @EXPORT_OK = qw(is_uint is_uint_or_null check_base_shape unexpected_errors);
+our @EXPORT_OK = qw(is_uint is_uint_or_null check_base_shape unexpected_errors resident_sum @OWNERS);
 
 # A JSON number that is a non-negative integer (not a string that looks like one).
 sub is_uint {
@@ -25,6 +25,17 @@ sub is_uint_or_null { !defined $_[0] || is_uint($_[0]) }
 our @PROCESS_FIELDS = qw(virtual_bytes resident_bytes resident_anon_bytes
     resident_file_bytes resident_shmem_bytes swap_bytes peak_virtual_bytes
     peak_resident_bytes threads);
+
+our @OWNERS = qw(glibc shm lua_http lua_stream text stacks other_allocators);
+
+# The owners' resident_bytes plus unattributed's: what the rule says is RSS.
+sub resident_sum {
+    my ($j) = @_;
+    my $b = $j->{breakdown} or return undef;
+    my $sum = $b->{unattributed}{resident_bytes} // 0;
+    $sum += $b->{$_}{resident_bytes} // 0 for grep { $b->{$_} } @OWNERS;
+    return $sum;
+}
 
 # Every field of the foundation's JSON is present and of its type.
 sub check_base_shape {
