@@ -17,6 +17,7 @@ fn main() {
     }
 
     check_http2_srv_conf();
+    compile_request_bits();
 
     // Per-slot slab statistics (`ngx_slab_stat_t`) exist since nginx 1.11.7.
     println!("cargo::rustc-check-cfg=cfg(ngx_slab_stats)");
@@ -61,4 +62,26 @@ fn check_http2_srv_conf() {
     if words.windows(expected.len()).any(|w| w == expected) {
         println!("cargo::rustc-cfg=ngx_h2_srv_conf_1_22");
     }
+}
+
+/// Compiles `src/c/request_bits.c` against the configured nginx tree (the
+/// include paths and defines nginx-sys found in its Makefile), so request
+/// bitfields are where nginx's own compiler puts them.
+fn compile_request_bits() {
+    println!("cargo::rerun-if-changed=src/c/request_bits.c");
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_INCLUDE");
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_CFLAGS");
+    let mut build = cc::Build::new();
+    build.file("src/c/request_bits.c").warnings(false);
+    if let Some(includes) = env::var_os("DEP_NGINX_INCLUDE") {
+        for dir in env::split_paths(&includes) {
+            build.include(dir);
+        }
+    }
+    if let Ok(cflags) = env::var("DEP_NGINX_CFLAGS") {
+        for flag in cflags.split_whitespace() {
+            build.flag(flag);
+        }
+    }
+    build.compile("ngx_memory_status_request_bits");
 }

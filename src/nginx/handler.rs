@@ -14,6 +14,7 @@ use ngx::http::{HttpModuleLocationConf, Request};
 use ngx::ngx_log_error;
 
 use super::offloop::{self, Answer, Complete};
+use super::request_bits;
 use super::{collect, MemoryStatusModule};
 use crate::escape::echo;
 use crate::format::{html, prometheus};
@@ -166,7 +167,9 @@ fn send(
 
     // SAFETY: valid request, headers set above.
     let rc = unsafe { ngx_http_send_header(r) };
-    if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || r.header_only() != 0 {
+    // SAFETY: a live request; the bitfield is read by C compiled against the tree.
+    let header_only = unsafe { request_bits::ngx_memory_status_header_only(r) } != 0;
+    if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || header_only {
         return rc;
     }
 

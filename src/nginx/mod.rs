@@ -8,6 +8,7 @@ mod lua;
 mod offloop;
 mod pools;
 mod process;
+mod request_bits;
 mod residency;
 mod zones;
 

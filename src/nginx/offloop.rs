@@ -26,6 +26,7 @@ use ngx::ffi::{
 use ngx::ngx_log_error;
 
 use super::collect::{Job, LoopPart, Measured};
+use super::request_bits;
 use crate::panic_guard::run_guarded;
 
 /// What the loop does with a measured answer: sends it, returns the status for
@@ -123,11 +124,8 @@ pub fn submit(r: &mut ngx_http_request_t, answer: Answer) -> Result<(), Box<Answ
     queue().jobs.push_back((id, job));
     WORK.notify_one();
     keep_worker_while_waiting();
-    // SAFETY: `main` is the request itself or its parent, alive while `r` is.
-    unsafe {
-        let main = &mut *r.main;
-        main.set_count(main.count() + 1);
-    }
+    // SAFETY: `r` is a live request; the C side raises its main request's count.
+    unsafe { request_bits::ngx_memory_status_main_count_inc(r) };
     Ok(())
 }
 
