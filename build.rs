@@ -16,7 +16,6 @@ fn main() {
         }
     }
 
-    check_http2_srv_conf();
     compile_request_bits();
 
     // Per-slot slab statistics (`ngx_slab_stat_t`) exist since nginx 1.11.7.
@@ -32,41 +31,10 @@ fn main() {
     }
 }
 
-/// The HTTP/2 stream walk needs `ngx_http_v2_srv_conf_t`, which nginx-sys does
-/// not bind: enable it only when the tree's header declares the fields we mirror.
-fn check_http2_srv_conf() {
-    println!("cargo::rustc-check-cfg=cfg(ngx_h2_srv_conf_1_22)");
-    let Some(src) = env::var_os("NGINX_SOURCE_DIR") else {
-        return;
-    };
-    let header = std::path::Path::new(&src).join("src/http/v2/ngx_http_v2_module.h");
-    println!("cargo::rerun-if-changed={}", header.display());
-    let Ok(text) = std::fs::read_to_string(&header) else {
-        return;
-    };
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let expected = [
-        "size_t",
-        "pool_size;",
-        "ngx_uint_t",
-        "concurrent_streams;",
-        "ngx_uint_t",
-        "concurrent_pushes;",
-        "size_t",
-        "preread_size;",
-        "ngx_uint_t",
-        "streams_index_mask;",
-        "}",
-        "ngx_http_v2_srv_conf_t;",
-    ];
-    if words.windows(expected.len()).any(|w| w == expected) {
-        println!("cargo::rustc-cfg=ngx_h2_srv_conf_1_22");
-    }
-}
-
 /// Compiles `src/c/request_bits.c` against the configured nginx tree (the
 /// include paths and defines nginx-sys found in its Makefile), so request
-/// bitfields are where nginx's own compiler puts them.
+/// bitfields and structures the bindings lack (the HTTP/2 server
+/// configuration) are where nginx's own compiler puts them.
 fn compile_request_bits() {
     println!("cargo::rerun-if-changed=src/c/request_bits.c");
     println!("cargo::rerun-if-env-changed=DEP_NGINX_INCLUDE");

@@ -23,18 +23,6 @@ const MAX_POOL_LINKS: u64 = 1 << 16;
 /// HTTP/2 stream nodes walked at most in one connection.
 const MAX_H2_NODES: usize = 1 << 16;
 
-/// nginx 1.22's `ngx_http_v2_srv_conf_t` (src/http/v2/ngx_http_v2_module.h),
-/// which the bindings do not include; build.rs checks the header still says so.
-#[cfg(ngx_h2_srv_conf_1_22)]
-#[repr(C)]
-struct H2SrvConf {
-    pool_size: usize,
-    concurrent_streams: usize,
-    concurrent_pushes: usize,
-    preread_size: usize,
-    streams_index_mask: usize,
-}
-
 pub fn sample_pools() -> PoolsSample {
     let cycle = cycle::current();
     let mut sample = PoolsSample::default();
@@ -131,23 +119,23 @@ unsafe fn http_requests(
     }
 }
 
-#[cfg(ngx_h2_srv_conf_1_22)]
+#[cfg(ngx_feature = "http_v2")]
 unsafe fn http2_streams(
     h2c: *const ngx_http_v2_connection_t,
     module_index: usize,
     now_ms: u64,
     out: &mut Vec<RequestSample>,
 ) {
-    let hc = (*h2c).http_connection;
-    if hc.is_null() || (*hc).conf_ctx.is_null() || (*h2c).streams_index.is_null() {
+    if (*h2c).streams_index.is_null() {
         return;
     }
-    let h2scf = *(*(*hc).conf_ctx).srv_conf.add(module_index) as *const H2SrvConf;
-    if h2scf.is_null() {
+    // The server configuration's layout is the tree's: read by C (build.rs).
+    let mask = super::request_bits::ngx_memory_status_h2_streams_index_mask(h2c, module_index);
+    let Ok(mask) = usize::try_from(mask) else {
         return;
-    }
+    };
     let mut walked = 0;
-    for i in 0..=(*h2scf).streams_index_mask {
+    for i in 0..=mask {
         let mut node = *(*h2c).streams_index.add(i);
         while !node.is_null() && walked < MAX_H2_NODES {
             walked += 1;
@@ -165,7 +153,7 @@ unsafe fn http2_streams(
     }
 }
 
-#[cfg(not(ngx_h2_srv_conf_1_22))]
+#[cfg(not(ngx_feature = "http_v2"))]
 unsafe fn http2_streams(
     _h2c: *const ngx_http_v2_connection_t,
     _module_index: usize,
@@ -176,8 +164,8 @@ unsafe fn http2_streams(
 
 /// `ngx_http_v2_module`'s index into a server's configurations.
 unsafe fn http2_module_index(cycle: &ngx_cycle_t) -> Result<usize, String> {
-    if !cfg!(ngx_h2_srv_conf_1_22) {
-        return Err("HTTP/2 server configuration layout unknown for this nginx version".into());
+    if !cfg!(ngx_feature = "http_v2") {
+        return Err("this nginx is built without HTTP/2".into());
     }
     cycle::module_by_name(cycle, "ngx_http_v2_module")
         .map(|m| m.ctx_index)
