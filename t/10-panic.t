@@ -45,5 +45,18 @@ is($ok->{status}, 200, 'the next request is answered');
 is($j->{nginx}{pid}, $worker, 'by the same worker: it did not die');
 unlike($t->error_log, qr/exited on signal/, 'no worker died');
 
-$t->done_file(allow => [qr/memory_status: panic: test-panic/]);
+# The same off the event loop: a panic on the measuring thread, and one in the
+# completion that answers on the loop.
+for my $where ('measuring', 'answering') {
+    my $r = $t->http('GET', $port, '/memory_status', headers => { 'X-Memory-Status-Test-Panic' => $where });
+    is($r->{status}, 500, "a panic while $where answers 500");
+    my ($j, $ok) = $t->get_json($port, '/memory_status');
+    is($ok->{status}, 200, "after a panic while $where, the next request is answered");
+    is($j->{nginx}{pid}, $worker, "by the same worker, its measuring thread still working");
+}
+like($t->error_log, qr/\[alert\].*memory_status: panic while measuring/, 'the thread\'s panic is logged');
+like($t->error_log, qr/\[alert\].*memory_status: panic: test-panic: while answering on the loop/, 'the completion\'s too');
+unlike($t->error_log, qr/exited on signal/, 'no worker died');
+
+$t->done_file(allow => [qr/memory_status: panic: test-panic/, qr/memory_status: panic while measuring/]);
 done_testing();

@@ -92,6 +92,10 @@ pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
 
 impl Job {
     pub fn measure(self) -> Measured {
+        #[cfg(feature = "test-panic")]
+        if super::handler::TEST_PANIC_MEASURING.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            panic!("test-panic: while measuring");
+        }
         let zone_pages = zones_resident_pages(&self.zones);
         let lua_resident = self
             .lua_segments

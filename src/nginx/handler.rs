@@ -25,6 +25,15 @@ use crate::report::Report;
 const JSON: &[u8] = b"application/json";
 const TEXT: &[u8] = b"text/plain; charset=utf-8";
 
+/// Test-only triggers (feature `test-panic`): a panic on the measuring thread,
+/// or in the completion on the loop, for the next answer.
+#[cfg(feature = "test-panic")]
+pub static TEST_PANIC_MEASURING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+#[cfg(feature = "test-panic")]
+static TEST_PANIC_ANSWERING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 pub extern "C" fn memory_status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls a content handler with a valid request it owns for the call.
     let r = unsafe { &mut *r };
@@ -44,11 +53,19 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
     {
         // SAFETY: `Request` is the request's transparent wrapper; only read here.
         let request: &Request = unsafe { &*(r as *const ngx_http_request_t).cast::<Request>() };
-        if request
-            .headers_in_iterator()
-            .any(|(k, _)| k.as_bytes() == b"X-Memory-Status-Test-Panic")
-        {
+        let asked = |value: &[u8]| {
+            request.headers_in_iterator().any(|(k, v)| {
+                k.as_bytes() == b"X-Memory-Status-Test-Panic" && v.as_bytes() == value
+            })
+        };
+        if asked(b"1") {
             panic!("test-panic: asked by the request");
+        }
+        if asked(b"measuring") {
+            TEST_PANIC_MEASURING.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if asked(b"answering") {
+            TEST_PANIC_ANSWERING.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
     if r.method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t == 0 {
@@ -78,6 +95,10 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
         let (part, job) = collect::begin(query.depth, query.lua_objects_limit);
         let refresh = query.refresh_seconds;
         let complete: Complete = Box::new(move |r, part, measured| {
+            #[cfg(feature = "test-panic")]
+            if TEST_PANIC_ANSWERING.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                panic!("test-panic: while answering on the loop");
+            }
             answer(r, &collect::finish(part, measured), format, refresh)
         });
         let answer = Answer {
