@@ -18,28 +18,27 @@ enum Kind {
 }
 
 struct Family {
-    name: String,
+    name: &'static str,
     kind: Kind,
     help: &'static str,
-    samples: Vec<(String, String)>,
+    /// The family's sample lines, written as they come: no allocation per sample.
+    lines: String,
 }
 
 /// Collects samples by family, so each family's samples come out together
 /// after its `# HELP` and `# TYPE`.
 struct Metrics {
-    base_labels: Vec<(&'static str, String)>,
+    /// `pid="..",worker=".."`, the labels every sample starts with.
+    base_labels: String,
     families: Vec<Family>,
     /// Family index by short name: one lookup per sample, whatever the count.
-    index: HashMap<String, usize>,
+    index: HashMap<&'static str, usize>,
 }
 
 impl Metrics {
     fn new(nginx: &NginxInfo) -> Metrics {
         Metrics {
-            base_labels: vec![
-                ("pid", nginx.pid.to_string()),
-                ("worker", nginx.worker.to_string()),
-            ],
+            base_labels: format!("pid=\"{}\",worker=\"{}\"", nginx.pid, nginx.worker),
             families: Vec::new(),
             index: HashMap::new(),
         }
@@ -47,58 +46,56 @@ impl Metrics {
 
     fn add(
         &mut self,
-        name: &str,
+        name: &'static str,
         kind: Kind,
         help: &'static str,
         labels: &[(&str, &str)],
-        value: impl ToString,
+        value: impl std::fmt::Display,
     ) {
-        let mut rendered = String::with_capacity(64);
-        let all = self
-            .base_labels
-            .iter()
-            .map(|(k, v)| (*k, v.as_str()))
-            .chain(labels.iter().copied());
-        for (i, (k, v)) in all.enumerate() {
-            if i > 0 {
-                rendered.push(',');
-            }
-            rendered.push_str(k);
-            rendered.push_str("=\"");
-            push_escaped(&mut rendered, v);
-            rendered.push('"');
-        }
-        let sample = (rendered, value.to_string());
-        match self.index.get(name) {
-            Some(&i) => self.families[i].samples.push(sample),
+        let i = match self.index.get(name) {
+            Some(&i) => i,
             None => {
-                self.index.insert(name.to_string(), self.families.len());
+                self.index.insert(name, self.families.len());
                 self.families.push(Family {
-                    name: format!("nginx_memory_{name}"),
+                    name,
                     kind,
                     help,
-                    samples: vec![sample],
+                    lines: String::new(),
                 });
+                self.families.len() - 1
             }
+        };
+        let out = &mut self.families[i].lines;
+        out.push_str("nginx_memory_");
+        out.push_str(name);
+        out.push('{');
+        out.push_str(&self.base_labels);
+        for (k, v) in labels {
+            out.push(',');
+            out.push_str(k);
+            out.push_str("=\"");
+            push_escaped(out, v);
+            out.push('"');
         }
+        let _ = writeln!(out, "}} {value}");
     }
 
     fn gauge(
         &mut self,
-        name: &str,
+        name: &'static str,
         help: &'static str,
         labels: &[(&str, &str)],
-        value: impl ToString,
+        value: impl std::fmt::Display,
     ) {
         self.add(name, Kind::Gauge, help, labels, value);
     }
 
     fn gauge_opt(
         &mut self,
-        name: &str,
+        name: &'static str,
         help: &'static str,
         labels: &[(&str, &str)],
-        value: Option<impl ToString>,
+        value: Option<impl std::fmt::Display>,
     ) {
         if let Some(v) = value {
             self.gauge(name, help, labels, v);
@@ -106,24 +103,21 @@ impl Metrics {
     }
 
     fn render(&self) -> String {
-        let lines: usize = self.families.iter().map(|f| f.samples.len() + 2).sum();
-        let mut out = String::with_capacity(lines * 96);
+        let bytes: usize = self
+            .families
+            .iter()
+            .map(|f| f.lines.len() + f.help.len() + 64)
+            .sum();
+        let mut out = String::with_capacity(bytes);
         for f in &self.families {
             let kind = if f.kind == Kind::Counter {
                 "counter"
             } else {
                 "gauge"
             };
-            let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
-            let _ = writeln!(out, "# TYPE {} {kind}", f.name);
-            for (labels, value) in &f.samples {
-                out.push_str(&f.name);
-                out.push('{');
-                out.push_str(labels);
-                out.push_str("} ");
-                out.push_str(value);
-                out.push('\n');
-            }
+            let _ = writeln!(out, "# HELP nginx_memory_{} {}", f.name, f.help);
+            let _ = writeln!(out, "# TYPE nginx_memory_{} {kind}", f.name);
+            out.push_str(&f.lines);
         }
         out
     }
