@@ -96,6 +96,10 @@ impl Job {
         if super::handler::TEST_PANIC_MEASURING.swap(false, std::sync::atomic::Ordering::Relaxed) {
             panic!("test-panic: while measuring");
         }
+        #[cfg(feature = "test-panic")]
+        if super::handler::TEST_STALL_MEASURING.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_secs(4));
+        }
         let zone_pages = zones_resident_pages(&self.zones);
         let lua_resident = self
             .lua_segments

@@ -31,6 +31,9 @@ const TEXT: &[u8] = b"text/plain; charset=utf-8";
 pub static TEST_PANIC_MEASURING: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 #[cfg(feature = "test-panic")]
+pub static TEST_STALL_MEASURING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+#[cfg(feature = "test-panic")]
 static TEST_PANIC_ANSWERING: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
@@ -63,6 +66,9 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
         }
         if asked(b"measuring") {
             TEST_PANIC_MEASURING.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if asked(b"stall") {
+            TEST_STALL_MEASURING.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         if asked(b"answering") {
             TEST_PANIC_ANSWERING.store(true, std::sync::atomic::Ordering::Relaxed);

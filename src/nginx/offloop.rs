@@ -21,7 +21,7 @@ use ngx::ffi::{
     ngx_add_timer, ngx_connection_t, ngx_cycle, ngx_del_timer, ngx_event_t, ngx_get_connection,
     ngx_handle_read_event, ngx_http_finalize_request, ngx_http_request_t,
     ngx_http_run_posted_requests, ngx_int_t, ngx_msec_t, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_LOG_ALERT, NGX_OK,
+    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT, NGX_OK,
 };
 use ngx::ngx_log_error;
 
@@ -38,7 +38,17 @@ struct Waiting {
     request: *mut ngx_http_request_t,
     part: LoopPart,
     complete: Complete,
+    since: std::time::Instant,
 }
+
+/// How long a request waits for its measuring at most: past it, it is answered
+/// 503 and the measuring's result, if it ever comes, is dropped. Measuring takes
+/// milliseconds; this bounds the wait should the thread ever stall.
+#[cfg(not(feature = "test-panic"))]
+const MEASURING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The test-only build waits 2 s, so t/10 can prove the bound quickly.
+#[cfg(feature = "test-panic")]
+const MEASURING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Between the loop and the thread.
 struct Queue {
@@ -118,6 +128,7 @@ pub fn submit(r: &mut ngx_http_request_t, answer: Answer) -> Result<(), Box<Answ
             request: r,
             part,
             complete,
+            since: std::time::Instant::now(),
         });
         id
     });
@@ -282,5 +293,35 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
             ngx_http_run_posted_requests(c);
         }
     }
+    answer_overdue();
     keep_worker_while_waiting();
+}
+
+/// Answers 503 to every request that waited longer than `MEASURING_TIMEOUT`.
+fn answer_overdue() {
+    let overdue: Vec<Waiting> = WAITING.with(|w| {
+        let mut w = w.borrow_mut();
+        let (late, waiting) = std::mem::take(&mut w.1)
+            .into_iter()
+            .partition(|x: &Waiting| x.since.elapsed() >= MEASURING_TIMEOUT);
+        w.1 = waiting;
+        late
+    });
+    for waiting in overdue {
+        // SAFETY: the request was kept alive by the raised count.
+        let r = unsafe { &mut *waiting.request };
+        log_alert(
+            r,
+            &format!(
+                "memory_status: measuring took over {} s, answered 503",
+                MEASURING_TIMEOUT.as_secs()
+            ),
+        );
+        // SAFETY: as in on_wake.
+        unsafe {
+            let c = r.connection;
+            ngx_http_finalize_request(r, NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
+            ngx_http_run_posted_requests(c);
+        }
+    }
 }
