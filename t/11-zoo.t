@@ -288,11 +288,16 @@ http {
 EOF
     my $port = $t->port(1);
     my $master = $t->master_pid;
-    my @helpers = grep {
-        (read_file_text("/proc/$_/stat") // '') =~ /^\d+ \(.*\) \S $master / 
-    } map { m{/proc/(\d+)$} ? $1 : () } glob '/proc/[0-9]*';
-    my @titles = sort map { read_file_text("/proc/$_/cmdline") =~ s/\0.*//sr } @helpers;
-    ok((grep { /cache manager process/ } @titles) && (grep { /cache loader process/ } @titles),
+    # The master starts them after the workers: wait for both.
+    my @titles;
+    my $helpers_up = sub {
+        my @helpers = grep {
+            (read_file_text("/proc/$_/stat") // '') =~ /^\d+ \(.*\) \S $master /
+        } map { m{/proc/(\d+)$} ? $1 : () } glob '/proc/[0-9]*';
+        @titles = sort map { (read_file_text("/proc/$_/cmdline") // '') =~ s/\0.*//sr } @helpers;
+        (grep { /cache manager process/ } @titles) && (grep { /cache loader process/ } @titles);
+    };
+    ok(eval { $t->wait_for($helpers_up, 'cache manager and loader') },
         'proxy_cache: cache manager and loader are running') or diag explain \@titles;
     $t->write_file('urls', join '', map { "url = http://127.0.0.1:$port/p$_\noutput = /dev/null\n" } 1 .. 2000);
     my $ok = `curl -s --no-progress-meter --parallel --parallel-max 16 -K @{[ $t->prefix ]}/urls -w '%{http_code}\\n' | grep -c '^200'`;
