@@ -26,7 +26,15 @@ our $ROOT = abs_path(dirname(__FILE__) . '/../..');
 our $NGINX = $ENV{TEST_NGINX_BINARY} // '/usr/sbin/nginx';
 our $MODULE = $ENV{TEST_NGINX_MODULE}
     // "$ROOT/target/release/libngx_http_memory_status_module.so";
-our $MODULES_DIR = '/usr/lib/nginx/modules';
+# Where the Lua, NDK, stream and njs modules are: Debian's by default; another
+# build under test sets TEST_NGINX_MODULES_DIR (and TEST_NGINX_BINARY).
+our $MODULES_DIR = $ENV{TEST_NGINX_MODULES_DIR} // '/usr/lib/nginx/modules';
+
+# The version of the nginx under test, as it says itself (answers must match).
+sub nginx_version {
+    my $v = qx{$NGINX -v 2>&1} // '';
+    return $v =~ m{nginx/(\S+)} ? $1 : undef;
+}
 # Every JSON answer the tests get is kept here; t/99-schema.t validates them all.
 our $SPOOL = $ENV{TEST_JSON_SPOOL} // "$ROOT/t/tmp/answers";
 my $spooled = 0;
