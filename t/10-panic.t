@@ -74,4 +74,41 @@ unlike($t->error_log, qr/exited on signal/, 'no worker died');
 
 $t->done_file(allow => [qr/memory_status: panic: test-panic/, qr/memory_status: panic while measuring/,
     qr/memory_status: measuring took over 2 s/]);
+# No connection slot left for the wake-up channel (the listener, the master's
+# channel and the client take all three): every answer is measured on the loop, error.log says why, and no
+# slot or descriptor leaks from the retries.
+{
+    local $NginxTest::MODULE = "$NginxTest::ROOT/target/release/libngx_http_memory_status_module.so";
+    my $s = NginxTest->new;
+    $s->write_file_expand('nginx.conf', <<'EOF');
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+worker_processes 1;
+events { worker_connections 3; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /memory_status { memory_status; }
+    }
+}
+EOF
+    $s->run;
+    my ($w) = $s->worker_pids;
+    my $fds = sub { scalar(() = glob "/proc/$w/fd/*") };
+    my ($j0, $r0) = $s->get_json($s->port(1), '/memory_status');
+    my $before = $fds->();
+    my $ok = 0;
+    for (1 .. 20) {
+        my ($j, $r) = $s->get_json($s->port(1), '/memory_status');
+        $ok++ if $r->{status} == 200;
+    }
+    is($ok, 20, 'no slot for the channel: answered on the loop, 20 of 20');
+    is($fds->(), $before, 'no descriptor left behind by the retries');
+    like($s->error_log, qr/\[alert\].*memory_status: measuring on the event loop: no free connection/,
+        'error.log says why');
+    $s->done_file(allow => [qr/measuring on the event loop: no free connection/,
+        qr/3 worker_connections are not enough/]);
+}
+
 done_testing();

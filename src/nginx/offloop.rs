@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use ngx::ffi::{
-    ngx_add_timer, ngx_connection_t, ngx_cycle, ngx_del_timer, ngx_event_t, ngx_get_connection,
-    ngx_handle_read_event, ngx_http_finalize_request, ngx_http_request_t,
+    ngx_add_timer, ngx_connection_t, ngx_cycle, ngx_del_timer, ngx_event_t, ngx_free_connection,
+    ngx_get_connection, ngx_handle_read_event, ngx_http_finalize_request, ngx_http_request_t,
     ngx_http_run_posted_requests, ngx_int_t, ngx_msec_t, NGX_HTTP_INTERNAL_SERVER_ERROR,
     NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT, NGX_OK,
 };
@@ -64,8 +64,10 @@ static QUEUE: Mutex<Queue> = Mutex::new(Queue {
 static WORK: Condvar = Condvar::new();
 /// The eventfd the thread writes when it is done with a job.
 static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
-/// The process whose thread and eventfd these are (0: none yet).
+/// The process whose thread and wake-up channel these are (0: none yet).
 static STARTED_IN: AtomicU32 = AtomicU32::new(0);
+/// The process whose measuring thread runs (it may run before the channel is).
+static THREAD_IN: AtomicU32 = AtomicU32::new(0);
 /// The wake-up channel's read event (loop thread only). While requests wait it
 /// also carries a timer: nginx's graceful exit waits for timers, so a worker
 /// that is shutting down answers its waiting requests before it exits.
@@ -146,14 +148,43 @@ fn log_alert(r: &ngx_http_request_t, message: &str) {
     ngx_log_error!(NGX_LOG_ALERT, log, "{message}");
 }
 
-/// Starts the thread and the eventfd once per process.
+/// Starts the thread, then the wake-up channel, once per process each. A step
+/// that fails leaves nothing behind (no descriptor, no connection slot), so a
+/// worker short of threads or connections is not made shorter by retrying.
 fn ensure_started() -> Result<(), String> {
     let pid = std::process::id();
     if STARTED_IN.load(Ordering::Relaxed) == pid {
         return Ok(());
     }
+    if THREAD_IN.load(Ordering::Relaxed) != pid {
+        spawn_thread()?;
+        THREAD_IN.store(pid, Ordering::Relaxed);
+    }
+    open_channel()?;
+    STARTED_IN.store(pid, Ordering::Relaxed);
+    Ok(())
+}
+
+fn spawn_thread() -> Result<(), String> {
+    // SAFETY: signal masks of this thread only, restored right after.
+    unsafe {
+        // The thread takes no signal: nginx's signals must reach the loop.
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let spawned = std::thread::Builder::new()
+            .name("memory_status".into())
+            .stack_size(256 << 10)
+            .spawn(measure_forever);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
+        spawned.map(drop).map_err(|e| format!("thread: {e}"))
+    }
+}
+
+fn open_channel() -> Result<(), String> {
     // SAFETY: plain system calls; the connection is nginx's, set up as nginx's
-    // own notification channel is.
+    // own notification channel is, and given back if it cannot be watched.
     unsafe {
         let fd = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
         if fd == -1 {
@@ -171,23 +202,13 @@ fn ensure_started() -> Result<(), String> {
         (*rev).set_channel(1);
         (*(*c).write).set_channel(1);
         if ngx_handle_read_event(rev, 0) != NGX_OK as ngx_int_t {
+            ngx_free_connection(c);
+            libc::close(fd);
             return Err("cannot watch the wake-up channel".into());
         }
         WAKE_FD.store(fd, Ordering::Relaxed);
         WAKE_EVENT.store(rev, Ordering::Relaxed);
-        // The thread takes no signal: nginx's signals must reach the loop.
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let spawned = std::thread::Builder::new()
-            .name("memory_status".into())
-            .stack_size(256 << 10)
-            .spawn(measure_forever);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
-        spawned.map_err(|e| format!("thread: {e}"))?;
     }
-    STARTED_IN.store(pid, Ordering::Relaxed);
     Ok(())
 }
 
