@@ -73,29 +73,10 @@ unsafe fn library_of(addr: *const c_void) -> Option<String> {
     )
 }
 
-/// The library's real path and version, found once per library: a loaded
-/// library's banner does not change, and finding it reads the maps and scans
-/// the library's read-only data.
+/// The library's real path and the version banner in its read-only data
+/// (called once per process, by `luajit()`).
 fn runtime_of(library_path: Option<&str>) -> LuaRuntime {
-    static FOUND: std::sync::Mutex<Vec<(String, LuaRuntime)>> = std::sync::Mutex::new(Vec::new());
-    let Some(path) = library_path else {
-        return LuaRuntime::default();
-    };
-    // Our own lock, only ever taken by this worker's event loop thread.
-    let Ok(mut found) = FOUND.lock() else {
-        return find_runtime(path);
-    };
-    if let Some((_, runtime)) = found.iter().find(|(p, _)| p == path) {
-        return runtime.clone();
-    }
-    let runtime = find_runtime(path);
-    found.push((path.to_string(), runtime.clone()));
-    runtime
-}
-
-/// The library's real path and the version banner in its read-only data.
-fn find_runtime(library_path: &str) -> LuaRuntime {
-    let Ok(real) = std::fs::canonicalize(library_path) else {
+    let Some(real) = library_path.and_then(|p| std::fs::canonicalize(p).ok()) else {
         return LuaRuntime::default();
     };
     let real = real.to_string_lossy().into_owned();
