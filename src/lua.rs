@@ -31,6 +31,8 @@ pub struct CensusSample {
     pub walked: u64,
     pub truncated: bool,
     pub elapsed_us: u64,
+    /// The string table's bucket array: in `gc_bytes`, but no object.
+    pub string_table_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -39,6 +41,7 @@ pub struct Census {
     pub truncated: bool,
     pub elapsed_us: u64,
     pub bytes: u64,
+    pub string_table_bytes: u64,
     pub types: std::collections::BTreeMap<&'static str, TypeCount>,
 }
 
@@ -55,6 +58,7 @@ impl From<&CensusSample> for Census {
             truncated: s.truncated,
             elapsed_us: s.elapsed_us,
             bytes: s.bytes.iter().sum(),
+            string_table_bytes: s.string_table_bytes,
             types: OBJECT_TYPES
                 .iter()
                 .enumerate()

@@ -14,7 +14,8 @@ use Test::More;
 use Time::HiRes ();
 use NginxTest;
 
-my $so = "$NginxTest::ROOT/target/panic-test/debug/libngx_http_memory_status_module.so";
+my $so = $ENV{TEST_NGINX_PANIC_MODULE}
+    // "$NginxTest::ROOT/target/panic-test/debug/libngx_http_memory_status_module.so";
 BAIL_OUT("$so missing: build it with cargo build --features test-panic --target-dir target/panic-test")
     unless -f $so;
 local $NginxTest::MODULE = $so;

@@ -249,7 +249,11 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
                 size(t.bytes)
             );
         }
-        h.push_str("</table>");
+        let _ = write!(
+            h,
+            "<tr><td>string table (no object)</td><td class=\"num\"></td><td class=\"num\">{}</td></tr></table>",
+            size(census.string_table_bytes)
+        );
     }
     h.push_str("</section>");
 

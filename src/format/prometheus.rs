@@ -406,6 +406,12 @@ pub fn render(r: &Report) -> String {
                 );
             }
             m.gauge(
+                "lua_string_table_bytes",
+                "The VM's string table: in gc_bytes, no GC object (lua_objects=1).",
+                l,
+                census.string_table_bytes,
+            );
+            m.gauge(
                 "lua_objects_truncated",
                 "1 when the object census stopped at its bound.",
                 l,

@@ -559,6 +559,7 @@ unsafe fn census_of(
     if !readable(tab as *const u8, (mask as usize + 1) * 8) {
         return Err(unknown("string table"));
     }
+    c.string_table_bytes = (mask as u64 + 1) * 8;
     'strings: for i in 0..=mask as usize {
         let mut o = (*tab.add(i) & !1) as *const u8;
         while !o.is_null() {
