@@ -18,6 +18,7 @@ my $so = $ENV{TEST_NGINX_PANIC_MODULE}
     // "$NginxTest::ROOT/target/panic-test/debug/libngx_http_memory_status_module.so";
 BAIL_OUT("$so missing: build it with cargo build --features test-panic --target-dir target/panic-test")
     unless -f $so;
+my $release_so = $NginxTest::MODULE;
 local $NginxTest::MODULE = $so;
 
 my $t = NginxTest->new;
@@ -79,7 +80,7 @@ $t->done_file(allow => [qr/memory_status: panic: test-panic/, qr/memory_status: 
 # channel and the client take all three): every answer is measured on the loop, error.log says why, and no
 # slot or descriptor leaks from the retries.
 {
-    local $NginxTest::MODULE = "$NginxTest::ROOT/target/release/libngx_http_memory_status_module.so";
+    local $NginxTest::MODULE = $release_so;
     my $s = NginxTest->new;
     $s->write_file_expand('nginx.conf', <<'EOF');
 %%LOAD_MODULE%%
