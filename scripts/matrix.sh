@@ -113,6 +113,7 @@ run_matrix() {
             TEST_NGINX_MODULE="$MATRIX_TARGET/release/libngx_http_memory_status_module.so" \
             TEST_NGINX_PANIC_MODULE="$MATRIX_TARGET/panic-test/debug/libngx_http_memory_status_module.so" \
             TEST_JSON_SPOOL="$ROOT/t/tmp/answers-$version" \
+            TEST_NGINX_FOREIGN_MODULE="$MODULE_SO" \
             prove -I t/lib -r t/)
     done
 }

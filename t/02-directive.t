@@ -77,6 +77,24 @@ for my $case (@cases) {
     like($out, qr/unknown directive "memory_status"/, 'not loaded: unknown directive');
 }
 
+# A module built for another nginx: nginx's own [emerg] names both versions.
+# scripts/test gives the matrix runs the module built for Debian's 1.22.1.
+SKIP: {
+    my $foreign = $ENV{TEST_NGINX_FOREIGN_MODULE};
+    skip 'TEST_NGINX_FOREIGN_MODULE is not set (the platform matrix of scripts/test sets it)', 3
+        unless $foreign;
+    my $t = NginxTest->new;
+    local $NginxTest::MODULE = $foreign;
+    $t->write_file_expand('nginx.conf', conf('', '', '            memory_status;'));
+    my ($ok, $out) = $t->try_run;
+    ok(!$ok, 'module built for another nginx: nginx -t fails');
+    my ($want) = NginxTest::nginx_version() =~ /^(\d+)\.(\d+)\.(\d+)/
+        ? sprintf('%d%03d%03d', $1, $2, $3) : ('?');
+    like($out, qr/\[emerg\] module "\Q$foreign\E" version \d+ instead of $want in /, "[emerg] says: version ... instead of $want")
+        or diag $out;
+    ok($t->error_log !~ /\[(alert|crit)\]/, 'nothing worse than the [emerg]');
+}
+
 # The right use passes.
 {
     my $t = NginxTest->new;
