@@ -42,15 +42,38 @@ ensure_luajit() {
     (cd "$LUAJIT_DIR/src/$LUAJIT_SRC" && make -j2 PREFIX="$LUAJIT_DIR" >"$LUAJIT_DIR/build.log" 2>&1 &&
         make install PREFIX="$LUAJIT_DIR" >>"$LUAJIT_DIR/build.log" 2>&1) || {
         tail -20 "$LUAJIT_DIR/build.log" >&2; exit 1; }
-    local lib
-    for lib in "${LUA_LIBS[@]}"; do
-        unpack "$lib" "$LUAJIT_DIR/src"
-        mkdir -p "$LUAJIT_DIR/share/lua/5.1"
-        cp -r "$LUAJIT_DIR/src/$lib/lib/." "$LUAJIT_DIR/share/lua/5.1/"
-    done
-    "$LUAJIT_DIR/bin/luajit" -e 'assert(package.searchpath("resty.core", package.path))' || {
-        echo "resty.core is not on $LUAJIT_DIR's default package.path" >&2; exit 1; }
+    install_lua_libs "$LUAJIT_DIR"
     touch "$LUAJIT_DIR/.done"
+}
+
+# lua-resty-core and lrucache into the default package.path of the LuaJIT in DIR.
+install_lua_libs() {
+    local dir=$1 lib
+    for lib in "${LUA_LIBS[@]}"; do
+        unpack "$lib" "$dir/src"
+        mkdir -p "$dir/share/lua/5.1"
+        cp -r "$dir/src/$lib/lib/." "$dir/share/lua/5.1/"
+    done
+    "$dir/bin/luajit" -e 'assert(package.searchpath("resty.core", package.path))' || {
+        echo "resty.core is not on $dir's default package.path" >&2; exit 1; }
+}
+
+# The same LuaJIT without GC64 (32-bit GC references, as OpenResty shipped on
+# x86_64 before 2.1-2023): the Lua modules load it in place of the GC64 one
+# through LD_LIBRARY_PATH (their RUNPATH yields to it); t/16-luajit-non-gc64.t.
+ensure_luajit_non_gc64() {
+    LUAJIT_NON_GC64_DIR="$MATRIX_CACHE/luajit-non-gc64-$(sources_key "$LUAJIT_SRC" "${LUA_LIBS[@]}")"
+    [ -f "$LUAJIT_NON_GC64_DIR/.done" ] && return
+    log "building $LUAJIT_SRC without GC64 into $LUAJIT_NON_GC64_DIR (once; about 1.5 min on 2 cores)"
+    rm -rf "$LUAJIT_NON_GC64_DIR" && mkdir -p "$LUAJIT_NON_GC64_DIR/src"
+    unpack "$LUAJIT_SRC" "$LUAJIT_NON_GC64_DIR/src"
+    (cd "$LUAJIT_NON_GC64_DIR/src/$LUAJIT_SRC" &&
+        make -j2 PREFIX="$LUAJIT_NON_GC64_DIR" XCFLAGS=-DLUAJIT_DISABLE_GC64 >"$LUAJIT_NON_GC64_DIR/build.log" 2>&1 &&
+        make install PREFIX="$LUAJIT_NON_GC64_DIR" >>"$LUAJIT_NON_GC64_DIR/build.log" 2>&1) || {
+        tail -20 "$LUAJIT_NON_GC64_DIR/build.log" >&2; exit 1; }
+    "$LUAJIT_NON_GC64_DIR/bin/luajit" -e 'assert(not require("ffi").abi("gc64"), "still GC64")' || exit 1
+    install_lua_libs "$LUAJIT_NON_GC64_DIR"
+    touch "$LUAJIT_NON_GC64_DIR/.done"
 }
 
 # nginx VERSION configured, built and installed into $NGINX_DIR/prefix; its
@@ -100,6 +123,7 @@ run_matrix() {
         return 0
     fi
     mkdir -p "$MATRIX_CACHE"
+    ensure_luajit_non_gc64
     local version
     for version in "${MATRIX_VERSIONS[@]}"; do
         ensure_matrix_nginx "$version"
@@ -114,6 +138,7 @@ run_matrix() {
             TEST_NGINX_PANIC_MODULE="$MATRIX_TARGET/panic-test/debug/libngx_http_memory_status_module.so" \
             TEST_JSON_SPOOL="$ROOT/t/tmp/answers-$version" \
             TEST_NGINX_FOREIGN_MODULE="$MODULE_SO" \
+            TEST_LUAJIT_NON_GC64_LIB="$LUAJIT_NON_GC64_DIR/lib" \
             prove -I t/lib -r t/)
     done
 }

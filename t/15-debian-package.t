@@ -19,18 +19,19 @@ use JSON::PP qw(decode_json);
 use Test::More;
 use NginxTest;
 
+our $PKG = 'libnginx-mod-http-memory-status';
+our $SO = '/usr/lib/nginx/modules/ngx_http_memory_status_module.so';
+our $AVAILABLE = '/usr/share/nginx/modules-available/mod-http-memory-status.conf';
+our $LINK = '/etc/nginx/modules-enabled/50-mod-http-memory-status.conf';
+our $SITE = '/etc/nginx/conf.d/memory-status-package-test.conf';
+our $INIT = '/etc/init.d/nginx';
 my $DEB = $ENV{TEST_DEB_PACKAGE};
+my $touched;    # set once the test may have changed the machine
 plan skip_all => 'TEST_DEB_PACKAGE is not set (scripts/test builds the package and sets it)' unless $DEB;
 plan skip_all => "the package is for Debian's nginx, not $NginxTest::NGINX" if $NginxTest::NGINX ne '/usr/sbin/nginx';
 die "not root: cannot install $DEB\n" if $>;
 die "$DEB missing (an absolute path)\n" unless -f $DEB && $DEB =~ m{^/};
 
-my $PKG = 'libnginx-mod-http-memory-status';
-my $SO = '/usr/lib/nginx/modules/ngx_http_memory_status_module.so';
-my $AVAILABLE = '/usr/share/nginx/modules-available/mod-http-memory-status.conf';
-my $LINK = '/etc/nginx/modules-enabled/50-mod-http-memory-status.conf';
-my $SITE = '/etc/nginx/conf.d/memory-status-package-test.conf';
-my $INIT = '/etc/init.d/nginx';
 
 sub sh {
     my ($cmd) = @_;
@@ -46,6 +47,7 @@ sub nginx_running { sh('pgrep -f "^nginx: master process /usr/sbin/nginx"') }
 
 # Whatever happens, the machine is left as found.
 END {
+    return unless $touched;
     local $?;    # the test's own exit status stays
     sh("$INIT stop") if nginx_running();
     unlink $SITE;
@@ -53,6 +55,7 @@ END {
 }
 
 ok(!installed(), 'not installed before the test');
+$touched = 1;
 my ($ok, $out) = apt("install $DEB");
 ok($ok, 'apt-get install ./the.deb') or diag $out;
 ok(installed(), 'dpkg says installed');
