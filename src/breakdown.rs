@@ -898,6 +898,7 @@ mod tests {
                     segments: 1,
                     mapped_bytes: 1 << 20,
                     resident_bytes: Some(400_000),
+                    resident_age_ms: Some(0),
                     free_bytes: 100_000,
                     free_chunks: 3,
                     walk_truncated: false,

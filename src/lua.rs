@@ -89,6 +89,8 @@ pub struct AllocatorSample {
     pub segments: u64,
     pub mapped_bytes: u64,
     pub resident_bytes: Result<u64, String>,
+    /// How old `resident_bytes` is (0: measured for this answer).
+    pub resident_age_ms: u64,
     /// Free chunks in the segments: freed by the GC, kept by the allocator.
     pub free_bytes: u64,
     pub free_chunks: u64,
@@ -121,6 +123,8 @@ pub struct LuaAllocator {
     pub segments: u64,
     pub mapped_bytes: u64,
     pub resident_bytes: Option<u64>,
+    /// `null` with `resident_bytes`; else how old that figure is.
+    pub resident_age_ms: Option<u64>,
     pub free_bytes: u64,
     pub free_chunks: u64,
     pub walk_truncated: bool,
@@ -160,6 +164,7 @@ fn vm(
             kind: "luajit",
             segments: a.segments,
             mapped_bytes: a.mapped_bytes,
+            resident_age_ms: a.resident_bytes.is_ok().then_some(a.resident_age_ms),
             resident_bytes: a.resident_bytes.map_err(|e| note("allocator", e)).ok(),
             free_bytes: a.free_bytes,
             free_chunks: a.free_chunks,
@@ -205,6 +210,36 @@ pub fn find_version_banner(bytes: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
+/// How long a VM's measured residency may be reused (pages can also leave
+/// memory with no allocation at all: swap).
+pub const RESIDENCY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A VM's allocator residency as last measured: by `mincore` over its
+/// segments, which costs per byte of heap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResidencyMeasurement {
+    pub segments: Vec<(u64, u64)>,
+    pub gc_bytes: u64,
+    pub resident_bytes: u64,
+}
+
+/// Whether `last` still tells the VM's residency: the same segments (none
+/// mapped or released) and a heap within 1 MiB + 1% of its size then, measured
+/// less than `RESIDENCY_MAX_AGE` ago. Pages become resident when the heap grows
+/// into them; a heap that has not grown past that bound has touched at most
+/// that much more. An answer that reuses it says the figure's age.
+pub fn residency_reusable(
+    last: &ResidencyMeasurement,
+    age: std::time::Duration,
+    segments: &[(u64, u64)],
+    gc_bytes: u64,
+) -> bool {
+    let bound = (1 << 20) + last.gc_bytes / 100;
+    age < RESIDENCY_MAX_AGE
+        && last.segments == segments
+        && gc_bytes.abs_diff(last.gc_bytes) <= bound
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +252,7 @@ mod tests {
                 segments: 2,
                 mapped_bytes: 4 << 20,
                 resident_bytes: Ok(3 << 20),
+                resident_age_ms: 0,
                 free_bytes: 2 << 20,
                 free_chunks: 17,
                 walk_truncated: false,
@@ -229,6 +265,65 @@ mod tests {
             },
             census: None,
         }
+    }
+
+    #[test]
+    fn residency_is_reused_only_while_the_heap_stays() {
+        let segs = vec![(0x1000, 0x9000), (0x20000, 0x40000)];
+        let last = ResidencyMeasurement {
+            segments: segs.clone(),
+            gc_bytes: 100 << 20,
+            resident_bytes: 64 << 20,
+        };
+        let s = std::time::Duration::from_secs;
+        assert!(residency_reusable(&last, s(1), &segs, 100 << 20));
+        // Within 1 MiB + 1% (2 MiB here): churn of a busy VM.
+        assert!(residency_reusable(
+            &last,
+            s(1),
+            &segs,
+            (100 << 20) + (2 << 20)
+        ));
+        assert!(residency_reusable(
+            &last,
+            s(1),
+            &segs,
+            (100 << 20) - (2 << 20)
+        ));
+        assert!(!residency_reusable(
+            &last,
+            s(1),
+            &segs,
+            (100 << 20) + (2 << 20) + 1
+        ));
+        assert!(
+            !residency_reusable(&last, s(1), &segs, 30 << 20),
+            "a freed heap"
+        );
+        assert!(
+            !residency_reusable(&last, s(10), &segs, 100 << 20),
+            "too old"
+        );
+        assert!(
+            !residency_reusable(&last, s(1), &segs[..1], 100 << 20),
+            "a segment released"
+        );
+        let small = ResidencyMeasurement {
+            gc_bytes: 200 << 10,
+            ..last
+        };
+        assert!(residency_reusable(
+            &small,
+            s(1),
+            &segs,
+            (200 << 10) + (1 << 20)
+        ));
+        assert!(!residency_reusable(
+            &small,
+            s(1),
+            &segs,
+            (200 << 10) + (1 << 20) + (2 << 10) + 1
+        ));
     }
 
     #[test]

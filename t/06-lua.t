@@ -12,6 +12,7 @@ use lib "$FindBin::Bin/lib";
 
 use JSON::PP qw(decode_json);
 use Test::More;
+use Time::HiRes ();
 use NginxTest;
 use MemoryStatus qw(check_base_shape unexpected_errors);
 
@@ -139,6 +140,7 @@ for my $order ("%%LOAD_LUA%%\n%%LOAD_MODULE%%", "%%LOAD_MODULE%%\n%%LOAD_LUA%%")
     cmp_ok($gc1 - $j0->{lua}{http}{gc_bytes}, '>=', 64 * $MiB, 'gc_bytes rose by at least 64 MiB');
     cmp_ok($a1->{mapped_bytes} - $a0->{mapped_bytes}, '>=', 64 * $MiB, 'allocator mapped rose by at least 64 MiB');
     cmp_ok($a1->{resident_bytes}, '>=', 64 * $MiB, 'allocator resident holds the 64 MiB');
+    is($a1->{resident_age_ms}, 0, 'the grown heap is measured afresh');
     cmp_ok($a1->{free_bytes}, '<', 8 * $MiB, 'little of it is free while in use');
 
     is($t->get($port, '/free')->{content}, "ok\n", 'Lua freed 60 MiB and collected');
@@ -151,6 +153,16 @@ for my $order ("%%LOAD_LUA%%\n%%LOAD_MODULE%%", "%%LOAD_MODULE%%\n%%LOAD_LUA%%")
     cmp_ok($a2->{free_bytes}, '>', 32 * $MiB, "and says how much of it is free: $a2->{free_bytes}");
     cmp_ok($a2->{free_bytes}, '<=', $a2->{mapped_bytes}, 'free within mapped');
     is($a2->{walk_truncated}, JSON::PP::false, 'free-chunk walk complete');
+    is($a2->{resident_age_ms}, 0, 'the shrunk heap is measured afresh');
+    # No Lua runs between two plain answers: the second reuses the first's
+    # residency and says how old it is.
+    my ($p1) = $t->get_json($port, '/memory_status');
+    Time::HiRes::sleep(0.05);
+    my ($p2) = $t->get_json($port, '/memory_status');
+    my ($r1, $r2) = map { $_->{lua}{http}{allocator} } $p1, $p2;
+    is($r2->{resident_bytes}, $r1->{resident_bytes}, 'an unchanged heap: the residency reused');
+    cmp_ok($r2->{resident_age_ms}, '>=', 50, "and its age said ($r2->{resident_age_ms} ms)");
+    cmp_ok($r2->{resident_age_ms}, '<', 10_000, 'never older than 10 s');
     diag sprintf 'after free: gc %.1f MiB, allocator mapped %.1f MiB, resident %.1f MiB, free %.1f MiB in %d chunks',
         $gc2 / $MiB, $a2->{mapped_bytes} / $MiB, $a2->{resident_bytes} / $MiB, $a2->{free_bytes} / $MiB, $a2->{free_chunks};
 

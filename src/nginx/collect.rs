@@ -10,9 +10,7 @@ use ngx::ffi::{
 use super::lua::{sample_vms, CensusLimits};
 use super::pools::sample_pools;
 use super::process::{self, ProcessSamples};
-use super::residency::{
-    resident_pages_of, segments_resident_bytes, zones_resident_pages, ZoneRange,
-};
+use super::residency::{lua_resident_bytes, resident_pages_of, zones_resident_pages, ZoneRange};
 use super::zones::sample_zones;
 use crate::breakdown::{Breakdown, Depth, Inputs, VirtualSplit};
 use crate::lua::Lua;
@@ -41,13 +39,16 @@ pub struct LoopPart {
 pub struct Job {
     depth: Depth,
     zones: Vec<ZoneRange>,
-    lua_segments: [Option<Vec<(u64, u64)>>; 2],
+    /// Each VM's allocator segments and `gc_bytes`.
+    lua_heaps: [Option<LuaHeap>; 2],
 }
+
+type LuaHeap = (Vec<(u64, u64)>, u64);
 
 pub struct Measured {
     samples: ProcessSamples,
     zone_pages: Vec<(Result<u64, String>, u64)>,
-    lua_resident: [Option<Result<u64, String>>; 2],
+    lua_resident: [Option<(Result<u64, String>, u64)>; 2],
     status: std::io::Result<String>,
 }
 
@@ -67,18 +68,15 @@ pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
         max_time: LUA_OBJECTS_MAX_TIME,
     });
     let (http, stream) = sample_vms(census);
-    let segments = |vm: &Result<LuaVmSample, String>| {
-        vm.as_ref()
-            .ok()?
-            .allocator
-            .as_ref()
-            .ok()
-            .map(|a| a.segment_ranges.clone())
+    let heap = |vm: &Result<LuaVmSample, String>| {
+        let vm = vm.as_ref().ok()?;
+        let a = vm.allocator.as_ref().ok()?;
+        Some((a.segment_ranges.clone(), vm.gc_bytes))
     };
     let job = Job {
         depth,
         zones: zone_ranges,
-        lua_segments: [segments(&http), segments(&stream)],
+        lua_heaps: [heap(&http), heap(&stream)],
     };
     let part = LoopPart {
         depth,
@@ -101,15 +99,16 @@ impl Job {
             std::thread::sleep(std::time::Duration::from_secs(4));
         }
         let zone_pages = zones_resident_pages(&self.zones);
-        let lua_resident = self
-            .lua_segments
-            .each_ref()
-            .map(|s| s.as_deref().map(segments_resident_bytes));
+        let lua_resident = [0, 1].map(|vm| {
+            self.lua_heaps[vm]
+                .as_ref()
+                .map(|(segments, gc_bytes)| lua_resident_bytes(vm, segments, *gc_bytes))
+        });
         let known: Vec<(u64, u64)> = self
-            .lua_segments
+            .lua_heaps
             .iter()
             .flatten()
-            .flatten()
+            .flat_map(|(segments, _)| segments)
             .copied()
             .collect();
         let samples = process::sample(self.depth, &known);
@@ -144,9 +143,10 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         .into_iter()
         .zip(measured.lua_resident)
     {
-        if let (Ok(vm), Some(resident)) = (vm, resident) {
+        if let (Ok(vm), Some((resident, age_ms))) = (vm, resident) {
             if let Ok(a) = &mut vm.allocator {
                 a.resident_bytes = resident;
+                a.resident_age_ms = age_ms;
             }
         }
     }

@@ -459,6 +459,7 @@ unsafe fn sample_allocator(
         segments: segments.0.len() as u64,
         mapped_bytes,
         resident_bytes: resident,
+        resident_age_ms: 0,
         free_bytes,
         free_chunks,
         walk_truncated: truncated,

@@ -2,6 +2,8 @@
 
 use std::ffi::c_void;
 
+use crate::lua::{residency_reusable, ResidencyMeasurement};
+
 /// Pages of `[addr, addr + size)` resident in memory, by `mincore`. For shared
 /// memory that is pages any process has touched, not only this one.
 ///
@@ -38,7 +40,7 @@ pub fn resident_pages_of(ranges: &[(usize, usize)]) -> Vec<Result<u64, String>> 
 /// Resident bytes of a Lua VM's allocator segments. The VM may release a
 /// segment while this runs on another thread: `mincore` then fails, and so
 /// does this, saying so.
-pub fn segments_resident_bytes(segments: &[(u64, u64)]) -> Result<u64, String> {
+fn segments_resident_bytes(segments: &[(u64, u64)]) -> Result<u64, String> {
     // SAFETY: a plain integer nginx sets at start.
     let page = unsafe { ngx::ffi::ngx_pagesize };
     segments.iter().try_fold(0u64, |sum, &(start, end)| {
@@ -47,6 +49,41 @@ pub fn segments_resident_bytes(segments: &[(u64, u64)]) -> Result<u64, String> {
             .map(|pages| sum + pages * page as u64)
             .map_err(|e| format!("{e} (segment released while measuring?)"))
     })
+}
+
+/// Resident bytes of VM `vm`'s (0 http, 1 stream) allocator segments, and the
+/// figure's age in milliseconds: the last measurement while
+/// `residency_reusable` says it still holds, else `mincore` now.
+pub fn lua_resident_bytes(
+    vm: usize,
+    segments: &[(u64, u64)],
+    gc_bytes: u64,
+) -> (Result<u64, String>, u64) {
+    type Last = [Option<(ResidencyMeasurement, std::time::Instant)>; 2];
+    static LAST: std::sync::Mutex<Last> = std::sync::Mutex::new([None, None]);
+    let now = std::time::Instant::now();
+    let reuse = {
+        let last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        last[vm].as_ref().and_then(|(m, at)| {
+            let age = now.duration_since(*at);
+            residency_reusable(m, age, segments, gc_bytes)
+                .then_some((m.resident_bytes, age.as_millis() as u64))
+        })
+    };
+    if let Some((bytes, age_ms)) = reuse {
+        return (Ok(bytes), age_ms);
+    }
+    let measured = segments_resident_bytes(segments);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    last[vm] = measured.as_ref().ok().map(|&resident_bytes| {
+        let m = ResidencyMeasurement {
+            segments: segments.to_vec(),
+            gc_bytes,
+            resident_bytes,
+        };
+        (m, now)
+    });
+    (measured, 0)
 }
 
 /// A zone to measure: its mapping, and its slab signature when it could be read.
