@@ -19,6 +19,7 @@ mod pools;
 mod procfs;
 mod query;
 mod report;
+mod server;
 mod source_error;
 mod zones;
 

@@ -7,6 +7,7 @@ use crate::breakdown::{Breakdown, VirtualSplit};
 use crate::lua::Lua;
 use crate::pools::Pools;
 use crate::procfs::ProcStatus;
+use crate::server::{Server, ServerProcess};
 pub use crate::source_error::SourceError;
 use crate::zones::Zone;
 
@@ -26,6 +27,9 @@ pub struct Report {
     pub zones: Vec<Zone>,
     pub lua: Lua,
     pub pools: Pools,
+    /// Every process of this nginx, whichever worker answers.
+    pub processes: Vec<ServerProcess>,
+    pub server: Server,
     pub errors: Vec<SourceError>,
 }
 
@@ -167,6 +171,8 @@ mod tests {
             zones: Vec::new(),
             lua,
             pools: Pools::from_sample(&Default::default()),
+            processes: Vec::new(),
+            server: Default::default(),
             errors,
         }
     }

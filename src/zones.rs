@@ -141,6 +141,7 @@ pub fn zone_kind(owner: Option<&str>) -> &'static str {
         "ngx_http_uwsgi_module" => "uwsgi_cache keys_zone",
         "ngx_http_scgi_module" => "scgi_cache keys_zone",
         "ngx_http_upstream_module" | "ngx_stream_upstream_module" => "upstream zone",
+        "ngx_http_memory_status_module" => "memory_status registry",
         _ => "unknown",
     }
 }

@@ -7,6 +7,7 @@ use std::fmt::Write;
 
 use super::human_bytes;
 use crate::report::Report;
+use crate::server::ProcessRole;
 
 pub const CONTENT_TYPE: &[u8] = b"text/html; charset=utf-8";
 
@@ -289,6 +290,7 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
         );
     }
     h.push_str("</table></section>");
+    server_section(&mut h, r);
 
     if !r.errors.is_empty() {
         h.push_str("<section id=\"errors\"><h2>Not read</h2><ul>");
@@ -306,11 +308,51 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
     h
 }
 
+/// Every process of the server: the old generation marked, ages shown.
+fn server_section(h: &mut String, r: &Report) {
+    let s = &r.server;
+    let _ = write!(
+        h,
+        "<section id=\"server\"><h2>The server: {} processes, {} workers, generation {}</h2>\
+         <p>Old generation: {} workers, {} resident (each counted whole).</p>\
+         <table><tr><th>pid</th><th>role</th><th>worker</th><th>generation</th><th>age</th>\
+         <th>resident</th><th>anonymous</th><th>file</th><th>shared memory</th><th>swap</th></tr>",
+        s.processes,
+        s.workers,
+        s.generation,
+        s.old_generation_workers,
+        size(s.old_generation_resident_bytes)
+    );
+    for p in &r.processes {
+        let role = serde_json::to_value(p.role).unwrap_or_default();
+        let old = p.exiting || (p.role == ProcessRole::Worker && p.generation < s.generation);
+        let _ = write!(
+            h,
+            "<tr{}><td>{}</td><td>{}{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{} s</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            if old { " class=\"old\"" } else { "" },
+            p.pid,
+            esc(role.as_str().unwrap_or("")),
+            if p.exiting { " (shutting down)" } else { "" },
+            p.worker.map(|w| w.to_string()).unwrap_or_default(),
+            p.generation,
+            r.collected_at_ms.saturating_sub(p.started_at_ms) / 1000,
+            size_opt(p.resident_bytes),
+            size_opt(p.resident_anon_bytes),
+            size_opt(p.resident_file_bytes),
+            size_opt(p.resident_shmem_bytes),
+            size_opt(p.swap_bytes)
+        );
+    }
+    h.push_str("</table></section>");
+}
+
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
 h1 small{font-weight:normal;color:#666;font-size:60%}\
 section{margin-bottom:2em}.pair{display:flex;gap:2em;align-items:center}\
 table{border-collapse:collapse}td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}\
-.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}.na{color:#999}\
+.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}.na{color:#999}tr.old td{background:#fff3e0}\
 .swatch{display:inline-block;width:.9em;height:.9em;margin-right:.4em;vertical-align:middle}\
 .bar{display:inline-block;width:8em;height:.8em;background:#eee;vertical-align:middle}\
 .fill{height:100%;background:#4e79a7}.note{color:#666}.size{border-bottom:1px dotted #999}";

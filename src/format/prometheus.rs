@@ -7,6 +7,7 @@ use std::fmt::Write;
 
 use crate::breakdown::Owner;
 use crate::report::{NginxInfo, Report, ZoneReport};
+use crate::server::{Server, ServerProcess};
 use crate::zones::Zone;
 
 pub const CONTENT_TYPE: &[u8] = b"text/plain; version=0.0.4; charset=utf-8";
@@ -52,6 +53,20 @@ impl Metrics {
         labels: &[(&str, &str)],
         value: impl std::fmt::Display,
     ) {
+        self.add_labelled(name, kind, help, true, labels, value);
+    }
+
+    /// A sample with the answering worker's labels first (`base`), or without
+    /// them: the server's series are the same whichever worker answers.
+    fn add_labelled(
+        &mut self,
+        name: &'static str,
+        kind: Kind,
+        help: &'static str,
+        base: bool,
+        labels: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) {
         let i = match self.index.get(name) {
             Some(&i) => i,
             None => {
@@ -68,10 +83,18 @@ impl Metrics {
         let out = &mut self.families[i].lines;
         out.push_str("nginx_memory_");
         out.push_str(name);
+        if !base && labels.is_empty() {
+            let _ = writeln!(out, " {value}");
+            return;
+        }
         out.push('{');
-        out.push_str(&self.base_labels);
-        for (k, v) in labels {
-            out.push(',');
+        if base {
+            out.push_str(&self.base_labels);
+        }
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if base || i > 0 {
+                out.push(',');
+            }
             out.push_str(k);
             out.push_str("=\"");
             push_escaped(out, v);
@@ -480,8 +503,125 @@ pub fn render(r: &Report) -> String {
     }
 
     zones(&mut m, &r.zones);
+    server(&mut m, &r.processes, &r.server);
     errors(&mut m, r.errors.iter().map(|e| e.source.as_str()));
     m.render()
+}
+
+/// Every process of the server and the server's totals, labelled by the
+/// process, not by the worker that answers: one scrape of any worker gives the
+/// same series.
+fn server(m: &mut Metrics, processes: &[ServerProcess], s: &Server) {
+    for p in processes {
+        let (pid, worker, generation) = (
+            p.pid.to_string(),
+            p.worker.map(|w| w.to_string()).unwrap_or_default(),
+            p.generation.to_string(),
+        );
+        let role = serde_json::to_value(p.role)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let l: &[(&str, &str)] = &[
+            ("pid", &pid),
+            ("role", &role),
+            ("worker", &worker),
+            ("generation", &generation),
+        ];
+        let figures = [
+            (
+                "server_process_resident_bytes",
+                "Resident memory of each process of the server (VmRSS).",
+                p.resident_bytes,
+            ),
+            (
+                "server_process_resident_anon_bytes",
+                "Resident anonymous memory of each process (RssAnon).",
+                p.resident_anon_bytes,
+            ),
+            (
+                "server_process_resident_file_bytes",
+                "Resident file-backed memory of each process (RssFile).",
+                p.resident_file_bytes,
+            ),
+            (
+                "server_process_resident_shmem_bytes",
+                "Resident shared memory of each process (RssShmem).",
+                p.resident_shmem_bytes,
+            ),
+            (
+                "server_process_swap_bytes",
+                "Swapped-out memory of each process (VmSwap).",
+                p.swap_bytes,
+            ),
+            (
+                "server_process_virtual_bytes",
+                "Virtual memory size of each process (VmSize).",
+                p.virtual_bytes,
+            ),
+        ];
+        for (name, help, value) in figures {
+            if let Some(v) = value {
+                m.add_labelled(name, Kind::Gauge, help, false, l, v);
+            }
+        }
+        m.add_labelled(
+            "server_process_exiting",
+            Kind::Gauge,
+            "1 for a worker shutting down (an old generation after a reload).",
+            false,
+            l,
+            u8::from(p.exiting),
+        );
+        m.add_labelled(
+            "server_process_start_time_seconds",
+            Kind::Gauge,
+            "When the process registered, in seconds since the epoch.",
+            false,
+            l,
+            p.started_at_ms as f64 / 1000.0,
+        );
+    }
+    let totals = [
+        (
+            "server_generation",
+            "Configuration loads: 1 at start, +1 per reload.",
+            s.generation,
+        ),
+        (
+            "server_processes",
+            "Processes of the server listed.",
+            s.processes,
+        ),
+        (
+            "server_workers",
+            "Workers of the current generation.",
+            s.workers,
+        ),
+        (
+            "server_old_generation_workers",
+            "Workers of an older generation, or shutting down.",
+            s.old_generation_workers,
+        ),
+        (
+            "server_old_generation_resident_bytes",
+            "Resident memory of the old generation's workers, each counted whole.",
+            s.old_generation_resident_bytes,
+        ),
+    ];
+    for (name, help, value) in totals {
+        m.add_labelled(name, Kind::Gauge, help, false, &[], value);
+    }
+    if let Some(age) = s.oldest_exiting_age_ms {
+        m.add_labelled(
+            "server_oldest_exiting_age_seconds",
+            Kind::Gauge,
+            "How long the oldest worker still shutting down has lived.",
+            false,
+            &[],
+            age as f64 / 1000.0,
+        );
+    }
 }
 
 pub fn render_zone(r: &ZoneReport) -> String {

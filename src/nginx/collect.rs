@@ -10,6 +10,7 @@ use ngx::ffi::{
 use super::lua::{sample_vms, CensusLimits};
 use super::pools::sample_pools;
 use super::process::{self, ProcessSamples};
+use super::registry;
 use super::residency::{lua_resident_bytes, resident_pages_of, zones_resident_pages, ZoneRange};
 use super::zones::sample_zones;
 use crate::breakdown::{Breakdown, Depth, Inputs, VirtualSplit};
@@ -18,6 +19,7 @@ use crate::lua::LuaVmSample;
 use crate::pools::Pools;
 use crate::pools::PoolsSample;
 use crate::report::{self, NginxInfo, Report, Role, SourceError, ZoneReport, SCHEMA_VERSION};
+use crate::server::{self, ProcessSample, RegistryEntry};
 use crate::zones::Zone;
 use crate::zones::ZoneSample;
 
@@ -32,6 +34,8 @@ pub struct LoopPart {
     http: Result<LuaVmSample, String>,
     stream: Result<LuaVmSample, String>,
     pools: PoolsSample,
+    /// The registry's generation and master start, when this process has one.
+    registry: Option<(u64, u64)>,
 }
 
 /// What is measured from the kernel, on any thread: the walks and reads that
@@ -41,6 +45,9 @@ pub struct Job {
     zones: Vec<ZoneRange>,
     /// Each VM's allocator segments and `gc_bytes`.
     lua_heaps: [Option<LuaHeap>; 2],
+    /// The server's processes to read: the master (no entry) and every
+    /// registered process.
+    processes: Vec<(u32, Option<RegistryEntry>)>,
 }
 
 type LuaHeap = (Vec<(u64, u64)>, u64);
@@ -50,6 +57,7 @@ pub struct Measured {
     zone_pages: Vec<(Result<u64, String>, u64)>,
     lua_resident: [Option<(Result<u64, String>, u64)>; 2],
     status: std::io::Result<String>,
+    processes: Vec<ProcessSample>,
 }
 
 /// The loop's part of an answer at the asked depth (with `lua_objects_limit`,
@@ -73,10 +81,21 @@ pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
         let a = vm.allocator.as_ref().ok()?;
         Some((a.segment_ranges.clone(), vm.gc_bytes))
     };
+    let registry = registry::read();
+    let mut processes: Vec<(u32, Option<RegistryEntry>)> = Vec::new();
+    // SAFETY: a plain integer nginx sets when the process starts.
+    if unsafe { ngx_process } as u32 != NGX_PROCESS_SINGLE {
+        // SAFETY: getppid has no preconditions.
+        processes.push((unsafe { libc::getppid() } as u32, None));
+    }
+    if let Some((_, _, entries)) = &registry {
+        processes.extend(entries.iter().map(|e| (e.pid, Some(e.clone()))));
+    }
     let job = Job {
         depth,
         zones: zone_ranges,
         lua_heaps: [heap(&http), heap(&stream)],
+        processes,
     };
     let part = LoopPart {
         depth,
@@ -84,6 +103,8 @@ pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
         http,
         stream,
         pools: sample_pools(),
+        registry: registry
+            .map(|(generation, master_started_at_ms, _)| (generation, master_started_at_ms)),
     };
     (part, job)
 }
@@ -112,6 +133,16 @@ impl Job {
             .copied()
             .collect();
         let samples = process::sample(self.depth, &known);
+        let processes = self
+            .processes
+            .into_iter()
+            .map(|(pid, entry)| ProcessSample {
+                pid,
+                entry,
+                title: crate::procfs::read_proc_file(&format!("/proc/{pid}/cmdline"), 512),
+                status: crate::procfs::read_proc_file(&format!("/proc/{pid}/status"), 4 << 10),
+            })
+            .collect();
         // RSS last: pages the collection itself touched (its own allocations) are
         // then in RSS as well as in the owners' ranges, never only in the latter.
         let status = crate::procfs::read_proc_file("/proc/self/status", 4 << 10);
@@ -120,6 +151,7 @@ impl Job {
             zone_pages,
             lua_resident,
             status,
+            processes,
         }
     }
 }
@@ -133,6 +165,7 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         mut http,
         mut stream,
         pools,
+        registry,
     } = part;
     for (zone, (pages, age_ms)) in zones.iter_mut().zip(measured.zone_pages) {
         zone.resident_pages = pages;
@@ -173,16 +206,33 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
     if let Some(reason) = &pools.http2_unavailable {
         errors.push(SourceError::new("pools.requests.http2", reason.clone()));
     }
+    let (generation, master_started_at_ms) = registry.unwrap_or_else(|| {
+        errors.push(SourceError::new(
+            "processes",
+            "no process registry in this process: only the master and this worker are listed",
+        ));
+        (0, 0)
+    });
+    let now = now_ms();
+    let (processes, server) = server::build(
+        measured.processes,
+        generation,
+        master_started_at_ms,
+        now,
+        &mut errors,
+    );
     Report {
         schema: SCHEMA_VERSION,
         nginx: nginx_info(),
-        collected_at_ms: now_ms(),
+        collected_at_ms: now,
         virtual_split: VirtualSplit::from_process(&process),
         process,
         breakdown,
         zones,
         lua,
         pools: Pools::from_sample(&pools),
+        processes,
+        server,
         errors,
     }
 }
@@ -214,7 +264,7 @@ fn nginx_info() -> NginxInfo {
     }
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -8,6 +8,7 @@ mod lua;
 mod offloop;
 mod pools;
 mod process;
+mod registry;
 mod request_bits;
 mod residency;
 mod zones;
@@ -101,6 +102,8 @@ pub static mut ngx_http_memory_status_module: ngx_module_t = ngx_module_t {
     // SAFETY: nginx reads the command table; nothing else touches it.
     commands: unsafe { addr_of_mut!(NGX_HTTP_MEMORY_STATUS_COMMANDS[0]) },
     type_: NGX_HTTP_MODULE as ngx_uint_t,
+    init_process: Some(registry::init_process),
+    exit_process: Some(registry::exit_process),
     ..ngx_module_t::default()
 };
 
@@ -125,6 +128,15 @@ extern "C" fn set_memory_status(
         return c"has no location configuration".as_ptr().cast_mut();
     };
     clcf.handler = Some(handler::memory_status_handler);
+    // The registry every process of the server writes itself into, so any
+    // worker can answer for all of them.
+    // The module static's address is its zones' tag.
+    let tag = addr_of_mut!(ngx_http_memory_status_module).cast::<c_void>();
+    if registry::add_zone(cf, tag).is_err() {
+        return c"could not add the module's shared memory zone"
+            .as_ptr()
+            .cast_mut();
+    }
     NGX_CONF_OK
 }
 

@@ -1,0 +1,212 @@
+//! The process registry: a small zone of the module's own where every worker,
+//! cache process (and the single process) writes who it is when it starts, so
+//! that any worker can answer for the whole server. Each process writes only its
+//! own slot; readers take a slot only when its pid reads the same before and
+//! after its fields, so nobody ever waits on anyone.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+use ngx::ffi::{
+    ngx_conf_t, ngx_cycle_t, ngx_int_t, ngx_process, ngx_shared_memory_add, ngx_shm_zone_t,
+    ngx_slab_alloc, ngx_slab_pool_t, ngx_str_t, ngx_worker, NGX_ERROR, NGX_OK, NGX_PROCESS_HELPER,
+    NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
+};
+
+use crate::server::{RegisteredKind, RegistryEntry};
+
+/// The zone's name: unlikely to meet a user's zone of the same name.
+pub const ZONE_NAME: &str = "ngx_http_memory_status_module";
+/// Slots for every process that can be alive at once: workers of every
+/// generation still shutting down, and the cache processes. Fixed, so the zone
+/// is the same across reloads (a zone of another size would be a new zone, and
+/// the old generation would vanish from the new one's view).
+const SLOTS: usize = 1024;
+/// The zone: the registry plus the slab pool's own pages.
+const ZONE_BYTES: usize = 128 << 10;
+const MAGIC: u64 = 0x6d656d5f73746174; // "mem_stat"
+
+#[repr(C)]
+struct Registry {
+    magic: u64,
+    /// Configuration loads: 1 at start, +1 per reload (the zone lives on).
+    generation: AtomicU64,
+    master_started_at_ms: AtomicU64,
+    slots: [Slot; SLOTS],
+}
+
+#[repr(C)]
+struct Slot {
+    /// 0: free; -1: being written; else the owner's pid.
+    pid: AtomicI32,
+    kind: AtomicU32,
+    /// `u32::MAX`: none.
+    worker: AtomicU32,
+    generation: AtomicU64,
+    started_at_ms: AtomicU64,
+}
+
+/// This process's view of the registry (set in the master when the zone is
+/// initialized, inherited by every process it forks).
+static REGISTRY: AtomicPtr<Registry> = AtomicPtr::new(std::ptr::null_mut());
+/// The slot this process claimed, if any.
+static MY_SLOT: AtomicI32 = AtomicI32::new(-1);
+
+/// Adds the registry zone to the configuration being read (once per cycle:
+/// nginx returns the zone already added for the same name, size and tag).
+pub fn add_zone(cf: *mut ngx_conf_t, tag: *mut c_void) -> Result<(), ()> {
+    let mut name = ngx_str_t {
+        len: ZONE_NAME.len(),
+        data: ZONE_NAME.as_ptr().cast_mut(),
+    };
+    // SAFETY: called while nginx parses the configuration; nginx copies nothing
+    // of `name` it does not keep in the cycle's pool (it points at a static).
+    let zone = unsafe { ngx_shared_memory_add(cf, &mut name, ZONE_BYTES, tag) };
+    if zone.is_null() {
+        return Err(());
+    }
+    // SAFETY: a zone nginx just returned.
+    unsafe { (*zone).init = Some(init_zone) };
+    Ok(())
+}
+
+/// nginx's zone init, in the master at every configuration load: a new zone
+/// gets a zeroed registry; a zone kept across a reload counts the new load.
+extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
+    // SAFETY: nginx passes the zone being initialized; `data` is the previous
+    // cycle's `zone->data` (our registry) when the zone is reused.
+    unsafe {
+        let registry: *mut Registry = if !data.is_null() {
+            data.cast()
+        } else {
+            let pool = (*zone).shm.addr.cast::<ngx_slab_pool_t>();
+            if (*zone).shm.exists != 0 {
+                (*pool).data.cast::<Registry>()
+            } else {
+                let r = ngx_slab_alloc(pool, std::mem::size_of::<Registry>()).cast::<Registry>();
+                if r.is_null() {
+                    return NGX_ERROR as ngx_int_t;
+                }
+                std::ptr::write_bytes(r, 0, 1);
+                (*r).magic = MAGIC;
+                (*r).master_started_at_ms
+                    .store(super::collect::now_ms(), Ordering::Relaxed);
+                (*pool).data = r.cast();
+                r
+            }
+        };
+        if (*registry).magic != MAGIC {
+            return NGX_ERROR as ngx_int_t;
+        }
+        (*registry).generation.fetch_add(1, Ordering::AcqRel);
+        (*zone).data = registry.cast();
+        REGISTRY.store(registry, Ordering::Release);
+    }
+    NGX_OK as ngx_int_t
+}
+
+fn registry() -> Option<&'static Registry> {
+    // SAFETY: the registry lives in shared memory mapped for the process's life.
+    unsafe { REGISTRY.load(Ordering::Acquire).as_ref() }
+}
+
+/// The module's `init_process`: a worker, cache process or single process takes
+/// a slot and writes who it is. Without a registry (no location uses
+/// `memory_status`) it does nothing.
+pub extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    let Some(r) = registry() else {
+        return NGX_OK as ngx_int_t;
+    };
+    // SAFETY: plain integers nginx sets before calling init_process.
+    let (process, worker) = unsafe { (ngx_process as u32, ngx_worker) };
+    let kind = match process {
+        NGX_PROCESS_WORKER => RegisteredKind::Worker,
+        NGX_PROCESS_HELPER => RegisteredKind::Helper,
+        NGX_PROCESS_SINGLE => RegisteredKind::Single,
+        _ => return NGX_OK as ngx_int_t,
+    };
+    let pid = std::process::id() as i32;
+    // A free slot, else one whose owner died without leaving (kill -9).
+    let claim = |free: &dyn Fn(i32) -> bool| {
+        r.slots.iter().position(|s| {
+            let owner = s.pid.load(Ordering::Acquire);
+            free(owner)
+                && s.pid
+                    .compare_exchange(owner, -1, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+        })
+    };
+    let Some(i) = claim(&|owner| owner == 0).or_else(|| claim(&|owner| owner > 0 && !alive(owner)))
+    else {
+        // A full registry leaves this process out of the list; the answer says so.
+        return NGX_OK as ngx_int_t;
+    };
+    let slot = &r.slots[i];
+    slot.kind.store(kind as u32, Ordering::Relaxed);
+    let number = (kind == RegisteredKind::Worker).then_some(worker as u32);
+    slot.worker
+        .store(number.unwrap_or(u32::MAX), Ordering::Relaxed);
+    slot.generation
+        .store(r.generation.load(Ordering::Acquire), Ordering::Relaxed);
+    slot.started_at_ms
+        .store(super::collect::now_ms(), Ordering::Relaxed);
+    slot.pid.store(pid, Ordering::Release);
+    MY_SLOT.store(i as i32, Ordering::Relaxed);
+    NGX_OK as ngx_int_t
+}
+
+/// The module's `exit_process`: the slot is freed as the process leaves.
+pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    let (Some(r), Ok(i)) = (registry(), usize::try_from(MY_SLOT.load(Ordering::Relaxed))) else {
+        return;
+    };
+    let _ = r.slots[i].pid.compare_exchange(
+        std::process::id() as i32,
+        0,
+        Ordering::AcqRel,
+        Ordering::Relaxed,
+    );
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe {
+        libc::kill(pid, 0) == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+}
+
+/// What the registry holds now: the generation, the master's start, and every
+/// slot whose owner is alive. `None` when this process has no registry.
+pub fn read() -> Option<(u64, u64, Vec<RegistryEntry>)> {
+    let r = registry()?;
+    let mut entries = Vec::new();
+    for slot in &r.slots {
+        let pid = slot.pid.load(Ordering::Acquire);
+        if pid <= 0 {
+            continue;
+        }
+        let kind = match slot.kind.load(Ordering::Relaxed) {
+            k if k == RegisteredKind::Worker as u32 => RegisteredKind::Worker,
+            k if k == RegisteredKind::Helper as u32 => RegisteredKind::Helper,
+            _ => RegisteredKind::Single,
+        };
+        let worker = slot.worker.load(Ordering::Relaxed);
+        let entry = RegistryEntry {
+            pid: pid as u32,
+            kind,
+            worker: (worker != u32::MAX).then_some(worker),
+            generation: slot.generation.load(Ordering::Relaxed),
+            started_at_ms: slot.started_at_ms.load(Ordering::Relaxed),
+        };
+        // Taken only if the slot kept its owner while its fields were read.
+        if slot.pid.load(Ordering::Acquire) == pid {
+            entries.push(entry);
+        }
+    }
+    Some((
+        r.generation.load(Ordering::Acquire),
+        r.master_started_at_ms.load(Ordering::Relaxed),
+        entries,
+    ))
+}

@@ -1,0 +1,197 @@
+#!/usr/bin/perl
+
+# The whole server from any worker: every answer lists the master, every
+# worker, the cache processes, with each one's memory as the kernel gives it
+# (checked against /proc/PID/status read here); a reload with a download in
+# flight leaves an old worker that is listed as such until it exits; a worker
+# killed with -9 is replaced in the list by its successor; master_process off.
+
+use warnings;
+use strict;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use IO::Socket::INET;
+use Test::More;
+use Time::HiRes qw(sleep time);
+use NginxTest qw(proc_status_bytes read_file_text);
+
+my $MiB = 1024 * 1024;
+
+sub conf {
+    my (%o) = @_;
+    my $workers = $o{workers} // 4;
+    my $main = $o{main} // '';
+    return <<"EOF";
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+$main
+worker_processes $workers;
+events { worker_connections 64; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    proxy_cache_path %%PREFIX%%/cache keys_zone=pages:1m;
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /memory_status { memory_status; }
+        location /files/ { root %%PREFIX%%; limit_rate 64k; }
+    }
+}
+EOF
+}
+
+# The nginx processes under the master, as the kernel lists them: pid => title.
+sub children {
+    my ($master) = @_;
+    my %kids;
+    for my $dir (glob '/proc/[0-9]*') {
+        my $stat = read_file_text("$dir/stat") // next;
+        my ($pid, $ppid) = $stat =~ /^(\d+) \(.*\) \S (\d+)/ or next;
+        next unless $ppid == $master;
+        my $title = read_file_text("$dir/cmdline") // next;
+        $title =~ s/[\0 ]+\z//;
+        $kids{$pid} = $title;
+    }
+    return %kids;
+}
+
+# Answers until every pid in @want has answered once (a worker answers only
+# the requests it accepts); returns them by pid.
+sub answers_from {
+    my ($t, @want) = @_;
+    my %by_pid;
+    for (1 .. 400) {
+        my ($j) = $t->get_json($t->port(1), '/memory_status');
+        $by_pid{ $j->{nginx}{pid} } //= $j;
+        last unless grep { !$by_pid{$_} } @want;
+    }
+    return %by_pid;
+}
+
+sub close_to {
+    my ($got, $want, $what) = @_;
+    my $slack = $want * 0.1 > $MiB ? $want * 0.1 : $MiB;
+    cmp_ok(abs(($got // -1e12) - $want), '<=', $slack, "$what: $got within 10% or 1 MiB of $want");
+}
+
+my $t = NginxTest->new;
+$t->write_file_expand('nginx.conf', conf());
+$t->write_file('files/big.bin', 'x' x (8 * $MiB));
+$t->run;
+my $master = $t->master_pid;
+$t->wait_for(sub { my %k = children($master); grep { /cache loader/ } values %k }, 'the cache loader');
+my %kids = children($master);
+my @workers = grep { $kids{$_} eq 'nginx: worker process' } keys %kids;
+is(scalar @workers, 4, 'four workers');
+
+# --- every worker answers for the whole server --------------------------------
+{
+    my %answers = answers_from($t, @workers);
+    is(scalar(grep { $answers{$_} } @workers), 4, 'each of the four workers answered');
+    for my $pid (sort keys %answers) {
+        my $j = $answers{$pid};
+        my %listed = map { $_->{pid} => $_ } @{ $j->{processes} };
+        %kids = children($master);
+        is_deeply([sort { $a <=> $b } keys %listed], [sort { $a <=> $b } $master, keys %kids],
+            "worker $pid: every process of the server listed, nothing else");
+        is($listed{$master}{role}, 'master', "worker $pid: the master");
+        is_deeply([sort map { $listed{$_}{worker} } @workers], [0, 1, 2, 3], "worker $pid: worker numbers 0 to 3");
+        is($listed{$pid}{worker}, $j->{nginx}{worker}, "worker $pid: its own number, as it says itself");
+        my @cache = sort map { $listed{$_}{role} } grep { $kids{$_} =~ /cache/ } keys %kids;
+        is_deeply(\@cache, [sort map { $kids{$_} =~ /manager/ ? 'cache_manager' : 'cache_loader' }
+            grep { $kids{$_} =~ /cache/ } keys %kids], "worker $pid: the cache processes, by role");
+        ok(!grep({ $_->{exiting} } values %listed), "worker $pid: nobody exiting");
+        is($j->{server}{generation}, 1, "worker $pid: generation 1");
+        is($j->{server}{workers}, 4, "worker $pid: server.workers 4");
+        is($j->{server}{old_generation_workers}, 0, "worker $pid: no old generation");
+        is($j->{server}{processes}, scalar keys %listed, "worker $pid: server.processes");
+        ok(!grep({ $_->{source} =~ /^processes/ } @{ $j->{errors} }), "worker $pid: no process errors");
+    }
+    # Each process's figures against its status, read here right after.
+    my ($j) = $t->get_json($t->port(1), '/memory_status');
+    for my $p (@{ $j->{processes} }) {
+        close_to($p->{resident_bytes}, proc_status_bytes($p->{pid}, 'VmRSS'), "$p->{role} $p->{pid}: resident_bytes");
+        is($p->{virtual_bytes}, proc_status_bytes($p->{pid}, 'VmSize'), "$p->{role} $p->{pid}: virtual_bytes");
+        cmp_ok(abs(time * 1000 - $p->{started_at_ms}), '<', 120_000, "$p->{role} $p->{pid}: started_at_ms is recent");
+    }
+}
+
+# --- a reload with a download in flight: the old worker stays, listed -----------
+{
+    my $client = IO::Socket::INET->new(PeerAddr => '127.0.0.1:' . $t->port(1), Timeout => 10) or die $!;
+    print $client "GET /files/big.bin HTTP/1.1\r\nHost: x\r\n\r\n";
+    sysread $client, my $buf, 1024;
+    # The worker that serves it: the one with a connection in the file's download.
+    kill 'HUP', $master;
+    my $old;
+    $t->wait_for(sub {
+        my %k = children($master);
+        ($old) = grep { $k{$_} =~ /shutting down/ } keys %k;
+        my $new = grep { $k{$_} eq 'nginx: worker process' } keys %k;
+        $old && $new == 4;
+    }, 'an old worker shutting down beside four new ones');
+    my ($j) = $t->get_json($t->port(1), '/memory_status');
+    my ($listed) = grep { $_->{pid} == $old } @{ $j->{processes} };
+    ok($listed, 'the old worker is listed');
+    is($listed->{exiting}, JSON::PP::true, 'exiting: true');
+    is($listed->{generation}, 1, 'of generation 1');
+    is($j->{server}{generation}, 2, 'the server is at generation 2');
+    is(scalar(grep { $_->{role} eq 'worker' && !$_->{exiting} && $_->{generation} == 2 } @{ $j->{processes} }), 4,
+        'four workers of generation 2');
+    is($j->{server}{old_generation_workers}, 1, 'server.old_generation_workers 1');
+    is($j->{server}{workers}, 4, 'server.workers 4');
+    is($j->{server}{old_generation_resident_bytes}, $listed->{resident_bytes}, 'its memory, in server.old_generation_resident_bytes');
+    cmp_ok($j->{server}{oldest_exiting_age_ms}, '>', 0, 'server.oldest_exiting_age_ms');
+    close $client;
+    $t->wait_for(sub { !kill 0, $old }, 'the old worker to exit');
+    my ($after) = $t->get_json($t->port(1), '/memory_status');
+    ok(!grep({ $_->{pid} == $old } @{ $after->{processes} }), 'once it exited it is gone');
+    is($after->{server}{old_generation_workers}, 0, 'no old generation left');
+    is($after->{server}{oldest_exiting_age_ms}, undef, 'oldest_exiting_age_ms null');
+}
+
+# --- kill -9: the successor replaces the dead worker -------------------------
+{
+    my ($victim) = sort { $a <=> $b } $t->worker_pids;
+    my ($j0) = $t->get_json($t->port(1), '/memory_status');
+    my ($was) = grep { $_->{pid} == $victim } @{ $j0->{processes} };
+    kill 'KILL', $victim;
+    $t->wait_for(sub { my @w = $t->worker_pids; @w == 4 && !grep { $_ == $victim } @w }, 'a respawned worker');
+    my ($j) = $t->get_json($t->port(1), '/memory_status');
+    ok(!grep({ $_->{pid} == $victim } @{ $j->{processes} }), 'the killed worker is gone from the list');
+    my @same = grep { $_->{role} eq 'worker' && defined $_->{worker} && $_->{worker} == $was->{worker} } @{ $j->{processes} };
+    is(scalar @same, 1, "one worker numbered $was->{worker}, its successor");
+    isnt($same[0]{pid}, $victim, 'with a new pid');
+    is($j->{server}{workers}, 4, 'still four workers');
+    $t->done_file(allow => [qr/worker process $victim exited on signal 9/]);
+}
+
+# --- master_process off: the one process ---------------------------------------
+{
+    my $s = NginxTest->new;
+    $s->write_file_expand('nginx.conf', conf(workers => 1, main => 'master_process off;'));
+    $s->run(single => 1);
+    my ($j) = $s->get_json($s->port(1), '/memory_status');
+    is(scalar @{ $j->{processes} }, 1, 'single: one process') or diag explain $j->{processes};
+    is($j->{processes}[0]{role}, 'single', 'single: role single');
+    is($j->{processes}[0]{pid}, $j->{nginx}{pid}, 'single: itself');
+    is($j->{server}{workers}, 1, 'single: server.workers 1');
+    $s->stop;
+}
+
+# --- workers as www-data: the root master is still listed --------------------
+SKIP: {
+    skip 'not root: cannot run workers as www-data', 3 unless $> == 0 && getpwnam('www-data');
+    my $w = NginxTest->new;
+    $w->write_file_expand('nginx.conf', conf(workers => 1, main => 'user www-data;'));
+    $w->run;
+    my ($j) = $w->get_json($w->port(1), '/memory_status');
+    my ($m) = grep { $_->{role} eq 'master' } @{ $j->{processes} };
+    ok($m && $m->{resident_bytes}, "www-data worker: the root master's memory read");
+    is($j->{server}{workers}, 1, 'www-data worker: server.workers 1');
+    ok(!grep({ $_->{source} =~ /^processes/ } @{ $j->{errors} }), 'www-data worker: no process errors');
+    $w->done_file;
+}
+
+done_testing;
