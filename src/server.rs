@@ -41,6 +41,8 @@ pub struct RegistryEntry {
     /// Configuration loads the server had seen when the process started.
     pub generation: u64,
     pub started_at_ms: u64,
+    /// What the process last published about its own memory (workers only).
+    pub published: Option<Published>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +80,240 @@ pub fn role_of_title(title: &str) -> Option<(ProcessRole, bool)> {
     }
 }
 
+/// What a worker publishes about itself into its registry slot, on a timer and
+/// whenever it answers: the numbers a dashboard of the whole server needs,
+/// as flat words (no pointer, no string), so any process can read them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Published {
+    pub sampled_at_ms: u64,
+    /// How old the figures were when this answer read them.
+    pub age_ms: u64,
+    /// Each owner's `bytes` and `resident_bytes`, as in that worker's breakdown.
+    pub breakdown: std::collections::BTreeMap<&'static str, OwnerFigures>,
+    pub lua: PublishedLua,
+    pub glibc: Option<GlibcFigures>,
+    pub pools: PoolFigures,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OwnerFigures {
+    pub bytes: u64,
+    pub resident_bytes: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PublishedLua {
+    pub http: Option<VmFigures>,
+    pub stream: Option<VmFigures>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct VmFigures {
+    pub gc_bytes: u64,
+    pub allocator_mapped_bytes: Option<u64>,
+    pub allocator_resident_bytes: Option<u64>,
+    pub allocator_free_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct GlibcFigures {
+    pub in_use_bytes: u64,
+    pub free_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PoolFigures {
+    pub cycle_bytes: u64,
+    pub connections: u64,
+    pub connection_bytes: u64,
+    pub requests: u64,
+    pub request_bytes: u64,
+}
+
+/// The owners a worker publishes, in slot order.
+pub const PUBLISHED_OWNERS: [&str; 8] = [
+    "glibc",
+    "shm",
+    "lua_http",
+    "lua_stream",
+    "text",
+    "stacks",
+    "other_allocators",
+    "unattributed",
+];
+/// Words of a published summary in a slot.
+pub const PUBLISHED_WORDS: usize = 1 + 2 * PUBLISHED_OWNERS.len() + 2 * 4 + 2 + 5;
+/// An absent figure, in a slot.
+const NONE: u64 = u64::MAX;
+/// An absent owner (or its resident share), in a slot: `resident_bytes` may be
+/// negative (unattributed), so its "none" is i64::MIN.
+const NONE_SIGNED: u64 = i64::MIN as u64;
+
+fn put(v: Option<u64>) -> u64 {
+    v.unwrap_or(NONE)
+}
+fn get(w: u64) -> Option<u64> {
+    (w != NONE).then_some(w)
+}
+
+impl Published {
+    /// The summary of an answer just built.
+    pub fn from_report(r: &crate::report::Report, sampled_at_ms: u64) -> Published {
+        let vm = |v: &Option<crate::lua::LuaVm>| {
+            v.as_ref().map(|v| VmFigures {
+                gc_bytes: v.gc_bytes,
+                allocator_mapped_bytes: v.allocator.as_ref().map(|a| a.mapped_bytes),
+                allocator_resident_bytes: v.allocator.as_ref().and_then(|a| a.resident_bytes),
+                allocator_free_bytes: v.allocator.as_ref().map(|a| a.free_bytes),
+            })
+        };
+        let b = &r.breakdown;
+        let mut breakdown = std::collections::BTreeMap::new();
+        for (name, owner) in b
+            .owners()
+            .into_iter()
+            .chain([("unattributed", &Some(b.unattributed.clone()))])
+        {
+            if let Some(o) = owner {
+                breakdown.insert(
+                    name,
+                    OwnerFigures {
+                        bytes: o.bytes,
+                        resident_bytes: o.resident_bytes,
+                    },
+                );
+            }
+        }
+        let detail = |key: &str| {
+            b.glibc
+                .as_ref()
+                .and_then(|g| g.details.get(key))
+                .and_then(|v| v.as_u64())
+        };
+        let p = &r.pools;
+        Published {
+            sampled_at_ms,
+            age_ms: 0,
+            breakdown,
+            lua: PublishedLua {
+                http: vm(&r.lua.http),
+                stream: vm(&r.lua.stream),
+            },
+            glibc: detail("in_use_bytes").zip(detail("free_bytes")).map(
+                |(in_use_bytes, free_bytes)| GlibcFigures {
+                    in_use_bytes,
+                    free_bytes,
+                },
+            ),
+            pools: PoolFigures {
+                cycle_bytes: p.cycle.bytes,
+                connections: p.connections.count,
+                connection_bytes: p.connections.bytes,
+                requests: p.requests.count,
+                request_bytes: p.requests.bytes,
+            },
+        }
+    }
+
+    /// As the words of a registry slot.
+    pub fn to_words(&self) -> [u64; PUBLISHED_WORDS] {
+        let mut w = Vec::with_capacity(PUBLISHED_WORDS);
+        w.push(self.sampled_at_ms);
+        for name in PUBLISHED_OWNERS {
+            match self.breakdown.get(name) {
+                Some(o) => {
+                    w.push(o.bytes);
+                    w.push(o.resident_bytes.map_or(NONE_SIGNED, |r| r as u64));
+                }
+                None => w.extend([NONE, NONE_SIGNED]),
+            }
+        }
+        for vm in [&self.lua.http, &self.lua.stream] {
+            match vm {
+                Some(v) => w.extend([
+                    v.gc_bytes,
+                    put(v.allocator_mapped_bytes),
+                    put(v.allocator_resident_bytes),
+                    put(v.allocator_free_bytes),
+                ]),
+                None => w.extend([NONE; 4]),
+            }
+        }
+        match self.glibc {
+            Some(g) => w.extend([g.in_use_bytes, g.free_bytes]),
+            None => w.extend([NONE; 2]),
+        }
+        let p = &self.pools;
+        w.extend([
+            p.cycle_bytes,
+            p.connections,
+            p.connection_bytes,
+            p.requests,
+            p.request_bytes,
+        ]);
+        w.try_into().unwrap_or([NONE; PUBLISHED_WORDS])
+    }
+
+    /// From the words of a slot; `None` when nothing was published yet.
+    pub fn from_words(w: &[u64; PUBLISHED_WORDS], now_ms: u64) -> Option<Published> {
+        let sampled_at_ms = get(w[0]).filter(|&t| t != 0)?;
+        let mut at = 1;
+        let mut next = || {
+            at += 1;
+            w[at - 1]
+        };
+        let mut breakdown = std::collections::BTreeMap::new();
+        for name in PUBLISHED_OWNERS {
+            let (bytes, resident) = (next(), next());
+            if let Some(bytes) = get(bytes) {
+                let resident_bytes = (resident != NONE_SIGNED).then_some(resident as i64);
+                breakdown.insert(
+                    name,
+                    OwnerFigures {
+                        bytes,
+                        resident_bytes,
+                    },
+                );
+            }
+        }
+        let mut vm = || {
+            let (gc, mapped, resident, free) = (next(), next(), next(), next());
+            get(gc).map(|gc_bytes| VmFigures {
+                gc_bytes,
+                allocator_mapped_bytes: get(mapped),
+                allocator_resident_bytes: get(resident),
+                allocator_free_bytes: get(free),
+            })
+        };
+        let lua = PublishedLua {
+            http: vm(),
+            stream: vm(),
+        };
+        let (in_use, free) = (next(), next());
+        let glibc = get(in_use)
+            .zip(get(free))
+            .map(|(in_use_bytes, free_bytes)| GlibcFigures {
+                in_use_bytes,
+                free_bytes,
+            });
+        let pools = PoolFigures {
+            cycle_bytes: next(),
+            connections: next(),
+            connection_bytes: next(),
+            requests: next(),
+            request_bytes: next(),
+        };
+        Some(Published {
+            sampled_at_ms,
+            age_ms: now_ms.saturating_sub(sampled_at_ms),
+            breakdown,
+            lua,
+            glibc,
+            pools,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerProcess {
     pub pid: u32,
@@ -92,6 +328,10 @@ pub struct ServerProcess {
     pub resident_file_bytes: Option<u64>,
     pub resident_shmem_bytes: Option<u64>,
     pub swap_bytes: Option<u64>,
+    /// A worker's own figures, as it last published them (the answering
+    /// worker's: this answer's). `null` for the master and cache processes,
+    /// and for a worker that has not published yet.
+    pub memory: Option<Published>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -143,6 +383,7 @@ pub fn build(
                 ProcStatus::default()
             }
         };
+        let published = s.entry.as_ref().and_then(|e| e.published.clone());
         let (role, worker, generation, started_at_ms) = match &s.entry {
             Some(e) => {
                 let role = match e.kind {
@@ -160,6 +401,12 @@ pub fn build(
         if processes.iter().any(|p| p.pid == s.pid) {
             continue;
         }
+        if published.is_none() && matches!(role, ProcessRole::Worker | ProcessRole::Single) {
+            errors.push(SourceError::new(
+                format!("processes.{}.memory", s.pid),
+                "not published yet (a worker publishes 200 ms after it starts, then every memory_status_interval)",
+            ));
+        }
         processes.push(ServerProcess {
             pid: s.pid,
             role,
@@ -173,6 +420,7 @@ pub fn build(
             resident_file_bytes: status.resident_file_bytes,
             resident_shmem_bytes: status.resident_shmem_bytes,
             swap_bytes: status.swap_bytes,
+            memory: published,
         });
     }
     processes.sort_by_key(|p| (p.role.rank(), p.generation, p.worker, p.pid));
@@ -223,10 +471,69 @@ mod tests {
                 worker: Some(n),
                 generation,
                 started_at_ms: 1_000 * generation,
+                published: None,
             }),
             title: Ok(format!("nginx: {title}\0\0\0")),
             status: status(rss_kib),
         }
+    }
+
+    #[test]
+    fn a_summary_survives_its_slot() {
+        let mut breakdown = std::collections::BTreeMap::new();
+        breakdown.insert(
+            "glibc",
+            OwnerFigures {
+                bytes: 5,
+                resident_bytes: Some(4096),
+            },
+        );
+        breakdown.insert(
+            "unattributed",
+            OwnerFigures {
+                bytes: 0,
+                resident_bytes: Some(-8192),
+            },
+        );
+        breakdown.insert(
+            "shm",
+            OwnerFigures {
+                bytes: 7,
+                resident_bytes: None,
+            },
+        );
+        let p = Published {
+            sampled_at_ms: 1_000,
+            age_ms: 0,
+            breakdown,
+            lua: PublishedLua {
+                http: Some(VmFigures {
+                    gc_bytes: 300,
+                    allocator_mapped_bytes: Some(1 << 20),
+                    allocator_resident_bytes: None,
+                    allocator_free_bytes: Some(3),
+                }),
+                stream: None,
+            },
+            glibc: Some(GlibcFigures {
+                in_use_bytes: 10,
+                free_bytes: 2,
+            }),
+            pools: PoolFigures {
+                cycle_bytes: 1,
+                connections: 2,
+                connection_bytes: 3,
+                requests: 4,
+                request_bytes: 5,
+            },
+        };
+        let back = Published::from_words(&p.to_words(), 1_500).unwrap();
+        assert_eq!(back, Published { age_ms: 500, ..p });
+        assert_eq!(
+            Published::from_words(&[0; PUBLISHED_WORDS], 1),
+            None,
+            "never published"
+        );
     }
 
     #[test]
@@ -271,6 +578,7 @@ mod tests {
                 worker: None,
                 generation: 2,
                 started_at_ms: 2_000,
+                published: None,
             }),
             title: Ok("nginx: cache manager process".into()),
             status: status(1000),
@@ -294,7 +602,12 @@ mod tests {
         ];
         let mut errors = Vec::new();
         let (processes, server) = build(samples, 2, 500, 10_000, &mut errors);
-        assert!(errors.is_empty());
+        assert_eq!(
+            errors.len(),
+            3,
+            "the workers' summaries are not published: {errors:?}"
+        );
+        assert!(errors.iter().all(|e| e.source.ends_with(".memory")));
         let order: Vec<(u32, ProcessRole)> = processes.iter().map(|p| (p.pid, p.role)).collect();
         assert_eq!(
             order,
@@ -326,6 +639,7 @@ mod tests {
                 worker: None,
                 generation: 1,
                 started_at_ms: 1,
+                published: None,
             }),
             title: Ok("nginx\0-p\0/tmp/x/\0".into()),
             status: status(100),
@@ -346,7 +660,7 @@ mod tests {
         let (processes, _) = build(vec![s], 1, 0, 0, &mut errors);
         assert_eq!(processes.len(), 1);
         assert_eq!(processes[0].resident_bytes, None);
-        assert_eq!(errors.len(), 1);
+        assert_eq!(errors.len(), 2);
         assert!(errors[0].error.starts_with("/proc/7/status: "));
     }
 }

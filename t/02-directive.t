@@ -54,6 +54,19 @@ my @cases = (
         '"memory_status" directive is duplicate', qr/memory_status;/, 2],
     ['in main', conf('', '', '            memory_status;') =~ s{^(%%LOAD_MODULE%%\n)}{$1memory_status;\n}r,
         '"memory_status" directive is not allowed here', qr/^memory_status;/],
+    ['interval 0', conf('    memory_status_interval 0;', '', '            memory_status;'),
+        'invalid value "0" in "memory_status_interval" directive, it must be a time of 1s or more',
+        qr/memory_status_interval 0;/],
+    ['interval 500ms', conf('    memory_status_interval 500ms;', '', '            memory_status;'),
+        'invalid value "500ms" in "memory_status_interval" directive, it must be a time of 1s or more',
+        qr/memory_status_interval 500ms;/],
+    ['interval not a time', conf('    memory_status_interval often;', '', '            memory_status;'),
+        'invalid value "often" in "memory_status_interval" directive, it must be a time of 1s or more',
+        qr/memory_status_interval often;/],
+    ['interval in server', conf('', '        memory_status_interval 5s;', '            memory_status;'),
+        '"memory_status_interval" directive is not allowed here', qr/memory_status_interval 5s;/],
+    ['interval twice', conf("    memory_status_interval 5s;\n    memory_status_interval 6s;", '', '            memory_status;'),
+        '"memory_status_interval" directive is duplicate', qr/memory_status_interval 6s;/],
 );
 
 for my $case (@cases) {

@@ -111,7 +111,7 @@ my %expect = (
     stream_conn_zone     => [262144,   'ngx_stream_limit_conn_module', 'limit_conn'],
     stream_upstream_zone => [131072,   'ngx_stream_upstream_module',   'upstream zone'],
     # The module's own: the registry of the server's processes.
-    ngx_http_memory_status_module => [131072, 'ngx_http_memory_status_module', 'memory_status registry'],
+    ngx_http_memory_status_module => [524288, 'ngx_http_memory_status_module', 'memory_status registry'],
 );
 
 my $j = status();

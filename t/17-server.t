@@ -23,7 +23,18 @@ sub conf {
     my (%o) = @_;
     my $workers = $o{workers} // 4;
     my $main = $o{main} // '';
+    # With Lua, worker 2 holds 64 MiB in its VM from the start.
+    my ($load_lua, $lua) = NginxTest::has_lua() ? ('%%LOAD_LUA%%', <<'LUA') : ('', '');
+    init_worker_by_lua_block {
+        if ngx.worker.id() == 2 then
+            held = {}
+            local pad = string.rep("w", 65500)
+            for i = 1, 1024 do held[i] = pad .. i end
+        end
+    }
+LUA
     return <<"EOF";
+$load_lua
 %%LOAD_MODULE%%
 %%TEST_GLOBALS%%
 $main
@@ -31,6 +42,8 @@ worker_processes $workers;
 events { worker_connections 64; }
 http {
     %%TEST_GLOBALS_HTTP%%
+    memory_status_interval 1s;
+$lua
     proxy_cache_path %%PREFIX%%/cache keys_zone=pages:1m;
     server {
         listen 127.0.0.1:%%PORT_1%%;
@@ -86,6 +99,12 @@ my @workers = grep { $kids{$_} eq 'nginx: worker process' } keys %kids;
 is(scalar @workers, 4, 'four workers');
 
 # --- every worker answers for the whole server --------------------------------
+# A worker publishes its first summary 200 ms after it starts; until then its
+# memory is null, and errors says so.
+$t->wait_for(sub {
+    my ($j) = $t->get_json($t->port(1), '/memory_status');
+    4 == grep { $_->{role} eq 'worker' && $_->{memory} } @{ $j->{processes} };
+}, 'every worker\'s first summary');
 {
     my %answers = answers_from($t, @workers);
     is(scalar(grep { $answers{$_} } @workers), 4, 'each of the four workers answered');
@@ -108,6 +127,36 @@ is(scalar @workers, 4, 'four workers');
         is($j->{server}{processes}, scalar keys %listed, "worker $pid: server.processes");
         ok(!grep({ $_->{source} =~ /^processes/ } @{ $j->{errors} }), "worker $pid: no process errors");
     }
+    # Each worker's own figures, published for the others: every answer has
+    # every worker's, fresh within the interval (1 s) and a second.
+    for my $pid (sort keys %answers) {
+        my $j = $answers{$pid};
+        for my $p (grep { $_->{role} eq 'worker' } @{ $j->{processes} }) {
+            my $m = $p->{memory};
+            ok($m, "worker $pid sees worker $p->{worker}'s memory") or next;
+            cmp_ok($m->{age_ms}, '<', 2000, "worker $pid: worker $p->{worker}'s figures $m->{age_ms} ms old");
+            ok($m->{breakdown}{glibc} && $m->{breakdown}{text}, "worker $pid: worker $p->{worker}'s owners");
+            if ($p->{pid} == $pid) {
+                is($m->{age_ms}, 0, "worker $pid: its own entry is this answer's");
+                is($m->{breakdown}{glibc}{bytes}, $j->{breakdown}{glibc}{bytes}, "worker $pid: its own glibc, as in its breakdown");
+                is($m->{pools}{connections}, $j->{pools}{connections}{count}, "worker $pid: its own connections");
+            }
+        }
+        is($_->{memory}, undef, "worker $pid: no published memory for the $_->{role}")
+            for grep { $_->{role} ne 'worker' } @{ $j->{processes} };
+        SKIP: {
+            skip 'no Lua module', 2 unless NginxTest::has_lua();
+            my %vm = map { $_->{worker} => $_->{memory}{lua}{http}{gc_bytes} // 0 } grep { $_->{role} eq 'worker' } @{ $j->{processes} };
+            cmp_ok($vm{2}, '>=', 64 * $MiB, "worker $pid sees worker 2's Lua heap of 64 MiB ($vm{2})");
+            cmp_ok((sort { $b <=> $a } @vm{0, 1, 3})[0], '<', 8 * $MiB, "worker $pid: the others' heaps are small");
+        }
+    }
+    # An idle worker stays fresh: the one that answers least still published.
+    sleep 2.5;
+    my ($idle) = $t->get_json($t->port(1), '/memory_status');
+    cmp_ok($_->{memory}{age_ms}, '<', 2000, "after 2.5 s idle: worker $_->{worker} published $_->{memory}{age_ms} ms ago")
+        for grep { $_->{role} eq 'worker' } @{ $idle->{processes} };
+
     # Each process's figures against its status, read here right after.
     my ($j) = $t->get_json($t->port(1), '/memory_status');
     for my $p (@{ $j->{processes} }) {
@@ -164,6 +213,12 @@ is(scalar @workers, 4, 'four workers');
     is(scalar @same, 1, "one worker numbered $was->{worker}, its successor");
     isnt($same[0]{pid}, $victim, 'with a new pid');
     is($j->{server}{workers}, 4, 'still four workers');
+    $t->wait_for(sub {
+        my ($k) = $t->get_json($t->port(1), '/memory_status');
+        my ($s) = grep { $_->{pid} == $same[0]{pid} } @{ $k->{processes} };
+        $s && $s->{memory};
+    }, "the successor's first summary");
+    pass('the successor publishes');
     $t->done_file(allow => [qr/worker process $victim exited on signal 9/]);
 }
 

@@ -19,7 +19,7 @@ use crate::lua::LuaVmSample;
 use crate::pools::Pools;
 use crate::pools::PoolsSample;
 use crate::report::{self, NginxInfo, Report, Role, SourceError, ZoneReport, SCHEMA_VERSION};
-use crate::server::{self, ProcessSample, RegistryEntry};
+use crate::server::{self, ProcessSample, Published, RegistryEntry};
 use crate::zones::Zone;
 use crate::zones::ZoneSample;
 
@@ -81,7 +81,7 @@ pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
         let a = vm.allocator.as_ref().ok()?;
         Some((a.segment_ranges.clone(), vm.gc_bytes))
     };
-    let registry = registry::read();
+    let registry = registry::read(now_ms());
     let mut processes: Vec<(u32, Option<RegistryEntry>)> = Vec::new();
     // SAFETY: a plain integer nginx sets when the process starts.
     if unsafe { ngx_process } as u32 != NGX_PROCESS_SINGLE {
@@ -214,14 +214,7 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         (0, 0)
     });
     let now = now_ms();
-    let (processes, server) = server::build(
-        measured.processes,
-        generation,
-        master_started_at_ms,
-        now,
-        &mut errors,
-    );
-    Report {
+    let mut report = Report {
         schema: SCHEMA_VERSION,
         nginx: nginx_info(),
         collected_at_ms: now,
@@ -231,10 +224,26 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         zones,
         lua,
         pools: Pools::from_sample(&pools),
-        processes,
-        server,
-        errors,
+        processes: Vec::new(),
+        server: Default::default(),
+        errors: Vec::new(),
+    };
+    // This worker's own summary: published for the others, and its entry in
+    // this answer's list is this answer's.
+    let mine = Published::from_report(&report, now);
+    registry::publish(&mine);
+    let mut samples = measured.processes;
+    for s in &mut samples {
+        if let Some(e) = s.entry.as_mut().filter(|e| e.pid == report.nginx.pid) {
+            e.published = Some(mine.clone());
+        }
     }
+    let (processes, server) =
+        server::build(samples, generation, master_started_at_ms, now, &mut errors);
+    report.processes = processes;
+    report.server = server;
+    report.errors = errors;
+    report
 }
 
 /// One zone alone (`?zone=NAME`, its bytes or its escaped name): that zone is

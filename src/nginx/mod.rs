@@ -8,6 +8,7 @@ mod lua;
 mod offloop;
 mod pools;
 mod process;
+mod publish;
 mod registry;
 mod request_bits;
 mod residency;
@@ -18,9 +19,10 @@ use std::ptr::{addr_of, addr_of_mut};
 
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_module_t, ngx_str_t, ngx_uint_t,
-    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_parse_time,
+    ngx_str_t, ngx_uint_t, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_ERROR, NGX_HTTP_LOC_CONF,
+    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf, Merge, MergeConfigError, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
@@ -59,7 +61,7 @@ unsafe impl HttpModuleLocationConf for MemoryStatusModule {
     type LocationConf = LocationConf;
 }
 
-static mut NGX_HTTP_MEMORY_STATUS_COMMANDS: [ngx_command_t; 3] = [
+static mut NGX_HTTP_MEMORY_STATUS_COMMANDS: [ngx_command_t; 4] = [
     ngx_command_t {
         name: ngx_string!("memory_status"),
         type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
@@ -77,11 +79,19 @@ static mut NGX_HTTP_MEMORY_STATUS_COMMANDS: [ngx_command_t; 3] = [
         offset: 0,
         post: std::ptr::null_mut(),
     },
+    ngx_command_t {
+        name: ngx_string!("memory_status_interval"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(set_memory_status_interval),
+        conf: 0,
+        offset: 0,
+        post: std::ptr::null_mut(),
+    },
     ngx_command_t::empty(),
 ];
 
 static NGX_HTTP_MEMORY_STATUS_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: None,
+    preconfiguration: Some(preconfiguration),
     postconfiguration: None,
     create_main_conf: None,
     init_main_conf: None,
@@ -137,6 +147,46 @@ extern "C" fn set_memory_status(
             .as_ptr()
             .cast_mut();
     }
+    NGX_CONF_OK
+}
+
+/// Before each `http` block is read: settings of an earlier configuration do not
+/// carry over into one that omits them.
+extern "C" fn preconfiguration(_cf: *mut ngx_conf_t) -> ngx_int_t {
+    publish::INTERVAL_MS.store(
+        publish::DEFAULT_INTERVAL_MS,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    INTERVAL_SET.store(false, std::sync::atomic::Ordering::Relaxed);
+    NGX_OK as ngx_int_t
+}
+
+static INTERVAL_SET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `memory_status_interval TIME;`: how often each worker publishes its own
+/// summary for the others' answers.
+extern "C" fn set_memory_status_interval(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    if INTERVAL_SET.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // SAFETY: `cf->args` holds the directive and its one argument (NGX_CONF_TAKE1).
+    let args: &mut [ngx_str_t] = unsafe { (*(*cf).args).as_slice_mut() };
+    // SAFETY: nginx's own time parser over the argument.
+    let ms = unsafe { ngx_parse_time(&mut args[1], 0) };
+    if ms == NGX_ERROR as ngx_int_t || (ms as u64) < publish::MIN_INTERVAL_MS {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "invalid value \"{}\" in \"memory_status_interval\" directive, it must be a time of 1s or more",
+            String::from_utf8_lossy(args[1].as_bytes())
+        );
+        return NGX_CONF_ERROR;
+    }
+    publish::INTERVAL_MS.store(ms as u64, std::sync::atomic::Ordering::Relaxed);
     NGX_CONF_OK
 }
 

@@ -74,9 +74,22 @@ static THREAD_IN: AtomicU32 = AtomicU32::new(0);
 static WAKE_EVENT: AtomicPtr<ngx_event_t> = AtomicPtr::new(ptr::null_mut());
 const WAITING_TIMER_MS: ngx_msec_t = 1000;
 
+/// What the loop does with a measuring done for no request (a worker's own
+/// summary, published on a timer).
+pub type Background = Box<dyn FnOnce(LoopPart, Measured)>;
+
+struct BackgroundJob {
+    id: u64,
+    part: LoopPart,
+    done: Background,
+    since: std::time::Instant,
+}
+
 thread_local! {
     /// Requests waiting, on the loop's thread only.
     static WAITING: RefCell<(u64, Vec<Waiting>)> = const { RefCell::new((0, Vec::new())) };
+    /// Measurings for no request, on the loop's thread only.
+    static BACKGROUND: RefCell<Vec<BackgroundJob>> = const { RefCell::new(Vec::new()) };
 }
 
 fn queue() -> MutexGuard<'static, Queue> {
@@ -140,6 +153,56 @@ pub fn submit(r: &mut ngx_http_request_t, answer: Answer) -> Result<(), Box<Answ
     // SAFETY: `r` is a live request; the C side raises its main request's count.
     unsafe { request_bits::ngx_memory_status_main_count_inc(r) };
     Ok(())
+}
+
+/// Hands a measuring for no request to the thread; `done` runs on the loop
+/// with the result. It keeps no worker alive: a worker that exits first drops
+/// it. `Err` gives it back when the thread cannot be had.
+pub fn submit_background(
+    part: LoopPart,
+    job: Job,
+    done: Background,
+) -> Result<(), Box<(LoopPart, Job, Background)>> {
+    if ensure_started().is_err() {
+        return Err(Box::new((part, job, done)));
+    }
+    let id = WAITING.with(|w| {
+        let mut w = w.borrow_mut();
+        w.0 += 1;
+        w.0
+    });
+    BACKGROUND.with(|b| {
+        b.borrow_mut().push(BackgroundJob {
+            id,
+            part,
+            done,
+            since: std::time::Instant::now(),
+        })
+    });
+    queue().jobs.push_back((id, job));
+    WORK.notify_one();
+    Ok(())
+}
+
+/// Runs a finished background job's `done`, if it is one of them.
+fn finish_background(id: u64, measured: &mut Option<Measured>) -> bool {
+    let job = BACKGROUND.with(|b| {
+        let mut b = b.borrow_mut();
+        let at = b.iter().position(|x| x.id == id)?;
+        Some(b.swap_remove(at))
+    });
+    let Some(job) = job else {
+        return false;
+    };
+    if let Some(measured) = measured.take() {
+        let BackgroundJob { part, done, .. } = job;
+        if let Err(message) = run_guarded(|| done(part, measured)) {
+            // SAFETY: the cycle's log lives as long as the cycle.
+            let log = unsafe { (*ngx_cycle).log };
+            ngx_log_error!(NGX_LOG_ALERT, log, "memory_status: panic: {message}");
+        }
+    }
+    true
 }
 
 fn log_alert(r: &ngx_http_request_t, message: &str) {
@@ -275,7 +338,10 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
         (*ev).set_ready(0);
     }
     let done = std::mem::take(&mut queue().done);
-    for (id, measured) in done {
+    for (id, mut measured) in done {
+        if finish_background(id, &mut measured) {
+            continue;
+        }
         let waiting = WAITING.with(|w| {
             let mut w = w.borrow_mut();
             let at = w.1.iter().position(|x| x.id == id)?;
@@ -318,8 +384,13 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
     keep_worker_while_waiting();
 }
 
-/// Answers 503 to every request that waited longer than `MEASURING_TIMEOUT`.
+/// Answers 503 to every request that waited longer than `MEASURING_TIMEOUT`,
+/// and forgets background jobs as late.
 fn answer_overdue() {
+    BACKGROUND.with(|b| {
+        b.borrow_mut()
+            .retain(|x| x.since.elapsed() < MEASURING_TIMEOUT)
+    });
     let overdue: Vec<Waiting> = WAITING.with(|w| {
         let mut w = w.borrow_mut();
         let (late, waiting) = std::mem::take(&mut w.1)

@@ -13,7 +13,7 @@ use ngx::ffi::{
     NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 
-use crate::server::{RegisteredKind, RegistryEntry};
+use crate::server::{Published, RegisteredKind, RegistryEntry, PUBLISHED_WORDS};
 
 /// The zone's name: unlikely to meet a user's zone of the same name.
 pub const ZONE_NAME: &str = "ngx_http_memory_status_module";
@@ -23,7 +23,7 @@ pub const ZONE_NAME: &str = "ngx_http_memory_status_module";
 /// the old generation would vanish from the new one's view).
 const SLOTS: usize = 1024;
 /// The zone: the registry plus the slab pool's own pages.
-const ZONE_BYTES: usize = 128 << 10;
+const ZONE_BYTES: usize = 512 << 10;
 const MAGIC: u64 = 0x6d656d5f73746174; // "mem_stat"
 
 #[repr(C)]
@@ -32,6 +32,9 @@ struct Registry {
     /// Configuration loads: 1 at start, +1 per reload (the zone lives on).
     generation: AtomicU64,
     master_started_at_ms: AtomicU64,
+    /// Slots ever claimed: readers look no further, so the pages of slots
+    /// never used stay untouched (not resident in any process).
+    used: AtomicU32,
     slots: [Slot; SLOTS],
 }
 
@@ -44,6 +47,10 @@ struct Slot {
     worker: AtomicU32,
     generation: AtomicU64,
     started_at_ms: AtomicU64,
+    /// Odd while the owner writes `published`: a reader that sees it odd, or
+    /// changed across its read, tries again (a few times, never waiting).
+    seq: AtomicU32,
+    published: [AtomicU64; PUBLISHED_WORDS],
 }
 
 /// This process's view of the registry (set in the master when the zone is
@@ -87,7 +94,8 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int
                 if r.is_null() {
                     return NGX_ERROR as ngx_int_t;
                 }
-                std::ptr::write_bytes(r, 0, 1);
+                // A new zone's pages are the kernel's zeroed pages: writing
+                // only the header keeps the slots' pages untouched.
                 (*r).magic = MAGIC;
                 (*r).master_started_at_ms
                     .store(super::collect::now_ms(), Ordering::Relaxed);
@@ -113,7 +121,7 @@ fn registry() -> Option<&'static Registry> {
 /// The module's `init_process`: a worker, cache process or single process takes
 /// a slot and writes who it is. Without a registry (no location uses
 /// `memory_status`) it does nothing.
-pub extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
+pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     let Some(r) = registry() else {
         return NGX_OK as ngx_int_t;
     };
@@ -141,7 +149,10 @@ pub extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
         // A full registry leaves this process out of the list; the answer says so.
         return NGX_OK as ngx_int_t;
     };
+    r.used.fetch_max(i as u32 + 1, Ordering::AcqRel);
     let slot = &r.slots[i];
+    // A reclaimed slot may hold its dead owner's summary.
+    slot.published[0].store(0, Ordering::Relaxed);
     slot.kind.store(kind as u32, Ordering::Relaxed);
     let number = (kind == RegisteredKind::Worker).then_some(worker as u32);
     slot.worker
@@ -152,6 +163,9 @@ pub extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
         .store(super::collect::now_ms(), Ordering::Relaxed);
     slot.pid.store(pid, Ordering::Release);
     MY_SLOT.store(i as i32, Ordering::Relaxed);
+    if kind != RegisteredKind::Helper {
+        super::publish::start(cycle);
+    }
     NGX_OK as ngx_int_t
 }
 
@@ -168,6 +182,45 @@ pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     );
 }
 
+/// Writes this process's summary into its slot (nothing without one).
+pub fn publish(summary: &Published) {
+    let (Some(r), Ok(i)) = (registry(), usize::try_from(MY_SLOT.load(Ordering::Relaxed))) else {
+        return;
+    };
+    let slot = &r.slots[i];
+    if slot.pid.load(Ordering::Relaxed) != std::process::id() as i32 {
+        return;
+    }
+    let words = summary.to_words();
+    slot.seq.fetch_add(1, Ordering::AcqRel);
+    std::sync::atomic::fence(Ordering::Release);
+    for (cell, w) in slot.published.iter().zip(words) {
+        cell.store(w, Ordering::Relaxed);
+    }
+    slot.seq.fetch_add(1, Ordering::Release);
+}
+
+/// A slot's summary as its owner last wrote it whole; `None` if it is being
+/// written at every one of a few tries, or was never written.
+fn published_of(slot: &Slot, now_ms: u64) -> Option<Published> {
+    for _ in 0..4 {
+        let before = slot.seq.load(Ordering::Acquire);
+        if before % 2 == 1 {
+            std::hint::spin_loop();
+            continue;
+        }
+        let mut words = [0u64; PUBLISHED_WORDS];
+        for (w, cell) in words.iter_mut().zip(&slot.published) {
+            *w = cell.load(Ordering::Relaxed);
+        }
+        std::sync::atomic::fence(Ordering::Acquire);
+        if slot.seq.load(Ordering::Relaxed) == before {
+            return Published::from_words(&words, now_ms);
+        }
+    }
+    None
+}
+
 fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe {
@@ -178,10 +231,11 @@ fn alive(pid: i32) -> bool {
 
 /// What the registry holds now: the generation, the master's start, and every
 /// slot whose owner is alive. `None` when this process has no registry.
-pub fn read() -> Option<(u64, u64, Vec<RegistryEntry>)> {
+pub fn read(now_ms: u64) -> Option<(u64, u64, Vec<RegistryEntry>)> {
     let r = registry()?;
     let mut entries = Vec::new();
-    for slot in &r.slots {
+    let used = (r.used.load(Ordering::Acquire) as usize).min(SLOTS);
+    for slot in &r.slots[..used] {
         let pid = slot.pid.load(Ordering::Acquire);
         if pid <= 0 {
             continue;
@@ -198,6 +252,7 @@ pub fn read() -> Option<(u64, u64, Vec<RegistryEntry>)> {
             worker: (worker != u32::MAX).then_some(worker),
             generation: slot.generation.load(Ordering::Relaxed),
             started_at_ms: slot.started_at_ms.load(Ordering::Relaxed),
+            published: published_of(slot, now_ms),
         };
         // Taken only if the slot kept its owner while its fields were read.
         if slot.pid.load(Ordering::Acquire) == pid {

@@ -60,12 +60,15 @@ sub check_base_shape {
 }
 
 # Errors other than notes of what is absent by design here: a Lua module not
-# loaded (Debian has no stream Lua module at all), no jemalloc or tcmalloc.
+# loaded (Debian has no stream Lua module at all), no jemalloc or tcmalloc, a
+# worker that has not published its summary yet.
 sub unexpected_errors {
     my ($j) = @_;
     return grep {
         !($_->{source} =~ /^lua\.(http|stream)$/ && $_->{error} =~ /^ngx_(http|stream)_lua_module is not loaded$/)
         && !($_->{source} eq 'breakdown.other_allocators' && $_->{error} =~ /^not present/)
+        # A worker's first summary comes 200 ms after it starts.
+        && !($_->{source} =~ /^processes\.\d+\.memory$/ && $_->{error} =~ /^not published yet/)
     } @{ $j->{errors} };
 }
 

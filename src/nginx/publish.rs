@@ -1,0 +1,59 @@
+//! A worker publishes its own summary into the registry on a timer
+//! (`memory_status_interval`, 10 s by default), measured like an answer (the
+//! kernel's part off the loop), so that an idle worker is as fresh as a busy
+//! one in any other worker's answer. The timer is cancelable: it never keeps a
+//! worker that is shutting down, and an old-generation worker publishes until
+//! it exits.
+
+use std::ptr::addr_of_mut;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ngx::ffi::{ngx_add_timer, ngx_cycle_t, ngx_event_t, ngx_msec_t};
+
+use super::collect;
+use super::offloop;
+use crate::breakdown::Depth;
+
+pub const DEFAULT_INTERVAL_MS: u64 = 10_000;
+/// The smallest interval the directive takes.
+pub const MIN_INTERVAL_MS: u64 = 1_000;
+/// The first summary comes soon after the worker starts.
+const FIRST_MS: ngx_msec_t = 200;
+
+/// `memory_status_interval`, as the configuration being loaded sets it (reset
+/// to the default before each `http` block is read; inherited by the workers).
+pub static INTERVAL_MS: AtomicU64 = AtomicU64::new(DEFAULT_INTERVAL_MS);
+
+/// The timer of this worker (loop thread only).
+static mut TIMER: std::mem::MaybeUninit<ngx_event_t> = std::mem::MaybeUninit::zeroed();
+
+/// Starts the timer (in init_process, for a worker or the single process).
+pub fn start(cycle: *mut ngx_cycle_t) {
+    // SAFETY: the loop's thread, once per process; a zeroed event is what
+    // nginx's own modules start from.
+    unsafe {
+        let ev = (*addr_of_mut!(TIMER)).as_mut_ptr();
+        std::ptr::write_bytes(ev, 0, 1);
+        (*ev).handler = Some(on_timer);
+        (*ev).log = (*cycle).log;
+        (*ev).data = ev.cast();
+        (*ev).set_cancelable(1);
+        ngx_add_timer(ev, FIRST_MS);
+    }
+}
+
+extern "C" fn on_timer(ev: *mut ngx_event_t) {
+    // SAFETY: nginx calls the handler with our event, on the loop's thread.
+    unsafe { ngx_add_timer(ev, INTERVAL_MS.load(Ordering::Relaxed) as ngx_msec_t) };
+    let _ = crate::panic_guard::run_guarded(|| {
+        let (part, job) = collect::begin(Depth::Default, None);
+        // `finish` publishes the summary; the report itself is not needed.
+        let done: offloop::Background =
+            Box::new(|part, measured| drop(collect::finish(part, measured)));
+        if let Err(back) = offloop::submit_background(part, job, done) {
+            // No thread: measured here, as an answer would be.
+            let (part, job, done) = *back;
+            done(part, job.measure());
+        }
+    });
+}
