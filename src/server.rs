@@ -61,6 +61,8 @@ pub struct ProcessSample {
     /// `/proc/PID/cmdline`, the title nginx set.
     pub title: std::io::Result<String>,
     pub status: std::io::Result<String>,
+    /// `/proc/PID/smaps_rollup`, at `detail=full` only: a page-table walk.
+    pub rollup: Option<std::io::Result<String>>,
 }
 
 /// What a title says: the role and whether a worker is shutting down. `None`
@@ -328,6 +330,11 @@ pub struct ServerProcess {
     pub resident_file_bytes: Option<u64>,
     pub resident_shmem_bytes: Option<u64>,
     pub swap_bytes: Option<u64>,
+    /// `detail=full` only: the process's proportional share of its resident
+    /// pages (a shared page counts 1/N in each of its N processes); `null`
+    /// where the kernel does not let this worker read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pss_bytes: Option<Option<u64>>,
     /// A worker's own figures, as it last published them (the answering
     /// worker's: this answer's). `null` for the master and cache processes,
     /// and for a worker that has not published yet.
@@ -338,6 +345,11 @@ pub struct ServerProcess {
 pub struct Server {
     /// Configuration loads seen: 1 at start, +1 per reload.
     pub generation: u64,
+    /// `detail=full` only: the server's resident memory with every page
+    /// counted once, the sum of every process's `pss_bytes`; `null` when one
+    /// could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resident_bytes: Option<Option<u64>>,
     pub processes: u64,
     pub workers: u64,
     pub old_generation_workers: u64,
@@ -420,12 +432,66 @@ pub fn build(
             resident_file_bytes: status.resident_file_bytes,
             resident_shmem_bytes: status.resident_shmem_bytes,
             swap_bytes: status.swap_bytes,
+            pss_bytes: s
+                .rollup
+                .as_ref()
+                .map(|rollup| pss_of(s.pid, rollup, errors)),
             memory: published,
         });
     }
     processes.sort_by_key(|p| (p.role.rank(), p.generation, p.worker, p.pid));
-    let server = totals(&processes, generation, now_ms);
+    let mut server = totals(&processes, generation, now_ms);
+    server.resident_bytes = counted_once(&processes, errors);
     (processes, server)
+}
+
+/// A process's PSS from its `smaps_rollup` (the format of one `smaps` entry).
+fn pss_of(
+    pid: u32,
+    rollup: &std::io::Result<String>,
+    errors: &mut Vec<SourceError>,
+) -> Option<u64> {
+    let pss = match rollup {
+        Ok(text) => crate::procfs::SmapsEntry::parse_all(text)
+            .0
+            .first()
+            .map(|e| e.pss_bytes)
+            .ok_or_else(|| "no Pss in it".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    pss.map_err(|e| {
+        errors.push(SourceError::new(
+            format!("processes.{pid}"),
+            format!("/proc/{pid}/smaps_rollup: {e}"),
+        ))
+    })
+    .ok()
+}
+
+/// The server's resident memory with each page once: the sum of PSS, when
+/// every process's was read (`detail=full`).
+fn counted_once(processes: &[ServerProcess], errors: &mut Vec<SourceError>) -> Option<Option<u64>> {
+    if processes.iter().all(|p| p.pss_bytes.is_none()) {
+        return None;
+    }
+    let unread: Vec<String> = processes
+        .iter()
+        .filter(|p| !matches!(p.pss_bytes, Some(Some(_))))
+        .map(|p| p.pid.to_string())
+        .collect();
+    if !unread.is_empty() {
+        errors.push(SourceError::new(
+            "server.resident_bytes",
+            format!(
+                "the PSS of {} could not be read: not summed",
+                unread.join(", ")
+            ),
+        ));
+        return Some(None);
+    }
+    Some(Some(
+        processes.iter().filter_map(|p| p.pss_bytes.flatten()).sum(),
+    ))
 }
 
 fn totals(processes: &[ServerProcess], generation: u64, now_ms: u64) -> Server {
@@ -435,6 +501,7 @@ fn totals(processes: &[ServerProcess], generation: u64, now_ms: u64) -> Server {
         .collect();
     Server {
         generation,
+        resident_bytes: None,
         processes: processes.len() as u64,
         workers: processes
             .iter()
@@ -475,6 +542,7 @@ mod tests {
             }),
             title: Ok(format!("nginx: {title}\0\0\0")),
             status: status(rss_kib),
+            rollup: None,
         }
     }
 
@@ -569,6 +637,7 @@ mod tests {
             entry: None,
             title: Ok("nginx: master process nginx\0".into()),
             status: status(4000),
+            rollup: None,
         };
         let helper = ProcessSample {
             pid: 30,
@@ -582,6 +651,7 @@ mod tests {
             }),
             title: Ok("nginx: cache manager process".into()),
             status: status(1000),
+            rollup: None,
         };
         let gone = ProcessSample {
             status: Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
@@ -630,6 +700,52 @@ mod tests {
     }
 
     #[test]
+    fn the_server_counted_once_is_the_sum_of_pss() {
+        let rollup = |pss_kib: u64| {
+            Some(Ok(format!(
+                "55d0-7ffe ---p 00000000 00:00 0 [rollup]\nRss: 9000 kB\nPss: {pss_kib} kB\nPss_Anon: 1 kB\nAnonymous: 10 kB\nSwap: 0 kB\n"
+            )))
+        };
+        let a = ProcessSample {
+            rollup: rollup(1000),
+            ..worker(1, 0, 1, "worker process", 9000)
+        };
+        let b = ProcessSample {
+            rollup: rollup(3000),
+            ..worker(2, 1, 1, "worker process", 9000)
+        };
+        let mut errors = Vec::new();
+        let (processes, server) = build(vec![a, b], 1, 0, 0, &mut errors);
+        assert_eq!(processes[0].pss_bytes, Some(Some(1000 * 1024)));
+        assert_eq!(server.resident_bytes, Some(Some(4000 * 1024)));
+        let c = ProcessSample {
+            rollup: Some(Err(std::io::Error::from(
+                std::io::ErrorKind::PermissionDenied,
+            ))),
+            ..worker(3, 0, 1, "worker process", 9000)
+        };
+        let d = ProcessSample {
+            rollup: rollup(5),
+            ..worker(4, 1, 1, "worker process", 9000)
+        };
+        let mut errors = Vec::new();
+        let (processes, server) = build(vec![c, d], 1, 0, 0, &mut errors);
+        assert_eq!(processes[0].pss_bytes, Some(None));
+        assert_eq!(server.resident_bytes, Some(None));
+        assert!(errors
+            .iter()
+            .any(|e| e.source == "server.resident_bytes" && e.error.contains("3")));
+        let (_, plain) = build(
+            vec![worker(5, 0, 1, "worker process", 1)],
+            1,
+            0,
+            0,
+            &mut Vec::new(),
+        );
+        assert_eq!(plain.resident_bytes, None, "not at the default depth");
+    }
+
+    #[test]
     fn master_process_off_sets_no_title() {
         let single = ProcessSample {
             pid: 5,
@@ -643,6 +759,7 @@ mod tests {
             }),
             title: Ok("nginx\0-p\0/tmp/x/\0".into()),
             status: status(100),
+            rollup: None,
         };
         let (processes, server) = build(vec![single], 1, 0, 0, &mut Vec::new());
         assert_eq!(processes.len(), 1);

@@ -88,8 +88,9 @@ sub close_to {
     cmp_ok(abs(($got // -1e12) - $want), '<=', $slack, "$what: $got within 10% or 1 MiB of $want");
 }
 
+# Workers as root: they may read the master's smaps_rollup (detail=full).
 my $t = NginxTest->new;
-$t->write_file_expand('nginx.conf', conf());
+$t->write_file_expand('nginx.conf', conf(main => $> == 0 ? 'user root;' : ''));
 $t->write_file('files/big.bin', 'x' x (8 * $MiB));
 $t->run;
 my $master = $t->master_pid;
@@ -166,6 +167,28 @@ $t->wait_for(sub {
     }
 }
 
+# --- detail=full: the server counted once, the sum of PSS ------------------------
+{
+    my ($j) = $t->get_json($t->port(1), '/memory_status?detail=full');
+    my %kids = children($master);
+    my $pss_here = 0;
+    my $rss_here = 0;
+    for my $pid ($master, keys %kids) {
+        my $rollup = read_file_text("/proc/$pid/smaps_rollup") // '';
+        my ($pss) = $rollup =~ /^Pss:\s+(\d+) kB$/m;
+        $pss_here += ($pss // 0) * 1024;
+        $rss_here += proc_status_bytes($pid, 'VmRSS');
+    }
+    ok(!grep({ !defined $_->{pss_bytes} } @{ $j->{processes} }), 'detail=full: every pss_bytes read (root workers)');
+    my $once = $j->{server}{resident_bytes};
+    cmp_ok(abs(($once // 0) - $pss_here), '<=', 0.02 * $pss_here,
+        "server.resident_bytes $once within 2% of the sum of Pss read here ($pss_here)");
+    ok(defined $once && $once < 0.8 * $rss_here, "counted once: well under the sum of RSS ($rss_here)");
+    my ($plain) = $t->get_json($t->port(1), '/memory_status');
+    ok(!exists $plain->{server}{resident_bytes}, 'default depth: no resident_bytes (a page-table walk per process)');
+    ok(!exists $plain->{processes}[0]{pss_bytes}, 'default depth: no pss_bytes');
+}
+
 # --- a reload with a download in flight: the old worker stays, listed -----------
 {
     my $client = IO::Socket::INET->new(PeerAddr => '127.0.0.1:' . $t->port(1), Timeout => 10) or die $!;
@@ -237,7 +260,7 @@ $t->wait_for(sub {
 
 # --- workers as www-data: the root master is still listed --------------------
 SKIP: {
-    skip 'not root: cannot run workers as www-data', 3 unless $> == 0 && getpwnam('www-data');
+    skip 'not root: cannot run workers as www-data', 7 unless $> == 0 && getpwnam('www-data');
     my $w = NginxTest->new;
     $w->write_file_expand('nginx.conf', conf(workers => 1, main => 'user www-data;'));
     $w->run;
@@ -246,6 +269,13 @@ SKIP: {
     ok($m && $m->{resident_bytes}, "www-data worker: the root master's memory read");
     is($j->{server}{workers}, 1, 'www-data worker: server.workers 1');
     ok(!grep({ $_->{source} =~ /^processes/ } @{ $j->{errors} }), 'www-data worker: no process errors');
+    my ($full) = $w->get_json($w->port(1), '/memory_status?detail=full');
+    my ($fm) = grep { $_->{role} eq 'master' } @{ $full->{processes} };
+    is($fm->{pss_bytes}, undef, "www-data worker: the root master's pss_bytes is null");
+    my ($why) = grep { $_->{source} eq "processes.$fm->{pid}" } @{ $full->{errors} };
+    like($why->{error} // '', qr{^/proc/$fm->{pid}/smaps_rollup: }, 'with its reason');
+    is($full->{server}{resident_bytes}, undef, 'server.resident_bytes null then');
+    ok((grep { $_->{source} eq 'server.resident_bytes' } @{ $full->{errors} }), 'and errors says why');
     $w->done_file;
 }
 

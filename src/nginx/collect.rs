@@ -141,6 +141,9 @@ impl Job {
                 entry,
                 title: crate::procfs::read_proc_file(&format!("/proc/{pid}/cmdline"), 512),
                 status: crate::procfs::read_proc_file(&format!("/proc/{pid}/status"), 4 << 10),
+                rollup: (self.depth == Depth::Full).then(|| {
+                    crate::procfs::read_proc_file(&format!("/proc/{pid}/smaps_rollup"), 2 << 10)
+                }),
             })
             .collect();
         // RSS last: pages the collection itself touched (its own allocations) are
