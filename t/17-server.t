@@ -167,6 +167,41 @@ $t->wait_for(sub {
     }
 }
 
+# --- Prometheus and HTML: the same server from any worker ---------------------
+{
+    my %kids = children($master);
+    my %series;
+    for (1 .. 40) {
+        my $text = $t->get($t->port(1), '/memory_status?format=prometheus')->{content};
+        my @lines = sort map { s/ \d+$//r } grep { /^nginx_memory_server_process_virtual_bytes/ } split /\n/, $text;
+        $series{ join "\n", @lines } = 1;
+        if ($_ == 1) {
+            for my $pid ($master, keys %kids) {
+                like($text, qr/^nginx_memory_server_process_resident_bytes\{pid="$pid",role="\w+",worker="\d*",generation="\d+"\} \d+$/m,
+                    "Prometheus: process $pid, labelled by itself");
+            }
+            like($text, qr/^nginx_memory_server_workers 4$/m, 'Prometheus: server_workers 4');
+            like($text, qr/^nginx_memory_server_worker_owner_resident_bytes\{pid="\d+",role="worker",worker="0",generation="1",owner="glibc"\} \d+$/m,
+                "Prometheus: a worker's published owners");
+            like($text, qr/^nginx_memory_server_worker_published_age_seconds\{pid="\d+",role="worker",worker="3",generation="1"\} [\d.]+$/m,
+                "Prometheus: a worker's summary age");
+            SKIP: {
+                skip 'promtool not installed', 1 unless -x '/usr/bin/promtool';
+                my $file = $t->prefix . '/server.prom';
+                open my $fh, '>', $file or die $!;
+                print $fh $text;
+                close $fh;
+                my $out = qx{/usr/bin/promtool check metrics < $file 2>&1};
+                is($?, 0, 'promtool accepts the server series') or diag $out;
+            }
+        }
+    }
+    is(scalar keys %series, 1, 'every scrape, whichever worker answered, gives the same process series (labels)');
+    my $html = $t->get($t->port(1), '/memory_status?format=html')->{content};
+    like($html, qr{<section id="server"><h2>The server: \d+ processes, 4 workers, generation 1</h2>}, 'HTML: the server section');
+    like($html, qr{<td>master</td>}, 'HTML: the master listed');
+}
+
 # --- detail=full: the server counted once, the sum of PSS ------------------------
 {
     my ($j) = $t->get_json($t->port(1), '/memory_status?detail=full');

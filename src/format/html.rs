@@ -314,14 +314,19 @@ fn server_section(h: &mut String, r: &Report) {
     let _ = write!(
         h,
         "<section id=\"server\"><h2>The server: {} processes, {} workers, generation {}</h2>\
-         <p>Old generation: {} workers, {} resident (each counted whole).</p>\
+         <p>Old generation: {} workers, {} resident (each counted whole).{}</p>\
          <table><tr><th>pid</th><th>role</th><th>worker</th><th>generation</th><th>age</th>\
-         <th>resident</th><th>anonymous</th><th>file</th><th>shared memory</th><th>swap</th></tr>",
+         <th>resident</th><th>anonymous</th><th>file</th><th>shared memory</th><th>swap</th>\
+         <th>Lua GC (published)</th><th>published</th></tr>",
         s.processes,
         s.workers,
         s.generation,
         s.old_generation_workers,
-        size(s.old_generation_resident_bytes)
+        size(s.old_generation_resident_bytes),
+        match s.resident_bytes {
+            Some(Some(once)) => format!(" The server, every page counted once: {}.", size(once)),
+            _ => String::new(),
+        }
     );
     for p in &r.processes {
         let role = serde_json::to_value(p.role).unwrap_or_default();
@@ -330,7 +335,8 @@ fn server_section(h: &mut String, r: &Report) {
             h,
             "<tr{}><td>{}</td><td>{}{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
              <td class=\"num\">{} s</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
             if old { " class=\"old\"" } else { "" },
             p.pid,
             esc(role.as_str().unwrap_or("")),
@@ -342,7 +348,15 @@ fn server_section(h: &mut String, r: &Report) {
             size_opt(p.resident_anon_bytes),
             size_opt(p.resident_file_bytes),
             size_opt(p.resident_shmem_bytes),
-            size_opt(p.swap_bytes)
+            size_opt(p.swap_bytes),
+            size_opt(
+                p.memory
+                    .as_ref()
+                    .and_then(|m| m.lua.http.map(|v| v.gc_bytes))
+            ),
+            p.memory
+                .as_ref()
+                .map_or("—".to_string(), |m| format!("{} ms ago", m.age_ms))
         );
     }
     h.push_str("</table></section>");

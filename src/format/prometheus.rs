@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use crate::breakdown::Owner;
 use crate::report::{NginxInfo, Report, ZoneReport};
-use crate::server::{Server, ServerProcess};
+use crate::server::{Published, Server, ServerProcess};
 use crate::zones::Zone;
 
 pub const CONTENT_TYPE: &[u8] = b"text/plain; version=0.0.4; charset=utf-8";
@@ -508,6 +508,52 @@ pub fn render(r: &Report) -> String {
     m.render()
 }
 
+/// A worker's published summary, labelled by that worker.
+fn published(m: &mut Metrics, l: &[(&str, &str)], p: &Published) {
+    for (owner, o) in &p.breakdown {
+        let ol: Vec<(&str, &str)> = l.iter().copied().chain([("owner", *owner)]).collect();
+        m.add_labelled(
+            "server_worker_owner_bytes",
+            Kind::Gauge,
+            "Each worker's owners, as it published them: the owner's own measure.",
+            false,
+            &ol,
+            o.bytes,
+        );
+        if let Some(resident) = o.resident_bytes {
+            m.add_labelled(
+                "server_worker_owner_resident_bytes",
+                Kind::Gauge,
+                "Each worker's owners, as it published them: their share of its resident memory.",
+                false,
+                &ol,
+                resident,
+            );
+        }
+    }
+    for (vm, figures) in [("http", &p.lua.http), ("stream", &p.lua.stream)] {
+        if let Some(f) = figures {
+            let vl: Vec<(&str, &str)> = l.iter().copied().chain([("vm", vm)]).collect();
+            m.add_labelled(
+                "server_worker_lua_gc_bytes",
+                Kind::Gauge,
+                "Each worker's Lua VMs, as it published them: memory the GC counts.",
+                false,
+                &vl,
+                f.gc_bytes,
+            );
+        }
+    }
+    m.add_labelled(
+        "server_worker_published_age_seconds",
+        Kind::Gauge,
+        "How old each worker's published figures were when this answer read them.",
+        false,
+        l,
+        p.age_ms as f64 / 1000.0,
+    );
+}
+
 /// Every process of the server and the server's totals, labelled by the
 /// process, not by the worker that answers: one scrape of any worker gives the
 /// same series.
@@ -565,6 +611,19 @@ fn server(m: &mut Metrics, processes: &[ServerProcess], s: &Server) {
                 m.add_labelled(name, Kind::Gauge, help, false, l, v);
             }
         }
+        if let Some(Some(pss)) = p.pss_bytes {
+            m.add_labelled(
+                "server_process_pss_bytes",
+                Kind::Gauge,
+                "Proportional share of each process's resident pages (detail=full).",
+                false,
+                l,
+                pss,
+            );
+        }
+        if let Some(memory) = &p.memory {
+            published(m, l, memory);
+        }
         m.add_labelled(
             "server_process_exiting",
             Kind::Gauge,
@@ -611,6 +670,16 @@ fn server(m: &mut Metrics, processes: &[ServerProcess], s: &Server) {
     ];
     for (name, help, value) in totals {
         m.add_labelled(name, Kind::Gauge, help, false, &[], value);
+    }
+    if let Some(Some(once)) = s.resident_bytes {
+        m.add_labelled(
+            "server_resident_bytes",
+            Kind::Gauge,
+            "The server's resident memory, every page counted once: the sum of PSS (detail=full).",
+            false,
+            &[],
+            once,
+        );
     }
     if let Some(age) = s.oldest_exiting_age_ms {
         m.add_labelled(
