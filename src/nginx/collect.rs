@@ -4,7 +4,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ngx::ffi::{
-    ngx_pid, ngx_process, ngx_worker, NGINX_VERSION, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
+    ngx_exiting, ngx_pid, ngx_process, ngx_worker, NGINX_VERSION, NGX_PROCESS_SINGLE,
+    NGX_PROCESS_WORKER,
 };
 
 use super::lua::{sample_vms, CensusLimits};
@@ -48,6 +49,8 @@ pub struct Job {
     /// The server's processes to read: the master (no entry) and every
     /// registered process.
     processes: Vec<(u32, Option<RegistryEntry>)>,
+    /// The title nginx gives this process now (it is shutting down or not).
+    own_title: &'static str,
 }
 
 type LuaHeap = (Vec<(u64, u64)>, u64);
@@ -96,6 +99,12 @@ pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
         zones: zone_ranges,
         lua_heaps: [heap(&http), heap(&stream)],
         processes,
+        // SAFETY: a plain integer nginx sets on the loop's thread, read there.
+        own_title: if unsafe { ngx_exiting } != 0 {
+            "nginx: worker process is shutting down"
+        } else {
+            "nginx: worker process"
+        },
     };
     let part = LoopPart {
         depth,
@@ -133,22 +142,43 @@ impl Job {
             .copied()
             .collect();
         let samples = process::sample(self.depth, &known);
-        let processes = self
+        let own_pid = std::process::id();
+        let mut processes: Vec<ProcessSample> = self
             .processes
             .into_iter()
-            .map(|(pid, entry)| ProcessSample {
-                pid,
-                entry,
-                title: crate::procfs::read_proc_file(&format!("/proc/{pid}/cmdline"), 512),
-                status: crate::procfs::read_proc_file(&format!("/proc/{pid}/status"), 4 << 10),
-                rollup: (self.depth == Depth::Full).then(|| {
-                    crate::procfs::read_proc_file(&format!("/proc/{pid}/smaps_rollup"), 2 << 10)
-                }),
+            .map(|(pid, entry)| {
+                let read = |file: &str, size: usize| {
+                    crate::procfs::read_proc_file(&format!("/proc/{pid}/{file}"), size)
+                };
+                // This process's own title and status are known without reading
+                // them again (its status is read last, below).
+                let own = pid == own_pid;
+                ProcessSample {
+                    pid,
+                    entry,
+                    title: if own {
+                        Ok(self.own_title.to_string())
+                    } else {
+                        read("cmdline", 512)
+                    },
+                    status: if own {
+                        Ok(String::new())
+                    } else {
+                        read("status", 4 << 10)
+                    },
+                    rollup: (self.depth == Depth::Full).then(|| read("smaps_rollup", 2 << 10)),
+                }
             })
             .collect();
         // RSS last: pages the collection itself touched (its own allocations) are
         // then in RSS as well as in the owners' ranges, never only in the latter.
         let status = crate::procfs::read_proc_file("/proc/self/status", 4 << 10);
+        if let Some(own) = processes.iter_mut().find(|p| p.pid == own_pid) {
+            own.status = match &status {
+                Ok(text) => Ok(text.clone()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+        }
         Measured {
             samples,
             zone_pages,
