@@ -31,19 +31,25 @@ unpack() {   # unpack NAME into DIR
     tar xzf "$VENDOR_DIR/$1.tar.gz" -C "$2"
 }
 
-# LuaJIT (GC64, as OpenResty ships it) with lua-resty-core and lrucache in its
-# default package.path, as OpenResty bundles them: no lua_package_path needed.
-ensure_luajit() {
-    LUAJIT_DIR="$MATRIX_CACHE/luajit-$(sources_key "$LUAJIT_SRC" "${LUA_LIBS[@]}")"
-    [ -f "$LUAJIT_DIR/.done" ] && return
-    log "building $LUAJIT_SRC into $LUAJIT_DIR (once; about 1.5 min on 2 cores)"
-    rm -rf "$LUAJIT_DIR" && mkdir -p "$LUAJIT_DIR/src"
-    unpack "$LUAJIT_SRC" "$LUAJIT_DIR/src"
-    (cd "$LUAJIT_DIR/src/$LUAJIT_SRC" && make -j2 PREFIX="$LUAJIT_DIR" >"$LUAJIT_DIR/build.log" 2>&1 &&
-        make install PREFIX="$LUAJIT_DIR" >>"$LUAJIT_DIR/build.log" 2>&1) || {
-        tail -20 "$LUAJIT_DIR/build.log" >&2; exit 1; }
-    install_lua_libs "$LUAJIT_DIR"
-    touch "$LUAJIT_DIR/.done"
+# LuaJIT into DIR, once, with GC64 (as OpenResty ships it) or without
+# (ABI gc64 or non-gc64), and lua-resty-core and lrucache in its default
+# package.path, as OpenResty bundles them: no lua_package_path needed.
+build_luajit() {
+    local dir=$1 abi=$2 xcflags= check='require("ffi").abi("gc64")'
+    [ -f "$dir/.done" ] && return
+    if [ "$abi" = non-gc64 ]; then
+        xcflags=-DLUAJIT_DISABLE_GC64
+        check="not $check"
+    fi
+    log "building $LUAJIT_SRC ($abi) into $dir (once; about 1 min on 2 cores)"
+    rm -rf "$dir" && mkdir -p "$dir/src"
+    unpack "$LUAJIT_SRC" "$dir/src"
+    (cd "$dir/src/$LUAJIT_SRC" && make -j2 PREFIX="$dir" XCFLAGS="$xcflags" >"$dir/build.log" 2>&1 &&
+        make install PREFIX="$dir" >>"$dir/build.log" 2>&1) || {
+        tail -20 "$dir/build.log" >&2; exit 1; }
+    "$dir/bin/luajit" -e "assert($check, 'not $abi')" || exit 1
+    install_lua_libs "$dir"
+    touch "$dir/.done"
 }
 
 # lua-resty-core and lrucache into the default package.path of the LuaJIT in DIR.
@@ -58,22 +64,18 @@ install_lua_libs() {
         echo "resty.core is not on $dir's default package.path" >&2; exit 1; }
 }
 
+# The LuaJIT the matrix's nginx builds link.
+ensure_luajit() {
+    LUAJIT_DIR="$MATRIX_CACHE/luajit-$(sources_key "$LUAJIT_SRC" "${LUA_LIBS[@]}")"
+    build_luajit "$LUAJIT_DIR" gc64
+}
+
 # The same LuaJIT without GC64 (32-bit GC references, as OpenResty shipped on
 # x86_64 before 2.1-2023): the Lua modules load it in place of the GC64 one
 # through LD_LIBRARY_PATH (their RUNPATH yields to it); t/16-luajit-non-gc64.t.
 ensure_luajit_non_gc64() {
     LUAJIT_NON_GC64_DIR="$MATRIX_CACHE/luajit-non-gc64-$(sources_key "$LUAJIT_SRC" "${LUA_LIBS[@]}")"
-    [ -f "$LUAJIT_NON_GC64_DIR/.done" ] && return
-    log "building $LUAJIT_SRC without GC64 into $LUAJIT_NON_GC64_DIR (once; about 1.5 min on 2 cores)"
-    rm -rf "$LUAJIT_NON_GC64_DIR" && mkdir -p "$LUAJIT_NON_GC64_DIR/src"
-    unpack "$LUAJIT_SRC" "$LUAJIT_NON_GC64_DIR/src"
-    (cd "$LUAJIT_NON_GC64_DIR/src/$LUAJIT_SRC" &&
-        make -j2 PREFIX="$LUAJIT_NON_GC64_DIR" XCFLAGS=-DLUAJIT_DISABLE_GC64 >"$LUAJIT_NON_GC64_DIR/build.log" 2>&1 &&
-        make install PREFIX="$LUAJIT_NON_GC64_DIR" >>"$LUAJIT_NON_GC64_DIR/build.log" 2>&1) || {
-        tail -20 "$LUAJIT_NON_GC64_DIR/build.log" >&2; exit 1; }
-    "$LUAJIT_NON_GC64_DIR/bin/luajit" -e 'assert(not require("ffi").abi("gc64"), "still GC64")' || exit 1
-    install_lua_libs "$LUAJIT_NON_GC64_DIR"
-    touch "$LUAJIT_NON_GC64_DIR/.done"
+    build_luajit "$LUAJIT_NON_GC64_DIR" non-gc64
 }
 
 # nginx VERSION configured, built and installed into $NGINX_DIR/prefix; its
