@@ -324,12 +324,9 @@ pub struct ServerProcess {
     pub generation: u64,
     pub exiting: bool,
     pub started_at_ms: u64,
-    pub virtual_bytes: Option<u64>,
-    pub resident_bytes: Option<u64>,
-    pub resident_anon_bytes: Option<u64>,
-    pub resident_file_bytes: Option<u64>,
-    pub resident_shmem_bytes: Option<u64>,
-    pub swap_bytes: Option<u64>,
+    /// Its `/proc/PID/status` counters, as `process` has them for this worker.
+    #[serde(flatten)]
+    pub status: ProcStatus,
     /// `detail=full` only: the process's proportional share of its resident
     /// pages (a shared page counts 1/N in each of its N processes); `null`
     /// where the kernel does not let this worker read it.
@@ -426,12 +423,7 @@ pub fn build(
             generation,
             exiting,
             started_at_ms,
-            virtual_bytes: status.virtual_bytes,
-            resident_bytes: status.resident_bytes,
-            resident_anon_bytes: status.resident_anon_bytes,
-            resident_file_bytes: status.resident_file_bytes,
-            resident_shmem_bytes: status.resident_shmem_bytes,
-            swap_bytes: status.swap_bytes,
+            status,
             pss_bytes: s
                 .rollup
                 .as_ref()
@@ -509,7 +501,7 @@ fn totals(processes: &[ServerProcess], generation: u64, now_ms: u64) -> Server {
             .count() as u64
             - old.len() as u64,
         old_generation_workers: old.len() as u64,
-        old_generation_resident_bytes: old.iter().filter_map(|p| p.resident_bytes).sum(),
+        old_generation_resident_bytes: old.iter().filter_map(|p| p.status.resident_bytes).sum(),
         oldest_exiting_age_ms: old
             .iter()
             .filter(|p| p.exiting)
@@ -691,7 +683,7 @@ mod tests {
         );
         assert_eq!(processes[0].started_at_ms, 500);
         assert_eq!(processes[0].generation, 2);
-        assert_eq!(processes[2].resident_bytes, Some(8000 * 1024));
+        assert_eq!(processes[2].status.resident_bytes, Some(8000 * 1024));
         assert_eq!(server.processes, 5);
         assert_eq!(server.workers, 2);
         assert_eq!(server.old_generation_workers, 1);
@@ -776,7 +768,7 @@ mod tests {
         let mut errors = Vec::new();
         let (processes, _) = build(vec![s], 1, 0, 0, &mut errors);
         assert_eq!(processes.len(), 1);
-        assert_eq!(processes[0].resident_bytes, None);
+        assert_eq!(processes[0].status.resident_bytes, None);
         assert_eq!(errors.len(), 2);
         assert!(errors[0].error.starts_with("/proc/7/status: "));
     }

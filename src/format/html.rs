@@ -344,11 +344,11 @@ fn server_section(h: &mut String, r: &Report) {
             p.worker.map(|w| w.to_string()).unwrap_or_default(),
             p.generation,
             r.collected_at_ms.saturating_sub(p.started_at_ms) / 1000,
-            size_opt(p.resident_bytes),
-            size_opt(p.resident_anon_bytes),
-            size_opt(p.resident_file_bytes),
-            size_opt(p.resident_shmem_bytes),
-            size_opt(p.swap_bytes),
+            size_opt(p.status.resident_bytes),
+            size_opt(p.status.resident_anon_bytes),
+            size_opt(p.status.resident_file_bytes),
+            size_opt(p.status.resident_shmem_bytes),
+            size_opt(p.status.swap_bytes),
             size_opt(
                 p.memory
                     .as_ref()

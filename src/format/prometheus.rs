@@ -578,32 +578,32 @@ fn server(m: &mut Metrics, processes: &[ServerProcess], s: &Server) {
             (
                 "server_process_resident_bytes",
                 "Resident memory of each process of the server (VmRSS).",
-                p.resident_bytes,
+                p.status.resident_bytes,
             ),
             (
                 "server_process_resident_anon_bytes",
                 "Resident anonymous memory of each process (RssAnon).",
-                p.resident_anon_bytes,
+                p.status.resident_anon_bytes,
             ),
             (
                 "server_process_resident_file_bytes",
                 "Resident file-backed memory of each process (RssFile).",
-                p.resident_file_bytes,
+                p.status.resident_file_bytes,
             ),
             (
                 "server_process_resident_shmem_bytes",
                 "Resident shared memory of each process (RssShmem).",
-                p.resident_shmem_bytes,
+                p.status.resident_shmem_bytes,
             ),
             (
                 "server_process_swap_bytes",
                 "Swapped-out memory of each process (VmSwap).",
-                p.swap_bytes,
+                p.status.swap_bytes,
             ),
             (
                 "server_process_virtual_bytes",
                 "Virtual memory size of each process (VmSize).",
-                p.virtual_bytes,
+                p.status.virtual_bytes,
             ),
         ];
         for (name, help, value) in figures {
