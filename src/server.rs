@@ -171,20 +171,18 @@ impl Published {
         };
         let b = &r.breakdown;
         let mut breakdown = std::collections::BTreeMap::new();
-        for (name, owner) in b
+        let owners = b
             .owners()
             .into_iter()
-            .chain([("unattributed", &Some(b.unattributed.clone()))])
-        {
-            if let Some(o) = owner {
-                breakdown.insert(
-                    name,
-                    OwnerFigures {
-                        bytes: o.bytes,
-                        resident_bytes: o.resident_bytes,
-                    },
-                );
-            }
+            .filter_map(|(name, o)| Some((name, o.as_ref()?)));
+        for (name, o) in owners.chain([("unattributed", &b.unattributed)]) {
+            breakdown.insert(
+                name,
+                OwnerFigures {
+                    bytes: o.bytes,
+                    resident_bytes: o.resident_bytes,
+                },
+            );
         }
         let detail = |key: &str| {
             b.glibc

@@ -119,6 +119,13 @@ pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
 }
 
 impl Job {
+    /// The job of a worker's own summary: the other processes are not read
+    /// (nothing of them is published).
+    pub fn own_only(mut self) -> Job {
+        self.processes.clear();
+        self
+    }
+
     pub fn measure(self) -> Measured {
         #[cfg(feature = "test-panic")]
         if super::handler::TEST_PANIC_MEASURING.swap(false, std::sync::atomic::Ordering::Relaxed) {

@@ -194,13 +194,17 @@ fn finish_background(id: u64, measured: &mut Option<Measured>) -> bool {
     let Some(job) = job else {
         return false;
     };
-    if let Some(measured) = measured.take() {
-        let BackgroundJob { part, done, .. } = job;
-        if let Err(message) = run_guarded(|| done(part, measured)) {
-            // SAFETY: the cycle's log lives as long as the cycle.
-            let log = unsafe { (*ngx_cycle).log };
-            ngx_log_error!(NGX_LOG_ALERT, log, "memory_status: panic: {message}");
+    let failed = match measured.take() {
+        Some(measured) => {
+            let BackgroundJob { part, done, .. } = job;
+            run_guarded(|| done(part, measured)).err()
         }
+        None => Some("while measuring".to_string()),
+    };
+    if let Some(message) = failed {
+        // SAFETY: the cycle's log lives as long as the cycle.
+        let log = unsafe { (*ngx_cycle).log };
+        ngx_log_error!(NGX_LOG_ALERT, log, "memory_status: panic: {message}");
     }
     true
 }
