@@ -178,6 +178,10 @@ pub struct Breakdown {
     pub stacks: Option<Owner>,
     pub other_allocators: Option<Owner>,
     pub unattributed: Owner,
+    /// Where `/proc/self/smaps` was read: the process's PSS split by the owner
+    /// each mapping belongs to (whole mappings; they add up to the PSS).
+    #[serde(skip)]
+    pub pss_by_owner: Option<BTreeMap<&'static str, u64>>,
 }
 
 /// One slice of the pie.
@@ -244,6 +248,21 @@ enum OwnerId {
     Text,
     Stacks,
     Unattributed,
+}
+
+impl OwnerId {
+    /// The owner's name in the answer.
+    fn name(self) -> &'static str {
+        match self {
+            OwnerId::Glibc => "glibc",
+            OwnerId::Shm => "shm",
+            OwnerId::LuaHttp => "lua_http",
+            OwnerId::LuaStream => "lua_stream",
+            OwnerId::Text => "text",
+            OwnerId::Stacks => "stacks",
+            OwnerId::Unattributed => "unattributed",
+        }
+    }
 }
 
 fn details<const N: usize>(
@@ -462,6 +481,17 @@ impl<'a> Context<'a> {
         )
     }
 
+    /// Every mapping's PSS under the owner the classifier gives it.
+    fn pss_by_owner(&self) -> Option<BTreeMap<&'static str, u64>> {
+        let mut split = BTreeMap::new();
+        for e in self.smaps? {
+            *split
+                .entry(self.classifier.classify(&e.mapping).name())
+                .or_insert(0) += e.pss_bytes;
+        }
+        Some(split)
+    }
+
     /// Adds detail's mapping list and PSS to an owner.
     fn with_mappings(&self, mut o: Owner, id: OwnerId) -> Owner {
         if let Some(entries) = self.grouped(id) {
@@ -545,6 +575,7 @@ impl Breakdown {
             stacks: stacks_owner(&cx, &inputs.stacks, errors),
             other_allocators: other_allocators_owner(inputs.other_allocators, errors),
             unattributed: owner(0, "resident", None),
+            pss_by_owner: cx.pss_by_owner(),
         };
         // What no owner's own ranges account for: RSS less their shares.
         let attributed: i64 = breakdown
@@ -988,6 +1019,26 @@ mod tests {
             let b = build(depth, &[], &mut Vec::new());
             assert_eq!(total(&b), 10 << 20, "{depth:?}");
         }
+    }
+
+    #[test]
+    fn the_pss_split_covers_every_mapping_once() {
+        let b = build(Depth::Full, &[], &mut Vec::new());
+        let split = b.pss_by_owner.as_ref().unwrap();
+        let pss: u64 = SmapsEntry::parse_all(SMAPS)
+            .0
+            .iter()
+            .map(|e| e.pss_bytes)
+            .sum();
+        assert_eq!(split.values().sum::<u64>(), pss);
+        assert_eq!(
+            split.get("text"),
+            b.text.as_ref().unwrap().pss_bytes.as_ref()
+        );
+        assert_eq!(split.get("shm"), b.shm.as_ref().unwrap().pss_bytes.as_ref());
+        assert!(build(Depth::Default, &[], &mut Vec::new())
+            .pss_by_owner
+            .is_none());
     }
 
     #[test]

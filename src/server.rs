@@ -19,6 +19,17 @@ pub enum ProcessRole {
 }
 
 impl ProcessRole {
+    /// As the answer names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProcessRole::Master => "master",
+            ProcessRole::Worker => "worker",
+            ProcessRole::CacheManager => "cache_manager",
+            ProcessRole::CacheLoader => "cache_loader",
+            ProcessRole::Single => "single",
+        }
+    }
+
     /// The order of the processes list: the master, workers, cache processes.
     fn rank(self) -> u8 {
         match self {
@@ -95,6 +106,24 @@ pub struct Published {
     pub lua: PublishedLua,
     pub glibc: Option<GlibcFigures>,
     pub pools: PoolFigures,
+    /// The worker's PSS, from a page-table walk it makes off its event loop
+    /// on its timer (and at `detail=full`): kept until the next walk.
+    pub pss: Option<PublishedPss>,
+}
+
+/// A worker's proportional share of its resident pages (a page shared by N
+/// processes counts 1/N in each), split by owner, and the PSS of the processes
+/// that publish nothing themselves (the master, the cache processes) as this
+/// worker read them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PublishedPss {
+    pub sampled_at_ms: u64,
+    pub age_ms: u64,
+    pub bytes: u64,
+    /// Each mapping's PSS under its owner (`PSS_OWNERS`); they add up to `bytes`.
+    pub owners: std::collections::BTreeMap<&'static str, u64>,
+    #[serde(skip)]
+    pub others: Vec<(u32, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -143,8 +172,25 @@ pub const PUBLISHED_OWNERS: [&str; 8] = [
     "other_allocators",
     "unattributed",
 ];
+/// The owners a worker's PSS is split by (whole mappings: a mapping of another
+/// allocator's is in `unattributed`).
+pub const PSS_OWNERS: [&str; 7] = [
+    "glibc",
+    "shm",
+    "lua_http",
+    "lua_stream",
+    "text",
+    "stacks",
+    "unattributed",
+];
+/// Processes that publish nothing, whose PSS a worker publishes for them: the
+/// master, the cache manager and the cache loader.
+pub const PSS_OTHERS: usize = 3;
+/// Where the PSS words start in a slot: a summary without a page-table walk
+/// leaves them as the last walk wrote them.
+pub const PSS_AT: usize = 1 + 2 * PUBLISHED_OWNERS.len() + 2 * 4 + 2 + 5;
 /// Words of a published summary in a slot.
-pub const PUBLISHED_WORDS: usize = 1 + 2 * PUBLISHED_OWNERS.len() + 2 * 4 + 2 + 5;
+pub const PUBLISHED_WORDS: usize = PSS_AT + 2 + PSS_OWNERS.len() + 2 * PSS_OTHERS;
 /// An absent figure, in a slot.
 const NONE: u64 = u64::MAX;
 /// An absent owner (or its resident share), in a slot: `resident_bytes` may be
@@ -212,6 +258,13 @@ impl Published {
                 requests: p.requests.count,
                 request_bytes: p.requests.bytes,
             },
+            pss: b.pss_by_owner.as_ref().map(|owners| PublishedPss {
+                sampled_at_ms,
+                age_ms: 0,
+                bytes: owners.values().sum(),
+                owners: owners.clone(),
+                others: Vec::new(),
+            }),
         }
     }
 
@@ -251,6 +304,17 @@ impl Published {
             p.requests,
             p.request_bytes,
         ]);
+        match &self.pss {
+            Some(pss) => {
+                w.extend([pss.sampled_at_ms, pss.bytes]);
+                w.extend(PSS_OWNERS.map(|name| put(pss.owners.get(name).copied())));
+                for i in 0..PSS_OTHERS {
+                    let (pid, bytes) = pss.others.get(i).copied().unwrap_or((0, 0));
+                    w.extend([pid as u64, bytes]);
+                }
+            }
+            None => w.resize(PUBLISHED_WORDS, NONE),
+        }
         w.try_into().unwrap_or([NONE; PUBLISHED_WORDS])
     }
 
@@ -303,6 +367,7 @@ impl Published {
             requests: next(),
             request_bytes: next(),
         };
+        let pss = pss_from_words(&w[PSS_AT..], now_ms);
         Some(Published {
             sampled_at_ms,
             age_ms: now_ms.saturating_sub(sampled_at_ms),
@@ -310,8 +375,32 @@ impl Published {
             lua,
             glibc,
             pools,
+            pss,
         })
     }
+}
+
+/// The PSS words of a slot; `None` before the worker's first walk (a slot's
+/// words start as zero; a summary without a walk writes none).
+fn pss_from_words(w: &[u64], now_ms: u64) -> Option<PublishedPss> {
+    let sampled_at_ms = get(w[0]).filter(|&t| t != 0)?;
+    let owners = PSS_OWNERS
+        .iter()
+        .zip(&w[2..])
+        .filter_map(|(&name, &v)| Some((name, get(v)?)))
+        .collect();
+    let others = w[2 + PSS_OWNERS.len()..]
+        .chunks_exact(2)
+        .filter(|pair| pair[0] != 0)
+        .map(|pair| (pair[0] as u32, pair[1]))
+        .collect();
+    Some(PublishedPss {
+        sampled_at_ms,
+        age_ms: now_ms.saturating_sub(sampled_at_ms),
+        bytes: w[1],
+        owners,
+        others,
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -325,11 +414,14 @@ pub struct ServerProcess {
     /// Its `/proc/PID/status` counters, as `process` has them for this worker.
     #[serde(flatten)]
     pub status: ProcStatus,
-    /// `detail=full` only: the process's proportional share of its resident
-    /// pages (a shared page counts 1/N in each of its N processes); `null`
-    /// where the kernel does not let this worker read it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pss_bytes: Option<Option<u64>>,
+    /// Its proportional share of its resident pages (a page shared by N
+    /// processes counts 1/N in each): read by this answer at `detail=full`,
+    /// else from the last page-table walk published (a worker's own, on its
+    /// timer; the master's and cache processes', as a worker read them);
+    /// `null` where none could be read.
+    pub pss_bytes: Option<u64>,
+    /// How old `pss_bytes` is (0: read by this answer).
+    pub pss_age_ms: Option<u64>,
     /// A worker's own figures, as it last published them (the answering
     /// worker's: this answer's). `null` for the master and cache processes,
     /// and for a worker that has not published yet.
@@ -340,11 +432,18 @@ pub struct ServerProcess {
 pub struct Server {
     /// Configuration loads seen: 1 at start, +1 per reload.
     pub generation: u64,
-    /// `detail=full` only: the server's resident memory with every page
-    /// counted once, the sum of every process's `pss_bytes`; `null` when one
-    /// could not be read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resident_bytes: Option<Option<u64>>,
+    /// The server's resident memory with every page counted once: the sum of
+    /// every process's PSS as published (see `Counted`), with estimates for
+    /// the processes whose PSS is unknown.
+    pub resident_bytes: u64,
+    /// The part of `resident_bytes` that is estimated, not read.
+    pub resident_estimated_bytes: u64,
+    /// The oldest figure summed into `resident_bytes`.
+    pub resident_age_ms: Option<u64>,
+    /// `resident_bytes` by owner, each page once: the workers' PSS split by
+    /// the owner of each mapping, the master's and cache processes' whole, and
+    /// what was estimated.
+    pub breakdown: std::collections::BTreeMap<&'static str, u64>,
     pub processes: u64,
     pub workers: u64,
     pub old_generation_workers: u64,
@@ -365,6 +464,7 @@ pub fn build(
     now_ms: u64,
     errors: &mut Vec<SourceError>,
 ) -> (Vec<ServerProcess>, Server) {
+    let others = published_others(&samples);
     let mut processes: Vec<ServerProcess> = Vec::new();
     for s in samples {
         let Ok(title) = &s.title else { continue };
@@ -414,6 +514,12 @@ pub fn build(
                 "not published yet (a worker publishes 200 ms after it starts, then every memory_status_interval)",
             ));
         }
+        let fresh = s.rollup.as_ref().and_then(|r| pss_of(s.pid, r, errors));
+        let (pss_bytes, pss_age_ms) = match (fresh, &published) {
+            (Some(pss), _) => (Some(pss), Some(0)),
+            (None, Some(Published { pss: Some(p), .. })) => (Some(p.bytes), Some(p.age_ms)),
+            (None, _) => others.get(&s.pid).copied().unzip(),
+        };
         processes.push(ServerProcess {
             pid: s.pid,
             role,
@@ -422,17 +528,48 @@ pub fn build(
             exiting,
             started_at_ms,
             status,
-            pss_bytes: s
-                .rollup
-                .as_ref()
-                .map(|rollup| pss_of(s.pid, rollup, errors)),
+            pss_bytes,
+            pss_age_ms,
             memory: published,
         });
     }
     processes.sort_by_key(|p| (p.role.rank(), p.generation, p.worker, p.pid));
     let mut server = totals(&processes, generation, now_ms);
-    server.resident_bytes = counted_once(&processes, errors);
+    count_once(&mut server, &processes, errors);
     (processes, server)
+}
+
+/// The freshest PSS any worker published for each process that publishes
+/// nothing itself (the master, the cache processes): pid => (bytes, age).
+fn published_others(samples: &[ProcessSample]) -> std::collections::HashMap<u32, (u64, u64)> {
+    let mut others = std::collections::HashMap::new();
+    let walks = samples
+        .iter()
+        .filter_map(|s| s.entry.as_ref()?.published.as_ref()?.pss.as_ref());
+    for walk in walks {
+        for &(pid, bytes) in &walk.others {
+            let e = others.entry(pid).or_insert((bytes, walk.age_ms));
+            if walk.age_ms < e.1 {
+                *e = (bytes, walk.age_ms);
+            }
+        }
+    }
+    others
+}
+
+/// The PSS a worker publishes for the processes that publish nothing, from
+/// the `smaps_rollup` read with its summary.
+pub fn others_pss(samples: &[ProcessSample]) -> Vec<(u32, u64)> {
+    samples
+        .iter()
+        .filter(|s| {
+            s.entry
+                .as_ref()
+                .is_none_or(|e| e.kind == RegisteredKind::Helper)
+        })
+        .filter_map(|s| Some((s.pid, pss_of(s.pid, s.rollup.as_ref()?, &mut Vec::new())?)))
+        .take(PSS_OTHERS)
+        .collect()
 }
 
 /// A process's PSS from its `smaps_rollup` (the format of one `smaps` entry).
@@ -458,30 +595,59 @@ fn pss_of(
     .ok()
 }
 
-/// The server's resident memory with each page once: the sum of PSS, when
-/// every process's was read (`detail=full`).
-fn counted_once(processes: &[ServerProcess], errors: &mut Vec<SourceError>) -> Option<Option<u64>> {
-    if processes.iter().all(|p| p.pss_bytes.is_none()) {
-        return None;
+/// Where a process's PSS is unknown: its anonymous pages whole (what it
+/// alone holds, and at most what it shares with the processes it forked), its
+/// file and shared pages divided among the server's processes.
+fn estimated_pss(p: &ServerProcess, processes: u64) -> u64 {
+    let st = &p.status;
+    let shared = st.resident_file_bytes.unwrap_or(0) + st.resident_shmem_bytes.unwrap_or(0);
+    st.resident_anon_bytes.unwrap_or(0) + shared / processes.max(1)
+}
+
+/// The server's resident memory with each page once (`resident_bytes`), by
+/// owner: the sum of every process's PSS as published, estimated where none is.
+fn count_once(server: &mut Server, processes: &[ServerProcess], errors: &mut Vec<SourceError>) {
+    let mut estimated = Vec::new();
+    for p in processes {
+        let walk = p.memory.as_ref().and_then(|m| m.pss.as_ref());
+        let (pss, age_ms) = match (walk, p.role) {
+            (Some(walk), _) => {
+                for (&owner, &bytes) in &walk.owners {
+                    *server.breakdown.entry(owner).or_insert(0) += bytes;
+                }
+                (walk.bytes, walk.age_ms)
+            }
+            (None, ProcessRole::Master | ProcessRole::CacheManager | ProcessRole::CacheLoader)
+                if p.pss_bytes.is_some() =>
+            {
+                let owner = match p.role {
+                    ProcessRole::Master => "master",
+                    _ => "cache_processes",
+                };
+                let (pss, age) = (p.pss_bytes.unwrap_or(0), p.pss_age_ms.unwrap_or(0));
+                *server.breakdown.entry(owner).or_insert(0) += pss;
+                (pss, age)
+            }
+            _ => {
+                let guess = estimated_pss(p, processes.len() as u64);
+                *server.breakdown.entry("estimated").or_insert(0) += guess;
+                server.resident_estimated_bytes += guess;
+                estimated.push(format!("{} ({})", p.pid, p.role.name()));
+                (guess, 0)
+            }
+        };
+        server.resident_bytes += pss;
+        server.resident_age_ms = server.resident_age_ms.max(Some(age_ms));
     }
-    let unread: Vec<String> = processes
-        .iter()
-        .filter(|p| !matches!(p.pss_bytes, Some(Some(_))))
-        .map(|p| p.pid.to_string())
-        .collect();
-    if !unread.is_empty() {
+    if !estimated.is_empty() {
         errors.push(SourceError::new(
             "server.resident_bytes",
             format!(
-                "the PSS of {} could not be read: not summed",
-                unread.join(", ")
+                "no PSS known for {}: estimated as RssAnon plus (RssFile + RssShmem) / processes",
+                estimated.join(", ")
             ),
         ));
-        return Some(None);
     }
-    Some(Some(
-        processes.iter().filter_map(|p| p.pss_bytes.flatten()).sum(),
-    ))
 }
 
 fn totals(processes: &[ServerProcess], generation: u64, now_ms: u64) -> Server {
@@ -491,7 +657,6 @@ fn totals(processes: &[ServerProcess], generation: u64, now_ms: u64) -> Server {
         .collect();
     Server {
         generation,
-        resident_bytes: None,
         processes: processes.len() as u64,
         workers: processes
             .iter()
@@ -505,6 +670,7 @@ fn totals(processes: &[ServerProcess], generation: u64, now_ms: u64) -> Server {
             .filter(|p| p.exiting)
             .map(|p| now_ms.saturating_sub(p.started_at_ms))
             .max(),
+        ..Server::default()
     }
 }
 
@@ -584,9 +750,33 @@ mod tests {
                 requests: 4,
                 request_bytes: 5,
             },
+            pss: None,
         };
         let back = Published::from_words(&p.to_words(), 1_500).unwrap();
-        assert_eq!(back, Published { age_ms: 500, ..p });
+        assert_eq!(
+            back,
+            Published {
+                age_ms: 500,
+                ..p.clone()
+            }
+        );
+        let walked = Published {
+            pss: Some(PublishedPss {
+                sampled_at_ms: 900,
+                age_ms: 0,
+                bytes: 30,
+                owners: [("glibc", 10), ("unattributed", 20)].into_iter().collect(),
+                others: vec![(7, 1), (8, 2)],
+            }),
+            ..p.clone()
+        };
+        let back = Published::from_words(&walked.to_words(), 1_500).unwrap();
+        assert_eq!(back.pss.as_ref().map(|w| w.age_ms), Some(600));
+        assert_eq!(
+            back.pss.as_ref().map(|w| &w.others),
+            Some(&vec![(7, 1), (8, 2)])
+        );
+        assert_eq!(back.pss.map(|w| w.owners), walked.pss.map(|w| w.owners));
         assert_eq!(
             Published::from_words(&[0; PUBLISHED_WORDS], 1),
             None,
@@ -664,10 +854,12 @@ mod tests {
         let (processes, server) = build(samples, 2, 500, 10_000, &mut errors);
         assert_eq!(
             errors.len(),
-            3,
-            "the workers' summaries are not published: {errors:?}"
+            4,
+            "the workers' summaries are not published, the server's PSS estimated: {errors:?}"
         );
-        assert!(errors.iter().all(|e| e.source.ends_with(".memory")));
+        assert!(errors
+            .iter()
+            .all(|e| e.source.ends_with(".memory") || e.source == "server.resident_bytes"));
         let order: Vec<(u32, ProcessRole)> = processes.iter().map(|p| (p.pid, p.role)).collect();
         assert_eq!(
             order,
@@ -689,50 +881,135 @@ mod tests {
         assert_eq!(server.oldest_exiting_age_ms, Some(9_000));
     }
 
+    fn walked(
+        sample: &mut ProcessSample,
+        owners: &[(&'static str, u64)],
+        others: Vec<(u32, u64)>,
+        age_ms: u64,
+    ) {
+        let e = sample.entry.as_mut().unwrap();
+        e.published = Some(Published {
+            sampled_at_ms: 1,
+            pss: Some(PublishedPss {
+                sampled_at_ms: 1,
+                age_ms,
+                bytes: owners.iter().map(|(_, b)| b).sum(),
+                owners: owners.iter().copied().collect(),
+                others,
+            }),
+            ..Published::default()
+        });
+    }
+
+    fn master(pid: u32) -> ProcessSample {
+        ProcessSample {
+            pid,
+            entry: None,
+            title: Ok("nginx: master process /usr/sbin/nginx".into()),
+            status: status(5000),
+            rollup: None,
+        }
+    }
+
     #[test]
     fn the_server_counted_once_is_the_sum_of_pss() {
-        let rollup = |pss_kib: u64| {
-            Some(Ok(format!(
-                "55d0-7ffe ---p 00000000 00:00 0 [rollup]\nRss: 9000 kB\nPss: {pss_kib} kB\nPss_Anon: 1 kB\nAnonymous: 10 kB\nSwap: 0 kB\n"
-            )))
-        };
-        let a = ProcessSample {
-            rollup: rollup(1000),
-            ..worker(1, 0, 1, "worker process", 9000)
-        };
-        let b = ProcessSample {
-            rollup: rollup(3000),
-            ..worker(2, 1, 1, "worker process", 9000)
-        };
+        let mut a = worker(1, 0, 1, "worker process", 9000);
+        walked(
+            &mut a,
+            &[("glibc", 600), ("shm", 400)],
+            vec![(99, 300)],
+            2_000,
+        );
+        let mut b = worker(2, 1, 1, "worker process", 9000);
+        walked(
+            &mut b,
+            &[("shm", 400), ("lua_http", 1600)],
+            vec![(99, 250)],
+            500,
+        );
         let mut errors = Vec::new();
-        let (processes, server) = build(vec![a, b], 1, 0, 0, &mut errors);
-        assert_eq!(processes[0].pss_bytes, Some(Some(1000 * 1024)));
-        assert_eq!(server.resident_bytes, Some(Some(4000 * 1024)));
-        let c = ProcessSample {
-            rollup: Some(Err(std::io::Error::from(
-                std::io::ErrorKind::PermissionDenied,
-            ))),
-            ..worker(3, 0, 1, "worker process", 9000)
-        };
-        let d = ProcessSample {
-            rollup: rollup(5),
-            ..worker(4, 1, 1, "worker process", 9000)
-        };
-        let mut errors = Vec::new();
-        let (processes, server) = build(vec![c, d], 1, 0, 0, &mut errors);
-        assert_eq!(processes[0].pss_bytes, Some(None));
-        assert_eq!(server.resident_bytes, Some(None));
-        assert!(errors
-            .iter()
-            .any(|e| e.source == "server.resident_bytes" && e.error.contains("3")));
-        let (_, plain) = build(
-            vec![worker(5, 0, 1, "worker process", 1)],
+        let (processes, server) = build(vec![master(99), a, b], 1, 0, 0, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            server.resident_bytes,
+            600 + 800 + 1600 + 250,
+            "the master's freshest"
+        );
+        assert_eq!(server.resident_estimated_bytes, 0);
+        assert_eq!(server.resident_age_ms, Some(2_000));
+        let split: Vec<(&str, u64)> = server.breakdown.iter().map(|(&k, &v)| (k, v)).collect();
+        assert_eq!(
+            split,
+            [
+                ("glibc", 600),
+                ("lua_http", 1600),
+                ("master", 250),
+                ("shm", 800)
+            ]
+        );
+        assert_eq!(
+            (processes[0].pss_bytes, processes[0].pss_age_ms),
+            (Some(250), Some(500))
+        );
+        assert_eq!(
+            (processes[1].pss_bytes, processes[1].pss_age_ms),
+            (Some(1000), Some(2_000))
+        );
+    }
+
+    #[test]
+    fn an_unknown_pss_is_estimated_and_said() {
+        // A worker that has not walked yet, a master no worker could read.
+        let (_, server) = build(
+            vec![master(99), worker(1, 0, 1, "worker process", 9000)],
             1,
             0,
             0,
             &mut Vec::new(),
         );
-        assert_eq!(plain.resident_bytes, None, "not at the default depth");
+        // RssAnon 1 kB + (RssFile 2 kB + RssShmem 3 kB) / 2 processes, twice.
+        assert_eq!(server.resident_bytes, 2 * (1024 + 5 * 1024 / 2));
+        assert_eq!(server.resident_estimated_bytes, server.resident_bytes);
+        assert_eq!(
+            server.breakdown.get("estimated"),
+            Some(&server.resident_bytes)
+        );
+        let mut errors = Vec::new();
+        let denied = ProcessSample {
+            rollup: Some(Err(std::io::Error::from(
+                std::io::ErrorKind::PermissionDenied,
+            ))),
+            ..master(99)
+        };
+        let mut w = worker(1, 0, 1, "worker process", 9000);
+        walked(&mut w, &[("glibc", 10)], vec![], 0);
+        let (processes, server) = build(vec![denied, w], 1, 0, 0, &mut errors);
+        assert_eq!(processes[0].pss_bytes, None);
+        assert_eq!(server.resident_bytes, 10 + 1024 + 5 * 1024 / 2);
+        assert!(errors.iter().any(|e| e.source == "processes.99"));
+        assert!(errors
+            .iter()
+            .any(|e| e.source == "server.resident_bytes" && e.error.contains("99 (master)")));
+    }
+
+    #[test]
+    fn a_fresh_rollup_is_the_process_pss() {
+        let mut a = worker(1, 0, 1, "worker process", 9000);
+        a.rollup = Some(Ok(
+            "55d0-7ffe ---p 00000000 00:00 0 [rollup]\nRss: 9000 kB\nPss: 1000 kB\nPss_Anon: 1 kB\nAnonymous: 10 kB\nSwap: 0 kB\n".into(),
+        ));
+        let (processes, _) = build(vec![a], 1, 0, 0, &mut Vec::new());
+        assert_eq!(
+            (processes[0].pss_bytes, processes[0].pss_age_ms),
+            (Some(1000 * 1024), Some(0))
+        );
+        let others = others_pss(&[ProcessSample {
+            rollup: Some(Ok(
+                "55d0-7ffe ---p 00000000 00:00 0 [rollup]\nRss: 1 kB\nPss: 2 kB\nAnonymous: 1 kB\nSwap: 0 kB\n".into(),
+            )),
+            ..master(99)
+        }]);
+        assert_eq!(others, [(99, 2048)]);
     }
 
     #[test]
@@ -767,7 +1044,11 @@ mod tests {
         let (processes, _) = build(vec![s], 1, 0, 0, &mut errors);
         assert_eq!(processes.len(), 1);
         assert_eq!(processes[0].status.resident_bytes, None);
-        assert_eq!(errors.len(), 2);
+        assert_eq!(
+            errors.len(),
+            3,
+            "status, not published, estimated: {errors:?}"
+        );
         assert!(errors[0].error.starts_with("/proc/7/status: "));
     }
 }

@@ -23,9 +23,14 @@ sub conf {
     my (%o) = @_;
     my $workers = $o{workers} // 4;
     my $main = $o{main} // '';
-    # With Lua, worker 2 holds 64 MiB in its VM from the start.
+    # With Lua, worker 2 holds 64 MiB in its VM from the start, and every
+    # worker writes the same 56 MiB of a 64 MiB zone (the zone's pages are
+    # then mapped by all four).
     my ($load_lua, $lua) = NginxTest::has_lua() ? ('%%LOAD_LUA%%', <<'LUA') : ('', '');
+    lua_shared_dict filled 64m;
     init_worker_by_lua_block {
+        local pad = string.rep("z", 60000)
+        for i = 1, 900 do ngx.shared.filled:set("k" .. i, pad) end
         if ngx.worker.id() == 2 then
             held = {}
             local pad = string.rep("w", 65500)
@@ -202,26 +207,70 @@ $t->wait_for(sub {
     like($html, qr{<td>master</td>}, 'HTML: the master listed');
 }
 
-# --- detail=full: the server counted once, the sum of PSS ------------------------
-{
-    my ($j) = $t->get_json($t->port(1), '/memory_status?detail=full');
+# --- the server counted once: the sum of PSS, a zone once -----------------------
+# Sum of Pss of the master and every process under it, and of their RSS, read here.
+sub outside_sums {
     my %kids = children($master);
-    my $pss_here = 0;
-    my $rss_here = 0;
+    my ($pss_sum, $rss_sum) = (0, 0);
     for my $pid ($master, keys %kids) {
         my $rollup = read_file_text("/proc/$pid/smaps_rollup") // '';
         my ($pss) = $rollup =~ /^Pss:\s+(\d+) kB$/m;
-        $pss_here += ($pss // 0) * 1024;
-        $rss_here += proc_status_bytes($pid, 'VmRSS');
+        $pss_sum += ($pss // 0) * 1024;
+        $rss_sum += proc_status_bytes($pid, 'VmRSS');
     }
-    ok(!grep({ !defined $_->{pss_bytes} } @{ $j->{processes} }), 'detail=full: every pss_bytes read (root workers)');
-    my $once = $j->{server}{resident_bytes};
+    return ($pss_sum, $rss_sum);
+}
+
+sub counted_once_checks {
+    my ($j, $depth) = @_;
+    my ($pss_here, $rss_here) = outside_sums();
+    my $s = $j->{server};
+    my $once = $s->{resident_bytes};
     cmp_ok(abs(($once // 0) - $pss_here), '<=', 0.02 * $pss_here,
-        "server.resident_bytes $once within 2% of the sum of Pss read here ($pss_here)");
-    ok(defined $once && $once < 0.8 * $rss_here, "counted once: well under the sum of RSS ($rss_here)");
+        "$depth: server.resident_bytes $once within 2% of the sum of Pss read here ($pss_here)");
+    ok(defined $once && $once < 0.8 * $rss_here, "$depth: counted once, well under the sum of RSS ($rss_here)");
+    is($s->{resident_estimated_bytes}, 0, "$depth: nothing estimated (root workers read the master's PSS)");
+    cmp_ok($s->{resident_age_ms}, '<', 2500, "$depth: the oldest figure summed is $s->{resident_age_ms} ms old");
+    my $split = 0;
+    $split += $_ for values %{ $s->{breakdown} };
+    is($split, $once, "$depth: server.breakdown adds up to server.resident_bytes");
+    ok($s->{breakdown}{master}, "$depth: the master's share in server.breakdown");
+    ok(!grep({ !defined $_->{pss_bytes} } @{ $j->{processes} }), "$depth: every process's pss_bytes known");
+    ok(!grep({ $_->{pss_age_ms} > 2500 } @{ $j->{processes} }), "$depth: every pss_bytes at most 2.5 s old");
+    SKIP: {
+        skip 'no Lua module: no zone filled by every worker', 2 unless NginxTest::has_lua();
+        my ($filled) = grep { $_->{name} eq 'filled' } @{ $j->{zones} };
+        my $loaded = 0;
+        $loaded += $_->{loaded_bytes} // 0 for @{ $j->{zones} };
+        cmp_ok($filled->{loaded_bytes}, '>', 50 * $MiB, "$depth: the zone holds $filled->{loaded_bytes} bytes");
+        cmp_ok(abs($s->{breakdown}{shm} - $loaded), '<=', 0.05 * $loaded + 2 * $MiB,
+            "$depth: server.breakdown.shm $s->{breakdown}{shm}: the zones' loaded bytes ($loaded) once");
+        my $per_worker = 0;
+        $per_worker += $_->{memory}{breakdown}{shm}{resident_bytes} // 0
+            for grep { $_->{role} eq 'worker' } @{ $j->{processes} };
+        cmp_ok($per_worker, '>', 3.5 * $filled->{loaded_bytes},
+            "$depth: the workers' own shm figures ($per_worker) count it four times");
+    }
+}
+
+{
+    # Every worker filled the zone at start; one interval later each has
+    # walked its page tables again with all four mapping the zone.
+    sleep 2.5;
     my ($plain) = $t->get_json($t->port(1), '/memory_status');
-    ok(!exists $plain->{server}{resident_bytes}, 'default depth: no resident_bytes (a page-table walk per process)');
-    ok(!exists $plain->{processes}[0]{pss_bytes}, 'default depth: no pss_bytes');
+    counted_once_checks($plain, 'default depth');
+    my ($full) = $t->get_json($t->port(1), '/memory_status?detail=full');
+    counted_once_checks($full, 'detail=full');
+    ok(!grep({ $_->{pss_age_ms} != 0 } grep { $_->{pid} == $master || $_->{pid} == $full->{nginx}{pid} } @{ $full->{processes} }),
+        'detail=full: the master\'s and the answering worker\'s PSS read by this answer');
+    my $text = $t->get($t->port(1), '/memory_status?format=prometheus')->{content};
+    like($text, qr/^nginx_memory_server_resident_bytes \d+$/m, 'Prometheus: server_resident_bytes');
+    like($text, qr/^nginx_memory_server_owner_resident_bytes\{owner="shm"\} \d+$/m, 'Prometheus: the server by owner');
+    like($text, qr/^nginx_memory_server_process_pss_bytes\{pid="$master",role="master",worker="",generation="1"\} \d+$/m,
+        'Prometheus: the master\'s PSS');
+    my $html = $t->get($t->port(1), '/memory_status?format=html')->{content};
+    like($html, qr{<svg id="server-pie"}, 'HTML: the server pie');
+    like($html, qr{data-name="master"}, 'HTML: the master\'s slice');
 }
 
 # --- a reload with a download in flight: the old worker stays, listed -----------
@@ -295,7 +344,7 @@ $t->wait_for(sub {
 
 # --- workers as www-data: the root master is still listed --------------------
 SKIP: {
-    skip 'not root: cannot run workers as www-data', 7 unless $> == 0 && getpwnam('www-data');
+    skip 'not root: cannot run workers as www-data', 8 unless $> == 0 && getpwnam('www-data');
     my $w = NginxTest->new;
     $w->write_file_expand('nginx.conf', conf(workers => 1, main => 'user www-data;'));
     $w->run;
@@ -309,8 +358,10 @@ SKIP: {
     is($fm->{pss_bytes}, undef, "www-data worker: the root master's pss_bytes is null");
     my ($why) = grep { $_->{source} eq "processes.$fm->{pid}" } @{ $full->{errors} };
     like($why->{error} // '', qr{^/proc/$fm->{pid}/smaps_rollup: }, 'with its reason');
-    is($full->{server}{resident_bytes}, undef, 'server.resident_bytes null then');
-    ok((grep { $_->{source} eq 'server.resident_bytes' } @{ $full->{errors} }), 'and errors says why');
+    cmp_ok($full->{server}{resident_estimated_bytes}, '>', 0, 'the master\'s share estimated');
+    is($full->{server}{breakdown}{estimated}, $full->{server}{resident_estimated_bytes}, 'shown as such in server.breakdown');
+    my ($said) = grep { $_->{source} eq 'server.resident_bytes' } @{ $full->{errors} };
+    like($said->{error} // '', qr/no PSS known for $fm->{pid} \(master\): estimated as RssAnon/, 'and errors says how');
     $w->done_file;
 }
 

@@ -311,10 +311,13 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
 /// Every process of the server: the old generation marked, ages shown.
 fn server_section(h: &mut String, r: &Report) {
     let s = &r.server;
+    let server_slices: Vec<(&str, u64)> = s.breakdown.iter().map(|(&n, &b)| (n, b)).collect();
     let _ = write!(
         h,
         "<section id=\"server\"><h2>The server: {} processes, {} workers, generation {}</h2>\
-         <p>Old generation: {} workers, {} resident (each counted whole).{}</p>\
+         <p>Old generation: {} workers, {} resident (each counted whole).</p>\
+         <h3>The server's resident memory, every page counted once: {}{}</h3>\
+         <div class=\"pair\">{}{}</div>\
          <table><tr><th>pid</th><th>role</th><th>worker</th><th>generation</th><th>age</th>\
          <th>resident</th><th>anonymous</th><th>file</th><th>shared memory</th><th>swap</th>\
          <th>Lua GC (published)</th><th>published</th></tr>",
@@ -323,10 +326,13 @@ fn server_section(h: &mut String, r: &Report) {
         s.generation,
         s.old_generation_workers,
         size(s.old_generation_resident_bytes),
-        match s.resident_bytes {
-            Some(Some(once)) => format!(" The server, every page counted once: {}.", size(once)),
-            _ => String::new(),
-        }
+        size(s.resident_bytes),
+        match (s.resident_estimated_bytes, s.resident_age_ms) {
+            (0, Some(age)) => format!(" <small>(up to {} s old)</small>", age / 1000),
+            (guess, _) => format!(" <small>({} of it estimated)</small>", size(guess)),
+        },
+        pie("server-pie", &server_slices),
+        legend(&server_slices)
     );
     for p in &r.processes {
         let role = serde_json::to_value(p.role).unwrap_or_default();

@@ -611,11 +611,11 @@ fn server(m: &mut Metrics, processes: &[ServerProcess], s: &Server) {
                 m.add_labelled(name, Kind::Gauge, help, false, l, v);
             }
         }
-        if let Some(Some(pss)) = p.pss_bytes {
+        if let Some(pss) = p.pss_bytes {
             m.add_labelled(
                 "server_process_pss_bytes",
                 Kind::Gauge,
-                "Proportional share of each process's resident pages (detail=full).",
+                "Proportional share of each process's resident pages (a page of N processes counts 1/N), from its last page-table walk.",
                 false,
                 l,
                 pss,
@@ -671,14 +671,39 @@ fn server(m: &mut Metrics, processes: &[ServerProcess], s: &Server) {
     for (name, help, value) in totals {
         m.add_labelled(name, Kind::Gauge, help, false, &[], value);
     }
-    if let Some(Some(once)) = s.resident_bytes {
-        m.add_labelled(
+    let counted = [
+        (
             "server_resident_bytes",
+            "The server's resident memory, every page counted once: the sum of every process's PSS.",
+            s.resident_bytes,
+        ),
+        (
+            "server_resident_estimated_bytes",
+            "The part of server_resident_bytes estimated for processes whose PSS is unknown.",
+            s.resident_estimated_bytes,
+        ),
+    ];
+    for (name, help, value) in counted {
+        m.add_labelled(name, Kind::Gauge, help, false, &[], value);
+    }
+    for (owner, &bytes) in &s.breakdown {
+        m.add_labelled(
+            "server_owner_resident_bytes",
             Kind::Gauge,
-            "The server's resident memory, every page counted once: the sum of PSS (detail=full).",
+            "The server's resident memory by owner, every page counted once.",
+            false,
+            &[("owner", owner)],
+            bytes,
+        );
+    }
+    if let Some(age) = s.resident_age_ms {
+        m.add_labelled(
+            "server_resident_age_seconds",
+            Kind::Gauge,
+            "Age of the oldest figure in server_resident_bytes.",
             false,
             &[],
-            once,
+            age as f64 / 1000.0,
         );
     }
     if let Some(age) = s.oldest_exiting_age_ms {

@@ -20,7 +20,7 @@ use crate::lua::LuaVmSample;
 use crate::pools::Pools;
 use crate::pools::PoolsSample;
 use crate::report::{self, NginxInfo, Report, Role, SourceError, ZoneReport, SCHEMA_VERSION};
-use crate::server::{self, ProcessSample, Published, RegistryEntry};
+use crate::server::{self, ProcessSample, Published, PublishedPss, RegistryEntry};
 use crate::zones::Zone;
 use crate::zones::ZoneSample;
 
@@ -37,6 +37,8 @@ pub struct LoopPart {
     pools: PoolsSample,
     /// The registry's generation and master start, when this process has one.
     registry: Option<(u64, u64)>,
+    /// This process's last published walk, kept when this one makes none.
+    own_walk: Option<PublishedPss>,
 }
 
 /// What is measured from the kernel, on any thread: the walks and reads that
@@ -51,6 +53,9 @@ pub struct Job {
     processes: Vec<(u32, Option<RegistryEntry>)>,
     /// The title nginx gives this process now (it is shutting down or not).
     own_title: &'static str,
+    /// Read `/proc/self/smaps` (a page-table walk): at `detail=full`, and for
+    /// the summary a worker publishes on its timer.
+    walk: bool,
 }
 
 type LuaHeap = (Vec<(u64, u64)>, u64);
@@ -85,6 +90,12 @@ pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
         Some((a.segment_ranges.clone(), vm.gc_bytes))
     };
     let registry = registry::read(now_ms());
+    // SAFETY: a plain integer nginx sets when the process starts.
+    let own_pid = unsafe { ngx_pid } as u32;
+    let own_walk = registry.as_ref().and_then(|(_, _, entries)| {
+        let mine = entries.iter().find(|e| e.pid == own_pid)?;
+        mine.published.as_ref()?.pss.clone()
+    });
     let mut processes: Vec<(u32, Option<RegistryEntry>)> = Vec::new();
     // SAFETY: a plain integer nginx sets when the process starts.
     if unsafe { ngx_process } as u32 != NGX_PROCESS_SINGLE {
@@ -105,6 +116,7 @@ pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
         } else {
             "nginx: worker process"
         },
+        walk: depth == Depth::Full,
     };
     let part = LoopPart {
         depth,
@@ -114,15 +126,22 @@ pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
         pools: sample_pools(),
         registry: registry
             .map(|(generation, master_started_at_ms, _)| (generation, master_started_at_ms)),
+        own_walk,
     };
     (part, job)
 }
 
 impl Job {
-    /// The job of a worker's own summary: the other processes are not read
-    /// (nothing of them is published).
-    pub fn own_only(mut self) -> Job {
-        self.processes.clear();
+    /// The job of a worker's own summary, on its timer: its own page-table
+    /// walk, and the PSS of the processes that publish nothing themselves
+    /// (the master, the cache processes), published for them.
+    pub fn for_summary(mut self) -> Job {
+        self.processes.retain(|(_, entry)| {
+            entry
+                .as_ref()
+                .is_none_or(|e| e.kind == server::RegisteredKind::Helper)
+        });
+        self.walk = true;
         self
     }
 
@@ -148,7 +167,7 @@ impl Job {
             .flat_map(|(segments, _)| segments)
             .copied()
             .collect();
-        let samples = process::sample(self.depth, &known);
+        let samples = process::sample(self.depth, self.walk, &known);
         let own_pid = std::process::id();
         let mut processes: Vec<ProcessSample> = self
             .processes
@@ -173,7 +192,7 @@ impl Job {
                     } else {
                         read("status", 4 << 10)
                     },
-                    rollup: (self.depth == Depth::Full).then(|| read("smaps_rollup", 2 << 10)),
+                    rollup: self.walk.then(|| read("smaps_rollup", 2 << 10)),
                 }
             })
             .collect();
@@ -206,6 +225,7 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         mut stream,
         pools,
         registry,
+        own_walk,
     } = part;
     for (zone, (pages, age_ms)) in zones.iter_mut().zip(measured.zone_pages) {
         zone.resident_pages = pages;
@@ -270,9 +290,13 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
     };
     // This worker's own summary: published for the others, and its entry in
     // this answer's list is this answer's.
-    let mine = Published::from_report(&report, now);
-    registry::publish(&mine);
+    let mut mine = Published::from_report(&report, now);
     let mut samples = measured.processes;
+    match &mut mine.pss {
+        Some(walk) => walk.others = server::others_pss(&samples),
+        None => mine.pss = own_walk,
+    }
+    registry::publish(&mine);
     for s in &mut samples {
         if let Some(e) = s.entry.as_mut().filter(|e| e.pid == report.nginx.pid) {
             e.published = Some(mine.clone());

@@ -27,13 +27,14 @@ pub struct ProcessSamples {
     pub program_ranges: ProgramDataRanges,
 }
 
-/// `known`: address ranges already accounted for (LuaJIT's segments), not to be
-/// searched for directly mapped chunks.
-pub fn sample(depth: Depth, known: &[(u64, u64)]) -> ProcessSamples {
+/// `walk`: read `/proc/self/smaps` too (a page-table walk). `known`: address
+/// ranges already accounted for (LuaJIT's segments), not to be searched for
+/// directly mapped chunks.
+pub fn sample(depth: Depth, walk: bool, known: &[(u64, u64)]) -> ProcessSamples {
     let maps = read_proc_file("/proc/self/maps", 64 << 10)
         .map(|text| Mapping::parse_all(&text).0)
         .map_err(|e| e.to_string());
-    let smaps = (depth == Depth::Full).then(|| {
+    let smaps = walk.then(|| {
         read_proc_file("/proc/self/smaps", 1 << 20)
             .map(|text| SmapsEntry::parse_all(&text).0)
             .map_err(|e| e.to_string())

@@ -47,7 +47,7 @@ extern "C" fn on_timer(ev: *mut ngx_event_t) {
     unsafe { ngx_add_timer(ev, INTERVAL_MS.load(Ordering::Relaxed) as ngx_msec_t) };
     let _ = crate::panic_guard::run_guarded(|| {
         let (part, job) = collect::begin(Depth::Default, None);
-        let job = job.own_only();
+        let job = job.for_summary();
         // `finish` publishes the summary; the report itself is not needed.
         let done: offloop::Background =
             Box::new(|part, measured| drop(collect::finish(part, measured)));

@@ -13,7 +13,7 @@ use ngx::ffi::{
     NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 
-use crate::server::{Published, RegisteredKind, RegistryEntry, PUBLISHED_WORDS};
+use crate::server::{Published, RegisteredKind, RegistryEntry, PSS_AT, PUBLISHED_WORDS};
 
 /// The zone's name: unlikely to meet a user's zone of the same name.
 pub const ZONE_NAME: &str = "ngx_http_memory_status_module";
@@ -24,7 +24,11 @@ pub const ZONE_NAME: &str = "ngx_http_memory_status_module";
 const SLOTS: usize = 1024;
 /// The zone: the registry plus the slab pool's own pages.
 const ZONE_BYTES: usize = 512 << 10;
-const MAGIC: u64 = 0x6d656d5f73746174; // "mem_stat"
+/// "mem_st" and the slot's words: a registry of another layout is refused.
+const MAGIC: u64 = 0x6d656d5f7374_0000 | PUBLISHED_WORDS as u64;
+
+// The registry, with room left for the slab pool's own pages.
+const _: () = assert!(std::mem::size_of::<Registry>() <= ZONE_BYTES - (64 << 10));
 
 #[repr(C)]
 struct Registry {
@@ -151,8 +155,9 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     };
     r.used.fetch_max(i as u32 + 1, Ordering::AcqRel);
     let slot = &r.slots[i];
-    // A reclaimed slot may hold its dead owner's summary.
+    // A reclaimed slot may hold its dead owner's summary and walk.
     slot.published[0].store(0, Ordering::Relaxed);
+    slot.published[PSS_AT].store(0, Ordering::Relaxed);
     slot.kind.store(kind as u32, Ordering::Relaxed);
     let number = (kind == RegisteredKind::Worker).then_some(worker as u32);
     slot.worker
@@ -182,7 +187,8 @@ pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     );
 }
 
-/// Writes this process's summary into its slot (nothing without one).
+/// Writes this process's summary into its slot (nothing without one); a
+/// summary without a page-table walk leaves the last walk's words.
 pub fn publish(summary: &Published) {
     let (Some(r), Ok(i)) = (registry(), usize::try_from(MY_SLOT.load(Ordering::Relaxed))) else {
         return;
@@ -192,9 +198,14 @@ pub fn publish(summary: &Published) {
         return;
     }
     let words = summary.to_words();
+    let upto = if summary.pss.is_some() {
+        PUBLISHED_WORDS
+    } else {
+        PSS_AT
+    };
     slot.seq.fetch_add(1, Ordering::AcqRel);
     std::sync::atomic::fence(Ordering::Release);
-    for (cell, w) in slot.published.iter().zip(words) {
+    for (cell, w) in slot.published[..upto].iter().zip(words) {
         cell.store(w, Ordering::Relaxed);
     }
     slot.seq.fetch_add(1, Ordering::Release);
