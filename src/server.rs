@@ -557,16 +557,18 @@ fn published_others(samples: &[ProcessSample]) -> std::collections::HashMap<u32,
     others
 }
 
+/// A process that publishes no summary: the master (no registry entry) and
+/// the cache processes.
+pub fn publishes_nothing(entry: Option<&RegistryEntry>) -> bool {
+    entry.map_or(true, |e| e.kind == RegisteredKind::Helper)
+}
+
 /// The PSS a worker publishes for the processes that publish nothing, from
 /// the `smaps_rollup` read with its summary.
 pub fn others_pss(samples: &[ProcessSample]) -> Vec<(u32, u64)> {
     samples
         .iter()
-        .filter(|s| {
-            s.entry
-                .as_ref()
-                .is_none_or(|e| e.kind == RegisteredKind::Helper)
-        })
+        .filter(|s| publishes_nothing(s.entry.as_ref()))
         .filter_map(|s| Some((s.pid, pss_of(s.pid, s.rollup.as_ref()?, &mut Vec::new())?)))
         .take(PSS_OTHERS)
         .collect()

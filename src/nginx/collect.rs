@@ -136,11 +136,8 @@ impl Job {
     /// walk, and the PSS of the processes that publish nothing themselves
     /// (the master, the cache processes), published for them.
     pub fn for_summary(mut self) -> Job {
-        self.processes.retain(|(_, entry)| {
-            entry
-                .as_ref()
-                .is_none_or(|e| e.kind == server::RegisteredKind::Helper)
-        });
+        self.processes
+            .retain(|(_, entry)| server::publishes_nothing(entry.as_ref()));
         self.walk = true;
         self
     }

@@ -25,7 +25,7 @@ const SLOTS: usize = 1024;
 /// The zone: the registry plus the slab pool's own pages.
 const ZONE_BYTES: usize = 512 << 10;
 /// "mem_st" and the slot's words: a registry of another layout is refused.
-const MAGIC: u64 = 0x6d656d5f7374_0000 | PUBLISHED_WORDS as u64;
+const MAGIC: u64 = 0x6d65_6d5f_7374_0000 | PUBLISHED_WORDS as u64;
 
 // The registry, with room left for the slab pool's own pages.
 const _: () = assert!(std::mem::size_of::<Registry>() <= ZONE_BYTES - (64 << 10));
