@@ -10,7 +10,9 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod breakdown;
+mod cgroup;
 mod escape;
+mod findings;
 mod format;
 mod glibc_heaps;
 mod lua;

@@ -30,6 +30,8 @@ pub struct Report {
     /// Every process of this nginx, whichever worker answers.
     pub processes: Vec<ServerProcess>,
     pub server: Server,
+    /// What the figures mean, most severe first (empty: no rule fired).
+    pub findings: Vec<crate::findings::Finding>,
     pub errors: Vec<SourceError>,
 }
 
@@ -173,6 +175,7 @@ mod tests {
             pools: Pools::from_sample(&Default::default()),
             processes: Vec::new(),
             server: Default::default(),
+            findings: Vec::new(),
             errors,
         }
     }

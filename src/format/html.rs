@@ -101,6 +101,7 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
         version = esc(&r.nginx.version),
         module = r.nginx.module_version,
     );
+    findings_section(&mut h, &r.findings);
 
     // The virtual pie.
     let v = &r.virtual_split;
@@ -308,6 +309,27 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
     h
 }
 
+/// What the figures mean, at the top: most severe first.
+fn findings_section(h: &mut String, findings: &[crate::findings::Finding]) {
+    if findings.is_empty() {
+        h.push_str("<section id=\"findings\"><h2>Findings</h2><p>Every rule was checked; none fired.</p></section>");
+        return;
+    }
+    h.push_str("<section id=\"findings\"><h2>Findings</h2><ul>");
+    for f in findings {
+        let severity = serde_json::to_value(f.severity).unwrap_or_default();
+        let severity = severity.as_str().unwrap_or("");
+        let _ = write!(
+            h,
+            "<li class=\"{severity}\"><b>{severity}</b> <code>{}</code> {}: {}</li>",
+            esc(f.code),
+            esc(&f.subject),
+            esc(&f.message)
+        );
+    }
+    h.push_str("</ul></section>");
+}
+
 /// Every process of the server: the old generation marked, ages shown.
 fn server_section(h: &mut String, r: &Report) {
     let s = &r.server;
@@ -375,7 +397,7 @@ table{border-collapse:collapse}td,th{padding:.2em .6em;border-bottom:1px solid #
 .num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}.na{color:#999}tr.old td{background:#fff3e0}\
 .swatch{display:inline-block;width:.9em;height:.9em;margin-right:.4em;vertical-align:middle}\
 .bar{display:inline-block;width:8em;height:.8em;background:#eee;vertical-align:middle}\
-.fill{height:100%;background:#4e79a7}.note{color:#666}.size{border-bottom:1px dotted #999}";
+.fill{height:100%;background:#4e79a7}li.warning b{color:#b35c00}li.critical b{color:#c00}.note{color:#666}.size{border-bottom:1px dotted #999}";
 
 #[cfg(test)]
 mod tests {

@@ -504,8 +504,31 @@ pub fn render(r: &Report) -> String {
 
     zones(&mut m, &r.zones);
     server(&mut m, &r.processes, &r.server);
+    findings(&mut m, &r.findings);
     errors(&mut m, r.errors.iter().map(|e| e.source.as_str()));
     m.render()
+}
+
+/// One series per finding; a rule that did not fire has none.
+fn findings(m: &mut Metrics, findings: &[crate::findings::Finding]) {
+    for f in findings {
+        let severity = serde_json::to_value(f.severity)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        m.add_labelled(
+            "finding",
+            Kind::Gauge,
+            "1 for each finding of the answer (see the JSON answer's findings for its message and evidence).",
+            false,
+            &[
+                ("code", f.code),
+                ("severity", &severity),
+                ("subject", &f.subject),
+            ],
+            1,
+        );
+    }
 }
 
 /// A worker's published summary, labelled by that worker.

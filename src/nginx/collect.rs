@@ -39,6 +39,7 @@ pub struct LoopPart {
     registry: Option<(u64, u64)>,
     /// This process's last published walk, kept when this one makes none.
     own_walk: Option<PublishedPss>,
+    shutdown_timeout_ms: Option<u64>,
 }
 
 /// What is measured from the kernel, on any thread: the walks and reads that
@@ -66,6 +67,7 @@ pub struct Measured {
     lua_resident: [Option<(Result<u64, String>, u64)>; 2],
     status: std::io::Result<String>,
     processes: Vec<ProcessSample>,
+    cgroup: Result<Option<crate::cgroup::CgroupMemory>, String>,
 }
 
 /// The loop's part of an answer at the asked depth (with `lua_objects_limit`,
@@ -127,6 +129,7 @@ pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
         registry: registry
             .map(|(generation, master_started_at_ms, _)| (generation, master_started_at_ms)),
         own_walk,
+        shutdown_timeout_ms: super::cycle::shutdown_timeout_ms(super::cycle::current()),
     };
     (part, job)
 }
@@ -208,6 +211,7 @@ impl Job {
             lua_resident,
             status,
             processes,
+            cgroup: crate::cgroup::read_own_recent(),
         }
     }
 }
@@ -223,6 +227,7 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         pools,
         registry,
         own_walk,
+        shutdown_timeout_ms,
     } = part;
     for (zone, (pages, age_ms)) in zones.iter_mut().zip(measured.zone_pages) {
         zone.resident_pages = pages;
@@ -283,6 +288,7 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         pools: Pools::from_sample(&pools),
         processes: Vec::new(),
         server: Default::default(),
+        findings: Vec::new(),
         errors: Vec::new(),
     };
     // This worker's own summary: published for the others, and its entry in
@@ -303,6 +309,15 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         server::build(samples, generation, master_started_at_ms, now, &mut errors);
     report.processes = processes;
     report.server = server;
+    report.findings = crate::findings::evaluate(
+        &crate::findings::Inputs {
+            report: &report,
+            cgroup: &measured.cgroup,
+            shutdown_timeout_ms,
+            now_ms: now,
+        },
+        &mut errors,
+    );
     report.errors = errors;
     report
 }

@@ -2,7 +2,7 @@
 
 use std::ffi::{c_void, CStr};
 
-use ngx::ffi::{ngx_cycle, ngx_cycle_t, ngx_module_t};
+use ngx::ffi::{ngx_core_conf_t, ngx_core_module, ngx_cycle, ngx_cycle_t, ngx_module_t};
 
 /// The running cycle. In a worker it stays put while a request runs.
 pub fn current() -> &'static ngx_cycle_t {
@@ -35,4 +35,17 @@ pub fn module_by_name<'a>(cycle: &'a ngx_cycle_t, name: &str) -> Option<&'a ngx_
 
 pub fn module_by_address(cycle: &ngx_cycle_t, address: *const c_void) -> Option<&ngx_module_t> {
     modules(cycle).find(|m| std::ptr::eq(*m as *const ngx_module_t as *const c_void, address))
+}
+
+/// `worker_shutdown_timeout` of the running configuration; `None` when not set.
+pub fn shutdown_timeout_ms(cycle: &ngx_cycle_t) -> Option<u64> {
+    // SAFETY: the core module's configuration is made for every cycle, at its
+    // module index in `conf_ctx`; `ngx_core_module` is nginx's static.
+    let ms = unsafe {
+        let ctx = cycle.conf_ctx as *const *const ngx_core_conf_t;
+        let ccf = *ctx.add(ngx_core_module.index);
+        ccf.as_ref()?.shutdown_timeout
+    };
+    // nginx writes 0 when the directive is absent.
+    (ms != 0).then_some(ms as u64)
 }
