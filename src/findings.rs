@@ -107,7 +107,7 @@ pub fn evaluate(inputs: &Inputs<'_>, errors: &mut Vec<SourceError>) -> Vec<Findi
     lua_heap_limit(r, &mut out);
     memory_limit(inputs, errors, &mut out);
     old_generation_lingering(inputs, &mut out);
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }
 
