@@ -41,7 +41,7 @@ pub const MEMORY_LIMIT_WARN_PERCENT: u64 = 80;
 /// ...critical at this one.
 pub const MEMORY_LIMIT_CRITICAL_PERCENT: u64 = 95;
 /// `old_generation_lingering`: old workers alive this long after the reload.
-pub const OLD_GENERATION_LINGER_MS: u64 = 60_000;
+pub const OLD_GENERATION_LINGER_MS: u64 = 30_000;
 /// `cycle_pool_large`: the configuration's pool above this share (percent) of
 /// a worker's resident memory...
 pub const CYCLE_POOL_LARGE_PERCENT: u64 = 25;
@@ -381,4 +381,235 @@ fn old_generation_lingering(inputs: &Inputs<'_>, out: &mut Vec<Finding>) {
         json!({"workers": old.len(), "resident_bytes": resident, "since_reload_ms": since,
                "worker_shutdown_timeout_ms": inputs.shutdown_timeout_ms}),
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lua::{LuaAllocator, LuaVm};
+    use crate::report::tests::sample_report;
+    use crate::server::{GlibcFigures, Published, ServerProcess, VmFigures};
+    use crate::zones::{SlabSample, SlotSample, ZoneSample};
+
+    fn report() -> Report {
+        let process = crate::report::process_memory(
+            Ok("VmRSS:\t102400 kB\nThreads:\t1\n".into()),
+            &mut Vec::new(),
+        );
+        sample_report(process, Vec::new())
+    }
+
+    fn run(
+        r: &Report,
+        cgroup: Result<Option<CgroupMemory>, String>,
+    ) -> (Vec<Finding>, Vec<SourceError>) {
+        let mut errors = Vec::new();
+        let inputs = Inputs {
+            report: r,
+            cgroup: &cgroup,
+            shutdown_timeout_ms: None,
+            now_ms: 100_000,
+        };
+        (evaluate(&inputs, &mut errors), errors)
+    }
+
+    fn process(pid: u32, role: ProcessRole, generation: u64, started_at_ms: u64) -> ServerProcess {
+        ServerProcess {
+            pid,
+            role,
+            worker: (role == ProcessRole::Worker).then_some(0),
+            generation,
+            exiting: false,
+            started_at_ms,
+            status: Default::default(),
+            pss_bytes: None,
+            pss_age_ms: None,
+            memory: None,
+        }
+    }
+
+    fn codes(f: &[Finding]) -> Vec<&'static str> {
+        f.iter().map(|f| f.code).collect()
+    }
+
+    #[test]
+    fn a_quiet_answer_has_none() {
+        let (f, errors) = run(&report(), Ok(None));
+        assert!(f.is_empty(), "{f:?}");
+        assert!(errors.is_empty());
+    }
+
+    #[test]
+    fn swap_of_any_process() {
+        let mut r = report();
+        let mut master = process(1, ProcessRole::Master, 1, 0);
+        master.status.swap_bytes = Some(4096);
+        r.processes = vec![master, process(2, ProcessRole::Worker, 1, 0)];
+        let (f, _) = run(&r, Ok(None));
+        assert_eq!(codes(&f), ["swap_used"]);
+        assert_eq!(f[0].subject, "master (pid 1)");
+        assert_eq!(f[0].evidence["swap_bytes"], 4096);
+    }
+
+    #[test]
+    fn zones_failed_fragmented_oversized() {
+        let sample = ZoneSample {
+            name: "z".into(),
+            owner: Some("ngx_http_lua_module".into()),
+            size_bytes: 256 << 20,
+            page_size_bytes: 4096,
+            resident_pages: Ok(100),
+            resident_age_ms: 0,
+            slab: Ok(SlabSample {
+                pages_total: 65_000,
+                pages_free: 30_000,
+                slots: vec![SlotSample {
+                    size_bytes: 128,
+                    total: 32,
+                    used: 32,
+                    reqs: 50,
+                    fails: 3,
+                }],
+                free_runs: 15_000,
+                largest_free_run_pages: 2,
+                free_runs_truncated: false,
+            }),
+        };
+        let mut r = report();
+        r.zones = vec![sample.to_zone(&mut Vec::new())];
+        let (f, _) = run(&r, Ok(None));
+        assert_eq!(
+            codes(&f),
+            ["zone_alloc_failed", "zone_fragmented", "zone_oversized"]
+        );
+        assert_eq!(f[0].evidence["slot_size_bytes"], 128);
+        assert_eq!(f[1].severity, Severity::Warning, "fragmented with failures");
+        assert_eq!(f[2].evidence["loaded_bytes"], 100 * 4096);
+    }
+
+    #[test]
+    fn per_worker_from_published_figures() {
+        let mut r = report();
+        let mut w = process(7, ProcessRole::Worker, 1, 0);
+        w.status.resident_bytes = Some(40 << 20);
+        let mut m = Published::default();
+        m.glibc = Some(GlibcFigures {
+            in_use_bytes: 10 << 20,
+            free_bytes: 65 << 20,
+        });
+        m.lua.http = Some(VmFigures {
+            gc_bytes: 1 << 20,
+            allocator_mapped_bytes: Some(40 << 20),
+            ..Default::default()
+        });
+        m.pools.cycle_bytes = 17 << 20;
+        w.memory = Some(m);
+        r.processes = vec![w];
+        let (f, _) = run(&r, Ok(None));
+        let mut got = codes(&f);
+        got.sort();
+        assert_eq!(
+            got,
+            ["cycle_pool_large", "glibc_free_held", "lua_allocator_held"]
+        );
+        // Below the floors: nothing.
+        let m = r.processes[0].memory.as_mut().unwrap();
+        m.glibc = Some(GlibcFigures {
+            in_use_bytes: 1,
+            free_bytes: 63 << 20,
+        });
+        m.lua.http.as_mut().unwrap().allocator_mapped_bytes = Some(30 << 20);
+        m.pools.cycle_bytes = 15 << 20;
+        assert!(run(&r, Ok(None)).0.is_empty());
+    }
+
+    #[test]
+    fn a_non_gc64_heap_near_its_limit() {
+        let vm = |end: u64, mapped: u64| LuaVm {
+            gc_bytes: 1,
+            allocator: Some(LuaAllocator {
+                kind: "lj_alloc",
+                segments: 1,
+                mapped_bytes: mapped,
+                resident_bytes: None,
+                resident_age_ms: None,
+                free_bytes: 0,
+                free_chunks: 0,
+                walk_truncated: false,
+                segment_ranges: vec![(end - mapped, end)],
+            }),
+            version: None,
+            library: None,
+            jit_enabled: None,
+            objects: None,
+        };
+        let mut r = report();
+        r.lua.http = Some(vm(1600 << 20, 1550 << 20));
+        let (f, _) = run(&r, Ok(None));
+        assert_eq!(codes(&f), ["lua_heap_limit"]);
+        assert_eq!(f[0].severity, Severity::Critical);
+        r.lua.http = Some(vm(1600 << 20, 1000 << 20));
+        assert!(run(&r, Ok(None)).0.is_empty(), "below 75%");
+        r.lua.http = Some(vm(0x7f00_0000_0000, 1550 << 20));
+        assert!(run(&r, Ok(None)).0.is_empty(), "GC64: segments above 2 GiB");
+    }
+
+    #[test]
+    fn memory_limit_counts_the_lua_headroom() {
+        let mut r = report();
+        r.server.resident_bytes = 70 << 20;
+        let mut w = process(7, ProcessRole::Worker, 1, 0);
+        let mut m = Published::default();
+        m.lua.http = Some(VmFigures {
+            gc_bytes: 12 << 20,
+            ..Default::default()
+        });
+        w.memory = Some(m);
+        r.processes = vec![w];
+        let cg = |limit: u64| {
+            Ok(Some(CgroupMemory {
+                limit_bytes: Some(limit),
+                usage_bytes: Some(1),
+                version: 2,
+            }))
+        };
+        // 70 + 12 = 82 MiB of 100: warning; of 85: critical; of 200: none.
+        let (f, _) = run(&r, cg(100 << 20));
+        assert_eq!(
+            (codes(&f), f[0].severity),
+            (vec!["memory_limit"], Severity::Warning)
+        );
+        assert_eq!(f[0].evidence["projected_bytes"], 82 << 20);
+        assert_eq!(run(&r, cg(85 << 20)).0[0].severity, Severity::Critical);
+        assert!(run(&r, cg(200 << 20)).0.is_empty());
+        let (f, errors) = run(&r, Err("/proc/self/cgroup: denied".into()));
+        assert!(f.is_empty());
+        assert_eq!(errors[0].source, "findings.memory_limit");
+    }
+
+    #[test]
+    fn old_generation_after_the_threshold() {
+        let mut r = report();
+        r.server.generation = 2;
+        let mut old = process(5, ProcessRole::Worker, 1, 1_000);
+        old.exiting = true;
+        old.status.resident_bytes = Some(9 << 20);
+        r.processes = vec![old, process(6, ProcessRole::Worker, 2, 60_000)];
+        // 40 s after the reload (now 100 s, the new worker started at 60 s).
+        let (f, _) = run(&r, Ok(None));
+        assert_eq!(codes(&f), ["old_generation_lingering"]);
+        assert_eq!(f[0].evidence["since_reload_ms"], 40_000);
+        assert!(f[0].message.contains("not set"));
+        let mut errors = Vec::new();
+        let set = Inputs {
+            report: &r,
+            cgroup: &Ok(None),
+            shutdown_timeout_ms: Some(10_000),
+            now_ms: 100_000,
+        };
+        let f = evaluate(&set, &mut errors);
+        assert!(f[0].message.contains("up to worker_shutdown_timeout"));
+        r.processes[1].started_at_ms = 80_000;
+        assert!(run(&r, Ok(None)).0.is_empty(), "20 s: not yet");
+    }
 }

@@ -131,7 +131,7 @@ fn to_json(value: &impl Serialize) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::breakdown::{Depth, Inputs};
     use serde_json::Value;
@@ -146,7 +146,7 @@ mod tests {
         }
     }
 
-    fn sample_report(process: ProcessMemory, errors: Vec<SourceError>) -> Report {
+    pub(crate) fn sample_report(process: ProcessMemory, errors: Vec<SourceError>) -> Report {
         let lua = Lua::default();
         let inputs = Inputs {
             depth: Depth::Default,

@@ -39,6 +39,7 @@ sub example {
     my ($j, $res) = $t->get_json($t->port(1), '/memory_status');
     is($res->{status}, 200, 'minimal: 200');
     check_base_shape($j, 'minimal');
+    is_deeply($j->{findings}, [], 'minimal: no finding');
     $t->done_file;
 }
 
@@ -49,6 +50,11 @@ sub example {
     my ($j, $res) = $t->get_json($t->port(1), '/memory_status');
     is($res->{status}, 200, 'lua example: 200');
     check_base_shape($j, 'lua example');
+    # What scripts/demo does: a quiet server has nothing to warn about.
+    like($t->get($t->port(1), '/fill?n=20000')->{content}, qr/^stored 20000 values/, 'lua example: /fill as the demo does');
+    my ($d) = $t->get_json($t->port(1), '/memory_status');
+    is(scalar(grep { $_->{severity} ne 'info' } @{ $d->{findings} }), 0, 'the demo: no warning or critical finding')
+        or diag explain $d->{findings};
     $t->done_file;
 }
 
