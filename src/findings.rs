@@ -492,11 +492,13 @@ mod tests {
         let mut r = report();
         let mut w = process(7, ProcessRole::Worker, 1, 0);
         w.status.resident_bytes = Some(40 << 20);
-        let mut m = Published::default();
-        m.glibc = Some(GlibcFigures {
-            in_use_bytes: 10 << 20,
-            free_bytes: 65 << 20,
-        });
+        let mut m = Published {
+            glibc: Some(GlibcFigures {
+                in_use_bytes: 10 << 20,
+                free_bytes: 65 << 20,
+            }),
+            ..Published::default()
+        };
         m.lua.http = Some(VmFigures {
             gc_bytes: 1 << 20,
             allocator_mapped_bytes: Some(40 << 20),
