@@ -42,6 +42,12 @@ pub const MEMORY_LIMIT_WARN_PERCENT: u64 = 80;
 pub const MEMORY_LIMIT_CRITICAL_PERCENT: u64 = 95;
 /// `old_generation_lingering`: old workers alive this long after the reload.
 pub const OLD_GENERATION_LINGER_MS: u64 = 30_000;
+/// `steady_growth`: a fit at least this good (R²)...
+pub const STEADY_GROWTH_MIN_R_SQUARED: f64 = 0.9;
+/// ...over at least this many samples...
+pub const STEADY_GROWTH_MIN_SAMPLES: usize = 6;
+/// ...that grew at least this much over its window.
+pub const STEADY_GROWTH_MIN_BYTES: f64 = 4.0 * MIB as f64;
 /// `cycle_pool_large`: the configuration's pool above this share (percent) of
 /// a worker's resident memory...
 pub const CYCLE_POOL_LARGE_PERCENT: u64 = 25;
@@ -107,6 +113,9 @@ pub fn evaluate(inputs: &Inputs<'_>, errors: &mut Vec<SourceError>) -> Vec<Findi
     lua_heap_limit(r, &mut out);
     memory_limit(inputs, errors, &mut out);
     old_generation_lingering(inputs, &mut out);
+    for t in &r.trends {
+        steady_growth(r, t, &mut out);
+    }
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }
@@ -336,6 +345,50 @@ fn memory_limit(inputs: &Inputs<'_>, errors: &mut Vec<SourceError>, out: &mut Ve
         json!({"limit_bytes": limit, "usage_bytes": cg.usage_bytes, "server_resident_bytes": server,
                "lua_headroom_bytes": headroom, "projected_bytes": projected, "cgroup_version": cg.version}),
     ));
+}
+
+/// `steady_growth`: a series of a process that grew in a straight line over
+/// its window (since the last reload), by a material amount. Zones fill toward
+/// their size (never a leak), and a VM's owner repeats its heap's finding.
+fn steady_growth(r: &Report, t: &crate::history::ProcessTrends, out: &mut Vec<Finding>) {
+    let name = match r.processes.iter().find(|p| p.pid == t.pid) {
+        Some(p) => process_name(p),
+        None => format!("pid {}", t.pid),
+    };
+    let steady = |s: &crate::history::Trend| {
+        let f = &s.fit;
+        let grown = f.bytes_per_hour * f.span_ms as f64 / 3_600_000.0;
+        f.bytes_per_hour > 0.0
+            && f.r_squared >= STEADY_GROWTH_MIN_R_SQUARED
+            && f.samples >= STEADY_GROWTH_MIN_SAMPLES
+            && grown >= STEADY_GROWTH_MIN_BYTES
+    };
+    let fired: Vec<&crate::history::Trend> = t
+        .trends
+        .iter()
+        .filter(|s| !matches!(s.series, "shm" | "resident"))
+        .filter(|s| steady(s))
+        .collect();
+    for s in &fired {
+        let heap_fired = |vm: &str| fired.iter().any(|o| o.series == vm);
+        if (s.series == "lua_http" && heap_fired("lua_http_gc"))
+            || (s.series == "lua_stream" && heap_fired("lua_stream_gc"))
+        {
+            continue;
+        }
+        let f = &s.fit;
+        out.push(finding(
+            "steady_growth",
+            Severity::Warning,
+            format!("{name} {}", s.series),
+            format!(
+                "{} of {name} grew steadily by {:.0} bytes per hour over the last {} s ({} samples, R² {:.2}): if it does not level off it is a leak; compare ?history=1 after the next reload.",
+                s.series, f.bytes_per_hour, f.span_ms / 1000, f.samples, f.r_squared
+            ),
+            json!({"bytes_per_hour": f.bytes_per_hour as i64, "r_squared": f.r_squared,
+                   "samples": f.samples, "span_ms": f.span_ms, "last_bytes": s.last_bytes}),
+        ));
+    }
 }
 
 /// `old_generation_lingering`: workers of an older configuration still alive

@@ -15,6 +15,7 @@ mod escape;
 mod findings;
 mod format;
 mod glibc_heaps;
+mod history;
 mod lua;
 mod panic_guard;
 mod pools;

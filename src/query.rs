@@ -54,6 +54,8 @@ pub struct Query {
     pub refresh_seconds: Option<u32>,
     /// `lua_objects=1`: count the Lua VMs' GC objects, walking at most this many.
     pub lua_objects_limit: Option<u64>,
+    /// `history=1`: add every process's samples.
+    pub history: bool,
 }
 
 /// Objects the census walks at most unless `lua_objects_limit=` says otherwise.
@@ -109,6 +111,7 @@ const ARGUMENTS: &[&str] = &[
     "refresh",
     "lua_objects",
     "lua_objects_limit",
+    "history",
 ];
 
 impl Query {
@@ -120,6 +123,7 @@ impl Query {
         let mut refresh = None;
         let mut lua_objects = None;
         let mut lua_objects_limit = None;
+        let mut history = None;
         for part in args.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
             let (raw_name, raw_value) = match part.iter().position(|&b| b == b'=') {
                 Some(i) => (&part[..i], &part[i + 1..]),
@@ -137,6 +141,7 @@ impl Query {
                 b"lua_objects_limit" => {
                     set_once(&mut lua_objects_limit, "lua_objects_limit", value)?
                 }
+                b"history" => set_once(&mut history, "history", value)?,
                 _ => return Err(QueryError::Unknown(echo(&name))),
             }
         }
@@ -174,6 +179,21 @@ impl Query {
                 });
             }
             query.lua_objects_limit = Some(LUA_OBJECTS_DEFAULT_LIMIT);
+        }
+        if let Some(value) = history {
+            if value != b"1" {
+                return Err(QueryError::BadValue {
+                    name: "history",
+                    value: echo(&value),
+                    expected: "1",
+                });
+            }
+            if query.zone.is_some() {
+                return Err(QueryError::Conflict(
+                    "history=1 applies to the whole answer, not to zone=",
+                ));
+            }
+            query.history = true;
         }
         if let Some(value) = lua_objects_limit {
             let Some(limit) =
@@ -367,6 +387,14 @@ mod tests {
             resolve(b"zone=a", None, h),
             Err(QueryError::Conflict(_))
         ));
+    }
+
+    #[test]
+    fn history() {
+        assert!(!Query::parse(b"").unwrap().history);
+        assert!(Query::parse(b"history=1").unwrap().history);
+        assert!(Query::parse(b"history=2").is_err());
+        assert!(Query::parse(b"history=1&zone=x").is_err());
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub struct Report {
     /// Every process of this nginx, whichever worker answers.
     pub processes: Vec<ServerProcess>,
     pub server: Server,
+    /// Each process's growth per series, fitted over its history.
+    pub trends: Vec<crate::history::ProcessTrends>,
+    /// `?history=1` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<crate::history::History>,
     /// What the figures mean, most severe first (empty: no rule fired).
     pub findings: Vec<crate::findings::Finding>,
     pub errors: Vec<SourceError>,
@@ -175,6 +180,8 @@ pub(crate) mod tests {
             pools: Pools::from_sample(&Default::default()),
             processes: Vec::new(),
             server: Default::default(),
+            trends: Vec::new(),
+            history: None,
             findings: Vec::new(),
             errors,
         }

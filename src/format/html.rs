@@ -292,6 +292,7 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
     }
     h.push_str("</table></section>");
     server_section(&mut h, r);
+    history_section(&mut h, r);
 
     if !r.errors.is_empty() {
         h.push_str("<section id=\"errors\"><h2>Not read</h2><ul>");
@@ -328,6 +329,86 @@ fn findings_section(h: &mut String, findings: &[crate::findings::Finding]) {
         );
     }
     h.push_str("</ul></section>");
+}
+
+/// A small line of (time, bytes) points, no script: the last value beside it.
+fn sparkline(points: &[(u64, f64)]) -> String {
+    let (w, h) = (160.0, 28.0);
+    if points.len() < 2 {
+        return "<span class=\"na\">not enough samples</span>".into();
+    }
+    let (t0, t1) = (points[0].0, points[points.len() - 1].0);
+    let lo = points.iter().map(|p| p.1).fold(f64::MAX, f64::min);
+    let hi = points.iter().map(|p| p.1).fold(f64::MIN, f64::max);
+    let span_t = (t1 - t0).max(1) as f64;
+    let span_v = if hi > lo { hi - lo } else { 1.0 };
+    let coords: Vec<String> = points
+        .iter()
+        .map(|&(t, v)| {
+            let x = (t - t0) as f64 / span_t * w;
+            let y = h - (v - lo) / span_v * (h - 2.0) - 1.0;
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    format!(
+        "<svg class=\"spark\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\"><polyline fill=\"none\" stroke=\"#4e79a7\" stroke-width=\"1.5\" points=\"{}\"/></svg> {}",
+        coords.join(" "),
+        size(points[points.len() - 1].1.max(0.0) as u64)
+    )
+}
+
+/// The history: the serving worker's owners over time, and the server's
+/// memory counted once (each process's PSS, summed per interval).
+fn history_section(h: &mut String, r: &Report) {
+    let Some(history) = &r.history else { return };
+    let mine = history.processes.iter().find(|p| p.pid == r.nginx.pid);
+    let _ = write!(
+        h,
+        "<section id=\"history\"><h2>Over time <small>(one sample every {} s, the last {})</small></h2><table>",
+        history.interval_ms / 1000,
+        history.capacity
+    );
+    if let Some(mine) = mine {
+        let resident: Vec<(u64, f64)> = mine
+            .samples
+            .iter()
+            .map(|s| (s.at_ms, s.resident_bytes as f64))
+            .collect();
+        let _ = write!(
+            h,
+            "<tr><td>this worker: resident</td><td>{}</td></tr>",
+            sparkline(&resident)
+        );
+        for owner in crate::server::PUBLISHED_OWNERS {
+            let points: Vec<(u64, f64)> = mine
+                .samples
+                .iter()
+                .filter_map(|s| Some((s.at_ms, *s.owners.get(owner)? as f64)))
+                .collect();
+            if !points.is_empty() {
+                let _ = write!(
+                    h,
+                    "<tr><td>this worker: {owner}</td><td>{}</td></tr>",
+                    sparkline(&points)
+                );
+            }
+        }
+    }
+    let mut buckets: std::collections::BTreeMap<u64, f64> = std::collections::BTreeMap::new();
+    let interval = history.interval_ms.max(1);
+    for p in &history.processes {
+        for s in &p.samples {
+            let bytes = s.pss_bytes.unwrap_or(s.resident_bytes);
+            *buckets.entry(s.at_ms / interval * interval).or_insert(0.0) += bytes as f64;
+        }
+    }
+    // The newest interval is still filling in: left out.
+    let total: Vec<(u64, f64)> = buckets.into_iter().rev().skip(1).rev().collect();
+    let _ = write!(
+        h,
+        "<tr><td>the workers, counted once (PSS)</td><td>{}</td></tr></table></section>",
+        sparkline(&total)
+    );
 }
 
 /// Every process of the server: the old generation marked, ages shown.

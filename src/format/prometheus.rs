@@ -504,9 +504,36 @@ pub fn render(r: &Report) -> String {
 
     zones(&mut m, &r.zones);
     server(&mut m, &r.processes, &r.server);
+    trends(&mut m, &r.trends);
     findings(&mut m, &r.findings);
     errors(&mut m, r.errors.iter().map(|e| e.source.as_str()));
     m.render()
+}
+
+/// Each process's fitted growth per series, labelled by the process's pid.
+fn trends(m: &mut Metrics, trends: &[crate::history::ProcessTrends]) {
+    for p in trends {
+        let pid = p.pid.to_string();
+        for t in &p.trends {
+            let l: &[(&str, &str)] = &[("pid", &pid), ("series", t.series)];
+            m.add_labelled(
+                "trend_bytes_per_hour",
+                Kind::Gauge,
+                "Growth of each process's series over its history since the last reload (least squares, as deriv()).",
+                false,
+                l,
+                t.fit.bytes_per_hour,
+            );
+            m.add_labelled(
+                "trend_r_squared",
+                Kind::Gauge,
+                "How well a straight line fits that series (1: exactly).",
+                false,
+                l,
+                t.fit.r_squared,
+            );
+        }
+    }
 }
 
 /// One series per finding; a rule that did not fire has none.

@@ -15,6 +15,7 @@ use super::registry;
 use super::residency::{lua_resident_bytes, resident_pages_of, zones_resident_pages, ZoneRange};
 use super::zones::sample_zones;
 use crate::breakdown::{Breakdown, Depth, Inputs, VirtualSplit};
+use crate::history::{History, ProcessHistory, ProcessTrends, Trend, SERIES};
 use crate::lua::Lua;
 use crate::lua::LuaVmSample;
 use crate::pools::Pools;
@@ -40,6 +41,8 @@ pub struct LoopPart {
     /// This process's last published walk, kept when this one makes none.
     own_walk: Option<PublishedPss>,
     shutdown_timeout_ms: Option<u64>,
+    /// Every live process's history ring: its trends, and its samples when asked.
+    rings: Option<(Vec<super::history::RingView>, usize)>,
 }
 
 /// What is measured from the kernel, on any thread: the walks and reads that
@@ -72,7 +75,11 @@ pub struct Measured {
 
 /// The loop's part of an answer at the asked depth (with `lua_objects_limit`,
 /// the Lua census too), and the job that measures the rest.
-pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
+pub fn begin(
+    depth: Depth,
+    lua_objects_limit: Option<u64>,
+    history_samples: bool,
+) -> (LoopPart, Job) {
     let zones = sample_zones(None);
     let zone_ranges = zones
         .iter()
@@ -130,6 +137,7 @@ pub fn begin(depth: Depth, lua_objects_limit: Option<u64>) -> (LoopPart, Job) {
             .map(|(generation, master_started_at_ms, _)| (generation, master_started_at_ms)),
         own_walk,
         shutdown_timeout_ms: super::cycle::shutdown_timeout_ms(super::cycle::current()),
+        rings: super::history::read(history_samples),
     };
     (part, job)
 }
@@ -228,6 +236,7 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         registry,
         own_walk,
         shutdown_timeout_ms,
+        rings,
     } = part;
     for (zone, (pages, age_ms)) in zones.iter_mut().zip(measured.zone_pages) {
         zone.resident_pages = pages;
@@ -288,6 +297,8 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         pools: Pools::from_sample(&pools),
         processes: Vec::new(),
         server: Default::default(),
+        trends: Vec::new(),
+        history: None,
         findings: Vec::new(),
         errors: Vec::new(),
     };
@@ -309,6 +320,11 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         server::build(samples, generation, master_started_at_ms, now, &mut errors);
     report.processes = processes;
     report.server = server;
+    if let Some((rings, capacity)) = rings {
+        let (trends, history) = history_of(&report, rings, capacity);
+        report.trends = trends;
+        report.history = history;
+    }
     report.findings = crate::findings::evaluate(
         &crate::findings::Inputs {
             report: &report,
@@ -320,6 +336,47 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
     );
     report.errors = errors;
     report
+}
+
+/// The trends of every listed process, and its samples where they were read.
+fn history_of(
+    report: &Report,
+    rings: Vec<super::history::RingView>,
+    capacity: usize,
+) -> (Vec<ProcessTrends>, Option<History>) {
+    let shm_cap: u64 = report.zones.iter().map(|z| z.size_bytes).sum();
+    let listed = |pid: u32| report.processes.iter().any(|p| p.pid == pid);
+    let mut trends = Vec::new();
+    let mut samples = Vec::new();
+    for ring in rings.into_iter().filter(|r| listed(r.pid)) {
+        trends.push(ProcessTrends {
+            pid: ring.pid,
+            trends: ring
+                .trends
+                .iter()
+                .map(|&(i, fit, last_bytes)| Trend {
+                    series: SERIES[i],
+                    fit,
+                    cap_bytes: (SERIES[i] == "shm").then_some(shm_cap),
+                    last_bytes,
+                })
+                .collect(),
+        });
+        if let Some(s) = ring.samples {
+            samples.push(ProcessHistory {
+                pid: ring.pid,
+                started_at_ms: ring.started_at_ms,
+                samples: s,
+            });
+        }
+    }
+    let history = (!samples.is_empty()).then(|| History {
+        interval_ms: super::publish::INTERVAL_MS.load(std::sync::atomic::Ordering::Relaxed),
+        capacity: capacity as u64,
+        reloads_at_ms: super::history::reloads_at_ms(),
+        processes: samples,
+    });
+    (trends, history)
 }
 
 /// One zone alone (`?zone=NAME`, its bytes or its escaped name): that zone is

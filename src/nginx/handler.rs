@@ -98,7 +98,9 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
     let Some(name) = &query.zone else {
         // The whole answer: the loop copies nginx's and the VMs' figures, a
         // thread measures the rest while the worker goes on serving.
-        let (part, job) = collect::begin(query.depth, query.lua_objects_limit);
+        // The HTML page draws each process's history.
+        let samples = query.history || format == Format::Html;
+        let (part, job) = collect::begin(query.depth, query.lua_objects_limit, samples);
         let refresh = query.refresh_seconds;
         let complete: Complete = Box::new(move |r, part, measured| {
             #[cfg(feature = "test-panic")]

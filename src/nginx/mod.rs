@@ -4,6 +4,7 @@
 mod collect;
 mod cycle;
 mod handler;
+mod history;
 mod lua;
 mod offloop;
 mod pools;
@@ -61,7 +62,7 @@ unsafe impl HttpModuleLocationConf for MemoryStatusModule {
     type LocationConf = LocationConf;
 }
 
-static mut NGX_HTTP_MEMORY_STATUS_COMMANDS: [ngx_command_t; 4] = [
+static mut NGX_HTTP_MEMORY_STATUS_COMMANDS: [ngx_command_t; 5] = [
     ngx_command_t {
         name: ngx_string!("memory_status"),
         type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
@@ -87,12 +88,20 @@ static mut NGX_HTTP_MEMORY_STATUS_COMMANDS: [ngx_command_t; 4] = [
         offset: 0,
         post: std::ptr::null_mut(),
     },
+    ngx_command_t {
+        name: ngx_string!("memory_status_history"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(set_memory_status_history),
+        conf: 0,
+        offset: 0,
+        post: std::ptr::null_mut(),
+    },
     ngx_command_t::empty(),
 ];
 
 static NGX_HTTP_MEMORY_STATUS_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: Some(preconfiguration),
-    postconfiguration: None,
+    postconfiguration: Some(postconfiguration),
     create_main_conf: None,
     init_main_conf: None,
     create_srv_conf: None,
@@ -138,6 +147,7 @@ extern "C" fn set_memory_status(
         return c"has no location configuration".as_ptr().cast_mut();
     };
     clcf.handler = Some(handler::memory_status_handler);
+    ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
     // The registry every process of the server writes itself into, so any
     // worker can answer for all of them.
     // The module static's address is its zones' tag.
@@ -158,7 +168,63 @@ extern "C" fn preconfiguration(_cf: *mut ngx_conf_t) -> ngx_int_t {
         std::sync::atomic::Ordering::Relaxed,
     );
     INTERVAL_SET.store(false, std::sync::atomic::Ordering::Relaxed);
+    HISTORY_SAMPLES.store(0, std::sync::atomic::Ordering::Relaxed);
+    ENABLED.store(false, std::sync::atomic::Ordering::Relaxed);
     NGX_OK as ngx_int_t
+}
+
+/// Some location of the configuration being read says `memory_status`.
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// `memory_status_history`; 0: not set (one hour's worth of the interval).
+static HISTORY_SAMPLES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// After the `http` block: the history zone, sized now that the interval and
+/// the history's length are known.
+extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+    use std::sync::atomic::Ordering::Relaxed;
+    if !ENABLED.load(Relaxed) {
+        return NGX_OK as ngx_int_t;
+    }
+    let capacity = match HISTORY_SAMPLES.load(Relaxed) {
+        0 => history::DEFAULT_SPAN_MS.div_ceil(publish::INTERVAL_MS.load(Relaxed)) as usize,
+        n => n,
+    };
+    let tag = addr_of_mut!(ngx_http_memory_status_module).cast::<c_void>();
+    match history::add_zone(cf, tag, capacity) {
+        Ok(()) => NGX_OK as ngx_int_t,
+        Err(()) => NGX_ERROR as ngx_int_t,
+    }
+}
+
+/// `memory_status_history N;`: samples each process keeps.
+extern "C" fn set_memory_status_history(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    use std::sync::atomic::Ordering::Relaxed;
+    if HISTORY_SAMPLES.load(Relaxed) != 0 {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // SAFETY: `cf->args` holds the directive and its one argument (NGX_CONF_TAKE1).
+    let args: &mut [ngx_str_t] = unsafe { (*(*cf).args).as_slice_mut() };
+    let value = String::from_utf8_lossy(args[1].as_bytes()).into_owned();
+    match value.parse::<usize>() {
+        Ok(n) if (3..=history::MAX_CAPACITY).contains(&n) => {
+            HISTORY_SAMPLES.store(n, Relaxed);
+            NGX_CONF_OK
+        }
+        _ => {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid value \"{}\" in \"memory_status_history\" directive, it must be a number of samples from 3 to {}",
+                value,
+                history::MAX_CAPACITY
+            );
+            NGX_CONF_ERROR
+        }
+    }
 }
 
 static INTERVAL_SET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

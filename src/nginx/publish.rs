@@ -46,11 +46,12 @@ extern "C" fn on_timer(ev: *mut ngx_event_t) {
     // SAFETY: nginx calls the handler with our event, on the loop's thread.
     unsafe { ngx_add_timer(ev, INTERVAL_MS.load(Ordering::Relaxed) as ngx_msec_t) };
     let _ = crate::panic_guard::run_guarded(|| {
-        let (part, job) = collect::begin(Depth::Default, None);
+        let (part, job) = collect::begin(Depth::Default, None, false);
         let job = job.for_summary();
-        // `finish` publishes the summary; the report itself is not needed.
-        let done: offloop::Background =
-            Box::new(|part, measured| drop(collect::finish(part, measured)));
+        // `finish` publishes the summary; the timer's adds it to the history.
+        let done: offloop::Background = Box::new(|part, measured| {
+            super::history::record_report(&collect::finish(part, measured))
+        });
         if let Err(back) = offloop::submit_background(part, job, done) {
             // No thread: measured here, as an answer would be.
             let (part, job, done) = *back;

@@ -169,6 +169,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     slot.pid.store(pid, Ordering::Release);
     MY_SLOT.store(i as i32, Ordering::Relaxed);
     if kind != RegisteredKind::Helper {
+        super::history::claim();
         super::publish::start(cycle);
     }
     NGX_OK as ngx_int_t
@@ -176,6 +177,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 
 /// The module's `exit_process`: the slot is freed as the process leaves.
 pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    super::history::release();
     let (Some(r), Ok(i)) = (registry(), usize::try_from(MY_SLOT.load(Ordering::Relaxed))) else {
         return;
     };
@@ -232,7 +234,7 @@ fn published_of(slot: &Slot, now_ms: u64) -> Option<Published> {
     None
 }
 
-fn alive(pid: i32) -> bool {
+pub(super) fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe {
         libc::kill(pid, 0) == 0

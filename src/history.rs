@@ -1,0 +1,345 @@
+//! History: each worker's summary, one sample per `memory_status_interval`, in
+//! a ring of the module's history zone; and the trends fitted over it (bytes
+//! per hour by least squares, PromQL's `deriv()`), restarted at each reload.
+
+use serde::Serialize;
+
+use crate::server::{Published, PUBLISHED_OWNERS};
+
+/// One sample, as flat words (no pointer: any process reads them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Sample {
+    pub at_ms: u64,
+    pub resident_bytes: u64,
+    /// The process's PSS at its last walk; `None` before any.
+    pub pss_bytes: Option<u64>,
+    /// Each owner's `resident_bytes` (`PUBLISHED_OWNERS` order; unattributed may
+    /// be negative).
+    pub owners: std::collections::BTreeMap<&'static str, i64>,
+    pub lua_http_gc_bytes: Option<u64>,
+    pub lua_stream_gc_bytes: Option<u64>,
+    pub lua_http_allocator_bytes: Option<u64>,
+    pub lua_stream_allocator_bytes: Option<u64>,
+    pub glibc_in_use_bytes: Option<u64>,
+    pub glibc_free_bytes: Option<u64>,
+}
+
+pub const SAMPLE_WORDS: usize = 3 + PUBLISHED_OWNERS.len() + 6;
+const NONE: u64 = u64::MAX;
+const NONE_SIGNED: u64 = i64::MIN as u64;
+
+fn put(v: Option<u64>) -> u64 {
+    v.unwrap_or(NONE)
+}
+fn get(w: u64) -> Option<u64> {
+    (w != NONE).then_some(w)
+}
+
+impl Sample {
+    /// A worker's summary, as a sample of its history.
+    pub fn of(p: &Published, resident_bytes: u64) -> Sample {
+        let vm = |v: &Option<crate::server::VmFigures>| {
+            (
+                v.map(|v| v.gc_bytes),
+                v.and_then(|v| v.allocator_mapped_bytes),
+            )
+        };
+        let (http_gc, http_alloc) = vm(&p.lua.http);
+        let (stream_gc, stream_alloc) = vm(&p.lua.stream);
+        Sample {
+            at_ms: p.sampled_at_ms,
+            resident_bytes,
+            pss_bytes: p.pss.as_ref().map(|w| w.bytes),
+            owners: p
+                .breakdown
+                .iter()
+                .filter_map(|(&name, o)| Some((name, o.resident_bytes?)))
+                .collect(),
+            lua_http_gc_bytes: http_gc,
+            lua_stream_gc_bytes: stream_gc,
+            lua_http_allocator_bytes: http_alloc,
+            lua_stream_allocator_bytes: stream_alloc,
+            glibc_in_use_bytes: p.glibc.map(|g| g.in_use_bytes),
+            glibc_free_bytes: p.glibc.map(|g| g.free_bytes),
+        }
+    }
+
+    pub fn to_words(&self) -> [u64; SAMPLE_WORDS] {
+        let mut w = [NONE; SAMPLE_WORDS];
+        w[0] = self.at_ms;
+        w[1] = self.resident_bytes;
+        w[2] = put(self.pss_bytes);
+        for (i, name) in PUBLISHED_OWNERS.iter().enumerate() {
+            w[3 + i] = self.owners.get(name).map_or(NONE_SIGNED, |&r| r as u64);
+        }
+        let rest = [
+            self.lua_http_gc_bytes,
+            self.lua_stream_gc_bytes,
+            self.lua_http_allocator_bytes,
+            self.lua_stream_allocator_bytes,
+            self.glibc_in_use_bytes,
+            self.glibc_free_bytes,
+        ];
+        for (i, v) in rest.into_iter().enumerate() {
+            w[3 + PUBLISHED_OWNERS.len() + i] = put(v);
+        }
+        w
+    }
+
+    pub fn from_words(w: &[u64; SAMPLE_WORDS]) -> Sample {
+        let at = 3 + PUBLISHED_OWNERS.len();
+        Sample {
+            at_ms: w[0],
+            resident_bytes: w[1],
+            pss_bytes: get(w[2]),
+            owners: PUBLISHED_OWNERS
+                .iter()
+                .zip(&w[3..at])
+                .filter(|(_, &v)| v != NONE_SIGNED)
+                .map(|(&name, &v)| (name, v as i64))
+                .collect(),
+            lua_http_gc_bytes: get(w[at]),
+            lua_stream_gc_bytes: get(w[at + 1]),
+            lua_http_allocator_bytes: get(w[at + 2]),
+            lua_stream_allocator_bytes: get(w[at + 3]),
+            glibc_in_use_bytes: get(w[at + 4]),
+            glibc_free_bytes: get(w[at + 5]),
+        }
+    }
+}
+
+/// A least-squares line through (ms, bytes) points: its slope in bytes per
+/// hour and how well it fits (R², 1 for a straight line).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Fit {
+    pub bytes_per_hour: f64,
+    pub r_squared: f64,
+    pub samples: usize,
+    pub span_ms: u64,
+}
+
+pub fn fit(points: &[(u64, f64)]) -> Option<Fit> {
+    if points.len() < 3 {
+        return None;
+    }
+    let t0 = points[0].0;
+    let n = points.len() as f64;
+    let xs: Vec<f64> = points.iter().map(|&(t, _)| (t - t0) as f64).collect();
+    let mean_x = xs.iter().sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (x, &(_, y)) in xs.iter().zip(points) {
+        sxy += (x - mean_x) * (y - mean_y);
+        sxx += (x - mean_x) * (x - mean_x);
+        syy += (y - mean_y) * (y - mean_y);
+    }
+    if sxx == 0.0 {
+        return None;
+    }
+    let slope_per_ms = sxy / sxx;
+    let r_squared = if syy == 0.0 {
+        1.0
+    } else {
+        (sxy * sxy) / (sxx * syy)
+    };
+    Some(Fit {
+        bytes_per_hour: slope_per_ms * 3_600_000.0,
+        r_squared,
+        samples: points.len(),
+        span_ms: points[points.len() - 1].0 - t0,
+    })
+}
+
+/// A collector's sawtooth: its troughs (the heap right after a cycle), where
+/// the series has at least three; else the whole series (a heap that only
+/// grows has no trough, and its growth is real).
+pub fn troughs(points: &[(u64, f64)]) -> Vec<(u64, f64)> {
+    let inner: Vec<(u64, f64)> = points
+        .windows(3)
+        .filter(|w| w[1].1 <= w[0].1 && w[1].1 <= w[2].1 && (w[1].1 < w[0].1 || w[1].1 < w[2].1))
+        .map(|w| w[1])
+        .collect();
+    if inner.len() >= 3 {
+        inner
+    } else {
+        points.to_vec()
+    }
+}
+
+/// One series' trend over a process's window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trend {
+    /// `resident`, an owner's name, `lua_http_gc`, `lua_stream_gc`, `glibc_in_use`.
+    pub series: &'static str,
+    #[serde(flatten)]
+    pub fit: Fit,
+    /// For `shm`: growth stops at the zones' size; shown, never a leak.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cap_bytes: Option<u64>,
+    pub last_bytes: i64,
+}
+
+/// The series whose trends are fitted, in the order a ring keeps them.
+pub const SERIES: [&str; 4 + PUBLISHED_OWNERS.len()] = [
+    "resident",
+    "lua_http_gc",
+    "lua_stream_gc",
+    "glibc_in_use",
+    "glibc",
+    "shm",
+    "lua_http",
+    "lua_stream",
+    "text",
+    "stacks",
+    "other_allocators",
+    "unattributed",
+];
+
+pub fn series_index(name: &str) -> Option<usize> {
+    SERIES.iter().position(|&s| s == name)
+}
+
+/// Series `i`'s value in a sample.
+fn value(s: &Sample, i: usize) -> Option<f64> {
+    match i {
+        0 => Some(s.resident_bytes as f64),
+        1 => s.lua_http_gc_bytes.map(|v| v as f64),
+        2 => s.lua_stream_gc_bytes.map(|v| v as f64),
+        3 => s.glibc_in_use_bytes.map(|v| v as f64),
+        _ => s.owners.get(SERIES.get(i)?).map(|&v| v as f64),
+    }
+}
+
+/// Every series' trend over the samples taken since `since_ms` (the last
+/// reload), oldest first. `shm_cap_bytes`: the zones' total size.
+pub fn trends(samples: &[Sample], since_ms: u64, shm_cap_bytes: u64) -> Vec<Trend> {
+    let window: Vec<&Sample> = samples.iter().filter(|s| s.at_ms >= since_ms).collect();
+    let mut out = Vec::new();
+    for (i, name) in SERIES.iter().copied().enumerate() {
+        let mut points: Vec<(u64, f64)> = window
+            .iter()
+            .filter_map(|s| Some((s.at_ms, value(s, i)?)))
+            .collect();
+        let Some(&(_, last)) = points.last() else {
+            continue;
+        };
+        if name.ends_with("_gc") {
+            points = troughs(&points);
+        }
+        if let Some(fit) = fit(&points) {
+            out.push(Trend {
+                series: name,
+                fit,
+                cap_bytes: (name == "shm").then_some(shm_cap_bytes),
+                last_bytes: last as i64,
+            });
+        }
+    }
+    out
+}
+
+/// A process's trends, as its owner last fitted them.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessTrends {
+    pub pid: u32,
+    pub trends: Vec<Trend>,
+}
+
+/// `?history=1`: every process's samples, oldest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct History {
+    pub interval_ms: u64,
+    /// Samples a process keeps (`memory_status_history`).
+    pub capacity: u64,
+    /// When the configuration was loaded (the start, then each reload).
+    pub reloads_at_ms: Vec<u64>,
+    pub processes: Vec<ProcessHistory>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessHistory {
+    pub pid: u32,
+    pub started_at_ms: u64,
+    pub samples: Vec<Sample>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_series_are_the_owners_and_the_heaps() {
+        assert_eq!(&SERIES[4..], &PUBLISHED_OWNERS[..]);
+        assert_eq!(series_index("shm"), Some(5));
+    }
+
+    #[test]
+    fn a_sample_survives_its_words() {
+        let mut s = Sample {
+            at_ms: 5,
+            resident_bytes: 10,
+            pss_bytes: Some(7),
+            lua_http_gc_bytes: Some(3),
+            glibc_free_bytes: Some(1),
+            ..Sample::default()
+        };
+        s.owners.insert("glibc", 4);
+        s.owners.insert("unattributed", -8);
+        assert_eq!(Sample::from_words(&s.to_words()), s);
+    }
+
+    #[test]
+    fn a_straight_line_is_its_slope() {
+        // 1 MiB per second: 3600 MiB per hour, a perfect fit.
+        let pts: Vec<(u64, f64)> = (0..10)
+            .map(|i| (1_000 + i * 1000, (i << 20) as f64))
+            .collect();
+        let f = fit(&pts).unwrap();
+        assert!((f.bytes_per_hour - 3600.0 * (1 << 20) as f64).abs() < 1.0);
+        assert!((f.r_squared - 1.0).abs() < 1e-9);
+        assert_eq!((f.samples, f.span_ms), (10, 9000));
+        assert!(fit(&pts[..2]).is_none(), "two points are no trend");
+        let flat = fit(&[(0, 5.0), (1, 5.0), (2, 5.0)]).unwrap();
+        assert_eq!(flat.bytes_per_hour, 0.0);
+    }
+
+    #[test]
+    fn a_sawtooth_is_fitted_by_its_troughs() {
+        // The heap climbs 10 between cycles and each cycle leaves 1 more.
+        let mut pts = Vec::new();
+        for cycle in 0..6u64 {
+            for step in 0..5u64 {
+                let t = (cycle * 5 + step) * 1000;
+                pts.push((t, (cycle + step * 10) as f64));
+            }
+        }
+        let low = troughs(&pts);
+        assert_eq!(low.len(), 5, "{low:?}");
+        let f = fit(&low).unwrap();
+        // 1 byte per cycle of 5 s: 720 per hour, not the sawtooth's climb.
+        assert!((f.bytes_per_hour - 720.0).abs() < 1.0, "{f:?}");
+        let rising: Vec<(u64, f64)> = (0..5).map(|i| (i, i as f64)).collect();
+        assert_eq!(troughs(&rising), rising, "no trough: the whole series");
+    }
+
+    #[test]
+    fn trends_restart_at_the_reload() {
+        let samples: Vec<Sample> = (0..10u64)
+            .map(|i| {
+                let mut s = Sample {
+                    at_ms: i * 1000,
+                    resident_bytes: if i < 5 { 100 } else { 100 + (i - 5) * 1000 },
+                    ..Sample::default()
+                };
+                s.owners.insert("shm", 7);
+                s
+            })
+            .collect();
+        let t = trends(&samples, 5_000, 1 << 20);
+        let resident = t.iter().find(|t| t.series == "resident").unwrap();
+        assert_eq!(resident.fit.samples, 5);
+        assert!((resident.fit.bytes_per_hour - 3_600_000.0).abs() < 1.0);
+        let shm = t.iter().find(|t| t.series == "shm").unwrap();
+        assert_eq!(shm.cap_bytes, Some(1 << 20));
+    }
+}

@@ -1,0 +1,355 @@
+//! The history zone: one ring of samples per process (a worker's summary, one
+//! per `memory_status_interval`, the last `memory_status_history` of them), and
+//! each ring's trends as its owner last fitted them. Like the registry, each
+//! process writes only its own ring; a reader checks the samples it read were
+//! not overwritten meanwhile, and never waits.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use ngx::ffi::{
+    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t,
+    ngx_str_t, NGX_ERROR, NGX_OK,
+};
+
+use crate::history::{Fit, Sample, SAMPLE_WORDS};
+
+pub const ZONE_NAME: &str = "ngx_http_memory_status_history";
+/// Reload times kept (the last ones).
+const RELOADS: usize = 16;
+/// Series whose trend a ring keeps (`history::series` order), and words each.
+pub const TREND_SERIES: usize = crate::history::SERIES.len();
+const TREND_WORDS: usize = 5;
+const MAGIC: u64 = 0x6d65_6d5f_6869_0000 | SAMPLE_WORDS as u64;
+
+/// Samples per ring: `memory_status_history`, or one hour's worth of the
+/// interval (set when the `http` block has been read).
+pub static CAPACITY: AtomicUsize = AtomicUsize::new(0);
+/// The default history: one hour.
+pub const DEFAULT_SPAN_MS: u64 = 3_600_000;
+/// The most samples a ring takes (a day at 1 s is 86,400).
+pub const MAX_CAPACITY: usize = 100_000;
+
+#[repr(C)]
+struct Header {
+    magic: u64,
+    rings: u64,
+    capacity: u64,
+    /// Configuration loads seen by this zone, and when the last `RELOADS` were.
+    loads: AtomicU64,
+    reload_at_ms: [AtomicU64; RELOADS],
+}
+
+#[repr(C)]
+struct RingHead {
+    /// 0: free; -1: being claimed; else the owner's pid.
+    pid: AtomicI32,
+    trend_seq: AtomicU32,
+    started_at_ms: AtomicU64,
+    /// Samples ever written: the next goes to `written % capacity`.
+    written: AtomicU64,
+    trends: [AtomicU64; TREND_SERIES * TREND_WORDS],
+}
+
+/// The zone's header, as this process maps it.
+static HEADER: AtomicPtr<Header> = AtomicPtr::new(std::ptr::null_mut());
+static MY_RING: AtomicI32 = AtomicI32::new(-1);
+
+/// Rings: every worker of two generations and the cache processes, on a
+/// machine of this many cores (`worker_processes auto`), at least 32.
+fn rings() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    (2 * cores + 8).max(32)
+}
+
+fn ring_bytes(capacity: usize) -> usize {
+    std::mem::size_of::<RingHead>() + capacity * SAMPLE_WORDS * 8
+}
+
+/// The zone's size for `capacity` samples per ring, slab pages included.
+fn zone_bytes(capacity: usize) -> usize {
+    let data = std::mem::size_of::<Header>() + rings() * ring_bytes(capacity);
+    data + data / 16 + (64 << 10)
+}
+
+/// Adds the history zone (after the `http` block, when its size is known).
+pub fn add_zone(cf: *mut ngx_conf_t, tag: *mut c_void, capacity: usize) -> Result<(), ()> {
+    CAPACITY.store(capacity, Ordering::Relaxed);
+    let mut name = ngx_str_t {
+        len: ZONE_NAME.len(),
+        data: ZONE_NAME.as_ptr().cast_mut(),
+    };
+    // SAFETY: called while nginx reads the configuration; the name is static.
+    let zone = unsafe { ngx_shared_memory_add(cf, &mut name, zone_bytes(capacity), tag) };
+    if zone.is_null() {
+        return Err(());
+    }
+    // SAFETY: a zone nginx just returned.
+    unsafe { (*zone).init = Some(init_zone) };
+    Ok(())
+}
+
+extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
+    let capacity = CAPACITY.load(Ordering::Relaxed);
+    // SAFETY: nginx passes the zone being initialized; `data` is the previous
+    // cycle's header when the zone is kept across a reload.
+    unsafe {
+        let header: *mut Header = if !data.is_null() {
+            data.cast()
+        } else {
+            let pool = (*zone).shm.addr.cast::<ngx_slab_pool_t>();
+            if (*zone).shm.exists != 0 {
+                (*pool).data.cast::<Header>()
+            } else {
+                let bytes = std::mem::size_of::<Header>() + rings() * ring_bytes(capacity);
+                let h = ngx_slab_alloc(pool, bytes).cast::<Header>();
+                if h.is_null() {
+                    return NGX_ERROR as ngx_int_t;
+                }
+                // Fresh pages are zero: only the header is written.
+                (*h).magic = MAGIC;
+                (*h).rings = rings() as u64;
+                (*h).capacity = capacity as u64;
+                (*pool).data = h.cast();
+                h
+            }
+        };
+        if (*header).magic != MAGIC || (*header).capacity != capacity as u64 {
+            return NGX_ERROR as ngx_int_t;
+        }
+        let load = (*header).loads.fetch_add(1, Ordering::AcqRel);
+        (*header).reload_at_ms[load as usize % RELOADS]
+            .store(super::collect::now_ms(), Ordering::Release);
+        (*zone).data = header.cast();
+        HEADER.store(header, Ordering::Release);
+    }
+    NGX_OK as ngx_int_t
+}
+
+fn header() -> Option<&'static Header> {
+    // SAFETY: the zone is mapped for the process's life.
+    unsafe { HEADER.load(Ordering::Acquire).as_ref() }
+}
+
+/// Ring `i`'s head and its samples' words.
+fn ring(h: &'static Header, i: usize) -> (&'static RingHead, &'static [AtomicU64]) {
+    let capacity = h.capacity as usize;
+    // SAFETY: `i < h.rings`; the rings follow the header, each `ring_bytes`
+    // long, inside the allocation `init_zone` made; every field is atomic.
+    unsafe {
+        let base = (h as *const Header as *const u8)
+            .add(std::mem::size_of::<Header>() + i * ring_bytes(capacity));
+        let head = &*base.cast::<RingHead>();
+        let words = std::slice::from_raw_parts(
+            base.add(std::mem::size_of::<RingHead>())
+                .cast::<AtomicU64>(),
+            capacity * SAMPLE_WORDS,
+        );
+        (head, words)
+    }
+}
+
+/// The last reload of the configuration (or the start), for the trends' window.
+pub fn reloads_at_ms() -> Vec<u64> {
+    let Some(h) = header() else { return Vec::new() };
+    let loads = h.loads.load(Ordering::Acquire) as usize;
+    (loads.saturating_sub(RELOADS)..loads)
+        .map(|n| h.reload_at_ms[n % RELOADS].load(Ordering::Acquire))
+        .collect()
+}
+
+/// A worker (or the single process) takes a ring as it starts: a free one, else
+/// one whose owner died.
+pub fn claim() {
+    let Some(h) = header() else { return };
+    let pid = std::process::id() as i32;
+    let take = |free: &dyn Fn(i32) -> bool| {
+        (0..h.rings as usize).find(|&i| {
+            let (head, _) = ring(h, i);
+            let owner = head.pid.load(Ordering::Acquire);
+            free(owner)
+                && head
+                    .pid
+                    .compare_exchange(owner, -1, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+        })
+    };
+    let Some(i) = take(&|o| o == 0).or_else(|| take(&|o| o > 0 && !super::registry::alive(o)))
+    else {
+        return;
+    };
+    let (head, _) = ring(h, i);
+    head.written.store(0, Ordering::Relaxed);
+    head.trend_seq.store(0, Ordering::Relaxed);
+    head.trends[0].store(0, Ordering::Relaxed);
+    head.started_at_ms
+        .store(super::collect::now_ms(), Ordering::Relaxed);
+    head.pid.store(pid, Ordering::Release);
+    MY_RING.store(i as i32, Ordering::Relaxed);
+}
+
+/// The ring is freed as its process exits.
+pub fn release() {
+    let (Some(h), Ok(i)) = (header(), usize::try_from(MY_RING.load(Ordering::Relaxed))) else {
+        return;
+    };
+    let (head, _) = ring(h, i);
+    let _ = head.pid.compare_exchange(
+        std::process::id() as i32,
+        0,
+        Ordering::AcqRel,
+        Ordering::Relaxed,
+    );
+}
+
+fn my_ring() -> Option<(&'static RingHead, &'static [AtomicU64], usize)> {
+    let h = header()?;
+    let i = usize::try_from(MY_RING.load(Ordering::Relaxed)).ok()?;
+    let (head, words) = ring(h, i);
+    (head.pid.load(Ordering::Relaxed) == std::process::id() as i32).then_some((
+        head,
+        words,
+        h.capacity as usize,
+    ))
+}
+
+/// The timer's summary, as this process's next sample.
+pub fn record_report(r: &crate::report::Report) {
+    let published = crate::server::Published::from_report(r, r.collected_at_ms);
+    let sample = Sample::of(&published, r.process.resident_bytes.unwrap_or(0));
+    let since = reloads_at_ms().last().copied().unwrap_or(0);
+    record(&sample, since);
+}
+
+/// Appends a sample to this process's ring, then fits and writes its trends.
+pub fn record(sample: &Sample, fit_since_ms: u64) {
+    let Some((head, words, capacity)) = my_ring() else {
+        return;
+    };
+    let n = head.written.load(Ordering::Relaxed);
+    let at = (n as usize % capacity) * SAMPLE_WORDS;
+    for (cell, w) in words[at..at + SAMPLE_WORDS].iter().zip(sample.to_words()) {
+        cell.store(w, Ordering::Relaxed);
+    }
+    head.written.store(n + 1, Ordering::Release);
+    let samples = read_ring(head, words, capacity);
+    let trends = crate::history::trends(&samples, fit_since_ms, 0);
+    head.trend_seq.fetch_add(1, Ordering::AcqRel);
+    std::sync::atomic::fence(Ordering::Release);
+    for cell in head.trends.iter() {
+        cell.store(0, Ordering::Relaxed);
+    }
+    for t in &trends {
+        let Some(slot) = crate::history::series_index(t.series) else {
+            continue;
+        };
+        let f = t.fit;
+        let w = [
+            f.bytes_per_hour.to_bits(),
+            f.r_squared.to_bits(),
+            f.samples as u64,
+            f.span_ms,
+            t.last_bytes as u64,
+        ];
+        for (cell, v) in head.trends[slot * TREND_WORDS..][..TREND_WORDS]
+            .iter()
+            .zip(w)
+        {
+            cell.store(v, Ordering::Relaxed);
+        }
+    }
+    head.trend_seq.fetch_add(1, Ordering::Release);
+}
+
+/// A ring's samples, oldest first; those overwritten while read are dropped.
+fn read_ring(head: &RingHead, words: &[AtomicU64], capacity: usize) -> Vec<Sample> {
+    let before = head.written.load(Ordering::Acquire);
+    let first = before.saturating_sub(capacity as u64);
+    let mut out = Vec::with_capacity((before - first) as usize);
+    for n in first..before {
+        let at = (n as usize % capacity) * SAMPLE_WORDS;
+        let mut w = [0u64; SAMPLE_WORDS];
+        for (v, cell) in w.iter_mut().zip(&words[at..at + SAMPLE_WORDS]) {
+            *v = cell.load(Ordering::Relaxed);
+        }
+        out.push((n, Sample::from_words(&w)));
+    }
+    std::sync::atomic::fence(Ordering::Acquire);
+    let after = head.written.load(Ordering::Relaxed);
+    // Slots the owner rewrote meanwhile: their index is below after - capacity
+    // (the one being written counts too).
+    let valid_from = (after + 1).saturating_sub(capacity as u64);
+    out.into_iter()
+        .filter(|(n, _)| *n >= valid_from)
+        .map(|(_, s)| s)
+        .collect()
+}
+
+/// One ring as read for an answer.
+pub struct RingView {
+    pub pid: u32,
+    pub started_at_ms: u64,
+    pub trends: Vec<(usize, Fit, i64)>,
+    /// `?history=1` (or the HTML page) only.
+    pub samples: Option<Vec<Sample>>,
+}
+
+/// Every ring with a live owner: its trends, and with `samples`, its samples.
+pub fn read(samples: bool) -> Option<(Vec<RingView>, usize)> {
+    let h = header()?;
+    let capacity = h.capacity as usize;
+    let mut out = Vec::new();
+    for i in 0..h.rings as usize {
+        let (head, words) = ring(h, i);
+        let pid = head.pid.load(Ordering::Acquire);
+        if pid <= 0 {
+            continue;
+        }
+        let trends = read_trends(head);
+        out.push(RingView {
+            pid: pid as u32,
+            started_at_ms: head.started_at_ms.load(Ordering::Relaxed),
+            trends,
+            samples: samples.then(|| read_ring(head, words, capacity)),
+        });
+    }
+    Some((out, capacity))
+}
+
+fn read_trends(head: &RingHead) -> Vec<(usize, Fit, i64)> {
+    for _ in 0..4 {
+        let before = head.trend_seq.load(Ordering::Acquire);
+        if before % 2 == 1 {
+            std::hint::spin_loop();
+            continue;
+        }
+        let words: Vec<u64> = head
+            .trends
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        std::sync::atomic::fence(Ordering::Acquire);
+        if head.trend_seq.load(Ordering::Relaxed) != before {
+            continue;
+        }
+        return words
+            .chunks_exact(TREND_WORDS)
+            .enumerate()
+            .filter(|(_, w)| w[2] > 0)
+            .map(|(i, w)| {
+                (
+                    i,
+                    Fit {
+                        bytes_per_hour: f64::from_bits(w[0]),
+                        r_squared: f64::from_bits(w[1]),
+                        samples: w[2] as usize,
+                        span_ms: w[3],
+                    },
+                    w[4] as i64,
+                )
+            })
+            .collect();
+    }
+    Vec::new()
+}
