@@ -67,6 +67,16 @@ my @cases = (
         '"memory_status_interval" directive is not allowed here', qr/memory_status_interval 5s;/],
     ['interval twice', conf("    memory_status_interval 5s;\n    memory_status_interval 6s;", '', '            memory_status;'),
         '"memory_status_interval" directive is duplicate', qr/memory_status_interval 6s;/],
+    ['history too short', conf('    memory_status_history 2;', '', '            memory_status;'),
+        'invalid value "2" in "memory_status_history" directive, it must be a number of samples from 3 to 100000',
+        qr/memory_status_history 2;/],
+    ['history not a number', conf('    memory_status_history 1h;', '', '            memory_status;'),
+        'invalid value "1h" in "memory_status_history" directive, it must be a number of samples from 3 to 100000',
+        qr/memory_status_history 1h;/],
+    ['history in location', conf('', '', "            memory_status;\n            memory_status_history 10;"),
+        '"memory_status_history" directive is not allowed here', qr/memory_status_history 10;/],
+    ['history twice', conf("    memory_status_history 10;\n    memory_status_history 20;", '', '            memory_status;'),
+        '"memory_status_history" directive is duplicate', qr/memory_status_history 20;/],
 );
 
 for my $case (@cases) {

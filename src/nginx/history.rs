@@ -48,6 +48,9 @@ struct RingHead {
     started_at_ms: AtomicU64,
     /// Samples ever written: the next goes to `written % capacity`.
     written: AtomicU64,
+    /// `written` + 1 while a sample is being written, so a reader knows which
+    /// slot may have changed under it.
+    writing: AtomicU64,
     trends: [AtomicU64; TREND_SERIES * TREND_WORDS],
 }
 
@@ -181,6 +184,7 @@ pub fn claim() {
     };
     let (head, _) = ring(h, i);
     head.written.store(0, Ordering::Relaxed);
+    head.writing.store(0, Ordering::Relaxed);
     head.trend_seq.store(0, Ordering::Relaxed);
     head.trends[0].store(0, Ordering::Relaxed);
     head.started_at_ms
@@ -229,6 +233,8 @@ pub fn record(sample: &Sample, fit_since_ms: u64) {
     };
     let n = head.written.load(Ordering::Relaxed);
     let at = (n as usize % capacity) * SAMPLE_WORDS;
+    head.writing.store(n + 1, Ordering::Relaxed);
+    std::sync::atomic::fence(Ordering::Release);
     for (cell, w) in words[at..at + SAMPLE_WORDS].iter().zip(sample.to_words()) {
         cell.store(w, Ordering::Relaxed);
     }
@@ -276,10 +282,9 @@ fn read_ring(head: &RingHead, words: &[AtomicU64], capacity: usize) -> Vec<Sampl
         out.push((n, Sample::from_words(&w)));
     }
     std::sync::atomic::fence(Ordering::Acquire);
-    let after = head.written.load(Ordering::Relaxed);
-    // Slots the owner rewrote meanwhile: their index is below after - capacity
-    // (the one being written counts too).
-    let valid_from = (after + 1).saturating_sub(capacity as u64);
+    // A write begun since overwrote the slot of the sample `capacity` older.
+    let writing = head.writing.load(Ordering::Relaxed);
+    let valid_from = writing.saturating_sub(capacity as u64);
     out.into_iter()
         .filter(|(n, _)| *n >= valid_from)
         .map(|(_, s)| s)
