@@ -127,9 +127,13 @@ impl Serialize for Slots {
     }
 }
 
-/// What a zone is for, told by the module that owns it.
-pub fn zone_kind(owner: Option<&str>) -> &'static str {
+/// The module's own history zone (the other is its registry).
+pub const HISTORY_ZONE: &str = "ngx_http_memory_status_history";
+
+/// What a zone is for, told by the module that owns it (and, for ours, its name).
+pub fn zone_kind(owner: Option<&str>, name: &str) -> &'static str {
     match owner.unwrap_or("") {
+        "ngx_http_memory_status_module" if name == HISTORY_ZONE => "memory_status history",
         "ngx_http_lua_module" | "ngx_stream_lua_module" => "lua_shared_dict",
         "ngx_http_limit_req_module" | "ngx_stream_limit_req_module" => "limit_req",
         "ngx_http_limit_conn_module" | "ngx_stream_limit_conn_module" => "limit_conn",
@@ -193,7 +197,7 @@ impl ZoneSample {
     /// The zone's answer; what could not be read goes to `errors` as `zone NAME`.
     pub fn to_zone(&self, errors: &mut Vec<SourceError>) -> Zone {
         let source = || format!("zone {}", self.name);
-        let kind = zone_kind(self.owner.as_deref());
+        let kind = zone_kind(self.owner.as_deref(), &self.name);
         let loaded_bytes = match &self.resident_pages {
             Ok(pages) => Some(pages * self.page_size_bytes),
             Err(e) => {
@@ -281,17 +285,26 @@ mod tests {
 
     #[test]
     fn kinds_follow_the_owner() {
-        assert_eq!(zone_kind(Some("ngx_http_lua_module")), "lua_shared_dict");
         assert_eq!(
-            zone_kind(Some("ngx_stream_limit_conn_module")),
+            zone_kind(Some("ngx_http_lua_module"), "z"),
+            "lua_shared_dict"
+        );
+        assert_eq!(
+            zone_kind(Some("ngx_stream_limit_conn_module"), "z"),
             "limit_conn"
         );
         assert_eq!(
-            zone_kind(Some("ngx_http_proxy_module")),
+            zone_kind(Some("ngx_http_proxy_module"), "z"),
             "proxy_cache keys_zone"
         );
-        assert_eq!(zone_kind(Some("some_third_party_module")), "unknown");
-        assert_eq!(zone_kind(None), "unknown");
+        assert_eq!(zone_kind(Some("some_third_party_module"), "z"), "unknown");
+        assert_eq!(zone_kind(None, "z"), "unknown");
+        let ours = Some("ngx_http_memory_status_module");
+        assert_eq!(zone_kind(ours, HISTORY_ZONE), "memory_status history");
+        assert_eq!(
+            zone_kind(ours, "ngx_http_memory_status_module"),
+            "memory_status registry"
+        );
     }
 
     #[test]

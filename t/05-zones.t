@@ -115,6 +115,11 @@ my %expect = (
 );
 
 my $j = status();
+# The module's history zone: its size follows the cores and the history's length.
+my $history = zone_of($j, 'ngx_http_memory_status_history');
+is($history && $history->{kind}, 'memory_status history', 'the module\'s history zone');
+cmp_ok($history->{size_bytes}, '>', 32 * 3 * 200, 'sized for 32 rings of samples at least');
+$j->{zones} = [grep { $_->{name} ne 'ngx_http_memory_status_history' } @{ $j->{zones} }];
 is_deeply([sort map { $_->{name} } @{ $j->{zones} }], [sort keys %expect], 'every zone listed once');
 for my $name (sort keys %expect) {
     my $z = zone_of($j, $name);

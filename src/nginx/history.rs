@@ -14,7 +14,7 @@ use ngx::ffi::{
 
 use crate::history::{Fit, Sample, SAMPLE_WORDS};
 
-pub const ZONE_NAME: &str = "ngx_http_memory_status_history";
+pub const ZONE_NAME: &str = crate::zones::HISTORY_ZONE;
 /// Reload times kept (the last ones).
 const RELOADS: usize = 16;
 /// Series whose trend a ring keeps (`history::series` order), and words each.
