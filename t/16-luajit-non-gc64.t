@@ -52,6 +52,20 @@ http {
                 ngx.print(res.body)
             }
         }
+        # 1 KiB strings until the allocator maps 1.6 GB, or LuaJIT says no.
+        location = /near_limit {
+            content_by_lua_block {
+                huge = {}
+                local pad = string.rep("h", 1000)
+                local ok, err = pcall(function()
+                    for i = 1, 1600000 do huge[i] = pad .. string.format("%010d", i) end
+                end)
+                ngx.say(ok and "ok" or tostring(err))
+            }
+        }
+        location = /release {
+            content_by_lua_block { huge = nil; collectgarbage("collect"); collectgarbage("collect"); ngx.say("ok") }
+        }
         location = /allocate {
             content_by_lua_block {
                 big = {}
@@ -91,6 +105,23 @@ for my $what ('idle', 'after 64 MiB of strings') {
     if ($what ne 'idle') {
         cmp_ok($c->{breakdown}{lua_http}{resident_bytes}, '>=', 64 * $MiB, "$what: lua_http resident holds the 64 MiB");
     }
+}
+
+# The non-GC64 heap near its 2 GiB limit: lua_heap_limit, critical.
+{
+    my ($before) = $t->get_json($port, '/memory_status');
+    ok(!grep({ $_->{code} eq 'lua_heap_limit' } @{ $before->{findings} }), 'lua_heap_limit: not with 64 MiB');
+    chomp(my $said = $t->get($port, '/near_limit')->{content});
+    my ($j) = $t->get_json($port, '/memory_status');
+    my $mapped = $j->{lua}{http}{allocator}{mapped_bytes};
+    diag "near the limit: Lua said \"$said\" with the allocator mapping $mapped bytes";
+    cmp_ok($mapped, '>=', 0.75 * 2048 * $MiB, "the allocator maps $mapped bytes, 75% of 2 GiB or more");
+    my ($f) = grep { $_->{code} eq 'lua_heap_limit' } @{ $j->{findings} };
+    ok($f, 'lua_heap_limit fires') or diag explain $j->{findings};
+    is($f->{severity}, 'critical', 'critical');
+    is($f->{evidence}{allocator_mapped_bytes}, $mapped, 'its evidence: the allocator\'s mapped bytes');
+    is($f->{evidence}{limit_bytes}, 2048 * $MiB, 'against the 2 GiB a non-GC64 LuaJIT addresses');
+    $t->get($port, '/release');
 }
 
 my ($census) = $t->get_json($port, '/memory_status?lua_objects=1');
