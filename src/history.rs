@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::server::{Published, PUBLISHED_OWNERS};
+use crate::server::{get, put, Published, NONE, NONE_SIGNED, PUBLISHED_OWNERS};
 
 /// One sample, as flat words (no pointer: any process reads them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -25,15 +25,6 @@ pub struct Sample {
 }
 
 pub const SAMPLE_WORDS: usize = 3 + PUBLISHED_OWNERS.len() + 6;
-const NONE: u64 = u64::MAX;
-const NONE_SIGNED: u64 = i64::MIN as u64;
-
-fn put(v: Option<u64>) -> u64 {
-    v.unwrap_or(NONE)
-}
-fn get(w: u64) -> Option<u64> {
-    (w != NONE).then_some(w)
-}
 
 impl Sample {
     /// A worker's summary, as a sample of its history.

@@ -120,7 +120,7 @@ pub struct PublishedPss {
     pub sampled_at_ms: u64,
     pub age_ms: u64,
     pub bytes: u64,
-    /// Each mapping's PSS under its owner (`PSS_OWNERS`); they add up to `bytes`.
+    /// Each mapping's PSS under its owner; they add up to `bytes`.
     pub owners: std::collections::BTreeMap<&'static str, u64>,
     #[serde(skip)]
     pub others: Vec<(u32, u64)>,
@@ -172,17 +172,6 @@ pub const PUBLISHED_OWNERS: [&str; 8] = [
     "other_allocators",
     "unattributed",
 ];
-/// The owners a worker's PSS is split by (whole mappings: a mapping of another
-/// allocator's is in `unattributed`).
-pub const PSS_OWNERS: [&str; 7] = [
-    "glibc",
-    "shm",
-    "lua_http",
-    "lua_stream",
-    "text",
-    "stacks",
-    "unattributed",
-];
 /// Processes that publish nothing, whose PSS a worker publishes for them: the
 /// master, the cache manager and the cache loader.
 pub const PSS_OTHERS: usize = 3;
@@ -190,17 +179,19 @@ pub const PSS_OTHERS: usize = 3;
 /// leaves them as the last walk wrote them.
 pub const PSS_AT: usize = 1 + 2 * PUBLISHED_OWNERS.len() + 2 * 4 + 2 + 5;
 /// Words of a published summary in a slot.
-pub const PUBLISHED_WORDS: usize = PSS_AT + 2 + PSS_OWNERS.len() + 2 * PSS_OTHERS;
-/// An absent figure, in a slot.
-const NONE: u64 = u64::MAX;
-/// An absent owner (or its resident share), in a slot: `resident_bytes` may be
-/// negative (unattributed), so its "none" is i64::MIN.
-const NONE_SIGNED: u64 = i64::MIN as u64;
+/// (The PSS is split by the same owners; a mapping of another allocator's is
+/// in `unattributed`, so `other_allocators` has none.)
+pub const PUBLISHED_WORDS: usize = PSS_AT + 2 + PUBLISHED_OWNERS.len() + 2 * PSS_OTHERS;
+/// An absent figure, in a slot or a history sample.
+pub const NONE: u64 = u64::MAX;
+/// An absent owner's resident share: `resident_bytes` may be negative
+/// (unattributed), so its "none" is i64::MIN.
+pub const NONE_SIGNED: u64 = i64::MIN as u64;
 
-fn put(v: Option<u64>) -> u64 {
+pub fn put(v: Option<u64>) -> u64 {
     v.unwrap_or(NONE)
 }
-fn get(w: u64) -> Option<u64> {
+pub fn get(w: u64) -> Option<u64> {
     (w != NONE).then_some(w)
 }
 
@@ -307,7 +298,7 @@ impl Published {
         match &self.pss {
             Some(pss) => {
                 w.extend([pss.sampled_at_ms, pss.bytes]);
-                w.extend(PSS_OWNERS.map(|name| put(pss.owners.get(name).copied())));
+                w.extend(PUBLISHED_OWNERS.map(|name| put(pss.owners.get(name).copied())));
                 for i in 0..PSS_OTHERS {
                     let (pid, bytes) = pss.others.get(i).copied().unwrap_or((0, 0));
                     w.extend([pid as u64, bytes]);
@@ -384,12 +375,12 @@ impl Published {
 /// words start as zero; a summary without a walk writes none).
 fn pss_from_words(w: &[u64], now_ms: u64) -> Option<PublishedPss> {
     let sampled_at_ms = get(w[0]).filter(|&t| t != 0)?;
-    let owners = PSS_OWNERS
+    let owners = PUBLISHED_OWNERS
         .iter()
         .zip(&w[2..])
         .filter_map(|(&name, &v)| Some((name, get(v)?)))
         .collect();
-    let others = w[2 + PSS_OWNERS.len()..]
+    let others = w[2 + PUBLISHED_OWNERS.len()..]
         .chunks_exact(2)
         .filter(|pair| pair[0] != 0)
         .map(|pair| (pair[0] as u32, pair[1]))

@@ -8,8 +8,7 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use ngx::ffi::{
-    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t,
-    ngx_str_t, NGX_ERROR, NGX_OK,
+    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_str_t, NGX_ERROR, NGX_OK,
 };
 
 use crate::history::{Fit, Sample, SAMPLE_WORDS};
@@ -95,38 +94,30 @@ pub fn add_zone(cf: *mut ngx_conf_t, tag: *mut c_void, capacity: usize) -> Resul
 
 extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
     let capacity = CAPACITY.load(Ordering::Relaxed);
-    // SAFETY: nginx passes the zone being initialized; `data` is the previous
-    // cycle's header when the zone is kept across a reload.
+    let bytes = std::mem::size_of::<Header>() + rings() * ring_bytes(capacity);
+    let fresh = |h: *mut Header| {
+        // SAFETY: a new allocation of `bytes`.
+        unsafe {
+            (*h).magic = MAGIC;
+            (*h).rings = rings() as u64;
+            (*h).capacity = capacity as u64;
+        }
+    };
+    // SAFETY: nginx passes the zone being initialized and the previous
+    // cycle's `zone->data`.
+    let Some(header) = (unsafe { super::registry::zone_struct(zone, data, bytes, fresh) }) else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    // SAFETY: the header of this zone, mapped for the process's life.
     unsafe {
-        let header: *mut Header = if !data.is_null() {
-            data.cast()
-        } else {
-            let pool = (*zone).shm.addr.cast::<ngx_slab_pool_t>();
-            if (*zone).shm.exists != 0 {
-                (*pool).data.cast::<Header>()
-            } else {
-                let bytes = std::mem::size_of::<Header>() + rings() * ring_bytes(capacity);
-                let h = ngx_slab_alloc(pool, bytes).cast::<Header>();
-                if h.is_null() {
-                    return NGX_ERROR as ngx_int_t;
-                }
-                // Fresh pages are zero: only the header is written.
-                (*h).magic = MAGIC;
-                (*h).rings = rings() as u64;
-                (*h).capacity = capacity as u64;
-                (*pool).data = h.cast();
-                h
-            }
-        };
         if (*header).magic != MAGIC || (*header).capacity != capacity as u64 {
             return NGX_ERROR as ngx_int_t;
         }
         let load = (*header).loads.fetch_add(1, Ordering::AcqRel);
         (*header).reload_at_ms[load as usize % RELOADS]
             .store(super::collect::now_ms(), Ordering::Release);
-        (*zone).data = header.cast();
-        HEADER.store(header, Ordering::Release);
     }
+    HEADER.store(header, Ordering::Release);
     NGX_OK as ngx_int_t
 }
 

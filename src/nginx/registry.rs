@@ -84,37 +84,64 @@ pub fn add_zone(cf: *mut ngx_conf_t, tag: *mut c_void) -> Result<(), ()> {
 /// nginx's zone init, in the master at every configuration load: a new zone
 /// gets a zeroed registry; a zone kept across a reload counts the new load.
 extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
-    // SAFETY: nginx passes the zone being initialized; `data` is the previous
-    // cycle's `zone->data` (our registry) when the zone is reused.
+    let fresh = |r: *mut Registry| {
+        // SAFETY: a new allocation of the registry's size.
+        unsafe {
+            (*r).magic = MAGIC;
+            (*r).master_started_at_ms
+                .store(super::collect::now_ms(), Ordering::Relaxed);
+        }
+    };
+    // SAFETY: nginx passes the zone being initialized and the previous
+    // cycle's `zone->data`.
+    let Some(registry) =
+        (unsafe { zone_struct(zone, data, std::mem::size_of::<Registry>(), fresh) })
+    else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    // SAFETY: the registry of this zone, mapped for the process's life.
     unsafe {
-        let registry: *mut Registry = if !data.is_null() {
-            data.cast()
-        } else {
-            let pool = (*zone).shm.addr.cast::<ngx_slab_pool_t>();
-            if (*zone).shm.exists != 0 {
-                (*pool).data.cast::<Registry>()
-            } else {
-                let r = ngx_slab_alloc(pool, std::mem::size_of::<Registry>()).cast::<Registry>();
-                if r.is_null() {
-                    return NGX_ERROR as ngx_int_t;
-                }
-                // A new zone's pages are the kernel's zeroed pages: writing
-                // only the header keeps the slots' pages untouched.
-                (*r).magic = MAGIC;
-                (*r).master_started_at_ms
-                    .store(super::collect::now_ms(), Ordering::Relaxed);
-                (*pool).data = r.cast();
-                r
-            }
-        };
         if (*registry).magic != MAGIC {
             return NGX_ERROR as ngx_int_t;
         }
         (*registry).generation.fetch_add(1, Ordering::AcqRel);
-        (*zone).data = registry.cast();
-        REGISTRY.store(registry, Ordering::Release);
     }
+    REGISTRY.store(registry, Ordering::Release);
     NGX_OK as ngx_int_t
+}
+
+/// The one structure a zone of ours holds: the previous cycle's (the zone was
+/// kept across a reload), the one the zone already has, or a new one of
+/// `bytes` from the zone's slab pool, which `fresh` writes. A new zone's pages
+/// are the kernel's zeroed pages: writing only a header keeps the rest
+/// untouched. Sets the zone's `data`.
+///
+/// # Safety
+/// `zone` is the zone nginx is initializing and `data` what nginx passed with it.
+pub(super) unsafe fn zone_struct<T>(
+    zone: *mut ngx_shm_zone_t,
+    data: *mut c_void,
+    bytes: usize,
+    fresh: impl FnOnce(*mut T),
+) -> Option<*mut T> {
+    let found: *mut T = if !data.is_null() {
+        data.cast()
+    } else {
+        let pool = (*zone).shm.addr.cast::<ngx_slab_pool_t>();
+        if (*zone).shm.exists != 0 {
+            (*pool).data.cast()
+        } else {
+            let t = ngx_slab_alloc(pool, bytes).cast::<T>();
+            if t.is_null() {
+                return None;
+            }
+            fresh(t);
+            (*pool).data = t.cast();
+            t
+        }
+    };
+    (*zone).data = found.cast();
+    Some(found)
 }
 
 fn registry() -> Option<&'static Registry> {
