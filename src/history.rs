@@ -99,6 +99,112 @@ impl Sample {
     }
 }
 
+/// Zones a zones sample holds at most (the first ones of the configuration).
+pub const ZONES_MAX: usize = 32;
+/// A zones sample: its time, then each zone's name hash, used and failed.
+pub const ZONES_SAMPLE_WORDS: usize = 1 + 3 * ZONES_MAX;
+
+/// The server's zones at one time: each one's slab pages in use (as bytes) and
+/// its allocation failures so far. Zones are shared: one worker records them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ZonesSample {
+    pub at_ms: u64,
+    /// (name hash, used bytes, fails).
+    pub zones: Vec<(u64, u64, u64)>,
+}
+
+/// A zone's name as 64 bits (FNV-1a), never 0 (0 marks an empty place).
+pub fn name_hash(name: &str) -> u64 {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    h.max(1)
+}
+
+impl ZonesSample {
+    /// The zones of an answer that have a slab pool.
+    pub fn of(at_ms: u64, zones: &[crate::zones::Zone]) -> ZonesSample {
+        ZonesSample {
+            at_ms,
+            zones: zones
+                .iter()
+                .filter_map(|z| {
+                    let slab = z.slab.as_ref()?;
+                    let fails = slab.slots.0.iter().map(|(_, c)| c.fails).sum();
+                    Some((name_hash(&z.name), slab.used_bytes, fails))
+                })
+                .take(ZONES_MAX)
+                .collect(),
+        }
+    }
+
+    pub fn to_words(&self) -> [u64; ZONES_SAMPLE_WORDS] {
+        let mut w = [0; ZONES_SAMPLE_WORDS];
+        w[0] = self.at_ms;
+        for (i, &(hash, used, fails)) in self.zones.iter().take(ZONES_MAX).enumerate() {
+            w[1 + 3 * i..4 + 3 * i].copy_from_slice(&[hash, used, fails]);
+        }
+        w
+    }
+
+    pub fn from_words(w: &[u64; ZONES_SAMPLE_WORDS]) -> ZonesSample {
+        ZonesSample {
+            at_ms: w[0],
+            zones: w[1..]
+                .chunks_exact(3)
+                .filter(|z| z[0] != 0)
+                .map(|z| (z[0], z[1], z[2]))
+                .collect(),
+        }
+    }
+}
+
+/// Each zone's trend of its used bytes since `since_ms`: (name hash, fit, last).
+pub fn zone_trends(samples: &[ZonesSample], since_ms: u64) -> Vec<(u64, Fit, u64)> {
+    let window: Vec<&ZonesSample> = samples.iter().filter(|s| s.at_ms >= since_ms).collect();
+    let Some(last) = window.last() else {
+        return Vec::new();
+    };
+    last.zones
+        .iter()
+        .filter_map(|&(hash, used, _)| {
+            let points: Vec<(u64, f64)> = window
+                .iter()
+                .filter_map(|s| {
+                    let &(_, u, _) = s.zones.iter().find(|z| z.0 == hash)?;
+                    Some((s.at_ms, u as f64))
+                })
+                .collect();
+            Some((hash, fit(&points)?, used))
+        })
+        .collect()
+}
+
+/// A zone's growth: it stops at the zone's size (`cap_bytes`), never a leak.
+#[derive(Debug, Clone, Serialize)]
+pub struct ZoneTrend {
+    pub zone: String,
+    #[serde(flatten)]
+    pub fit: Fit,
+    pub cap_bytes: u64,
+    pub last_bytes: u64,
+}
+
+/// `?history=1`: a zone's samples.
+#[derive(Debug, Clone, Serialize)]
+pub struct ZoneHistory {
+    pub name: String,
+    pub size_bytes: u64,
+    pub samples: Vec<ZonePoint>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ZonePoint {
+    pub at_ms: u64,
+    pub used_bytes: u64,
+    pub fails: u64,
+}
+
 /// A least-squares line through (ms, bytes) points: its slope in bytes per
 /// hour and how well it fits (R², 1 for a straight line).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -245,6 +351,8 @@ pub struct History {
     /// When the configuration was loaded (the start, then each reload).
     pub reloads_at_ms: Vec<u64>,
     pub processes: Vec<ProcessHistory>,
+    /// The zones, as one worker recorded them (the first `ZONES_MAX`).
+    pub zones: Vec<ZoneHistory>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -262,6 +370,23 @@ mod tests {
     fn the_series_are_the_owners_and_the_heaps() {
         assert_eq!(&SERIES[4..], &PUBLISHED_OWNERS[..]);
         assert_eq!(series_index("shm"), Some(5));
+    }
+
+    #[test]
+    fn a_zones_sample_survives_its_words_and_fits() {
+        let h = name_hash("sessions");
+        assert_ne!(h, 0);
+        let samples: Vec<ZonesSample> = (0..5u64)
+            .map(|i| ZonesSample {
+                at_ms: i * 1000,
+                zones: vec![(h, 4096 * i, 0), (name_hash("other"), 1, 2)],
+            })
+            .collect();
+        assert_eq!(ZonesSample::from_words(&samples[3].to_words()), samples[3]);
+        let t = zone_trends(&samples, 0);
+        let (hash, fit, last) = t[0];
+        assert_eq!((hash, last), (h, 4 * 4096));
+        assert!((fit.bytes_per_hour - 4096.0 * 3600.0).abs() < 1e-6);
     }
 
     #[test]

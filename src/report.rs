@@ -32,6 +32,8 @@ pub struct Report {
     pub server: Server,
     /// Each process's growth per series, fitted over its history.
     pub trends: Vec<crate::history::ProcessTrends>,
+    /// Each zone's used bytes over time (one worker records the zones).
+    pub zone_trends: Vec<crate::history::ZoneTrend>,
     /// `?history=1` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<crate::history::History>,
@@ -181,6 +183,7 @@ pub(crate) mod tests {
             processes: Vec::new(),
             server: Default::default(),
             trends: Vec::new(),
+            zone_trends: Vec::new(),
             history: None,
             findings: Vec::new(),
             errors,

@@ -34,12 +34,16 @@ http {
     %%TEST_GLOBALS_HTTP%%
     memory_status_interval 1s;
     memory_status_history $CAPACITY;
+    lua_shared_dict filling 8m;
     init_worker_by_lua_block {
         if ngx.worker.id() == 1 then
             grown = {}
             local pad = string.rep("g", 65500)
+            local value = string.rep("d", 1000)
             ngx.timer.every(1, function()
                 for i = 1, 16 do grown[#grown + 1] = pad .. #grown end
+                -- And 100 values of 1000 bytes into a dict.
+                for i = 1, 100 do ngx.shared.filling:set("k" .. #grown .. "-" .. i, value) end
             end)
         end
     }
@@ -115,6 +119,18 @@ sleep($CAPACITY + 1 - (time - $started)) if time - $started < $CAPACITY + 1;
     like($text, qr/^nginx_memory_trend_bytes_per_hour\{pid="$grower",series="lua_http_gc"\} [\d.e+]+$/m, 'Prometheus: the trend');
     like($text, qr/^nginx_memory_finding\{code="steady_growth",severity="warning",subject="worker 1 \(pid $grower\) lua_http_gc"\} 1$/m,
         'Prometheus: the finding');
+    # The zones, recorded by one worker: the dict's used bytes grow, capped.
+    my ($zt) = grep { $_->{zone} eq 'filling' } @{ $j->{zone_trends} };
+    ok($zt, 'a trend of the dict') or diag explain $j->{zone_trends};
+    my ($filling) = grep { $_->{name} eq 'filling' } @{ $j->{zones} };
+    cmp_ok($zt->{bytes_per_hour}, '>', 100 * 1000 * 3600, "the dict grows $zt->{bytes_per_hour} bytes per hour (100 values of 1000 bytes a second, in 2 KiB slots)");
+    is($zt->{cap_bytes}, $filling->{slab}{total_bytes}, 'capped at the dict\'s pages');
+    # Its newest sample is at most an interval old: the dict grew since by a tick at most.
+    cmp_ok($zt->{last_bytes}, '<=', $filling->{slab}{used_bytes}, "its last value $zt->{last_bytes}: at most the used bytes now");
+    cmp_ok($zt->{last_bytes}, '>=', $filling->{slab}{used_bytes} - 2 * 256 * 1024, 'and at most a tick or two behind');
+    my ($zh) = grep { $_->{name} eq 'filling' } @{ $j->{history}{zones} };
+    is(scalar @{ $zh->{samples} }, $CAPACITY, "?history=1: the dict's last $CAPACITY samples");
+    ok(!grep({ $_->{subject} =~ /filling|shm/ } @growth), 'a zone filling is never steady_growth');
     my $html = $t->get($port, '/memory_status?format=html')->{content};
     like($html, qr{<section id="history">.*<svg class="spark"}s, 'HTML: a line per owner');
     like($html, qr{counted once \(PSS\)</td><td><svg class="spark"}, 'HTML: the server total');

@@ -15,7 +15,10 @@ use super::registry;
 use super::residency::{lua_resident_bytes, resident_pages_of, zones_resident_pages, ZoneRange};
 use super::zones::sample_zones;
 use crate::breakdown::{Breakdown, Depth, Inputs, VirtualSplit};
-use crate::history::{History, ProcessHistory, ProcessTrends, Trend, SERIES};
+use crate::history::{
+    name_hash, History, ProcessHistory, ProcessTrends, Trend, ZoneHistory, ZonePoint, ZoneTrend,
+    SERIES,
+};
 use crate::lua::Lua;
 use crate::lua::LuaVmSample;
 use crate::pools::Pools;
@@ -43,6 +46,9 @@ pub struct LoopPart {
     shutdown_timeout_ms: Option<u64>,
     /// Every live process's history ring: its trends, and its samples when asked.
     rings: Option<(Vec<super::history::RingView>, usize)>,
+    /// The zones' trends, and their samples when asked.
+    zone_trends: Vec<(u64, crate::history::Fit, u64)>,
+    zone_samples: Option<Vec<crate::history::ZonesSample>>,
 }
 
 /// What is measured from the kernel, on any thread: the walks and reads that
@@ -138,6 +144,8 @@ pub fn begin(
         own_walk,
         shutdown_timeout_ms: super::cycle::shutdown_timeout_ms(super::cycle::current()),
         rings: super::history::read(history_samples),
+        zone_trends: super::history::zone_trends(),
+        zone_samples: history_samples.then(super::history::zone_samples),
     };
     (part, job)
 }
@@ -237,6 +245,8 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         own_walk,
         shutdown_timeout_ms,
         rings,
+        zone_trends,
+        zone_samples,
     } = part;
     for (zone, (pages, age_ms)) in zones.iter_mut().zip(measured.zone_pages) {
         zone.resident_pages = pages;
@@ -298,6 +308,7 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         processes: Vec::new(),
         server: Default::default(),
         trends: Vec::new(),
+        zone_trends: Vec::new(),
         history: None,
         findings: Vec::new(),
         errors: Vec::new(),
@@ -321,10 +332,14 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
     report.processes = processes;
     report.server = server;
     if let Some((rings, capacity)) = rings {
-        let (trends, history) = history_of(&report, rings, capacity);
+        let (trends, mut history) = history_of(&report, rings, capacity);
         report.trends = trends;
+        if let (Some(h), Some(samples)) = (&mut history, zone_samples) {
+            h.zones = zones_history(&report.zones, &samples);
+        }
         report.history = history;
     }
+    report.zone_trends = zone_trends_of(&report.zones, zone_trends);
     report.findings = crate::findings::evaluate(
         &crate::findings::Inputs {
             report: &report,
@@ -375,8 +390,57 @@ fn history_of(
         capacity: capacity as u64,
         reloads_at_ms: super::history::reloads_at_ms(),
         processes: samples,
+        zones: Vec::new(),
     });
     (trends, history)
+}
+
+/// The zones' trends, by the names of this answer's zones.
+fn zone_trends_of(
+    zones: &[crate::zones::Zone],
+    trends: Vec<(u64, crate::history::Fit, u64)>,
+) -> Vec<ZoneTrend> {
+    trends
+        .into_iter()
+        .filter_map(|(hash, fit, last_bytes)| {
+            let z = zones.iter().find(|z| name_hash(&z.name) == hash)?;
+            Some(ZoneTrend {
+                zone: z.name.clone(),
+                fit,
+                cap_bytes: z.slab.as_ref().map_or(z.size_bytes, |s| s.total_bytes),
+                last_bytes,
+            })
+        })
+        .collect()
+}
+
+/// Each zone's samples, by the names of this answer's zones.
+fn zones_history(
+    zones: &[crate::zones::Zone],
+    samples: &[crate::history::ZonesSample],
+) -> Vec<ZoneHistory> {
+    zones
+        .iter()
+        .filter_map(|z| {
+            let hash = name_hash(&z.name);
+            let points: Vec<ZonePoint> = samples
+                .iter()
+                .filter_map(|s| {
+                    let &(_, used_bytes, fails) = s.zones.iter().find(|x| x.0 == hash)?;
+                    Some(ZonePoint {
+                        at_ms: s.at_ms,
+                        used_bytes,
+                        fails,
+                    })
+                })
+                .collect();
+            (!points.is_empty()).then(|| ZoneHistory {
+                name: z.name.clone(),
+                size_bytes: z.size_bytes,
+                samples: points,
+            })
+        })
+        .collect()
 }
 
 /// One zone alone (`?zone=NAME`, its bytes or its escaped name): that zone is

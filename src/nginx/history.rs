@@ -11,7 +11,7 @@ use ngx::ffi::{
     ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_str_t, NGX_ERROR, NGX_OK,
 };
 
-use crate::history::{Fit, Sample, SAMPLE_WORDS};
+use crate::history::{Fit, Sample, ZonesSample, SAMPLE_WORDS, ZONES_MAX, ZONES_SAMPLE_WORDS};
 
 pub const ZONE_NAME: &str = crate::zones::HISTORY_ZONE;
 /// Reload times kept (the last ones).
@@ -19,7 +19,7 @@ const RELOADS: usize = 16;
 /// Series whose trend a ring keeps (`history::series` order), and words each.
 pub const TREND_SERIES: usize = crate::history::SERIES.len();
 const TREND_WORDS: usize = 5;
-const MAGIC: u64 = 0x6d65_6d5f_6869_0000 | SAMPLE_WORDS as u64;
+const MAGIC: u64 = 0x6d65_6d5f_6869_0000 | (ZONES_SAMPLE_WORDS << 8 | SAMPLE_WORDS) as u64;
 
 /// Samples per ring: `memory_status_history`, or one hour's worth of the
 /// interval (set when the `http` block has been read).
@@ -37,6 +37,14 @@ struct Header {
     /// Configuration loads seen by this zone, and when the last `RELOADS` were.
     loads: AtomicU64,
     reload_at_ms: [AtomicU64; RELOADS],
+    /// The zones' ring (after the processes' rings): written by one process,
+    /// the first to claim it, until it exits.
+    zones_owner: AtomicI32,
+    zone_trend_seq: AtomicU32,
+    zones_written: AtomicU64,
+    zones_writing: AtomicU64,
+    /// Per zone of the last sample: its name hash, then its fit.
+    zone_trends: [AtomicU64; ZONES_MAX * (1 + TREND_WORDS)],
 }
 
 #[repr(C)]
@@ -69,9 +77,16 @@ fn ring_bytes(capacity: usize) -> usize {
     std::mem::size_of::<RingHead>() + capacity * SAMPLE_WORDS * 8
 }
 
+/// The header, every process's ring, and the zones' ring.
+fn data_bytes(capacity: usize) -> usize {
+    std::mem::size_of::<Header>()
+        + rings() * ring_bytes(capacity)
+        + capacity * ZONES_SAMPLE_WORDS * 8
+}
+
 /// The zone's size for `capacity` samples per ring, slab pages included.
 fn zone_bytes(capacity: usize) -> usize {
-    let data = std::mem::size_of::<Header>() + rings() * ring_bytes(capacity);
+    let data = data_bytes(capacity);
     data + data / 16 + (64 << 10)
 }
 
@@ -94,7 +109,7 @@ pub fn add_zone(cf: *mut ngx_conf_t, tag: *mut c_void, capacity: usize) -> Resul
 
 extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
     let capacity = CAPACITY.load(Ordering::Relaxed);
-    let bytes = std::mem::size_of::<Header>() + rings() * ring_bytes(capacity);
+    let bytes = data_bytes(capacity);
     let fresh = |h: *mut Header| {
         // SAFETY: a new allocation of `bytes`.
         unsafe {
@@ -144,6 +159,136 @@ fn ring(h: &'static Header, i: usize) -> (&'static RingHead, &'static [AtomicU64
     }
 }
 
+/// The zones' ring: its samples' words, after the processes' rings.
+fn zones_ring(h: &'static Header) -> &'static [AtomicU64] {
+    let capacity = h.capacity as usize;
+    // SAFETY: inside the allocation `init_zone` made (`data_bytes`); atomic words.
+    unsafe {
+        let base = (h as *const Header as *const u8)
+            .add(std::mem::size_of::<Header>() + h.rings as usize * ring_bytes(capacity));
+        std::slice::from_raw_parts(base.cast::<AtomicU64>(), capacity * ZONES_SAMPLE_WORDS)
+    }
+}
+
+/// Records the zones if this process writes them: the first to claim the
+/// ring, until it exits (then another claims it).
+fn record_zones(sample: &ZonesSample, fit_since_ms: u64) {
+    let Some(h) = header() else { return };
+    let pid = std::process::id() as i32;
+    let owner = h.zones_owner.load(Ordering::Acquire);
+    let mine = owner == pid
+        || ((owner == 0 || !super::registry::alive(owner))
+            && h.zones_owner
+                .compare_exchange(owner, pid, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok());
+    if !mine {
+        return;
+    }
+    let capacity = h.capacity as usize;
+    let words = zones_ring(h);
+    let n = h.zones_written.load(Ordering::Relaxed);
+    let at = (n as usize % capacity) * ZONES_SAMPLE_WORDS;
+    h.zones_writing.store(n + 1, Ordering::Relaxed);
+    std::sync::atomic::fence(Ordering::Release);
+    for (cell, w) in words[at..at + ZONES_SAMPLE_WORDS]
+        .iter()
+        .zip(sample.to_words())
+    {
+        cell.store(w, Ordering::Relaxed);
+    }
+    h.zones_written.store(n + 1, Ordering::Release);
+    let samples = read_zones_ring(h);
+    let trends = crate::history::zone_trends(&samples, fit_since_ms);
+    h.zone_trend_seq.fetch_add(1, Ordering::AcqRel);
+    std::sync::atomic::fence(Ordering::Release);
+    for cell in h.zone_trends.iter() {
+        cell.store(0, Ordering::Relaxed);
+    }
+    for (i, (hash, f, last)) in trends.into_iter().take(ZONES_MAX).enumerate() {
+        let w = [
+            hash,
+            f.bytes_per_hour.to_bits(),
+            f.r_squared.to_bits(),
+            f.samples as u64,
+            f.span_ms,
+            last,
+        ];
+        for (cell, v) in h.zone_trends[i * (1 + TREND_WORDS)..][..1 + TREND_WORDS]
+            .iter()
+            .zip(w)
+        {
+            cell.store(v, Ordering::Relaxed);
+        }
+    }
+    h.zone_trend_seq.fetch_add(1, Ordering::Release);
+}
+
+/// The zones' samples, oldest first; those overwritten while read are dropped.
+fn read_zones_ring(h: &'static Header) -> Vec<ZonesSample> {
+    let capacity = h.capacity as usize;
+    let words = zones_ring(h);
+    let before = h.zones_written.load(Ordering::Acquire);
+    let first = before.saturating_sub(capacity as u64);
+    let mut out = Vec::with_capacity((before - first) as usize);
+    for n in first..before {
+        let at = (n as usize % capacity) * ZONES_SAMPLE_WORDS;
+        let mut w = [0u64; ZONES_SAMPLE_WORDS];
+        for (v, cell) in w.iter_mut().zip(&words[at..at + ZONES_SAMPLE_WORDS]) {
+            *v = cell.load(Ordering::Relaxed);
+        }
+        out.push((n, ZonesSample::from_words(&w)));
+    }
+    std::sync::atomic::fence(Ordering::Acquire);
+    let valid_from = h
+        .zones_writing
+        .load(Ordering::Relaxed)
+        .saturating_sub(capacity as u64);
+    out.into_iter()
+        .filter(|(n, _)| *n >= valid_from)
+        .map(|(_, s)| s)
+        .collect()
+}
+
+/// The zones' trends as their writer last fitted them: (name hash, fit, last).
+pub fn zone_trends() -> Vec<(u64, Fit, u64)> {
+    let Some(h) = header() else { return Vec::new() };
+    for _ in 0..4 {
+        let before = h.zone_trend_seq.load(Ordering::Acquire);
+        if before % 2 == 1 {
+            std::hint::spin_loop();
+            continue;
+        }
+        let words: Vec<u64> = h
+            .zone_trends
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        std::sync::atomic::fence(Ordering::Acquire);
+        if h.zone_trend_seq.load(Ordering::Relaxed) != before {
+            continue;
+        }
+        return words
+            .chunks_exact(1 + TREND_WORDS)
+            .filter(|w| w[0] != 0)
+            .map(|w| {
+                let fit = Fit {
+                    bytes_per_hour: f64::from_bits(w[1]),
+                    r_squared: f64::from_bits(w[2]),
+                    samples: w[3] as usize,
+                    span_ms: w[4],
+                };
+                (w[0], fit, w[5])
+            })
+            .collect();
+    }
+    Vec::new()
+}
+
+/// The zones' samples (`?history=1`, the HTML page).
+pub fn zone_samples() -> Vec<ZonesSample> {
+    header().map(read_zones_ring).unwrap_or_default()
+}
+
 /// The last reload of the configuration (or the start), for the trends' window.
 pub fn reloads_at_ms() -> Vec<u64> {
     let Some(h) = header() else { return Vec::new() };
@@ -184,8 +329,15 @@ pub fn claim() {
     MY_RING.store(i as i32, Ordering::Relaxed);
 }
 
-/// The ring is freed as its process exits.
+/// The ring (and the zones', if this process wrote them) is freed as its
+/// process exits.
 pub fn release() {
+    if let Some(h) = header() {
+        let pid = std::process::id() as i32;
+        let _ = h
+            .zones_owner
+            .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
     let (Some(h), Ok(i)) = (header(), usize::try_from(MY_RING.load(Ordering::Relaxed))) else {
         return;
     };
@@ -215,6 +367,7 @@ pub fn record_report(r: &crate::report::Report) {
     let sample = Sample::of(&published, r.process.resident_bytes.unwrap_or(0));
     let since = reloads_at_ms().last().copied().unwrap_or(0);
     record(&sample, since);
+    record_zones(&ZonesSample::of(r.collected_at_ms, &r.zones), since);
 }
 
 /// Appends a sample to this process's ring, then fits and writes its trends.
