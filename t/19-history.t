@@ -134,6 +134,7 @@ sleep($CAPACITY + 1 - (time - $started)) if time - $started < $CAPACITY + 1;
     my $html = $t->get($port, '/memory_status?format=html')->{content};
     like($html, qr{<section id="history">.*<svg class="spark"}s, 'HTML: a line per owner');
     like($html, qr{counted once \(PSS\)</td><td><svg class="spark"}, 'HTML: the server total');
+    like($html, qr{zone filling: used</td><td><svg class="spark"}, 'HTML: the dict over time');
 }
 
 # --- a reload: marked, the zone kept, the new workers' history after it -----------

@@ -406,9 +406,23 @@ fn history_section(h: &mut String, r: &Report) {
     let total: Vec<(u64, f64)> = buckets.into_iter().rev().skip(1).rev().collect();
     let _ = write!(
         h,
-        "<tr><td>the workers, counted once (PSS)</td><td>{}</td></tr></table></section>",
+        "<tr><td>the workers, counted once (PSS)</td><td>{}</td></tr>",
         sparkline(&total)
     );
+    for z in &history.zones {
+        let used: Vec<(u64, f64)> = z
+            .samples
+            .iter()
+            .map(|p| (p.at_ms, p.used_bytes as f64))
+            .collect();
+        let _ = write!(
+            h,
+            "<tr><td>zone {}: used</td><td>{}</td></tr>",
+            esc(&z.name),
+            sparkline(&used)
+        );
+    }
+    h.push_str("</table></section>");
 }
 
 /// Every process of the server: the old generation marked, ages shown.
