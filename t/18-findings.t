@@ -356,11 +356,61 @@ EOF
     ok(!-d $dir, 'the test cgroup removed');
 }
 
-# --- rules that cannot be provoked here ----------------------------------------
+# --- swap_used: a swap file, and a worker pushed past its cgroup's limit ----------
+my $SWAP = "/tmp/ngx-memory-status-test-$$.swap";
+END { system("swapoff $SWAP 2>/dev/null; rm -f $SWAP") if $SWAP && -e $SWAP }
 SKIP: {
-    my $swaps = read_file_text('/proc/swaps') // '';
-    skip 'no swap on this machine: swap_used is proven by unit tests only', 1 if $swaps !~ /\n\S/;
-    pass('swap exists; swap_used is still proven by unit tests only');
+    my ($dir, $limit_file, $why) = make_cgroup();
+    skip "no memory cgroup to create here: $why", 5 unless $dir;
+    my $on = system("fallocate -l 256M $SWAP && chmod 600 $SWAP && mkswap $SWAP >/dev/null && swapon $SWAP 2>/dev/null") == 0;
+    if (!$on) {
+        rmdir $dir;
+        skip 'swapon is not permitted here: swap_used is proven by unit tests only', 5;
+    }
+    my $s = NginxTest->new;
+    $s->write_file_expand('nginx.conf', <<'EOF');
+%%LOAD_LUA%%
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+worker_processes 1;
+events { worker_connections 64; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /memory_status { memory_status; }
+        # 96 MiB of distinct strings, kept.
+        location = /hold {
+            content_by_lua_block {
+                held = {}
+                local pad = string.rep("s", 65500)
+                for i = 1, 1536 do held[i] = pad .. string.format("%08d", i) end
+                ngx.say("ok")
+            }
+        }
+    }
+}
+EOF
+    $s->run;
+    my ($worker) = $s->worker_pids;
+    # Charged to the cgroup from now on: its limit pushes the rest to swap.
+    write_text("$dir/$limit_file", 64 * $MiB);
+    for my $pid ($s->master_pid, $worker) {
+        write_text("$dir/cgroup.procs", $pid);
+    }
+    my ($quiet) = $s->get_json($s->port(1), '/memory_status');
+    ok(!findings_of($quiet, 'swap_used'), 'no swap yet: no finding');
+    $s->get($s->port(1), '/hold');
+    my ($j) = $s->get_json($s->port(1), '/memory_status');
+    my ($p) = grep { $_->{pid} == $worker } @{ $j->{processes} };
+    cmp_ok($p->{swap_bytes}, '>', 16 * $MiB, "the worker has $p->{swap_bytes} bytes in swap");
+    my ($f) = grep { $_->{subject} =~ /\(pid $worker\)/ } findings_of($j, 'swap_used');
+    ok($f, 'swap_used fires for the worker') or diag explain $j->{findings};
+    is($f->{evidence}{swap_bytes}, $p->{swap_bytes}, 'its evidence: the worker\'s swap_bytes');
+    is($f->{severity}, 'warning', 'a warning');
+    $s->stop;
+    rmdir $dir;
+    system("swapoff $SWAP; rm -f $SWAP");
 }
 
 done_testing;
