@@ -114,16 +114,21 @@ const ARGUMENTS: &[&str] = &[
     "history",
 ];
 
-impl Query {
-    /// Parses `r->args` (the part after `?`, still percent-encoded).
-    pub fn parse(args: &[u8]) -> Result<Query, QueryError> {
-        let mut query = Query::default();
-        let mut detail = None;
-        let mut format = None;
-        let mut refresh = None;
-        let mut lua_objects = None;
-        let mut lua_objects_limit = None;
-        let mut history = None;
+/// The arguments as given, each at most once, still unchecked.
+#[derive(Default)]
+struct Raw {
+    zone: Option<Vec<u8>>,
+    detail: Option<Vec<u8>>,
+    format: Option<Vec<u8>>,
+    refresh: Option<Vec<u8>>,
+    lua_objects: Option<Vec<u8>>,
+    lua_objects_limit: Option<Vec<u8>>,
+    history: Option<Vec<u8>>,
+}
+
+impl Raw {
+    fn split(args: &[u8]) -> Result<Raw, QueryError> {
+        let mut raw = Raw::default();
         for part in args.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
             let (raw_name, raw_value) = match part.iter().position(|&b| b == b'=') {
                 Some(i) => (&part[..i], &part[i + 1..]),
@@ -132,79 +137,83 @@ impl Query {
             let bad = || QueryError::BadEncoding(echo(part));
             let name = percent_decode(raw_name).ok_or_else(bad)?;
             let value = percent_decode(raw_value).ok_or_else(bad)?;
-            match name.as_slice() {
-                b"zone" => set_once(&mut query.zone, "zone", value)?,
-                b"detail" => set_once(&mut detail, "detail", value)?,
-                b"format" => set_once(&mut format, "format", value)?,
-                b"refresh" => set_once(&mut refresh, "refresh", value)?,
-                b"lua_objects" => set_once(&mut lua_objects, "lua_objects", value)?,
-                b"lua_objects_limit" => {
-                    set_once(&mut lua_objects_limit, "lua_objects_limit", value)?
-                }
-                b"history" => set_once(&mut history, "history", value)?,
+            let (slot, name) = match name.as_slice() {
+                b"zone" => (&mut raw.zone, "zone"),
+                b"detail" => (&mut raw.detail, "detail"),
+                b"format" => (&mut raw.format, "format"),
+                b"refresh" => (&mut raw.refresh, "refresh"),
+                b"lua_objects" => (&mut raw.lua_objects, "lua_objects"),
+                b"lua_objects_limit" => (&mut raw.lua_objects_limit, "lua_objects_limit"),
+                b"history" => (&mut raw.history, "history"),
                 _ => return Err(QueryError::Unknown(echo(&name))),
-            }
+            };
+            set_once(slot, name, value)?;
         }
-        if let Some(value) = detail {
+        Ok(raw)
+    }
+}
+
+fn bad_value(name: &'static str, value: &[u8], expected: &'static str) -> QueryError {
+    QueryError::BadValue {
+        name,
+        value: echo(value),
+        expected,
+    }
+}
+
+/// A flag argument: its one value is `1`.
+fn flag(name: &'static str, value: &[u8]) -> Result<(), QueryError> {
+    match value {
+        b"1" => Ok(()),
+        _ => Err(bad_value(name, value, "1")),
+    }
+}
+
+impl Query {
+    /// Parses `r->args` (the part after `?`, still percent-encoded).
+    pub fn parse(args: &[u8]) -> Result<Query, QueryError> {
+        let raw = Raw::split(args)?;
+        let zone_too = |what: &'static str| -> Result<(), QueryError> {
+            match raw.zone {
+                Some(_) => Err(QueryError::Conflict(what)),
+                None => Ok(()),
+            }
+        };
+        let mut query = Query {
+            zone: raw.zone.clone(),
+            ..Query::default()
+        };
+        if let Some(value) = &raw.detail {
             if value != b"full" {
-                return Err(QueryError::BadValue {
-                    name: "detail",
-                    value: echo(&value),
-                    expected: "\"full\"",
-                });
+                return Err(bad_value("detail", value, "\"full\""));
             }
-            if query.zone.is_some() {
-                return Err(QueryError::Conflict(
-                    "detail=full applies to the whole answer, not to zone=",
-                ));
-            }
+            zone_too("detail=full applies to the whole answer, not to zone=")?;
             query.depth = Depth::Full;
         }
-        if let Some(value) = format {
-            let Some(f) = std::str::from_utf8(&value).ok().and_then(Format::from_name) else {
-                return Err(QueryError::BadValue {
-                    name: "format",
-                    value: echo(&value),
-                    expected: Format::NAMES,
-                });
-            };
-            query.format = Some(f);
+        if let Some(value) = &raw.format {
+            let f = std::str::from_utf8(value).ok().and_then(Format::from_name);
+            query.format = Some(f.ok_or_else(|| bad_value("format", value, Format::NAMES))?);
         }
-        if let Some(value) = lua_objects {
-            if value != b"1" {
-                return Err(QueryError::BadValue {
-                    name: "lua_objects",
-                    value: echo(&value),
-                    expected: "1",
-                });
-            }
+        if let Some(value) = &raw.lua_objects {
+            flag("lua_objects", value)?;
+            zone_too("lua_objects=1 applies to the whole answer, not to zone=")?;
             query.lua_objects_limit = Some(LUA_OBJECTS_DEFAULT_LIMIT);
         }
-        if let Some(value) = history {
-            if value != b"1" {
-                return Err(QueryError::BadValue {
-                    name: "history",
-                    value: echo(&value),
-                    expected: "1",
-                });
-            }
-            if query.zone.is_some() {
-                return Err(QueryError::Conflict(
-                    "history=1 applies to the whole answer, not to zone=",
-                ));
-            }
+        if let Some(value) = &raw.history {
+            flag("history", value)?;
+            zone_too("history=1 applies to the whole answer, not to zone=")?;
             query.history = true;
         }
-        if let Some(value) = lua_objects_limit {
-            let Some(limit) =
-                parse_number::<u64>(&value).filter(|n| (1..=LUA_OBJECTS_MAX_LIMIT).contains(n))
-            else {
-                return Err(QueryError::BadValue {
-                    name: "lua_objects_limit",
-                    value: echo(&value),
-                    expected: "a number of objects from 1 to 100000000",
-                });
-            };
+        if let Some(value) = &raw.lua_objects_limit {
+            let limit = parse_number::<u64>(value)
+                .filter(|n| (1..=LUA_OBJECTS_MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    bad_value(
+                        "lua_objects_limit",
+                        value,
+                        "a number of objects from 1 to 100000000",
+                    )
+                })?;
             if query.lua_objects_limit.is_none() {
                 return Err(QueryError::Conflict(
                     "lua_objects_limit= needs lua_objects=1",
@@ -212,22 +221,10 @@ impl Query {
             }
             query.lua_objects_limit = Some(limit);
         }
-        if query.lua_objects_limit.is_some() && query.zone.is_some() {
-            return Err(QueryError::Conflict(
-                "lua_objects=1 applies to the whole answer, not to zone=",
-            ));
-        }
-        if let Some(value) = refresh {
-            match parse_number::<u32>(&value) {
-                Some(n) if (1..=86_400).contains(&n) => query.refresh_seconds = Some(n),
-                _ => {
-                    return Err(QueryError::BadValue {
-                        name: "refresh",
-                        value: echo(&value),
-                        expected: "seconds from 1 to 86400",
-                    })
-                }
-            }
+        if let Some(value) = &raw.refresh {
+            let n = parse_number::<u32>(value).filter(|n| (1..=86_400).contains(n));
+            query.refresh_seconds =
+                Some(n.ok_or_else(|| bad_value("refresh", value, "seconds from 1 to 86400"))?);
         }
         Ok(query)
     }
