@@ -462,76 +462,88 @@ pub fn build(
     let walked = samples.iter().any(|s| s.rollup.is_some());
     let mut processes: Vec<ServerProcess> = Vec::new();
     for s in samples {
-        let Ok(title) = &s.title else { continue };
-        // `master_process off` sets no title: the single process is the one
-        // that registered as such, under its own pid.
-        let single = s
-            .entry
-            .as_ref()
-            .is_some_and(|e| e.kind == RegisteredKind::Single);
-        let Some((title_role, exiting)) =
-            role_of_title(title).or(single.then_some((ProcessRole::Single, false)))
-        else {
-            continue;
-        };
-        let status = match &s.status {
-            Ok(text) => ProcStatus::parse(text).0,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                errors.push(SourceError::new(
-                    format!("processes.{}", s.pid),
-                    format!("/proc/{}/status: {e}", s.pid),
-                ));
-                ProcStatus::default()
-            }
-        };
-        let published = s.entry.as_ref().and_then(|e| e.published.clone());
-        let (role, worker, generation, started_at_ms) = match &s.entry {
-            Some(e) => {
-                let role = match e.kind {
-                    RegisteredKind::Worker => ProcessRole::Worker,
-                    RegisteredKind::Single => ProcessRole::Single,
-                    RegisteredKind::Helper => title_role,
-                };
-                (role, e.worker, e.generation, e.started_at_ms)
-            }
-            None if title_role == ProcessRole::Master => {
-                (ProcessRole::Master, None, generation, master_started_at_ms)
-            }
-            None => continue,
-        };
         if processes.iter().any(|p| p.pid == s.pid) {
             continue;
         }
-        if published.is_none() && matches!(role, ProcessRole::Worker | ProcessRole::Single) {
-            errors.push(SourceError::new(
-                format!("processes.{}.memory", s.pid),
-                "not published yet (a worker publishes 200 ms after it starts, then every memory_status_interval)",
-            ));
-        }
+        let mut p = match listed(&s, generation, master_started_at_ms, errors) {
+            Some(p) => p,
+            None => continue,
+        };
         let fresh = s.rollup.as_ref().and_then(|r| pss_of(s.pid, r, errors));
-        let (pss_bytes, pss_age_ms) = match (fresh, &published) {
+        (p.pss_bytes, p.pss_age_ms) = match (fresh, &p.memory) {
             (Some(pss), _) => (Some(pss), Some(0)),
-            (None, Some(Published { pss: Some(p), .. })) => (Some(p.bytes), Some(p.age_ms)),
+            (None, Some(Published { pss: Some(w), .. })) => (Some(w.bytes), Some(w.age_ms)),
             (None, _) => others.get(&s.pid).copied().unzip(),
         };
-        processes.push(ServerProcess {
-            pid: s.pid,
-            role,
-            worker,
-            generation,
-            exiting,
-            started_at_ms,
-            status,
-            pss_bytes,
-            pss_age_ms,
-            memory: published,
-        });
+        processes.push(p);
     }
     processes.sort_by_key(|p| (p.role.rank(), p.generation, p.worker, p.pid));
     let mut server = totals(&processes, generation, now_ms);
     count_once(&mut server, &processes, walked.then_some(errors));
     (processes, server)
+}
+
+/// A process as listed, from its title, registry entry and status (its PSS
+/// not yet set); `None` for one that is gone or is not nginx's.
+fn listed(
+    s: &ProcessSample,
+    generation: u64,
+    master_started_at_ms: u64,
+    errors: &mut Vec<SourceError>,
+) -> Option<ServerProcess> {
+    let title = s.title.as_ref().ok()?;
+    // `master_process off` sets no title: the single process is the one
+    // that registered as such, under its own pid.
+    let single = s
+        .entry
+        .as_ref()
+        .is_some_and(|e| e.kind == RegisteredKind::Single);
+    let (title_role, exiting) =
+        role_of_title(title).or(single.then_some((ProcessRole::Single, false)))?;
+    let (role, worker, generation, started_at_ms) = match &s.entry {
+        Some(e) => {
+            let role = match e.kind {
+                RegisteredKind::Worker => ProcessRole::Worker,
+                RegisteredKind::Single => ProcessRole::Single,
+                RegisteredKind::Helper => title_role,
+            };
+            (role, e.worker, e.generation, e.started_at_ms)
+        }
+        None if title_role == ProcessRole::Master => {
+            (ProcessRole::Master, None, generation, master_started_at_ms)
+        }
+        None => return None,
+    };
+    let status = match &s.status {
+        Ok(text) => ProcStatus::parse(text).0,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            errors.push(SourceError::new(
+                format!("processes.{}", s.pid),
+                format!("/proc/{}/status: {e}", s.pid),
+            ));
+            ProcStatus::default()
+        }
+    };
+    let memory = s.entry.as_ref().and_then(|e| e.published.clone());
+    if memory.is_none() && matches!(role, ProcessRole::Worker | ProcessRole::Single) {
+        errors.push(SourceError::new(
+            format!("processes.{}.memory", s.pid),
+            "not published yet (a worker publishes 200 ms after it starts, then every memory_status_interval)",
+        ));
+    }
+    Some(ServerProcess {
+        pid: s.pid,
+        role,
+        worker,
+        generation,
+        exiting,
+        started_at_ms,
+        status,
+        pss_bytes: None,
+        pss_age_ms: None,
+        memory,
+    })
 }
 
 /// The freshest PSS any worker published for each process that publishes
