@@ -205,6 +205,16 @@ pub struct ZonePoint {
     pub fails: u64,
 }
 
+/// Of the samples `first..before`, at most `points`, evenly spread, the newest
+/// always among them, oldest first.
+pub fn spread(first: u64, before: u64, points: usize) -> Vec<u64> {
+    let count = before.saturating_sub(first) as usize;
+    let step = count.div_ceil(points.max(1)).max(1);
+    let mut picked: Vec<u64> = (first..before).rev().step_by(step).collect();
+    picked.reverse();
+    picked
+}
+
 /// A least-squares line through (ms, bytes) points: its slope in bytes per
 /// hour and how well it fits (R², 1 for a straight line).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -402,6 +412,15 @@ mod tests {
         s.owners.insert("glibc", 4);
         s.owners.insert("unattributed", -8);
         assert_eq!(Sample::from_words(&s.to_words()), s);
+    }
+
+    #[test]
+    fn spread_keeps_the_newest_and_bounds_the_count() {
+        assert_eq!(spread(0, 5, 10), [0, 1, 2, 3, 4]);
+        assert_eq!(spread(0, 10, 5), [1, 3, 5, 7, 9]);
+        assert_eq!(spread(100, 3700, 720).len(), 720);
+        assert_eq!(spread(100, 3700, 720).last(), Some(&3699));
+        assert!(spread(7, 7, 3).is_empty());
     }
 
     #[test]

@@ -331,6 +331,9 @@ fn findings_section(h: &mut String, findings: &[crate::findings::Finding]) {
     h.push_str("</ul></section>");
 }
 
+/// Points a history line draws at most (the page reads no more per ring).
+pub const SPARK_POINTS: usize = 160;
+
 /// A small line of (time, bytes) points, no script: the last value beside it.
 fn sparkline(points: &[(u64, f64)]) -> String {
     let (w, h) = (160.0, 28.0);
@@ -394,16 +397,29 @@ fn history_section(h: &mut String, r: &Report) {
             }
         }
     }
-    let mut buckets: std::collections::BTreeMap<u64, f64> = std::collections::BTreeMap::new();
-    let interval = history.interval_ms.max(1);
+    // Each process's samples by time bucket (as wide as the spacing of the
+    // samples read), one per process and bucket, summed.
+    let step = (history.capacity as usize).div_ceil(SPARK_POINTS).max(1) as u64;
+    let width = history.interval_ms.max(1) * step;
+    let mut buckets: std::collections::BTreeMap<u64, std::collections::BTreeMap<u32, u64>> =
+        std::collections::BTreeMap::new();
     for p in &history.processes {
         for s in &p.samples {
             let bytes = s.pss_bytes.unwrap_or(s.resident_bytes);
-            *buckets.entry(s.at_ms / interval * interval).or_insert(0.0) += bytes as f64;
+            buckets
+                .entry(s.at_ms / width * width)
+                .or_default()
+                .insert(p.pid, bytes);
         }
     }
-    // The newest interval is still filling in: left out.
-    let total: Vec<(u64, f64)> = buckets.into_iter().rev().skip(1).rev().collect();
+    // The newest bucket is still filling in: left out.
+    let total: Vec<(u64, f64)> = buckets
+        .into_iter()
+        .map(|(at, by_pid)| (at, by_pid.values().sum::<u64>() as f64))
+        .rev()
+        .skip(1)
+        .rev()
+        .collect();
     let _ = write!(
         h,
         "<tr><td>the workers, counted once (PSS)</td><td>{}</td></tr>",

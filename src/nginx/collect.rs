@@ -84,7 +84,7 @@ pub struct Measured {
 pub fn begin(
     depth: Depth,
     lua_objects_limit: Option<u64>,
-    history_samples: bool,
+    history_points: Option<usize>,
 ) -> (LoopPart, Job) {
     let zones = sample_zones(None);
     let zone_ranges = zones
@@ -143,9 +143,9 @@ pub fn begin(
             .map(|(generation, master_started_at_ms, _)| (generation, master_started_at_ms)),
         own_walk,
         shutdown_timeout_ms: super::cycle::shutdown_timeout_ms(super::cycle::current()),
-        rings: super::history::read(history_samples),
+        rings: super::history::read(history_points),
         zone_trends: super::history::zone_trends(),
-        zone_samples: history_samples.then(super::history::zone_samples),
+        zone_samples: history_points.map(super::history::zone_samples),
     };
     (part, job)
 }

@@ -98,9 +98,14 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
     let Some(name) = &query.zone else {
         // The whole answer: the loop copies nginx's and the VMs' figures, a
         // thread measures the rest while the worker goes on serving.
-        // The HTML page draws each process's history.
-        let samples = query.history || format == Format::Html;
-        let (part, job) = collect::begin(query.depth, query.lua_objects_limit, samples);
+        // `?history=1` answers every sample; the HTML page draws lines of at
+        // most `SPARK_POINTS` each.
+        let points = match (query.history, format) {
+            (true, _) => Some(usize::MAX),
+            (false, Format::Html) => Some(crate::format::html::SPARK_POINTS),
+            (false, _) => None,
+        };
+        let (part, job) = collect::begin(query.depth, query.lua_objects_limit, points);
         let refresh = query.refresh_seconds;
         let complete: Complete = Box::new(move |r, part, measured| {
             #[cfg(feature = "test-panic")]

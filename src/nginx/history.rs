@@ -26,8 +26,12 @@ const MAGIC: u64 = 0x6d65_6d5f_6869_0000 | (ZONES_SAMPLE_WORDS << 8 | SAMPLE_WOR
 pub static CAPACITY: AtomicUsize = AtomicUsize::new(0);
 /// The default history: one hour.
 pub const DEFAULT_SPAN_MS: u64 = 3_600_000;
-/// The most samples a ring takes (a day at 1 s is 86,400).
-pub const MAX_CAPACITY: usize = 100_000;
+/// The most samples a ring takes: a day at 10 s (`?history=1` answers with
+/// every sample, 200 bytes each, read on the loop).
+pub const MAX_CAPACITY: usize = 8_640;
+/// The trends are fitted through this many samples at most, evenly spread
+/// over the window: the fit's cost on the loop is bounded whatever the length.
+const FIT_POINTS: usize = 720;
 
 #[repr(C)]
 struct Header {
@@ -197,7 +201,7 @@ fn record_zones(sample: &ZonesSample, fit_since_ms: u64) {
         cell.store(w, Ordering::Relaxed);
     }
     h.zones_written.store(n + 1, Ordering::Release);
-    let samples = read_zones_ring(h);
+    let samples = read_zones_ring(h, FIT_POINTS);
     let trends = crate::history::zone_trends(&samples, fit_since_ms);
     h.zone_trend_seq.fetch_add(1, Ordering::AcqRel);
     std::sync::atomic::fence(Ordering::Release);
@@ -224,13 +228,14 @@ fn record_zones(sample: &ZonesSample, fit_since_ms: u64) {
 }
 
 /// The zones' samples, oldest first; those overwritten while read are dropped.
-fn read_zones_ring(h: &'static Header) -> Vec<ZonesSample> {
+fn read_zones_ring(h: &'static Header, points: usize) -> Vec<ZonesSample> {
     let capacity = h.capacity as usize;
     let words = zones_ring(h);
     let before = h.zones_written.load(Ordering::Acquire);
     let first = before.saturating_sub(capacity as u64);
-    let mut out = Vec::with_capacity((before - first) as usize);
-    for n in first..before {
+    let picked = crate::history::spread(first, before, points);
+    let mut out = Vec::with_capacity(picked.len());
+    for n in picked {
         let at = (n as usize % capacity) * ZONES_SAMPLE_WORDS;
         let mut w = [0u64; ZONES_SAMPLE_WORDS];
         for (v, cell) in w.iter_mut().zip(&words[at..at + ZONES_SAMPLE_WORDS]) {
@@ -284,9 +289,11 @@ pub fn zone_trends() -> Vec<(u64, Fit, u64)> {
     Vec::new()
 }
 
-/// The zones' samples (`?history=1`, the HTML page).
-pub fn zone_samples() -> Vec<ZonesSample> {
-    header().map(read_zones_ring).unwrap_or_default()
+/// The zones' samples, at most `points` (`?history=1`, the HTML page).
+pub fn zone_samples(points: usize) -> Vec<ZonesSample> {
+    header()
+        .map(|h| read_zones_ring(h, points))
+        .unwrap_or_default()
 }
 
 /// The last reload of the configuration (or the start), for the trends' window.
@@ -383,7 +390,7 @@ pub fn record(sample: &Sample, fit_since_ms: u64) {
         cell.store(w, Ordering::Relaxed);
     }
     head.written.store(n + 1, Ordering::Release);
-    let samples = read_ring(head, words, capacity);
+    let samples = read_ring(head, words, capacity, FIT_POINTS);
     let trends = crate::history::trends(&samples, fit_since_ms, 0);
     head.trend_seq.fetch_add(1, Ordering::AcqRel);
     std::sync::atomic::fence(Ordering::Release);
@@ -412,12 +419,14 @@ pub fn record(sample: &Sample, fit_since_ms: u64) {
     head.trend_seq.fetch_add(1, Ordering::Release);
 }
 
-/// A ring's samples, oldest first; those overwritten while read are dropped.
-fn read_ring(head: &RingHead, words: &[AtomicU64], capacity: usize) -> Vec<Sample> {
+/// A ring's samples (at most `points`), oldest first; those overwritten while
+/// read are dropped.
+fn read_ring(head: &RingHead, words: &[AtomicU64], capacity: usize, points: usize) -> Vec<Sample> {
     let before = head.written.load(Ordering::Acquire);
     let first = before.saturating_sub(capacity as u64);
-    let mut out = Vec::with_capacity((before - first) as usize);
-    for n in first..before {
+    let picked = crate::history::spread(first, before, points);
+    let mut out = Vec::with_capacity(picked.len());
+    for n in picked {
         let at = (n as usize % capacity) * SAMPLE_WORDS;
         let mut w = [0u64; SAMPLE_WORDS];
         for (v, cell) in w.iter_mut().zip(&words[at..at + SAMPLE_WORDS]) {
@@ -444,8 +453,9 @@ pub struct RingView {
     pub samples: Option<Vec<Sample>>,
 }
 
-/// Every ring with a live owner: its trends, and with `samples`, its samples.
-pub fn read(samples: bool) -> Option<(Vec<RingView>, usize)> {
+/// Every ring with a live owner: its trends, and with `points`, at most that
+/// many of its samples.
+pub fn read(points: Option<usize>) -> Option<(Vec<RingView>, usize)> {
     let h = header()?;
     let capacity = h.capacity as usize;
     let mut out = Vec::new();
@@ -460,7 +470,7 @@ pub fn read(samples: bool) -> Option<(Vec<RingView>, usize)> {
             pid: pid as u32,
             started_at_ms: head.started_at_ms.load(Ordering::Relaxed),
             trends,
-            samples: samples.then(|| read_ring(head, words, capacity)),
+            samples: points.map(|p| read_ring(head, words, capacity, p)),
         });
     }
     Some((out, capacity))

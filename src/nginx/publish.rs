@@ -46,7 +46,7 @@ extern "C" fn on_timer(ev: *mut ngx_event_t) {
     // SAFETY: nginx calls the handler with our event, on the loop's thread.
     unsafe { ngx_add_timer(ev, INTERVAL_MS.load(Ordering::Relaxed) as ngx_msec_t) };
     let _ = crate::panic_guard::run_guarded(|| {
-        let (part, job) = collect::begin(Depth::Default, None, false);
+        let (part, job) = collect::begin(Depth::Default, None, None);
         let job = job.for_summary();
         // `finish` publishes the summary; the timer's adds it to the history.
         let done: offloop::Background = Box::new(|part, measured| {
