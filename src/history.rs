@@ -286,24 +286,20 @@ pub struct Trend {
     pub last_bytes: i64,
 }
 
-/// The series whose trends are fitted, in the order a ring keeps them.
-pub const SERIES: [&str; 4 + PUBLISHED_OWNERS.len()] = [
-    "resident",
-    "lua_http_gc",
-    "lua_stream_gc",
-    "glibc_in_use",
-    "glibc",
-    "shm",
-    "lua_http",
-    "lua_stream",
-    "text",
-    "stacks",
-    "other_allocators",
-    "unattributed",
-];
+/// The series fitted besides the owners' `resident_bytes`, which follow them
+/// in the order a ring keeps its trends.
+const HEAP_SERIES: [&str; 4] = ["resident", "lua_http_gc", "lua_stream_gc", "glibc_in_use"];
+pub const SERIES_COUNT: usize = HEAP_SERIES.len() + PUBLISHED_OWNERS.len();
+
+pub fn series_name(i: usize) -> Option<&'static str> {
+    match i.checked_sub(HEAP_SERIES.len()) {
+        None => Some(HEAP_SERIES[i]),
+        Some(owner) => PUBLISHED_OWNERS.get(owner).copied(),
+    }
+}
 
 pub fn series_index(name: &str) -> Option<usize> {
-    SERIES.iter().position(|&s| s == name)
+    (0..SERIES_COUNT).find(|&i| series_name(i) == Some(name))
 }
 
 /// Series `i`'s value in a sample.
@@ -313,7 +309,7 @@ fn value(s: &Sample, i: usize) -> Option<f64> {
         1 => s.lua_http_gc_bytes.map(|v| v as f64),
         2 => s.lua_stream_gc_bytes.map(|v| v as f64),
         3 => s.glibc_in_use_bytes.map(|v| v as f64),
-        _ => s.owners.get(SERIES.get(i)?).map(|&v| v as f64),
+        _ => s.owners.get(series_name(i)?).map(|&v| v as f64),
     }
 }
 
@@ -322,7 +318,7 @@ fn value(s: &Sample, i: usize) -> Option<f64> {
 pub fn trends(samples: &[Sample], since_ms: u64, shm_cap_bytes: u64) -> Vec<Trend> {
     let window: Vec<&Sample> = samples.iter().filter(|s| s.at_ms >= since_ms).collect();
     let mut out = Vec::new();
-    for (i, name) in SERIES.iter().copied().enumerate() {
+    for (i, name) in (0..SERIES_COUNT).filter_map(|i| Some((i, series_name(i)?))) {
         let mut points: Vec<(u64, f64)> = window
             .iter()
             .filter_map(|s| Some((s.at_ms, value(s, i)?)))
@@ -378,7 +374,10 @@ mod tests {
 
     #[test]
     fn the_series_are_the_owners_and_the_heaps() {
-        assert_eq!(&SERIES[4..], &PUBLISHED_OWNERS[..]);
+        assert_eq!(series_name(0), Some("resident"));
+        assert_eq!(series_name(4), Some("glibc"));
+        assert_eq!(series_name(SERIES_COUNT - 1), Some("unattributed"));
+        assert_eq!(series_name(SERIES_COUNT), None);
         assert_eq!(series_index("shm"), Some(5));
     }
 

@@ -16,8 +16,8 @@ use super::residency::{lua_resident_bytes, resident_pages_of, zones_resident_pag
 use super::zones::sample_zones;
 use crate::breakdown::{Breakdown, Depth, Inputs, VirtualSplit};
 use crate::history::{
-    name_hash, History, ProcessHistory, ProcessTrends, Trend, ZoneHistory, ZonePoint, ZoneTrend,
-    SERIES,
+    name_hash, series_name, History, ProcessHistory, ProcessTrends, Trend, ZoneHistory, ZonePoint,
+    ZoneTrend,
 };
 use crate::lua::Lua;
 use crate::lua::LuaVmSample;
@@ -369,11 +369,14 @@ fn history_of(
             trends: ring
                 .trends
                 .iter()
-                .map(|&(i, fit, last_bytes)| Trend {
-                    series: SERIES[i],
-                    fit,
-                    cap_bytes: (SERIES[i] == "shm").then_some(shm_cap),
-                    last_bytes,
+                .filter_map(|&(i, fit, last_bytes)| {
+                    let series = series_name(i)?;
+                    Some(Trend {
+                        series,
+                        fit,
+                        cap_bytes: (series == "shm").then_some(shm_cap),
+                        last_bytes,
+                    })
                 })
                 .collect(),
         });

@@ -17,7 +17,7 @@ pub const ZONE_NAME: &str = crate::zones::HISTORY_ZONE;
 /// Reload times kept (the last ones).
 const RELOADS: usize = 16;
 /// Series whose trend a ring keeps (`history::series` order), and words each.
-pub const TREND_SERIES: usize = crate::history::SERIES.len();
+pub const TREND_SERIES: usize = crate::history::SERIES_COUNT;
 const TREND_WORDS: usize = 5;
 const MAGIC: u64 = 0x6d65_6d5f_6869_0000 | (ZONES_SAMPLE_WORDS << 8 | SAMPLE_WORDS) as u64;
 
