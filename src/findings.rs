@@ -399,7 +399,7 @@ fn old_generation_lingering(inputs: &Inputs<'_>, out: &mut Vec<Finding>) {
     let old: Vec<&ServerProcess> = r
         .processes
         .iter()
-        .filter(|p| p.role == ProcessRole::Worker && (p.exiting || p.generation < current))
+        .filter(|p| p.is_old_generation(current))
         .collect();
     // The reload: when the first worker of the current generation started.
     let reload_at = r

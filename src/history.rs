@@ -215,6 +215,51 @@ pub fn spread(first: u64, before: u64, points: usize) -> Vec<u64> {
     picked
 }
 
+/// The zones' trends, by the names of this answer's zones.
+pub fn zone_trends_of(
+    zones: &[crate::zones::Zone],
+    trends: Vec<(u64, Fit, u64)>,
+) -> Vec<ZoneTrend> {
+    trends
+        .into_iter()
+        .filter_map(|(hash, fit, last_bytes)| {
+            let z = zones.iter().find(|z| name_hash(&z.name) == hash)?;
+            Some(ZoneTrend {
+                zone: z.name.clone(),
+                fit,
+                cap_bytes: z.slab.as_ref().map_or(z.size_bytes, |s| s.total_bytes),
+                last_bytes,
+            })
+        })
+        .collect()
+}
+
+/// Each zone's samples, by the names of this answer's zones.
+pub fn zones_history(zones: &[crate::zones::Zone], samples: &[ZonesSample]) -> Vec<ZoneHistory> {
+    zones
+        .iter()
+        .filter_map(|z| {
+            let hash = name_hash(&z.name);
+            let points: Vec<ZonePoint> = samples
+                .iter()
+                .filter_map(|s| {
+                    let &(_, used_bytes, fails) = s.zones.iter().find(|x| x.0 == hash)?;
+                    Some(ZonePoint {
+                        at_ms: s.at_ms,
+                        used_bytes,
+                        fails,
+                    })
+                })
+                .collect();
+            (!points.is_empty()).then(|| ZoneHistory {
+                name: z.name.clone(),
+                size_bytes: z.size_bytes,
+                samples: points,
+            })
+        })
+        .collect()
+}
+
 /// A least-squares line through (ms, bytes) points: its slope in bytes per
 /// hour and how well it fits (R², 1 for a straight line).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -396,6 +441,52 @@ mod tests {
         let (hash, fit, last) = t[0];
         assert_eq!((hash, last), (h, 4 * 4096));
         assert!((fit.bytes_per_hour - 4096.0 * 3600.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn zones_are_named_back_from_their_hashes() {
+        let zone = crate::zones::ZoneSample {
+            name: "d".into(),
+            owner: Some("ngx_http_lua_module".into()),
+            size_bytes: 1 << 20,
+            page_size_bytes: 4096,
+            resident_pages: Ok(10),
+            resident_age_ms: 0,
+            slab: Ok(crate::zones::SlabSample {
+                pages_total: 200,
+                pages_free: 100,
+                slots: Vec::new(),
+                free_runs: 1,
+                largest_free_run_pages: 100,
+                free_runs_truncated: false,
+            }),
+        }
+        .to_zone(&mut Vec::new());
+        let fit = Fit {
+            bytes_per_hour: 1.0,
+            r_squared: 1.0,
+            samples: 3,
+            span_ms: 2,
+        };
+        let t = zone_trends_of(
+            std::slice::from_ref(&zone),
+            vec![(name_hash("d"), fit, 5), (name_hash("gone"), fit, 6)],
+        );
+        assert_eq!(t.len(), 1, "a zone no longer configured is left out");
+        assert_eq!((t[0].zone.as_str(), t[0].cap_bytes), ("d", 200 * 4096));
+        let samples = [ZonesSample {
+            at_ms: 7,
+            zones: vec![(name_hash("d"), 4096, 1)],
+        }];
+        let h = zones_history(std::slice::from_ref(&zone), &samples);
+        assert_eq!(
+            (
+                h[0].name.as_str(),
+                h[0].samples[0].used_bytes,
+                h[0].samples[0].fails
+            ),
+            ("d", 4096, 1)
+        );
     }
 
     #[test]

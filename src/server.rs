@@ -419,6 +419,13 @@ pub struct ServerProcess {
     pub memory: Option<Published>,
 }
 
+impl ServerProcess {
+    /// A worker of an older configuration, or one shutting down.
+    pub fn is_old_generation(&self, current: u64) -> bool {
+        self.role == ProcessRole::Worker && (self.exiting || self.generation < current)
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Server {
     /// Configuration loads seen: 1 at start, +1 per reload.
@@ -666,7 +673,7 @@ fn count_once(
 fn totals(processes: &[ServerProcess], generation: u64, now_ms: u64) -> Server {
     let old: Vec<&ServerProcess> = processes
         .iter()
-        .filter(|p| p.role == ProcessRole::Worker && (p.exiting || p.generation < generation))
+        .filter(|p| p.is_old_generation(generation))
         .collect();
     Server {
         generation,

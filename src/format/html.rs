@@ -7,7 +7,6 @@ use std::fmt::Write;
 
 use super::human_bytes;
 use crate::report::Report;
-use crate::server::ProcessRole;
 
 pub const CONTENT_TYPE: &[u8] = b"text/html; charset=utf-8";
 
@@ -469,7 +468,7 @@ fn server_section(h: &mut String, r: &Report) {
     );
     for p in &r.processes {
         let role = serde_json::to_value(p.role).unwrap_or_default();
-        let old = p.exiting || (p.role == ProcessRole::Worker && p.generation < s.generation);
+        let old = p.is_old_generation(s.generation);
         let _ = write!(
             h,
             "<tr{}><td>{}</td><td>{}{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\

@@ -15,10 +15,7 @@ use super::registry;
 use super::residency::{lua_resident_bytes, resident_pages_of, zones_resident_pages, ZoneRange};
 use super::zones::sample_zones;
 use crate::breakdown::{Breakdown, Depth, Inputs, VirtualSplit};
-use crate::history::{
-    name_hash, series_name, History, ProcessHistory, ProcessTrends, Trend, ZoneHistory, ZonePoint,
-    ZoneTrend,
-};
+use crate::history::{series_name, History, ProcessHistory, ProcessTrends, Trend};
 use crate::lua::Lua;
 use crate::lua::LuaVmSample;
 use crate::pools::Pools;
@@ -335,11 +332,11 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         let (trends, mut history) = history_of(&report, rings, capacity);
         report.trends = trends;
         if let (Some(h), Some(samples)) = (&mut history, zone_samples) {
-            h.zones = zones_history(&report.zones, &samples);
+            h.zones = crate::history::zones_history(&report.zones, &samples);
         }
         report.history = history;
     }
-    report.zone_trends = zone_trends_of(&report.zones, zone_trends);
+    report.zone_trends = crate::history::zone_trends_of(&report.zones, zone_trends);
     report.findings = crate::findings::evaluate(
         &crate::findings::Inputs {
             report: &report,
@@ -396,54 +393,6 @@ fn history_of(
         zones: Vec::new(),
     });
     (trends, history)
-}
-
-/// The zones' trends, by the names of this answer's zones.
-fn zone_trends_of(
-    zones: &[crate::zones::Zone],
-    trends: Vec<(u64, crate::history::Fit, u64)>,
-) -> Vec<ZoneTrend> {
-    trends
-        .into_iter()
-        .filter_map(|(hash, fit, last_bytes)| {
-            let z = zones.iter().find(|z| name_hash(&z.name) == hash)?;
-            Some(ZoneTrend {
-                zone: z.name.clone(),
-                fit,
-                cap_bytes: z.slab.as_ref().map_or(z.size_bytes, |s| s.total_bytes),
-                last_bytes,
-            })
-        })
-        .collect()
-}
-
-/// Each zone's samples, by the names of this answer's zones.
-fn zones_history(
-    zones: &[crate::zones::Zone],
-    samples: &[crate::history::ZonesSample],
-) -> Vec<ZoneHistory> {
-    zones
-        .iter()
-        .filter_map(|z| {
-            let hash = name_hash(&z.name);
-            let points: Vec<ZonePoint> = samples
-                .iter()
-                .filter_map(|s| {
-                    let &(_, used_bytes, fails) = s.zones.iter().find(|x| x.0 == hash)?;
-                    Some(ZonePoint {
-                        at_ms: s.at_ms,
-                        used_bytes,
-                        fails,
-                    })
-                })
-                .collect();
-            (!points.is_empty()).then(|| ZoneHistory {
-                name: z.name.clone(),
-                size_bytes: z.size_bytes,
-                samples: points,
-            })
-        })
-        .collect()
 }
 
 /// One zone alone (`?zone=NAME`, its bytes or its escaped name): that zone is
