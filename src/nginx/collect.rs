@@ -41,6 +41,8 @@ pub struct LoopPart {
     /// This process's last published walk, kept when this one makes none.
     own_walk: Option<PublishedPss>,
     shutdown_timeout_ms: Option<u64>,
+    /// `memory_status_interval` of the running configuration.
+    interval_ms: u64,
     /// Every live process's history ring: its trends, and its samples when asked.
     rings: Option<(Vec<super::history::RingView>, usize)>,
     /// The zones' trends, and their samples when asked.
@@ -140,6 +142,8 @@ pub fn begin(
             .map(|(generation, master_started_at_ms, _)| (generation, master_started_at_ms)),
         own_walk,
         shutdown_timeout_ms: super::cycle::shutdown_timeout_ms(super::cycle::current()),
+        interval_ms: super::running_conf()
+            .map_or(super::publish::DEFAULT_INTERVAL_MS, |c| c.interval_ms()),
         rings: super::history::read(history_points),
         zone_trends: super::history::zone_trends(),
         zone_samples: history_points.map(super::history::zone_samples),
@@ -241,6 +245,7 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         registry,
         own_walk,
         shutdown_timeout_ms,
+        interval_ms,
         rings,
         zone_trends,
         zone_samples,
@@ -329,7 +334,7 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
     report.processes = processes;
     report.server = server;
     if let Some((rings, capacity)) = rings {
-        let (trends, mut history) = history_of(&report, rings, capacity);
+        let (trends, mut history) = history_of(&report, rings, capacity, interval_ms);
         report.trends = trends;
         if let (Some(h), Some(samples)) = (&mut history, zone_samples) {
             h.zones = crate::history::zones_history(&report.zones, &samples);
@@ -355,6 +360,7 @@ fn history_of(
     report: &Report,
     rings: Vec<super::history::RingView>,
     capacity: usize,
+    interval_ms: u64,
 ) -> (Vec<ProcessTrends>, Option<History>) {
     let shm_cap: u64 = report.zones.iter().map(|z| z.size_bytes).sum();
     let listed = |pid: u32| report.processes.iter().any(|p| p.pid == pid);
@@ -386,7 +392,7 @@ fn history_of(
         }
     }
     let history = (!samples.is_empty()).then(|| History {
-        interval_ms: super::publish::INTERVAL_MS.load(std::sync::atomic::Ordering::Relaxed),
+        interval_ms,
         capacity: capacity as u64,
         reloads_at_ms: super::history::reloads_at_ms(),
         processes: samples,

@@ -5,7 +5,7 @@
 //! not overwritten meanwhile, and never waits.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use ngx::ffi::{
     ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_str_t, NGX_ERROR, NGX_OK,
@@ -21,9 +21,6 @@ pub const TREND_SERIES: usize = crate::history::SERIES_COUNT;
 const TREND_WORDS: usize = 5;
 const MAGIC: u64 = 0x6d65_6d5f_6869_0000 | (ZONES_SAMPLE_WORDS << 8 | SAMPLE_WORDS) as u64;
 
-/// Samples per ring: `memory_status_history`, or one hour's worth of the
-/// interval (set when the `http` block has been read).
-pub static CAPACITY: AtomicUsize = AtomicUsize::new(0);
 /// The default history: one hour.
 pub const DEFAULT_SPAN_MS: u64 = 3_600_000;
 /// The most samples a ring takes: a day at 10 s (`?history=1` answers with
@@ -65,8 +62,8 @@ struct RingHead {
     trends: [AtomicU64; TREND_SERIES * TREND_WORDS],
 }
 
-/// The zone's header, as this process maps it.
-static HEADER: AtomicPtr<Header> = AtomicPtr::new(std::ptr::null_mut());
+/// The ring this process claimed, if any: an index, used only while the
+/// ring's pid is this process's.
 static MY_RING: AtomicI32 = AtomicI32::new(-1);
 
 /// Rings: every worker of two generations and the cache processes, on a
@@ -95,8 +92,14 @@ fn zone_bytes(capacity: usize) -> usize {
 }
 
 /// Adds the history zone (after the `http` block, when its size is known).
-pub fn add_zone(cf: *mut ngx_conf_t, tag: *mut c_void, capacity: usize) -> Result<(), ()> {
-    CAPACITY.store(capacity, Ordering::Relaxed);
+/// The zone's init finds the capacity in `main`, which lives in the
+/// configuration's pool as long as the zone's cycle.
+pub fn add_zone(
+    cf: *mut ngx_conf_t,
+    tag: *mut c_void,
+    main: &mut super::MainConf,
+) -> Result<(), ()> {
+    let capacity = main.history_capacity;
     let mut name = ngx_str_t {
         len: ZONE_NAME.len(),
         data: ZONE_NAME.as_ptr().cast_mut(),
@@ -106,13 +109,17 @@ pub fn add_zone(cf: *mut ngx_conf_t, tag: *mut c_void, capacity: usize) -> Resul
     if zone.is_null() {
         return Err(());
     }
-    // SAFETY: a zone nginx just returned.
-    unsafe { (*zone).init = Some(init_zone) };
+    // SAFETY: a zone nginx just returned; its init runs while `main` lives.
+    unsafe {
+        (*zone).init = Some(init_zone);
+        (*zone).data = (main as *mut super::MainConf).cast();
+    }
     Ok(())
 }
 
 extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
-    let capacity = CAPACITY.load(Ordering::Relaxed);
+    // SAFETY: `add_zone` set the zone's data to the configuration's MainConf.
+    let capacity = unsafe { (*(*zone).data.cast::<super::MainConf>()).history_capacity };
     let bytes = data_bytes(capacity);
     let fresh = |h: *mut Header| {
         // SAFETY: a new allocation of `bytes`.
@@ -136,13 +143,14 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int
         (*header).reload_at_ms[load as usize % RELOADS]
             .store(super::collect::now_ms(), Ordering::Release);
     }
-    HEADER.store(header, Ordering::Release);
     NGX_OK as ngx_int_t
 }
 
+/// The running cycle's history zone (loop thread only).
 fn header() -> Option<&'static Header> {
-    // SAFETY: the zone is mapped for the process's life.
-    unsafe { HEADER.load(Ordering::Acquire).as_ref() }
+    // SAFETY: the zone's init stores a `Header` in its data; the reference is
+    // used within the caller's run on the loop.
+    unsafe { super::zones::own_zone::<Header>(ZONE_NAME) }
 }
 
 /// Ring `i`'s head and its samples' words.
@@ -305,9 +313,13 @@ pub fn reloads_at_ms() -> Vec<u64> {
         .collect()
 }
 
-/// A worker (or the single process) takes a ring as it starts: a free one, else
-/// one whose owner died.
-pub fn claim() {
+/// A worker (or the single process) takes a ring unless it holds one: as it
+/// starts, and again on its timer (all rings were taken, or a reload in
+/// single-process mode made a new zone): a free one, else one whose owner died.
+pub fn ensure_claimed() {
+    if my_ring().is_some() {
+        return;
+    }
     let Some(h) = header() else { return };
     let pid = std::process::id() as i32;
     let take = |free: &dyn Fn(i32) -> bool| {
@@ -345,10 +357,9 @@ pub fn release() {
             .zones_owner
             .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
     }
-    let (Some(h), Ok(i)) = (header(), usize::try_from(MY_RING.load(Ordering::Relaxed))) else {
+    let Some((head, _, _)) = my_ring() else {
         return;
     };
-    let (head, _) = ring(h, i);
     let _ = head.pid.compare_exchange(
         std::process::id() as i32,
         0,
@@ -360,6 +371,9 @@ pub fn release() {
 fn my_ring() -> Option<(&'static RingHead, &'static [AtomicU64], usize)> {
     let h = header()?;
     let i = usize::try_from(MY_RING.load(Ordering::Relaxed)).ok()?;
+    if i >= h.rings as usize {
+        return None;
+    }
     let (head, words) = ring(h, i);
     (head.pid.load(Ordering::Relaxed) == std::process::id() as i32).then_some((
         head,

@@ -22,10 +22,13 @@ use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_parse_time,
     ngx_str_t, ngx_uint_t, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_ERROR, NGX_HTTP_LOC_CONF,
-    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
-    NGX_LOG_EMERG, NGX_OK,
+    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE,
+    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
 };
-use ngx::http::{HttpModule, HttpModuleLocationConf, Merge, MergeConfigError, NgxHttpCoreModule};
+use ngx::http::{
+    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError,
+    NgxHttpCoreModule,
+};
 use ngx::{ngx_conf_log_error, ngx_string};
 
 use crate::query::Format;
@@ -62,6 +65,45 @@ unsafe impl HttpModuleLocationConf for MemoryStatusModule {
     type LocationConf = LocationConf;
 }
 
+/// The module's settings of one configuration. They live in nginx's
+/// configuration structures, so a reload that fails leaves the running
+/// configuration's settings as they were, and a worker reads those of the
+/// cycle it serves.
+#[derive(Debug, Default)]
+pub struct MainConf {
+    /// Some location of this configuration says `memory_status`.
+    enabled: bool,
+    /// `memory_status_interval`, when given.
+    interval_ms: Option<u64>,
+    /// `memory_status_history`, when given.
+    history_samples: Option<usize>,
+    /// Samples per history ring: known once the `http` block is read.
+    history_capacity: usize,
+}
+
+impl MainConf {
+    /// How often each worker publishes its summary and samples its history.
+    pub fn interval_ms(&self) -> u64 {
+        self.interval_ms.unwrap_or(publish::DEFAULT_INTERVAL_MS)
+    }
+}
+
+unsafe impl HttpModuleMainConf for MemoryStatusModule {
+    type MainConf = MainConf;
+}
+
+/// The running configuration's settings; `None` in a configuration without an
+/// `http` block. Loop thread only: in single-process mode a reload changes the
+/// running cycle.
+pub fn running_conf() -> Option<&'static MainConf> {
+    MemoryStatusModule::main_conf(cycle::current())
+}
+
+/// The tag of the module's own zones: the module static's address.
+fn zone_tag() -> *mut c_void {
+    addr_of_mut!(ngx_http_memory_status_module).cast::<c_void>()
+}
+
 static mut NGX_HTTP_MEMORY_STATUS_COMMANDS: [ngx_command_t; 5] = [
     ngx_command_t {
         name: ngx_string!("memory_status"),
@@ -84,7 +126,7 @@ static mut NGX_HTTP_MEMORY_STATUS_COMMANDS: [ngx_command_t; 5] = [
         name: ngx_string!("memory_status_interval"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
         set: Some(set_memory_status_interval),
-        conf: 0,
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
         offset: 0,
         post: std::ptr::null_mut(),
     },
@@ -92,7 +134,7 @@ static mut NGX_HTTP_MEMORY_STATUS_COMMANDS: [ngx_command_t; 5] = [
         name: ngx_string!("memory_status_history"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
         set: Some(set_memory_status_history),
-        conf: 0,
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
         offset: 0,
         post: std::ptr::null_mut(),
     },
@@ -100,9 +142,9 @@ static mut NGX_HTTP_MEMORY_STATUS_COMMANDS: [ngx_command_t; 5] = [
 ];
 
 static NGX_HTTP_MEMORY_STATUS_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: Some(preconfiguration),
+    preconfiguration: None,
     postconfiguration: Some(postconfiguration),
-    create_main_conf: None,
+    create_main_conf: Some(MemoryStatusModule::create_main_conf),
     init_main_conf: None,
     create_srv_conf: None,
     merge_srv_conf: None,
@@ -147,12 +189,13 @@ extern "C" fn set_memory_status(
         return c"has no location configuration".as_ptr().cast_mut();
     };
     clcf.handler = Some(handler::memory_status_handler);
-    ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+    let Some(main) = MemoryStatusModule::main_conf_mut(cf) else {
+        return c"has no http configuration".as_ptr().cast_mut();
+    };
+    main.enabled = true;
     // The registry every process of the server writes itself into, so any
     // worker can answer for all of them.
-    // The module static's address is its zones' tag.
-    let tag = addr_of_mut!(ngx_http_memory_status_module).cast::<c_void>();
-    if registry::add_zone(cf, tag).is_err() {
+    if registry::add_zone(cf, zone_tag()).is_err() {
         return c"could not add the module's shared memory zone"
             .as_ptr()
             .cast_mut();
@@ -160,37 +203,20 @@ extern "C" fn set_memory_status(
     NGX_CONF_OK
 }
 
-/// Before each `http` block is read: settings of an earlier configuration do not
-/// carry over into one that omits them.
-extern "C" fn preconfiguration(_cf: *mut ngx_conf_t) -> ngx_int_t {
-    publish::INTERVAL_MS.store(
-        publish::DEFAULT_INTERVAL_MS,
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    INTERVAL_SET.store(false, std::sync::atomic::Ordering::Relaxed);
-    HISTORY_SAMPLES.store(0, std::sync::atomic::Ordering::Relaxed);
-    ENABLED.store(false, std::sync::atomic::Ordering::Relaxed);
-    NGX_OK as ngx_int_t
-}
-
-/// Some location of the configuration being read says `memory_status`.
-static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-/// `memory_status_history`; 0: not set (one hour's worth of the interval).
-static HISTORY_SAMPLES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 /// After the `http` block: the history zone, sized now that the interval and
 /// the history's length are known.
 extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-    use std::sync::atomic::Ordering::Relaxed;
-    if !ENABLED.load(Relaxed) {
+    // SAFETY: nginx calls postconfiguration with the `http` block's context.
+    let Some(main) = MemoryStatusModule::main_conf_mut(unsafe { &*cf }) else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    if !main.enabled {
         return NGX_OK as ngx_int_t;
     }
-    let capacity = match HISTORY_SAMPLES.load(Relaxed) {
-        0 => history::DEFAULT_SPAN_MS.div_ceil(publish::INTERVAL_MS.load(Relaxed)) as usize,
-        n => n,
-    };
-    let tag = addr_of_mut!(ngx_http_memory_status_module).cast::<c_void>();
-    match history::add_zone(cf, tag, capacity) {
+    main.history_capacity = main
+        .history_samples
+        .unwrap_or_else(|| history::DEFAULT_SPAN_MS.div_ceil(main.interval_ms()) as usize);
+    match history::add_zone(cf, zone_tag(), main) {
         Ok(()) => NGX_OK as ngx_int_t,
         Err(()) => NGX_ERROR as ngx_int_t,
     }
@@ -200,10 +226,11 @@ extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
 extern "C" fn set_memory_status_history(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
-    _conf: *mut c_void,
+    conf: *mut c_void,
 ) -> *mut c_char {
-    use std::sync::atomic::Ordering::Relaxed;
-    if HISTORY_SAMPLES.load(Relaxed) != 0 {
+    // SAFETY: nginx passes this module's main configuration (NGX_HTTP_MAIN_CONF_OFFSET).
+    let main = unsafe { &mut *conf.cast::<MainConf>() };
+    if main.history_samples.is_some() {
         return c"is duplicate".as_ptr().cast_mut();
     }
     // SAFETY: `cf->args` holds the directive and its one argument (NGX_CONF_TAKE1).
@@ -211,7 +238,7 @@ extern "C" fn set_memory_status_history(
     let value = String::from_utf8_lossy(args[1].as_bytes()).into_owned();
     match value.parse::<usize>() {
         Ok(n) if (3..=history::MAX_CAPACITY).contains(&n) => {
-            HISTORY_SAMPLES.store(n, Relaxed);
+            main.history_samples = Some(n);
             NGX_CONF_OK
         }
         _ => {
@@ -227,16 +254,16 @@ extern "C" fn set_memory_status_history(
     }
 }
 
-static INTERVAL_SET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// `memory_status_interval TIME;`: how often each worker publishes its own
 /// summary for the others' answers.
 extern "C" fn set_memory_status_interval(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
-    _conf: *mut c_void,
+    conf: *mut c_void,
 ) -> *mut c_char {
-    if INTERVAL_SET.swap(true, std::sync::atomic::Ordering::Relaxed) {
+    // SAFETY: nginx passes this module's main configuration (NGX_HTTP_MAIN_CONF_OFFSET).
+    let main = unsafe { &mut *conf.cast::<MainConf>() };
+    if main.interval_ms.is_some() {
         return c"is duplicate".as_ptr().cast_mut();
     }
     // SAFETY: `cf->args` holds the directive and its one argument (NGX_CONF_TAKE1).
@@ -252,7 +279,7 @@ extern "C" fn set_memory_status_interval(
         );
         return NGX_CONF_ERROR;
     }
-    publish::INTERVAL_MS.store(ms as u64, std::sync::atomic::Ordering::Relaxed);
+    main.interval_ms = Some(ms as u64);
     NGX_CONF_OK
 }
 

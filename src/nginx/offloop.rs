@@ -10,18 +10,19 @@
 //! complain about it). The only lock is the module's own queue mutex, held for
 //! a push or a pop, never while measuring.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::ptr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use ngx::ffi::{
     ngx_add_timer, ngx_connection_t, ngx_cycle, ngx_del_timer, ngx_event_t, ngx_free_connection,
     ngx_get_connection, ngx_handle_read_event, ngx_http_finalize_request, ngx_http_request_t,
-    ngx_http_run_posted_requests, ngx_int_t, ngx_msec_t, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT, NGX_OK,
+    ngx_http_run_posted_requests, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT, NGX_OK,
 };
 use ngx::ngx_log_error;
 
@@ -33,9 +34,12 @@ use crate::panic_guard::run_guarded;
 /// `ngx_http_finalize_request`.
 pub type Complete = Box<dyn FnOnce(&mut ngx_http_request_t, LoopPart, Measured) -> ngx_int_t>;
 
+/// The waiting request; null once nginx freed it.
+type RequestCell = Cell<*mut ngx_http_request_t>;
+
 struct Waiting {
     id: u64,
-    request: *mut ngx_http_request_t,
+    request: Rc<RequestCell>,
     part: LoopPart,
     complete: Complete,
     since: std::time::Instant,
@@ -137,15 +141,36 @@ pub fn submit(r: &mut ngx_http_request_t, answer: Answer) -> Result<(), Box<Answ
     let id = WAITING.with(|w| {
         let mut w = w.borrow_mut();
         w.0 += 1;
-        let id = w.0;
-        w.1.push(Waiting {
+        w.0
+    });
+    // Whoever frees the request (a terminated subrequest's parent, the
+    // shutdown timer, a client gone) destroys its pool (a subrequest's is its
+    // main request's): the cleanup clears the shared cell, so the measuring's
+    // result finds the request gone and is dropped.
+    let request = Rc::new(Cell::new(r as *mut ngx_http_request_t));
+    // SAFETY: a live request's pool; a cleanup without data of its own.
+    let cleanup = unsafe { ngx_pool_cleanup_add(r.pool, 0) };
+    if cleanup.is_null() {
+        return Err(Box::new(Answer {
+            part,
+            job,
+            complete,
+        }));
+    }
+    // SAFETY: the cleanup nginx just made; it runs once, when the pool is
+    // destroyed, and takes back the reference given to it here.
+    unsafe {
+        (*cleanup).data = Rc::into_raw(Rc::clone(&request)).cast_mut().cast();
+        (*cleanup).handler = Some(forget_request);
+    }
+    WAITING.with(|w| {
+        w.borrow_mut().1.push(Waiting {
             id,
-            request: r,
+            request,
             part,
             complete,
             since: std::time::Instant::now(),
-        });
-        id
+        })
     });
     queue().jobs.push_back((id, job));
     WORK.notify_one();
@@ -153,6 +178,15 @@ pub fn submit(r: &mut ngx_http_request_t, answer: Answer) -> Result<(), Box<Answ
     // SAFETY: `r` is a live request; the C side raises its main request's count.
     unsafe { request_bits::ngx_memory_status_main_count_inc(r) };
     Ok(())
+}
+
+/// The request pool's cleanup: the request is being freed while its answer
+/// may still wait. Its cell is cleared; the measuring, when done, finds
+/// nothing to answer.
+extern "C" fn forget_request(data: *mut c_void) {
+    // SAFETY: `submit` gave this cleanup one reference to the cell.
+    let request = unsafe { Rc::from_raw(data.cast_const().cast::<RequestCell>()) };
+    request.set(ptr::null_mut());
 }
 
 /// Hands a measuring for no request to the thread; `done` runs on the loop
@@ -253,6 +287,11 @@ fn open_channel() -> Result<(), String> {
     // SAFETY: plain system calls; the connection is nginx's, set up as nginx's
     // own notification channel is, and given back if it cannot be watched.
     unsafe {
+        // A cycle reloaded in single-process mode has no connections of its
+        // own: asking nginx for one would log an [alert] at every try.
+        if (*ngx_cycle).free_connections.is_null() {
+            return Err("no free connection for the wake-up channel".into());
+        }
         let fd = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
         if fd == -1 {
             return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
@@ -354,8 +393,11 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
         let Some(waiting) = waiting else {
             continue;
         };
-        // SAFETY: the request was kept alive by the raised count.
-        let r = unsafe { &mut *waiting.request };
+        // SAFETY: not freed (its pool's cleanup would have cleared the cell),
+        // and kept from finishing by the raised count.
+        let Some(r) = (unsafe { waiting.request.get().as_mut() }) else {
+            continue;
+        };
         let rc = match measured {
             Some(measured) => {
                 let complete = waiting.complete;
@@ -404,8 +446,10 @@ fn answer_overdue() {
         late
     });
     for waiting in overdue {
-        // SAFETY: the request was kept alive by the raised count.
-        let r = unsafe { &mut *waiting.request };
+        // SAFETY: as in on_wake.
+        let Some(r) = (unsafe { waiting.request.get().as_mut() }) else {
+            continue;
+        };
         log_alert(
             r,
             &format!(

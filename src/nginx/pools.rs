@@ -39,9 +39,16 @@ pub fn sample_pools() -> PoolsSample {
         // Slots in use are `connection_n - free_connection_n`: once that many
         // open ones were seen the rest are free, and the walk stops (Lua's fake
         // connections are in use with fd -1: then it goes to the end).
-        let in_use = cycle.connection_n.saturating_sub(cycle.free_connection_n);
+        // A cycle reloaded in single-process mode has no connection array of
+        // its own (nginx keeps serving from the first cycle's): nothing to walk.
+        let slots = if cycle.connections.is_null() {
+            0
+        } else {
+            cycle.connection_n
+        };
+        let in_use = slots.saturating_sub(cycle.free_connection_n);
         let mut open_seen = 0;
-        for i in 0..cycle.connection_n {
+        for i in 0..slots {
             if open_seen >= in_use {
                 break;
             }

@@ -6,7 +6,6 @@
 //! it exits.
 
 use std::ptr::addr_of_mut;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ngx::ffi::{ngx_add_timer, ngx_cycle_t, ngx_event_t, ngx_msec_t};
 
@@ -20,11 +19,8 @@ pub const MIN_INTERVAL_MS: u64 = 1_000;
 /// The first summary comes soon after the worker starts.
 const FIRST_MS: ngx_msec_t = 200;
 
-/// `memory_status_interval`, as the configuration being loaded sets it (reset
-/// to the default before each `http` block is read; inherited by the workers).
-pub static INTERVAL_MS: AtomicU64 = AtomicU64::new(DEFAULT_INTERVAL_MS);
-
-/// The timer of this worker (loop thread only).
+/// The timer of this worker (loop thread only). Process state, not a setting:
+/// its interval is read from the running configuration at every tick.
 static mut TIMER: std::mem::MaybeUninit<ngx_event_t> = std::mem::MaybeUninit::zeroed();
 
 /// Starts the timer (in init_process, for a worker or the single process).
@@ -43,9 +39,13 @@ pub fn start(cycle: *mut ngx_cycle_t) {
 }
 
 extern "C" fn on_timer(ev: *mut ngx_event_t) {
+    let interval_ms = super::running_conf().map_or(DEFAULT_INTERVAL_MS, |c| c.interval_ms());
     // SAFETY: nginx calls the handler with our event, on the loop's thread.
-    unsafe { ngx_add_timer(ev, INTERVAL_MS.load(Ordering::Relaxed) as ngx_msec_t) };
+    unsafe { ngx_add_timer(ev, interval_ms as ngx_msec_t) };
     let _ = crate::panic_guard::run_guarded(|| {
+        // A slot or ring not had at start (all taken) is claimed once free.
+        super::registry::ensure_registered();
+        super::history::ensure_claimed();
         let (part, job) = collect::begin(Depth::Default, None, None);
         let job = job.for_summary();
         // `finish` publishes the summary; the timer's adds it to the history.

@@ -5,7 +5,7 @@
 //! after its fields, so nobody ever waits on anyone.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use ngx::ffi::{
     ngx_conf_t, ngx_cycle_t, ngx_int_t, ngx_process, ngx_shared_memory_add, ngx_shm_zone_t,
@@ -57,10 +57,9 @@ struct Slot {
     published: [AtomicU64; PUBLISHED_WORDS],
 }
 
-/// This process's view of the registry (set in the master when the zone is
-/// initialized, inherited by every process it forks).
-static REGISTRY: AtomicPtr<Registry> = AtomicPtr::new(std::ptr::null_mut());
-/// The slot this process claimed, if any.
+/// The slot this process claimed, if any: an index, not a pointer, and only
+/// used while the slot's pid is this process's (a registry of another cycle
+/// holds another pid there).
 static MY_SLOT: AtomicI32 = AtomicI32::new(-1);
 
 /// Adds the registry zone to the configuration being read (once per cycle:
@@ -106,7 +105,6 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int
         }
         (*registry).generation.fetch_add(1, Ordering::AcqRel);
     }
-    REGISTRY.store(registry, Ordering::Release);
     NGX_OK as ngx_int_t
 }
 
@@ -144,28 +142,68 @@ pub(super) unsafe fn zone_struct<T>(
     Some(found)
 }
 
+/// The running cycle's registry (loop thread only).
 fn registry() -> Option<&'static Registry> {
-    // SAFETY: the registry lives in shared memory mapped for the process's life.
-    unsafe { REGISTRY.load(Ordering::Acquire).as_ref() }
+    // SAFETY: the registry zone's init stores a `Registry` in its data; the
+    // reference is used within the caller's run on the loop.
+    unsafe { super::zones::own_zone::<Registry>(ZONE_NAME) }
 }
 
 /// The module's `init_process`: a worker, cache process or single process takes
-/// a slot and writes who it is. Without a registry (no location uses
-/// `memory_status`) it does nothing.
+/// a slot and writes who it is, and a worker starts its timer. Without a
+/// registry (no location uses `memory_status`) it does nothing.
 pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    let Some(r) = registry() else {
+    if registry().is_none() {
         return NGX_OK as ngx_int_t;
-    };
-    // SAFETY: plain integers nginx sets before calling init_process.
-    let (process, worker) = unsafe { (ngx_process as u32, ngx_worker) };
-    let kind = match process {
-        NGX_PROCESS_WORKER => RegisteredKind::Worker,
-        NGX_PROCESS_HELPER => RegisteredKind::Helper,
-        NGX_PROCESS_SINGLE => RegisteredKind::Single,
-        _ => return NGX_OK as ngx_int_t,
-    };
+    }
+    ensure_registered();
+    // Even without a slot (a full registry) the timer starts: it claims one
+    // when one is free.
+    if matches!(
+        own_kind(),
+        Some(RegisteredKind::Worker | RegisteredKind::Single)
+    ) {
+        super::history::ensure_claimed();
+        super::publish::start(cycle);
+    }
+    NGX_OK as ngx_int_t
+}
+
+/// This process's kind as the registry names it; `None` for the master.
+fn own_kind() -> Option<RegisteredKind> {
+    // SAFETY: a plain integer nginx sets before calling init_process.
+    match unsafe { ngx_process } as u32 {
+        NGX_PROCESS_WORKER => Some(RegisteredKind::Worker),
+        NGX_PROCESS_HELPER => Some(RegisteredKind::Helper),
+        NGX_PROCESS_SINGLE => Some(RegisteredKind::Single),
+        _ => None,
+    }
+}
+
+/// Takes a slot in the running registry unless this process holds one:
+/// at start, and again on the timer (a registry that was full, or a new one
+/// after a reload in single-process mode). `None`: no registry, no slot free,
+/// or not a process that registers.
+pub fn ensure_registered() -> Option<RegisteredKind> {
+    let r = registry()?;
+    let kind = own_kind()?;
     let pid = std::process::id() as i32;
-    // A free slot, else one whose owner died without leaving (kill -9).
+    let held = usize::try_from(MY_SLOT.load(Ordering::Relaxed))
+        .ok()
+        .and_then(|i| r.slots.get(i))
+        .is_some_and(|s| s.pid.load(Ordering::Relaxed) == pid);
+    if held {
+        return Some(kind);
+    }
+    let i = claim_slot(r)?;
+    write_slot(r, i, kind, pid);
+    MY_SLOT.store(i as i32, Ordering::Relaxed);
+    Some(kind)
+}
+
+/// A free slot, else one whose owner died without leaving (kill -9), marked
+/// as being written.
+fn claim_slot(r: &Registry) -> Option<usize> {
     let claim = |free: &dyn Fn(i32) -> bool| {
         r.slots.iter().position(|s| {
             let owner = s.pid.load(Ordering::Acquire);
@@ -175,18 +213,19 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                     .is_ok()
         })
     };
-    let Some(i) = claim(&|owner| owner == 0).or_else(|| claim(&|owner| owner > 0 && !alive(owner)))
-    else {
-        // A full registry leaves this process out of the list; the answer says so.
-        return NGX_OK as ngx_int_t;
-    };
+    claim(&|owner| owner == 0).or_else(|| claim(&|owner| owner > 0 && !alive(owner)))
+}
+
+/// Writes who this process is into claimed slot `i`, then its pid.
+fn write_slot(r: &Registry, i: usize, kind: RegisteredKind, pid: i32) {
     r.used.fetch_max(i as u32 + 1, Ordering::AcqRel);
     let slot = &r.slots[i];
     // A reclaimed slot may hold its dead owner's summary and walk.
     slot.published[0].store(0, Ordering::Relaxed);
     slot.published[PSS_AT].store(0, Ordering::Relaxed);
     slot.kind.store(kind as u32, Ordering::Relaxed);
-    let number = (kind == RegisteredKind::Worker).then_some(worker as u32);
+    // SAFETY: a plain integer nginx sets before calling init_process.
+    let number = (kind == RegisteredKind::Worker).then_some(unsafe { ngx_worker } as u32);
     slot.worker
         .store(number.unwrap_or(u32::MAX), Ordering::Relaxed);
     slot.generation
@@ -194,12 +233,6 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     slot.started_at_ms
         .store(super::collect::now_ms(), Ordering::Relaxed);
     slot.pid.store(pid, Ordering::Release);
-    MY_SLOT.store(i as i32, Ordering::Relaxed);
-    if kind != RegisteredKind::Helper {
-        super::history::claim();
-        super::publish::start(cycle);
-    }
-    NGX_OK as ngx_int_t
 }
 
 /// The module's `exit_process`: the slot is freed as the process leaves.
@@ -208,7 +241,8 @@ pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     let (Some(r), Ok(i)) = (registry(), usize::try_from(MY_SLOT.load(Ordering::Relaxed))) else {
         return;
     };
-    let _ = r.slots[i].pid.compare_exchange(
+    let Some(slot) = r.slots.get(i) else { return };
+    let _ = slot.pid.compare_exchange(
         std::process::id() as i32,
         0,
         Ordering::AcqRel,
@@ -222,7 +256,7 @@ pub fn publish(summary: &Published) {
     let (Some(r), Ok(i)) = (registry(), usize::try_from(MY_SLOT.load(Ordering::Relaxed))) else {
         return;
     };
-    let slot = &r.slots[i];
+    let Some(slot) = r.slots.get(i) else { return };
     if slot.pid.load(Ordering::Relaxed) != std::process::id() as i32 {
         return;
     }

@@ -48,6 +48,32 @@ pub fn sample_zones(only: Option<&[u8]>) -> Vec<SampledZone> {
     }
 }
 
+/// The structure its init put in the running cycle's zone of ours named
+/// `name`; `None` when the running configuration has no such zone (a reload
+/// that removed it, or a configuration without `memory_status`). Looked up in
+/// the cycle each time, never kept: a zone pointer kept across a reload would
+/// outlive the zone when nginx drops it.
+///
+/// # Safety
+/// Loop thread only; the reference is used before control returns to nginx
+/// (in single-process mode a reload may unmap the zone), and `T` is the type
+/// the zone's init stored in its `data`.
+pub unsafe fn own_zone<T>(name: &str) -> Option<&'static T> {
+    let cycle = cycle::current();
+    let tag = super::zone_tag();
+    let mut found = None;
+    // SAFETY: the running cycle's zone list; every entry's name and data are
+    // nginx's for the cycle's life.
+    unsafe {
+        for_each_in_list::<ngx_shm_zone_t>(&cycle.shared_memory, |zone| {
+            if found.is_none() && zone.tag == tag && zone.shm.name.as_bytes() == name.as_bytes() {
+                found = zone.data.cast::<T>().cast_const().as_ref();
+            }
+        });
+    }
+    found
+}
+
 /// What is left of an answer's time for waiting on locks.
 struct LockBudget {
     left: Duration,
