@@ -14,7 +14,8 @@ use Test::More;
 use Time::HiRes qw(time sleep);
 use NginxTest;
 
-our @EXPORT_OK = qw(conf start_scrapers stop_scrapers signal_exits check_server wait_respawn);
+our @EXPORT_OK = qw(conf start_scrapers stop_scrapers signal_exits check_server wait_respawn
+    running_workers);
 
 # Every format and depth a scraper asks for.
 our @PATHS = ('/ms', '/ms?format=prometheus', '/ms?format=html', '/ms?detail=full',
@@ -133,20 +134,42 @@ sub wait_respawn {
     }, "a new worker in place of $gone");
 }
 
-# After an event: every format answers 200, the answer lists each current
-# worker, and the server's breakdown adds up to its resident bytes.
+# The running (not shutting down) workers of a master.
+sub running_workers {
+    my ($master) = @_;
+    my @pids;
+    for my $dir (glob '/proc/[0-9]*') {
+        my $stat = NginxTest::read_file_text("$dir/stat") // next;
+        my ($pid, $ppid) = $stat =~ /^(\d+) \(.*\) \S (\d+)/ or next;
+        next unless $ppid == $master;
+        my $cmd = NginxTest::read_file_text("$dir/cmdline") // next;
+        push @pids, $pid if $cmd =~ /^nginx: worker process\0*$/;
+    }
+    return sort { $a <=> $b } @pids;
+}
+
+sub parent_of {
+    my ($pid) = @_;
+    my $stat = NginxTest::read_file_text("/proc/$pid/stat") // return 0;
+    return $stat =~ /^\d+ \(.*\) \S (\d+)/ ? $1 : 0;
+}
+
+# After an event: every format answers 200, the answer lists its master and
+# each of its master's running workers (beside an upgrade's two masters, the
+# master of whichever worker answered), and the server's breakdown adds up to
+# its resident bytes.
 sub check_server {
     my ($t, $port, $name) = @_;
     for my $path (@PATHS) {
         my $r = $t->get($port, $path);
         is($r->{status}, 200, "$name: $path answers 200") or diag substr($r->{content}, 0, 300);
     }
-    my @workers = $t->worker_pids;
-    my $master = $t->master_pid;
-    # Freshly respawned workers register within their first timer tick.
-    my $j;
+    # Freshly respawned workers register as they start.
+    my ($j, $master, @workers);
     $t->wait_for(sub {
         ($j) = $t->get_json($port, '/ms?detail=full&format=json');
+        $master = parent_of($j->{nginx}{pid});
+        @workers = running_workers($master);
         my %listed = map { $_->{pid} => 1 } @{ $j->{processes} };
         !grep { !$listed{$_} } @workers, $master;
     }, "$name: every worker listed");
