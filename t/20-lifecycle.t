@@ -23,6 +23,11 @@ use Lifecycle qw(conf start_scrapers stop_scrapers signal_exits check_server wai
 
 plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
 
+# Under memcheck (scripts/memcheck) every event once, with fewer repeats.
+my $QUICK = $NginxTest::VALGRIND;
+my $RELOADS = $QUICK ? 3 : 15;
+my $REPEATS = $QUICK ? 3 : 20;
+
 my $t = NginxTest->new;
 my $port = $t->port(1);
 $t->write_file_expand('nginx.conf', conf(workers => 2, interval => '1s'));
@@ -81,7 +86,7 @@ close $holder;
 
 # Each of our directives changed by a good reload, zones added, resized and
 # removed, worker_processes 1 -> 8 -> 2, a worker killed after each.
-for my $step ([workers => 1, interval => '2s'], [workers => 8, history => 20, zones => 'lua_shared_dict added 1m;'],
+for my $step ([workers => 1, interval => '2s'], [workers => $QUICK ? 3 : 8, history => 20, zones => 'lua_shared_dict added 1m;'],
               [workers => 2, zones => 'lua_shared_dict added 2m;', format => 'prometheus'],
               [workers => 2, interval => '1s']) {
     my %o = @$step;
@@ -96,22 +101,22 @@ for my $step ([workers => 1, interval => '2s'], [workers => 8, history => 20, zo
 # 3. worker_shutdown_timeout while answers wait: many reloads under scraping.
 for my $timeout ('1ms', '1s') {
     $t->write_file_expand('nginx.conf', conf(workers => 2, interval => '1s', shutdown => $timeout));
-    for (1 .. 15) {
+    for (1 .. $RELOADS) {
         kill 'HUP', $t->master_pid;
         sleep 0.3;
     }
     $t->reload;
     sleep 1;
-    check_server($t, $port, "15 reloads 0.3 s apart, worker_shutdown_timeout $timeout");
+    check_server($t, $port, "$RELOADS reloads 0.3 s apart, worker_shutdown_timeout $timeout");
 }
 
 # 4. The status location as a subrequest whose parent ends first.
 for my $path ('/parent-errors', '/parent-exits', '/capture-multi-errors') {
     my @before = $t->worker_pids;
-    $t->get($port, $path) for 1 .. 20;
+    $t->get($port, $path) for 1 .. $REPEATS;
     sleep 0.5;
-    is_deeply([$t->worker_pids], \@before, "$path x20: the same workers serve");
-    check_server($t, $port, "$path x20");
+    is_deeply([$t->worker_pids], \@before, "$path x$REPEATS: the same workers serve");
+    check_server($t, $port, "$path x$REPEATS");
 }
 
 # Signals: reopen, one worker's TERM.

@@ -32,13 +32,21 @@ struct LuaJit {
     runtime: LuaRuntime,
 }
 
-/// Looked up once per process: loaded modules do not change in a worker's life.
+/// Looked up once per process: loaded modules do not change in a worker's
+/// life. In single-process mode a reload can unload the Lua module and load it
+/// again elsewhere: a LuaJIT no longer where it was found is not called.
 fn luajit() -> Result<&'static LuaJit, String> {
     static LUAJIT: OnceLock<Result<LuaJit, String>> = OnceLock::new();
-    LUAJIT
+    let found = LUAJIT
         .get_or_init(find_luajit)
         .as_ref()
-        .map_err(Clone::clone)
+        .map_err(Clone::clone)?;
+    // SAFETY: dlsym on a NUL-terminated name.
+    let now = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"lua_gc".as_ptr()) };
+    if now != found.gc as *mut c_void {
+        return Err("LuaJIT was loaded again elsewhere since it was first found (a reload without a master process): not read".into());
+    }
+    Ok(found)
 }
 
 fn find_luajit() -> Result<LuaJit, String> {

@@ -41,7 +41,12 @@ pub fn start(cycle: *mut ngx_cycle_t) {
 extern "C" fn on_timer(ev: *mut ngx_event_t) {
     let interval_ms = super::running_conf().map_or(DEFAULT_INTERVAL_MS, |c| c.interval_ms());
     // SAFETY: nginx calls the handler with our event, on the loop's thread.
-    unsafe { ngx_add_timer(ev, interval_ms as ngx_msec_t) };
+    // The running cycle's log: in single-process mode the cycle that started
+    // the timer may be freed after a reload.
+    unsafe {
+        (*ev).log = (*ngx::ffi::ngx_cycle).log;
+        ngx_add_timer(ev, interval_ms as ngx_msec_t);
+    }
     let _ = crate::panic_guard::run_guarded(|| {
         // A slot or ring not had at start (all taken) is claimed once free.
         super::registry::ensure_registered();
