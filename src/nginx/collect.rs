@@ -48,6 +48,15 @@ pub struct LoopPart {
     /// The zones' trends, and their samples when asked.
     zone_trends: Vec<(u64, crate::history::Fit, u64)>,
     zone_samples: Option<Vec<crate::history::ZonesSample>>,
+    /// What went wrong before the measuring (no thread for it, say).
+    errors: Vec<SourceError>,
+}
+
+impl LoopPart {
+    /// Says in the answer's `errors` what went wrong around its measuring.
+    pub fn add_error(&mut self, error: SourceError) {
+        self.errors.push(error);
+    }
 }
 
 /// What is measured from the kernel, on any thread: the walks and reads that
@@ -147,6 +156,7 @@ pub fn begin(
         rings: super::history::read(history_points),
         zone_trends: super::history::zone_trends(),
         zone_samples: history_points.map(super::history::zone_samples),
+        errors: Vec::new(),
     };
     (part, job)
 }
@@ -235,7 +245,6 @@ impl Job {
 
 /// The answer, from the loop's part and what was measured.
 pub fn finish(part: LoopPart, measured: Measured) -> Report {
-    let mut errors = Vec::new();
     let LoopPart {
         depth,
         mut zones,
@@ -249,6 +258,7 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         rings,
         zone_trends,
         zone_samples,
+        mut errors,
     } = part;
     for (zone, (pages, age_ms)) in zones.iter_mut().zip(measured.zone_pages) {
         zone.resident_pages = pages;

@@ -17,6 +17,7 @@ use std::ptr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use ngx::ffi::{
     ngx_add_timer, ngx_connection_t, ngx_cycle, ngx_del_timer, ngx_event_t, ngx_free_connection,
@@ -29,6 +30,7 @@ use ngx::ngx_log_error;
 use super::collect::{Job, LoopPart, Measured};
 use super::request_bits;
 use crate::panic_guard::run_guarded;
+use crate::source_error::SourceError;
 
 /// What the loop does with a measured answer: sends it, returns the status for
 /// `ngx_http_finalize_request`.
@@ -127,11 +129,13 @@ pub fn submit(r: &mut ngx_http_request_t, answer: Answer) -> Result<(), Box<Answ
         job,
         complete,
     } = answer;
-    if let Err(reason) = ensure_started() {
-        log_alert(
-            r,
-            &format!("memory_status: measuring on the event loop: {reason}"),
-        );
+    if let Err(failed) = ensure_started() {
+        let message = format!("measuring on the event loop: {}", failed.reason);
+        if failed.log {
+            log_alert(r, &format!("memory_status: {message}"));
+        }
+        let mut part = part;
+        part.add_error(SourceError::new("measuring", message));
         return Err(Box::new(Answer {
             part,
             job,
@@ -249,14 +253,79 @@ fn log_alert(r: &ngx_http_request_t, message: &str) {
     ngx_log_error!(NGX_LOG_ALERT, log, "{message}");
 }
 
-/// Starts the thread, then the wake-up channel, once per process each. A step
-/// that fails leaves nothing behind (no descriptor, no connection slot), so a
-/// worker short of threads or connections is not made shorter by retrying.
-fn ensure_started() -> Result<(), String> {
-    let pid = std::process::id();
-    if STARTED_IN.load(Ordering::Relaxed) == pid {
+/// Why the thread or its channel cannot be had now, and whether to log it.
+struct StartFailed {
+    reason: String,
+    log: bool,
+}
+
+/// After a failed start: the next try, the wait after it (1 s, doubling up to
+/// a minute), and the last alert (one a minute at most, and one again after
+/// a success in between).
+struct Retry {
+    next_at: Instant,
+    wait: Duration,
+    reason: String,
+    alerted_at: Instant,
+}
+
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+const ALERT_EVERY: Duration = Duration::from_secs(60);
+
+thread_local! {
+    /// Loop thread only: set while the thread or channel cannot be started.
+    static RETRY: RefCell<Option<Retry>> = const { RefCell::new(None) };
+}
+
+/// The thread and its channel, started once per process, tried again with a
+/// backoff after a failure; each failure is logged at most once a minute.
+fn ensure_started() -> Result<(), StartFailed> {
+    if STARTED_IN.load(Ordering::Relaxed) == std::process::id() {
         return Ok(());
     }
+    let now = Instant::now();
+    let waiting = RETRY.with(|r| {
+        r.borrow()
+            .as_ref()
+            .filter(|r| now < r.next_at)
+            .map(|r| r.reason.clone())
+    });
+    if let Some(reason) = waiting {
+        return Err(StartFailed { reason, log: false });
+    }
+    let Err(reason) = start() else {
+        RETRY.with(|r| *r.borrow_mut() = None);
+        return Ok(());
+    };
+    RETRY.with(|r| {
+        let mut r = r.borrow_mut();
+        let (wait, log) = match r.as_ref() {
+            None => (RETRY_FIRST, true),
+            Some(last) => (
+                (last.wait * 2).min(RETRY_MAX),
+                now.duration_since(last.alerted_at) >= ALERT_EVERY,
+            ),
+        };
+        let alerted_at = match (log, r.as_ref()) {
+            (false, Some(last)) => last.alerted_at,
+            _ => now,
+        };
+        *r = Some(Retry {
+            next_at: now + wait,
+            wait,
+            reason: reason.clone(),
+            alerted_at,
+        });
+        Err(StartFailed { reason, log })
+    })
+}
+
+/// Starts the thread, then the wake-up channel. A step that fails leaves
+/// nothing behind (no descriptor, no connection slot), so a worker short of
+/// threads or connections is not made shorter by retrying.
+fn start() -> Result<(), String> {
+    let pid = std::process::id();
     if THREAD_IN.load(Ordering::Relaxed) != pid {
         spawn_thread()?;
         THREAD_IN.store(pid, Ordering::Relaxed);
