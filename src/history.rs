@@ -207,6 +207,25 @@ pub struct ZonePoint {
 
 /// Of the samples `first..before`, at most `points`, evenly spread, the newest
 /// always among them, oldest first.
+/// History rings for a server of `workers` worker processes: room for four
+/// generations of them (the current one and three a reload keeps alive while
+/// they finish their requests) plus the single process and slack, at least 32,
+/// rounded up to a power of two so that a small change of `worker_processes`
+/// keeps the same zone (and its history) across the reload.
+pub fn rings_for(workers: usize) -> usize {
+    (4 * workers.max(1) + 8).max(32).next_power_of_two()
+}
+
+/// The processes an answer lists that write samples (workers, the single
+/// process) but have no ring: their history is not kept, and the answer says so.
+pub fn without_ring(writers: &[u32], with_ring: &[u32]) -> Vec<u32> {
+    writers
+        .iter()
+        .copied()
+        .filter(|pid| !with_ring.contains(pid))
+        .collect()
+}
+
 pub fn spread(first: u64, before: u64, points: usize) -> Vec<u64> {
     let count = before.saturating_sub(first) as usize;
     let step = count.div_ceil(points.max(1)).max(1);
@@ -415,6 +434,24 @@ pub struct ProcessHistory {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rings_hold_four_generations_at_least_32() {
+        assert_eq!(super::rings_for(0), 32);
+        assert_eq!(super::rings_for(2), 32);
+        assert_eq!(super::rings_for(6), 32);
+        assert_eq!(super::rings_for(7), 64);
+        assert_eq!(super::rings_for(34), 256);
+        for w in 1..200 {
+            assert!(super::rings_for(w) >= 4 * w + 8);
+        }
+    }
+
+    #[test]
+    fn writers_without_ring_are_named() {
+        assert_eq!(super::without_ring(&[1, 2, 3], &[2, 9]), vec![1, 3]);
+        assert!(super::without_ring(&[], &[2]).is_empty());
+    }
+
     use super::*;
 
     #[test]

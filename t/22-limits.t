@@ -10,6 +10,7 @@ use strict;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use IO::Socket::INET;
 use Test::More;
 use Time::HiRes qw(sleep);
 use NginxTest;
@@ -67,4 +68,73 @@ my ($j) = $t->get_json($port, '/ms');
 ok(!grep({ $_->{source} eq 'measuring' } @{ $j->{errors} }), 'the limit lifted: measured off the loop again');
 
 $t->done_file(allow => [qr/measuring on the event loop: thread/]);
+
+# More workers than history rings: generations held alive by requests in
+# flight take all 32 rings (2 workers: room for 4 generations and slack);
+# the current workers have none and the answer names them; once the old ones
+# exit, the current ones claim rings on their timer.
+SKIP: {
+    skip "Debian's Lua module is not installed", 5 unless NginxTest::has_lua();
+    my $h = NginxTest->new;
+    $h->write_file_expand('nginx.conf', <<'EOF');
+%%LOAD_LUA%%
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+worker_processes 2;
+events { worker_connections 512; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    memory_status_interval 1s;
+    lua_check_client_abort on;
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /ms { memory_status; }
+        location = /hold { content_by_lua_block { ngx.sleep(120) } }
+    }
+}
+EOF
+    $h->run;
+    my $hport = $h->port(1);
+    my @held;
+    # Generations held by requests in flight until 34 workers live, for 32
+    # rings (a generation whose workers got no held request exits at once).
+    for my $gen (1 .. 40) {
+        for (1 .. 8) {
+            my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$hport") or die "connect: $!";
+            print $s "GET /hold HTTP/1.0\r\n\r\n";
+            push @held, $s;
+        }
+        sleep 0.2;
+        last if (my @w = $h->worker_pids) >= 34;
+        my %before = map { $_ => 1 } $h->worker_pids;
+        kill 'HUP', $h->master_pid;
+        $h->wait_for(sub { (grep { !$before{$_} } $h->worker_pids) >= 2 }, 'generation ' . ($gen + 1));
+    }
+    cmp_ok(scalar(my @all = $h->worker_pids), '>=', 34, 'held requests keep 34 workers or more alive');
+    sleep 1.5;
+    my %named;
+    for (1 .. 20) {
+        my ($j) = $h->get_json($hport, '/ms?history=1');
+        $named{$_} = 1 for map { $_->{error} =~ /^process (\d+) has no history ring/ ? $1 : () }
+            grep { $_->{source} eq 'history' } @{ $j->{errors} };
+    }
+    my @workers = $h->worker_pids;
+    cmp_ok(scalar keys %named, '>=', 1,
+        'more workers than rings: the answer names the processes without one (' . join(',', sort keys %named) . ')');
+    ok(!grep({ my $p = $_; !grep { $_ == $p } @workers } keys %named), 'each one named is a live worker');
+    # The old generations let go.
+    close $_ for @held;
+    @held = ();
+    $h->wait_for(sub { (my @w = $h->worker_pids) == 2 }, 'the old generations gone');
+    sleep 2.5;
+    my $left = 0;
+    for (1 .. 10) {
+        my ($k) = $h->get_json($hport, '/ms?history=1');
+        $left += grep { $_->{source} eq 'history' } @{ $k->{errors} };
+    }
+    is($left, 0, 'the old generations gone: the current workers claimed rings on their timer');
+    my ($k) = $h->get_json($hport, '/ms?history=1');
+    is(scalar @{ $k->{history}{processes} // [] }, 2, '?history=1: both current workers have samples');
+    $h->done_file;
+}
 done_testing();

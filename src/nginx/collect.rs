@@ -21,7 +21,7 @@ use crate::lua::LuaVmSample;
 use crate::pools::Pools;
 use crate::pools::PoolsSample;
 use crate::report::{self, NginxInfo, Report, Role, SourceError, ZoneReport, SCHEMA_VERSION};
-use crate::server::{self, ProcessSample, Published, PublishedPss, RegistryEntry};
+use crate::server::{self, ProcessRole, ProcessSample, Published, PublishedPss, RegistryEntry};
 use crate::zones::Zone;
 use crate::zones::ZoneSample;
 
@@ -344,7 +344,7 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
     report.processes = processes;
     report.server = server;
     if let Some((rings, capacity)) = rings {
-        let (trends, mut history) = history_of(&report, rings, capacity, interval_ms);
+        let (trends, mut history) = history_of(&report, rings, capacity, interval_ms, &mut errors);
         report.trends = trends;
         if let (Some(h), Some(samples)) = (&mut history, zone_samples) {
             h.zones = crate::history::zones_history(&report.zones, &samples);
@@ -371,7 +371,24 @@ fn history_of(
     rings: Vec<super::history::RingView>,
     capacity: usize,
     interval_ms: u64,
+    errors: &mut Vec<SourceError>,
 ) -> (Vec<ProcessTrends>, Option<History>) {
+    let writers: Vec<u32> = report
+        .processes
+        .iter()
+        .filter(|p| matches!(p.role, ProcessRole::Worker | ProcessRole::Single))
+        .map(|p| p.pid)
+        .collect();
+    let with_ring: Vec<u32> = rings.iter().map(|r| r.pid).collect();
+    for pid in crate::history::without_ring(&writers, &with_ring) {
+        errors.push(SourceError::new(
+            "history",
+            format!(
+                "process {pid} has no history ring ({} in use): its samples are not kept until it claims one on its timer",
+                rings.len()
+            ),
+        ));
+    }
     let shm_cap: u64 = report.zones.iter().map(|z| z.size_bytes).sum();
     let listed = |pid: u32| report.processes.iter().any(|p| p.pid == pid);
     let mut trends = Vec::new();

@@ -49,3 +49,22 @@ pub fn shutdown_timeout_ms(cycle: &ngx_cycle_t) -> Option<u64> {
     // nginx writes 0 when the directive is absent.
     (ms != 0).then_some(ms as u64)
 }
+
+/// `worker_processes` as far as the configuration being read has set it
+/// (`auto` is the number of CPUs); the CPUs online where it is not set yet
+/// (it comes after the `http` block, or not at all: nginx's default is 1).
+pub fn worker_processes(cycle: &ngx_cycle_t) -> usize {
+    // SAFETY: as in `shutdown_timeout_ms`: the core module's configuration is
+    // created before any other module's directives are read.
+    let set = unsafe {
+        let ctx = cycle.conf_ctx as *const *const ngx_core_conf_t;
+        (*ctx.add(ngx_core_module.index))
+            .as_ref()
+            .map(|ccf| ccf.worker_processes)
+    };
+    match set {
+        Some(n) if n > 0 => n as usize,
+        // SAFETY: sysconf has no preconditions.
+        _ => unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize,
+    }
+}

@@ -66,28 +66,18 @@ struct RingHead {
 /// ring's pid is this process's.
 static MY_RING: AtomicI32 = AtomicI32::new(-1);
 
-/// Rings: every worker of two generations and the cache processes, on a
-/// machine of this many cores (`worker_processes auto`), at least 32.
-fn rings() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
-    (2 * cores + 8).max(32)
-}
-
 fn ring_bytes(capacity: usize) -> usize {
     std::mem::size_of::<RingHead>() + capacity * SAMPLE_WORDS * 8
 }
 
 /// The header, every process's ring, and the zones' ring.
-fn data_bytes(capacity: usize) -> usize {
-    std::mem::size_of::<Header>()
-        + rings() * ring_bytes(capacity)
-        + capacity * ZONES_SAMPLE_WORDS * 8
+fn data_bytes(capacity: usize, rings: usize) -> usize {
+    std::mem::size_of::<Header>() + rings * ring_bytes(capacity) + capacity * ZONES_SAMPLE_WORDS * 8
 }
 
-/// The zone's size for `capacity` samples per ring, slab pages included.
-fn zone_bytes(capacity: usize) -> usize {
-    let data = data_bytes(capacity);
+/// The zone's size for `rings` of `capacity` samples, slab pages included.
+fn zone_bytes(capacity: usize, rings: usize) -> usize {
+    let data = data_bytes(capacity, rings);
     data + data / 16 + (64 << 10)
 }
 
@@ -99,13 +89,13 @@ pub fn add_zone(
     tag: *mut c_void,
     main: &mut super::MainConf,
 ) -> Result<(), ()> {
-    let capacity = main.history_capacity;
+    let (capacity, rings) = (main.history_capacity, main.history_rings);
     let mut name = ngx_str_t {
         len: ZONE_NAME.len(),
         data: ZONE_NAME.as_ptr().cast_mut(),
     };
     // SAFETY: called while nginx reads the configuration; the name is static.
-    let zone = unsafe { ngx_shared_memory_add(cf, &mut name, zone_bytes(capacity), tag) };
+    let zone = unsafe { ngx_shared_memory_add(cf, &mut name, zone_bytes(capacity, rings), tag) };
     if zone.is_null() {
         return Err(());
     }
@@ -119,13 +109,16 @@ pub fn add_zone(
 
 extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
     // SAFETY: `add_zone` set the zone's data to the configuration's MainConf.
-    let capacity = unsafe { (*(*zone).data.cast::<super::MainConf>()).history_capacity };
-    let bytes = data_bytes(capacity);
+    let (capacity, rings) = unsafe {
+        let main = &*(*zone).data.cast::<super::MainConf>();
+        (main.history_capacity, main.history_rings)
+    };
+    let bytes = data_bytes(capacity, rings);
     let fresh = |h: *mut Header| {
         // SAFETY: a new allocation of `bytes`.
         unsafe {
             (*h).magic = MAGIC;
-            (*h).rings = rings() as u64;
+            (*h).rings = rings as u64;
             (*h).capacity = capacity as u64;
         }
     };
@@ -136,7 +129,10 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int
     };
     // SAFETY: the header of this zone, mapped for the process's life.
     unsafe {
-        if (*header).magic != MAGIC || (*header).capacity != capacity as u64 {
+        if (*header).magic != MAGIC
+            || (*header).capacity != capacity as u64
+            || (*header).rings != rings as u64
+        {
             return NGX_ERROR as ngx_int_t;
         }
         let load = (*header).loads.fetch_add(1, Ordering::AcqRel);

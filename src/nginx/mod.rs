@@ -79,6 +79,8 @@ pub struct MainConf {
     history_samples: Option<usize>,
     /// Samples per history ring: known once the `http` block is read.
     history_capacity: usize,
+    /// History rings, from `worker_processes` (see `history::rings_for`).
+    history_rings: usize,
 }
 
 impl MainConf {
@@ -216,6 +218,9 @@ extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     main.history_capacity = main
         .history_samples
         .unwrap_or_else(|| history::DEFAULT_SPAN_MS.div_ceil(main.interval_ms()) as usize);
+    // SAFETY: nginx passes a valid conf with its cycle.
+    let cycle = unsafe { &*(*cf).cycle };
+    main.history_rings = crate::history::rings_for(cycle::worker_processes(cycle));
     match history::add_zone(cf, zone_tag(), main) {
         Ok(()) => NGX_OK as ngx_int_t,
         Err(()) => NGX_ERROR as ngx_int_t,

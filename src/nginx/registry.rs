@@ -156,14 +156,18 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     if registry().is_none() {
         return NGX_OK as ngx_int_t;
     }
-    ensure_registered();
-    // Even without a slot (a full registry) the timer starts: it claims one
-    // when one is free.
-    if matches!(
+    // The ring before the slot: a process listed has its ring already.
+    // Even without either (all taken) the timer starts: it claims them when
+    // they are free.
+    let writes_history = matches!(
         own_kind(),
         Some(RegisteredKind::Worker | RegisteredKind::Single)
-    ) {
+    );
+    if writes_history {
         super::history::ensure_claimed();
+    }
+    ensure_registered();
+    if writes_history {
         super::publish::start(cycle);
     }
     NGX_OK as ngx_int_t
