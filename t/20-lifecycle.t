@@ -19,7 +19,8 @@ use POSIX qw(WNOHANG);
 use Test::More;
 use Time::HiRes qw(time sleep);
 use NginxTest;
-use Lifecycle qw(conf start_scrapers stop_scrapers signal_exits check_server wait_respawn);
+use Lifecycle qw(conf start_scrapers start_h2_scraper stop_scrapers signal_exits check_server
+    wait_respawn running_workers);
 
 plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
 
@@ -33,7 +34,7 @@ my $port = $t->port(1);
 $t->write_file_expand('nginx.conf', conf(workers => 2, interval => '1s'));
 $t->run;
 check_server($t, $port, 'start');
-my @scrapers = start_scrapers($t, $port, 3);
+my @scrapers = (start_scrapers($t, $port, 3), start_h2_scraper($t));
 
 # 1. A reload that removes the memory_status location (the module still
 # loaded), then one that adds it back.
@@ -41,7 +42,7 @@ $t->write_file_expand('nginx.conf', conf(workers => 2, location => 0));
 $t->reload;
 sleep 1.5;
 is_deeply([signal_exits($t)], [], 'location removed: no worker died');
-is(scalar(my @w = $t->worker_pids), 2, 'location removed: two workers serve');
+is(scalar(my @w = running_workers($t->master_pid)), 2, 'location removed: two workers serve');
 is($t->get($port, '/hello')->{status}, 200, 'location removed: the server answers');
 $t->write_file_expand('nginx.conf', conf(workers => 2, interval => '1s'));
 $t->reload;
@@ -58,26 +59,32 @@ for my $failing (["listen 127.0.0.1:$busy;", qr/still could not bind/, 'a port i
                   . "ssl_certificate_key /nonexistent.key;\nlisten 127.0.0.1:" . $t->port(3) . " ssl;",
                   qr/cannot load certificate/, 'a missing certificate']) {
     my ($extra, $logged, $what) = @$failing;
-    my @before = $t->worker_pids;
+    my @before = running_workers($t->master_pid);
     $t->write_file_expand('nginx.conf', conf(workers => 2, interval => '5s', history => 50,
         zones => 'lua_shared_dict added 1m;', extra => $extra));
     my $seen = () = $t->error_log =~ /$logged/g;
     kill 'HUP', $t->master_pid;
     $t->wait_for(sub { (() = $t->error_log =~ /$logged/g) > $seen }, "the failed reload ($what)");
     sleep 0.5;
-    is_deeply([$t->worker_pids], \@before, "failed reload ($what): the workers are kept");
+    is_deeply([running_workers($t->master_pid)], \@before, "failed reload ($what): the workers are kept");
     kill 'KILL', $before[0];
     wait_respawn($t, $before[0]);
     sleep 1.5;
     is_deeply([signal_exits($t)], [], "failed reload ($what), then a respawn: nobody else died");
-    my %interval;
+    my (%interval, %capacity, %old);
     for (1 .. 20) {
         my ($j) = $t->get_json($port, '/ms?history=1');
-        $interval{$j->{nginx}{pid}} = $j->{history} ? $j->{history}{interval_ms} : 'none';
+        my $pid = $j->{nginx}{pid};
+        $interval{$pid} = $j->{history} ? $j->{history}{interval_ms} : 'none';
+        $capacity{$pid} = $j->{history} ? $j->{history}{capacity} : 'none';
+        $old{$pid} = $j->{server}{old_generation_workers};
         last if keys %interval == 2;
     }
     is_deeply([sort values %interval], [1000, 1000],
         "failed reload ($what): both workers, the respawned one too, keep the running interval");
+    is_deeply([sort values %capacity], [3600, 3600],
+        "failed reload ($what): and the running history's length, not the failed one's 50");
+    is_deeply([values %old], [0, 0], "failed reload ($what): no worker counted as an old generation");
     ok(!grep({ $_->{name} eq 'added' } @{ ($t->get_json($port, '/ms'))[0]{zones} }),
         "failed reload ($what): the failed configuration's zone is not listed");
     check_server($t, $port, "failed reload ($what), then a respawn");
@@ -135,8 +142,10 @@ $t->done_file(allow => Lifecycle::provoked());
 # 5. master_process off, reloaded twice, each time past the interval; the
 # first reload before the first timer tick. nginx itself serves nothing after
 # a reload in this mode (its new cycle has no connections: "worker_connections
-# are not enough", the same without this module); the process must live, and
-# log nothing of ours.
+# are not enough", the same without this module), and exits about 30 s after a
+# second one (its old-cycle cleaner walks those missing connections: the same
+# without this module); the process must live past our timer's ticks, and log
+# nothing of ours.
 my $s = NginxTest->new;
 my $sport = $s->port(1);
 $s->write_file_expand('nginx.conf', conf(workers => 1, interval => '1s', single => 1));

@@ -8,7 +8,8 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use ngx::ffi::{
-    ngx_conf_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_str_t, NGX_ERROR, NGX_OK,
+    ngx_conf_t, ngx_cycle_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_str_t,
+    NGX_ERROR, NGX_OK,
 };
 
 use crate::history::{Fit, Sample, ZonesSample, SAMPLE_WORDS, ZONES_MAX, ZONES_SAMPLE_WORDS};
@@ -135,18 +136,29 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int
         {
             return NGX_ERROR as ngx_int_t;
         }
-        let load = (*header).loads.fetch_add(1, Ordering::AcqRel);
-        (*header).reload_at_ms[load as usize % RELOADS]
-            .store(super::collect::now_ms(), Ordering::Release);
     }
     NGX_OK as ngx_int_t
+}
+
+/// In the master, once a configuration load has succeeded: the reload's time,
+/// where the trends' window starts (a failed reload marks nothing).
+pub fn count_load(cycle: &ngx_cycle_t) {
+    // SAFETY: the cycle just configured; its zones are initialized.
+    let Some(h) = (unsafe { super::zones::own_zone_in::<Header>(cycle, ZONE_NAME) }) else {
+        return;
+    };
+    if h.magic != MAGIC {
+        return;
+    }
+    let load = h.loads.fetch_add(1, Ordering::AcqRel);
+    h.reload_at_ms[load as usize % RELOADS].store(super::collect::now_ms(), Ordering::Release);
 }
 
 /// The running cycle's history zone (loop thread only).
 fn header() -> Option<&'static Header> {
     // SAFETY: the zone's init stores a `Header` in its data; the reference is
     // used within the caller's run on the loop.
-    unsafe { super::zones::own_zone::<Header>(ZONE_NAME) }
+    unsafe { super::zones::own_zone::<Header>(ZONE_NAME) }.filter(|h| h.magic == MAGIC)
 }
 
 /// Ring `i`'s head and its samples' words.

@@ -20,10 +20,10 @@ use std::ptr::{addr_of, addr_of_mut};
 
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_parse_time,
-    ngx_str_t, ngx_uint_t, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_ERROR, NGX_HTTP_LOC_CONF,
-    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE,
-    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
+    ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t,
+    ngx_parse_time, ngx_str_t, ngx_uint_t, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_ERROR,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
+    NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::{
     HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError,
@@ -165,10 +165,22 @@ pub static mut ngx_http_memory_status_module: ngx_module_t = ngx_module_t {
     // SAFETY: nginx reads the command table; nothing else touches it.
     commands: unsafe { addr_of_mut!(NGX_HTTP_MEMORY_STATUS_COMMANDS[0]) },
     type_: NGX_HTTP_MODULE as ngx_uint_t,
+    init_module: Some(init_module),
     init_process: Some(registry::init_process),
     exit_process: Some(registry::exit_process),
     ..ngx_module_t::default()
 };
+
+/// In the master, after a configuration load succeeded: the load is counted
+/// in the zones (a reload that fails after its zones were initialized must
+/// not count).
+extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: nginx passes the cycle just configured.
+    let cycle = unsafe { &*cycle };
+    registry::count_load(cycle);
+    history::count_load(cycle);
+    NGX_OK as ngx_int_t
+}
 
 /// `memory_status;`: makes this location answer with the worker's memory.
 extern "C" fn set_memory_status(

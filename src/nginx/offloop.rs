@@ -191,6 +191,9 @@ extern "C" fn forget_request(data: *mut c_void) {
     // SAFETY: `submit` gave this cleanup one reference to the cell.
     let request = unsafe { Rc::from_raw(data.cast_const().cast::<RequestCell>()) };
     request.set(ptr::null_mut());
+    drop(request);
+    // A worker shutting down need not wait for an answer nobody will get.
+    keep_worker_while_waiting();
 }
 
 /// Hands a measuring for no request to the thread; `done` runs on the loop
@@ -417,8 +420,17 @@ fn measure_forever() {
 }
 
 /// A timer on the wake-up event while any request waits, none otherwise.
+/// Requests nginx freed meanwhile are forgotten first: they keep no worker.
 fn keep_worker_while_waiting() {
-    let waiting = WAITING.with(|w| !w.borrow().1.is_empty());
+    let waiting = WAITING.with(|w| match w.try_borrow_mut() {
+        Ok(mut w) => {
+            w.1.retain(|x| !x.request.get().is_null());
+            !w.1.is_empty()
+        }
+        // Not reached (no borrow is held across a call into nginx); keeping
+        // the timer is the safe side.
+        Err(_) => true,
+    });
     let ev = WAKE_EVENT.load(Ordering::Relaxed);
     if ev.is_null() {
         return;

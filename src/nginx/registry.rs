@@ -103,9 +103,20 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int
         if (*registry).magic != MAGIC {
             return NGX_ERROR as ngx_int_t;
         }
-        (*registry).generation.fetch_add(1, Ordering::AcqRel);
     }
     NGX_OK as ngx_int_t
+}
+
+/// In the master, once a configuration load has succeeded (`init_module`
+/// runs after every step that can fail): one more generation. A reload that
+/// fails after its zones were initialized counts nothing.
+pub fn count_load(cycle: &ngx_cycle_t) {
+    // SAFETY: the cycle just configured; its zones are initialized.
+    if let Some(r) = unsafe { super::zones::own_zone_in::<Registry>(cycle, ZONE_NAME) } {
+        if r.magic == MAGIC {
+            r.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// The one structure a zone of ours holds: the previous cycle's (the zone was
@@ -146,7 +157,7 @@ pub(super) unsafe fn zone_struct<T>(
 fn registry() -> Option<&'static Registry> {
     // SAFETY: the registry zone's init stores a `Registry` in its data; the
     // reference is used within the caller's run on the loop.
-    unsafe { super::zones::own_zone::<Registry>(ZONE_NAME) }
+    unsafe { super::zones::own_zone::<Registry>(ZONE_NAME) }.filter(|r| r.magic == MAGIC)
 }
 
 /// The module's `init_process`: a worker, cache process or single process takes

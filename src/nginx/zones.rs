@@ -59,7 +59,15 @@ pub fn sample_zones(only: Option<&[u8]>) -> Vec<SampledZone> {
 /// (in single-process mode a reload may unmap the zone), and `T` is the type
 /// the zone's init stored in its `data`.
 pub unsafe fn own_zone<T>(name: &str) -> Option<&'static T> {
-    let cycle = cycle::current();
+    // SAFETY: the running cycle; the caller's contract is this one's.
+    unsafe { own_zone_in(cycle::current(), name) }
+}
+
+/// `own_zone` in a given cycle (the one just configured, in `init_module`).
+///
+/// # Safety
+/// As `own_zone`, for `cycle`, whose zones are initialized.
+pub unsafe fn own_zone_in<T>(cycle: &ngx_cycle_t, name: &str) -> Option<&'static T> {
     let tag = super::zone_tag();
     let mut found = None;
     // SAFETY: the running cycle's zone list; every entry's name and data are

@@ -14,8 +14,8 @@ use Test::More;
 use Time::HiRes qw(time sleep);
 use NginxTest;
 
-our @EXPORT_OK = qw(conf start_scrapers stop_scrapers signal_exits check_server wait_respawn
-    running_workers);
+our @EXPORT_OK = qw(conf start_scrapers start_h2_scraper stop_scrapers signal_exits check_server
+    wait_respawn running_workers);
 
 # Every format and depth a scraper asks for.
 our @PATHS = ('/ms', '/ms?format=prometheus', '/ms?format=html', '/ms?detail=full',
@@ -60,6 +60,7 @@ http {
     $http
     server {
         listen 127.0.0.1:%%PORT_1%%;
+        listen 127.0.0.1:%%PORT_2%% http2;
         $extra
         $status
         location = /hello { return 200 "hello\\n"; }
@@ -91,6 +92,27 @@ http {
 EOF
 }
 
+# h2load asking the status location over HTTP/2 (cleartext) until stopped,
+# its streams reset by the client and by nginx's shutdowns; () without h2load.
+sub start_h2_scraper {
+    my ($t) = @_;
+    return () if system('command -v h2load >/dev/null 2>&1');
+    my $port = $t->port(2);
+    my $parent = $$;
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        open STDOUT, '>', '/dev/null';
+        open STDERR, '>', '/dev/null';
+        while (getppid() == $parent) {
+            system('h2load', '-n', '60', '-c', '2', '-m', '4', '-t', '1',
+                "http://127.0.0.1:$port/ms", "http://127.0.0.1:$port/ms?detail=full",
+                "http://127.0.0.1:$port/ms?format=prometheus");
+        }
+        POSIX::_exit(0);
+    }
+    return ($pid);
+}
+
 # Forks $n clients that ask every path in turn until stopped.
 sub start_scrapers {
     my ($t, $port, $n) = @_;
@@ -116,6 +138,7 @@ sub stop_scrapers {
     my ($t, @pids) = @_;
     kill 'KILL', @pids;
     waitpid $_, 0 for @pids;
+    system('pkill', '-KILL', '-f', "h2load .*127.0.0.1:" . $t->port(2) . '/');
 }
 
 # Every "exited on signal N" in the log but the test's own kill -9.
