@@ -373,10 +373,13 @@ fn history_of(
     interval_ms: u64,
     errors: &mut Vec<SourceError>,
 ) -> (Vec<ProcessTrends>, Option<History>) {
+    // Only this configuration's processes: an older generation's may keep
+    // its rings in the history zone of its own configuration (another size).
     let writers: Vec<u32> = report
         .processes
         .iter()
         .filter(|p| matches!(p.role, ProcessRole::Worker | ProcessRole::Single))
+        .filter(|p| p.generation == report.server.generation)
         .map(|p| p.pid)
         .collect();
     let with_ring: Vec<u32> = rings.iter().map(|r| r.pid).collect();
