@@ -55,9 +55,11 @@ my $holder = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
     Listen => 1, ReuseAddr => 0) or die "no port: $!";
 my $busy = $holder->sockport;
 for my $failing (["listen 127.0.0.1:$busy;", qr/still could not bind/, 'a port in use'],
-                 ["include $NginxTest::ROOT/t/no-such-file-*.conf;\nssl_certificate /nonexistent.pem;\n"
+                 ["ssl_certificate /nonexistent.pem;\n"
                   . "ssl_certificate_key /nonexistent.key;\nlisten 127.0.0.1:" . $t->port(3) . " ssl;",
-                  qr/cannot load certificate/, 'a missing certificate']) {
+                  qr/cannot load certificate/, 'a missing certificate'],
+                 ["include /nonexistent-memory-status.conf;",
+                  qr/open\(\) "\/nonexistent-memory-status\.conf" failed/, 'a bad include']) {
     my ($extra, $logged, $what) = @$failing;
     my @before = running_workers($t->master_pid);
     $t->write_file_expand('nginx.conf', conf(workers => 2, interval => '5s', history => 50,

@@ -24,7 +24,7 @@ our @PATHS = ('/ms', '/ms?format=prometheus', '/ms?format=html', '/ms?detail=ful
 # Lines the suite provokes on purpose: its own kill -9, the failed reloads.
 sub provoked {
     return [qr/exited on signal 9/, qr/bind\(\) .* failed/, qr/still could not bind/, qr/cannot load certificate/,
-        qr/\[emerg\].*no-such-file/];
+        qr/open\(\) "\/nonexistent-memory-status\.conf" failed/];
 }
 
 # The configuration. Options: workers, interval, history, format (the default
