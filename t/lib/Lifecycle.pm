@@ -158,25 +158,7 @@ sub wait_respawn {
 }
 
 # The running (not shutting down) workers of a master.
-sub running_workers {
-    my ($master) = @_;
-    my @pids;
-    for my $dir (glob '/proc/[0-9]*') {
-        my $stat = NginxTest::read_file_text("$dir/stat") // next;
-        my ($pid, $ppid) = $stat =~ /^(\d+) \(.*\) \S (\d+)/ or next;
-        next unless $ppid == $master;
-        my $cmd = NginxTest::read_file_text("$dir/cmdline") // next;
-        # Under valgrind the title nginx sets is not in cmdline: every child.
-        push @pids, $pid if $cmd =~ /^nginx: worker process\0*$/ || ($NginxTest::VALGRIND && $cmd =~ m{^\S*valgrind});
-    }
-    return sort { $a <=> $b } @pids;
-}
-
-sub parent_of {
-    my ($pid) = @_;
-    my $stat = NginxTest::read_file_text("/proc/$pid/stat") // return 0;
-    return $stat =~ /^\d+ \(.*\) \S (\d+)/ ? $1 : 0;
-}
+sub running_workers { NginxTest::workers_of($_[0], running => 1) }
 
 # After an event: every format answers 200, the answer lists its master and
 # each of its master's running workers (beside an upgrade's two masters, the
@@ -197,7 +179,7 @@ sub check_server {
     my ($j, $master, @workers);
     $t->wait_for(sub {
         ($j) = $t->get_json($port, '/ms?detail=full&format=json');
-        $master = parent_of($j->{nginx}{pid});
+        $master = NginxTest::parent_of($j->{nginx}{pid});
         @workers = running_workers($master);
         my %listed = map { $_->{pid} => 1 } @{ $j->{processes} };
         !grep { !$listed{$_} } @workers, $master;

@@ -177,16 +177,29 @@ sub master_pid {
 sub worker_pids {
     my ($self) = @_;
     my $master = $self->master_pid or return;
+    return workers_of($master);
+}
+
+# The worker processes of a master; running => 1: only those not shutting
+# down. Under valgrind the title nginx sets is not in cmdline: every child.
+sub workers_of {
+    my ($master, %opt) = @_;
+    my $title = $opt{running} ? qr/^nginx: worker process\0*$/ : qr/^nginx: worker process/;
     my @pids;
     for my $dir (glob '/proc/[0-9]*') {
-        my $stat = read_file_text("$dir/stat") // next;
-        my ($pid, $ppid) = $stat =~ /^(\d+) \(.*\) \S (\d+)/ or next;
-        next unless $ppid == $master;
+        my ($pid) = $dir =~ m{(\d+)$};
+        next unless parent_of($pid) == $master;
         my $cmd = read_file_text("$dir/cmdline") // next;
-        # Under valgrind the title nginx sets is not in cmdline: any child is a worker.
-        push @pids, $pid if $cmd =~ /^nginx: worker process/ || ($VALGRIND && $cmd =~ m{^\S*valgrind});
+        push @pids, $pid if $cmd =~ $title || ($VALGRIND && $cmd =~ m{^\S*valgrind});
     }
     return sort { $a <=> $b } @pids;
+}
+
+# A process's parent, from /proc/PID/stat (0 when it is gone).
+sub parent_of {
+    my ($pid) = @_;
+    my $stat = read_file_text("/proc/$pid/stat") // return 0;
+    return $stat =~ /^\d+ \(.*\) \S (\d+)/ ? $1 : 0;
 }
 
 sub wait_for_ports {
