@@ -9,6 +9,7 @@
 // pull every nginx symbol into the test binary), so some items look unused there.
 #![cfg_attr(test, allow(dead_code))]
 
+mod alloc_guard;
 mod breakdown;
 mod cgroup;
 mod escape;
@@ -28,3 +29,8 @@ mod zones;
 
 #[cfg(not(test))]
 mod nginx;
+
+/// Rust's allocations in every process nginx runs the module in: the system's,
+/// with a reserve given back when it fails (see `alloc_guard`).
+#[global_allocator]
+static ALLOCATOR: alloc_guard::Guarded = alloc_guard::Guarded;

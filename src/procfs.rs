@@ -1,6 +1,8 @@
 //! Parsers for the kernel's `/proc` files. Pure functions over text, so they are
 //! unit-tested on captured samples without nginx. One parser per source.
 
+use crate::alloc_guard::{self, TryPush};
+
 /// Process-wide counters from `/proc/PID/status`. The kernel keeps these as
 /// counters, so reading them costs no page-table walk. `None`: absent or malformed.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -76,11 +78,33 @@ fn parse_status_value(value: &str, unit: StatusUnit) -> Option<u64> {
 /// Reads a `/proc` file whole, in few large reads: the kernel builds these
 /// files as they are read, and `read_to_string`'s small first reads cost a
 /// trip each.
+/// Its buffer grows fallibly: a file as big as the process is large (smaps of
+/// a grown heap) gives an error when memory is short, never an abort.
 pub fn read_proc_file(path: &str, size_hint: usize) -> std::io::Result<String> {
     use std::io::Read;
-    let mut text = String::with_capacity(size_hint);
-    std::fs::File::open(path)?.read_to_string(&mut text)?;
-    Ok(text)
+    let out_of_memory = |_| std::io::Error::from(std::io::ErrorKind::OutOfMemory);
+    let mut file = std::fs::File::open(path)?;
+    let mut bytes: Vec<u8> = Vec::new();
+    bytes
+        .try_reserve(size_hint.max(4096))
+        .map_err(out_of_memory)?;
+    loop {
+        if bytes.len() == bytes.capacity() {
+            bytes.try_reserve(bytes.capacity()).map_err(out_of_memory)?;
+        }
+        let filled = bytes.len();
+        bytes.resize(bytes.capacity(), 0);
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => {
+                bytes.truncate(filled);
+                break;
+            }
+            Ok(n) => bytes.truncate(filled + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => bytes.truncate(filled),
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))
 }
 
 /// One line of `/proc/PID/maps`: a mapping of the address space.
@@ -105,13 +129,18 @@ impl Mapping {
         self.end - self.start
     }
 
-    /// Parses `/proc/PID/maps`. Malformed lines are skipped and counted.
+    /// Parses `/proc/PID/maps`. Malformed lines are skipped and counted. Short
+    /// of memory, it stops early (the measuring is then given up).
     pub fn parse_all(text: &str) -> (Vec<Mapping>, usize) {
         let mut maps = Vec::new();
         let mut malformed = 0;
         for line in text.lines().filter(|l| !l.is_empty()) {
             match Mapping::parse_line(line) {
-                Some(m) => maps.push(m),
+                Some(m) => {
+                    if maps.try_push(m).is_err() || alloc_guard::short() {
+                        break;
+                    }
+                }
                 None => malformed += 1,
             }
         }
@@ -169,23 +198,28 @@ pub struct SmapsEntry {
 
 impl SmapsEntry {
     /// Parses `/proc/PID/smaps`. A mapping whose header or counts are malformed
-    /// is skipped and counted.
+    /// is skipped and counted. Short of memory, it stops early (the measuring
+    /// is then given up).
     pub fn parse_all(text: &str) -> (Vec<SmapsEntry>, usize) {
         let mut entries: Vec<SmapsEntry> = Vec::new();
         let mut malformed = 0;
         let mut current: Option<(Mapping, [Option<u64>; 4])> = None;
+        // Whether to go on: false once memory is short.
         let mut finish = |current: Option<(Mapping, [Option<u64>; 4])>, malformed: &mut usize| {
             if let Some((mapping, [Some(rss), Some(pss), Some(anon), Some(swap)])) = current {
-                entries.push(SmapsEntry {
+                let entry = SmapsEntry {
                     mapping,
                     rss_bytes: rss,
                     pss_bytes: pss,
                     anonymous_bytes: anon,
                     swap_bytes: swap,
-                });
-            } else if current.is_some() {
+                };
+                return entries.try_push(entry).is_ok() && !alloc_guard::short();
+            }
+            if current.is_some() {
                 *malformed += 1;
             }
+            true
         };
         for line in text.lines().filter(|l| !l.is_empty()) {
             let key = line.split_once(':').map(|(k, _)| k);
@@ -207,7 +241,9 @@ impl SmapsEntry {
                         k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                     }) => {}
                 (None, _) => {
-                    finish(current.take(), &mut malformed);
+                    if !finish(current.take(), &mut malformed) {
+                        break;
+                    }
                     match Mapping::parse_line(line) {
                         Some(m) => current = Some((m, [None; 4])),
                         None => malformed += 1,

@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::alloc_guard::FallibleBuffer;
+
 use crate::breakdown::{Breakdown, VirtualSplit};
 use crate::lua::Lua;
 use crate::pools::Pools;
@@ -101,7 +103,7 @@ pub fn process_memory(
 }
 
 impl Report {
-    pub fn to_json(&self) -> Vec<u8> {
+    pub fn to_json(&self) -> Option<Vec<u8>> {
         to_json(self)
     }
 }
@@ -123,18 +125,21 @@ impl ZoneReport {
         }
     }
 
-    pub fn to_json(&self) -> Vec<u8> {
+    pub fn to_json(&self) -> Option<Vec<u8>> {
         to_json(self)
     }
 }
 
-fn to_json(value: &impl Serialize) -> Vec<u8> {
-    // Compact, into a buffer sized for a typical answer. Serializing plain
-    // structs of numbers and strings into a Vec cannot fail.
-    let mut body = Vec::with_capacity(16 << 10);
-    serde_json::to_writer(&mut body, value).expect("report serializes");
-    body.push(b'\n');
-    body
+/// Compact, into a buffer that grows fallibly (`?history=1` answers grow with
+/// the history kept). Plain structs of numbers and strings: the only error is
+/// memory.
+fn to_json(value: &impl Serialize) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let mut body = FallibleBuffer::default();
+    body.0.try_reserve(16 << 10).ok()?;
+    serde_json::to_writer(&mut body, value).ok()?;
+    body.write_all(b"\n").ok()?;
+    Some(body.0)
 }
 
 #[cfg(test)]
@@ -196,7 +201,8 @@ pub(crate) mod tests {
         let status = include_str!("../testdata/proc_status_nginx_worker.txt");
         let process = process_memory(Ok(status.to_string()), &mut errors);
         assert!(errors.is_empty());
-        let v: Value = serde_json::from_slice(&sample_report(process, errors).to_json()).unwrap();
+        let v: Value =
+            serde_json::from_slice(&sample_report(process, errors).to_json().unwrap()).unwrap();
         assert_eq!(v["schema"], 1);
         assert_eq!(v["nginx"]["version"], "1.22.1");
         assert_eq!(v["nginx"]["pid"], 4242);
@@ -235,7 +241,8 @@ pub(crate) mod tests {
         let mut errors = Vec::new();
         let zone = sample.to_zone(&mut errors);
         let v: Value =
-            serde_json::from_slice(&ZoneReport::new(nginx(), 1, zone, errors).to_json()).unwrap();
+            serde_json::from_slice(&ZoneReport::new(nginx(), 1, zone, errors).to_json().unwrap())
+                .unwrap();
         assert_eq!(v["zones"].as_array().unwrap().len(), 1);
         assert_eq!(v["zones"][0]["name"], "b");
         assert_eq!(v["zones"][0]["size_bytes"], 8192);
@@ -251,7 +258,8 @@ pub(crate) mod tests {
         let mut errors = Vec::new();
         let err = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
         let process = process_memory(Err(err), &mut errors);
-        let v: Value = serde_json::from_slice(&sample_report(process, errors).to_json()).unwrap();
+        let v: Value =
+            serde_json::from_slice(&sample_report(process, errors).to_json().unwrap()).unwrap();
         assert!(v["process"]["resident_bytes"].is_null());
         assert!(v["process"]["threads"].is_null());
         assert_eq!(v["errors"][0]["source"], "/proc/self/status");

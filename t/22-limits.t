@@ -11,6 +11,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use IO::Socket::INET;
+use JSON::PP ();
 use Test::More;
 use Time::HiRes qw(sleep);
 use NginxTest;
@@ -137,4 +138,80 @@ EOF
     is(scalar @{ $k->{history}{processes} // [] }, 2, '?history=1: both current workers have samples');
     $h->done_file;
 }
+# An allocation failure ends an answer, never the worker: the worker's
+# address space limited a little above what it maps, at several heights, so
+# that allocations fail on the loop, on the measuring thread and while
+# rendering. Before: "memory allocation of 1048576 bytes failed", signal 6, a
+# worker respawned (and killed again) every answer.
+{
+    my $a = NginxTest->new;
+    $a->write_file_expand('nginx.conf', <<'EOF');
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+worker_processes 1;
+events { worker_connections 64; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    memory_status_interval 1s;
+    limit_req_zone $binary_remote_addr zone=perip:1m rate=10r/s;
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /ms { memory_status; }
+        location = /ok { return 200 "ok\n"; }
+    }
+}
+EOF
+    $a->run;
+    my $aport = $a->port(1);
+    my $master = $a->master_pid;
+    my ($hard_as) = qx{prlimit --pid $master --as --noheadings --raw -o HARD} =~ /(\S+)/;
+    my $vm_kib = sub { (NginxTest::read_file_text("/proc/$_[0]/status") // '') =~ /VmSize:\s+(\d+)/ ? $1 : 0 };
+    # A new worker under the master's limit: the old one exits gracefully
+    # and the master forks the next.
+    my $respawn = sub {
+        my ($old) = $a->worker_pids;
+        kill 'QUIT', $old;
+        $a->wait_for(sub { my @w = $a->worker_pids; @w == 1 && $w[0] != $old }, 'a respawned worker');
+        sleep 0.3;
+    };
+    my %status;
+    my ($bad_reason, $bad_json) = (0, 0);
+    for my $above_mib (1, 2, 3, 4, 5, 6, 8, 10, 14) {
+        my $limit = ($vm_kib->($master) << 10) + ($above_mib << 20);
+        system('prlimit', '--pid', $master, "--as=$limit:") == 0 or die "prlimit failed";
+        $respawn->();
+        for my $i (1 .. 12) {
+            for my $path ('/ms', '/ms?format=prometheus', '/ms?format=html', '/ms?history=1',
+                          '/ms?detail=full', '/ms?zone=perip') {
+                my $r = $a->get($aport, $path);
+                $status{$r->{status}}++;
+                if ($r->{status} == 503) {
+                    $bad_reason++ unless $r->{content} eq "memory_status: out of memory while answering; the worker goes on\n";
+                } elsif ($r->{status} == 200 && $path !~ /format/) {
+                    $bad_json++ unless eval { JSON::PP::decode_json($r->{content}); 1 };
+                }
+            }
+        }
+    }
+    my @statuses = sort keys %status;
+    is_deeply([grep { $_ != 200 && $_ != 503 } @statuses], [],
+        'under address-space limits: every answer a 200 or a 503 (' . join(', ', map { "$_: $status{$_}" } @statuses) . ')');
+    ok($status{503}, 'the tightest limits: some answers given up (503)');
+    ok($status{200}, 'the wider limits: answers whole (200)');
+    is($bad_reason, 0, 'each 503 says why in one line');
+    is($bad_json, 0, 'each 200 is whole JSON');
+    my $log = $a->error_log;
+    is(scalar(() = $log =~ /exited on signal/g), 0, 'no worker died (no abort on a failed allocation)');
+    like($log, qr/\[alert\].*memory_status: out of memory while measuring/, 'the failure is logged');
+    # The limit lifted: a worker answers whole again, and says nothing of memory.
+    system('prlimit', '--pid', $master, "--as=$hard_as:") == 0 or die "prlimit failed";
+    $respawn->();
+    my ($j, $r) = $a->get_json($aport, '/ms?detail=full');
+    is($r->{status}, 200, 'the limit lifted: 200');
+    ok(defined $j->{process}{resident_bytes} && defined $j->{breakdown}, 'the limit lifted: a whole answer');
+    is($a->get($aport, '/ok')->{content}, "ok\n", 'the worker served plain requests throughout');
+    $a->done_file(allow => [qr/memory_status: out of memory while measuring/,
+                            qr/measuring on the event loop: thread/]);
+}
+
 done_testing();

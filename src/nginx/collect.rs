@@ -50,6 +50,9 @@ pub struct LoopPart {
     zone_samples: Option<Vec<crate::history::ZonesSample>>,
     /// What went wrong before the measuring (no thread for it, say).
     errors: Vec<SourceError>,
+    /// `alloc_guard::failures()` when the measuring began: a summary measured
+    /// while an allocation failed is not published.
+    alloc_failures_at_begin: u64,
 }
 
 impl LoopPart {
@@ -94,6 +97,7 @@ pub fn begin(
     lua_objects_limit: Option<u64>,
     history_points: Option<usize>,
 ) -> (LoopPart, Job) {
+    let alloc_failures_at_begin = crate::alloc_guard::failures();
     let zones = sample_zones(None);
     let zone_ranges = zones
         .iter()
@@ -157,6 +161,7 @@ pub fn begin(
         zone_trends: super::history::zone_trends(),
         zone_samples: history_points.map(super::history::zone_samples),
         errors: Vec::new(),
+        alloc_failures_at_begin,
     };
     (part, job)
 }
@@ -259,6 +264,7 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         zone_trends,
         zone_samples,
         mut errors,
+        alloc_failures_at_begin,
     } = part;
     for (zone, (pages, age_ms)) in zones.iter_mut().zip(measured.zone_pages) {
         zone.resident_pages = pages;
@@ -333,7 +339,9 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         Some(walk) => walk.others = server::others_pss(&samples),
         None => mine.pss = own_walk,
     }
-    registry::publish(&mine);
+    if crate::alloc_guard::failures() == alloc_failures_at_begin {
+        registry::publish(&mine);
+    }
     for s in &mut samples {
         if let Some(e) = s.entry.as_mut().filter(|e| e.pid == report.nginx.pid) {
             e.published = Some(mine.clone());

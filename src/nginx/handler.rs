@@ -8,7 +8,8 @@ use ngx::ffi::{
     ngx_http_discard_request_body, ngx_http_output_filter, ngx_http_request_t,
     ngx_http_send_header, ngx_int_t, ngx_list_push, ngx_table_elt_t, ngx_uint_t, NGX_DONE,
     NGX_ERROR, NGX_HTTP_BAD_REQUEST, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_NOT_ALLOWED, NGX_HTTP_NOT_FOUND, NGX_HTTP_OK, NGX_LOG_ALERT, NGX_OK,
+    NGX_HTTP_NOT_ALLOWED, NGX_HTTP_NOT_FOUND, NGX_HTTP_OK, NGX_HTTP_SERVICE_UNAVAILABLE,
+    NGX_LOG_ALERT, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, Request};
 use ngx::ngx_log_error;
@@ -16,6 +17,7 @@ use ngx::ngx_log_error;
 use super::offloop::{self, Answer, Complete};
 use super::request_bits;
 use super::{collect, MemoryStatusModule};
+use crate::alloc_guard;
 use crate::escape::echo;
 use crate::format::{html, prometheus};
 use crate::panic_guard::run_guarded;
@@ -95,6 +97,12 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
             Err(err) => return send_reason(r, NGX_HTTP_BAD_REQUEST, &err.to_string()),
         };
 
+    // A failed allocation gave back some of the reserve: taken again here;
+    // with none of it, no measuring starts.
+    if !alloc_guard::restore_reserve() {
+        return out_of_memory(r);
+    }
+    let mark = alloc_guard::failures();
     let Some(name) = &query.zone else {
         // The whole answer: the loop copies nginx's and the VMs' figures, a
         // thread measures the rest while the worker goes on serving.
@@ -112,7 +120,7 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
             if TEST_PANIC_ANSWERING.swap(false, std::sync::atomic::Ordering::Relaxed) {
                 panic!("test-panic: while answering on the loop");
             }
-            answer(r, &collect::finish(part, measured), format, refresh)
+            answer(r, &collect::finish(part, measured), format, refresh, mark)
         });
         let answer = Answer {
             part,
@@ -127,7 +135,7 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
     let (content_type, body) = match collect::zone_report(name) {
         Some(zone) if format == Format::Prometheus => (
             prometheus::CONTENT_TYPE,
-            prometheus::render_zone(&zone).into_bytes(),
+            Some(prometheus::render_zone(&zone).into_bytes()),
         ),
         Some(zone) => (JSON, zone.to_json()),
         None => {
@@ -135,7 +143,24 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
             return send_reason(r, NGX_HTTP_NOT_FOUND, &reason);
         }
     };
-    send(r, NGX_HTTP_OK as usize, content_type, &body)
+    match body {
+        Some(body) if alloc_guard::failures() == mark => {
+            send(r, NGX_HTTP_OK as usize, content_type, &body)
+        }
+        _ => out_of_memory(r),
+    }
+}
+
+/// A 503 for an answer during which an allocation failed (here or on the
+/// measuring thread): what was measured may be incomplete, so it is dropped.
+fn out_of_memory(r: &mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: a request always has a connection with a log.
+    offloop::log_out_of_memory(unsafe { (*r.connection).log }, "answered 503");
+    send_reason(
+        r,
+        NGX_HTTP_SERVICE_UNAVAILABLE,
+        "out of memory while answering; the worker goes on",
+    )
 }
 
 /// Sends the whole answer in its format.
@@ -144,19 +169,25 @@ fn answer(
     report: &Report,
     format: Format,
     refresh: Option<u32>,
+    mark: u64,
 ) -> ngx_int_t {
     let (content_type, body) = match format {
         Format::Json => (JSON, report.to_json()),
         Format::Prometheus => (
             prometheus::CONTENT_TYPE,
-            prometheus::render(report).into_bytes(),
+            Some(prometheus::render(report).into_bytes()),
         ),
         Format::Html => (
             html::CONTENT_TYPE,
-            html::render(report, refresh).into_bytes(),
+            Some(html::render(report, refresh).into_bytes()),
         ),
     };
-    send(r, NGX_HTTP_OK as usize, content_type, &body)
+    match body {
+        Some(body) if alloc_guard::failures() == mark => {
+            send(r, NGX_HTTP_OK as usize, content_type, &body)
+        }
+        _ => out_of_memory(r),
+    }
 }
 
 /// The format the `Accept` header asks for, and the location's configured one.

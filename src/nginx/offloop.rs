@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use ngx::ffi::{
     ngx_add_timer, ngx_connection_t, ngx_cycle, ngx_del_timer, ngx_event_t, ngx_free_connection,
     ngx_get_connection, ngx_handle_read_event, ngx_http_finalize_request, ngx_http_request_t,
-    ngx_http_run_posted_requests, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add,
+    ngx_http_run_posted_requests, ngx_int_t, ngx_log_t, ngx_msec_t, ngx_pool_cleanup_add,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT, NGX_OK,
 };
 use ngx::ngx_log_error;
@@ -248,6 +248,27 @@ fn finish_background(id: u64, measured: &mut Option<Measured>) -> bool {
         ngx_log_error!(NGX_LOG_ALERT, log, "memory_status: panic: {message}");
     }
     true
+}
+
+thread_local! {
+    /// Loop thread only: when an out-of-memory alert was last logged.
+    static OUT_OF_MEMORY_ALERTED: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// An [alert] for a measuring given up for memory, at most once a minute: a
+/// server short of memory must not fill its disk with our complaints too.
+pub fn log_out_of_memory(log: *mut ngx_log_t, what: &str) {
+    let now = Instant::now();
+    let last = OUT_OF_MEMORY_ALERTED.with(Cell::get);
+    if last.is_some_and(|at| now.duration_since(at) < ALERT_EVERY) {
+        return;
+    }
+    OUT_OF_MEMORY_ALERTED.with(|c| c.set(Some(now)));
+    ngx_log_error!(
+        NGX_LOG_ALERT,
+        log,
+        "memory_status: out of memory while measuring, {what} (said at most once a minute)"
+    );
 }
 
 fn log_alert(r: &ngx_http_request_t, message: &str) {

@@ -51,11 +51,25 @@ extern "C" fn on_timer(ev: *mut ngx_event_t) {
         // A slot or ring not had at start (all taken) is claimed once free.
         super::registry::ensure_registered();
         super::history::ensure_claimed();
+        // Short of memory: no summary this time (the last one stays).
+        if !crate::alloc_guard::restore_reserve() {
+            return out_of_memory();
+        }
+        let mark = crate::alloc_guard::failures();
         let (part, job) = collect::begin(Depth::Default, None, None);
         let job = job.for_summary();
         // `finish` publishes the summary; the timer's adds it to the history.
-        let done: offloop::Background = Box::new(|part, measured| {
-            super::history::record_report(&collect::finish(part, measured))
+        // A failed allocation meanwhile may have cut a list short: nothing of
+        // it is published.
+        let done: offloop::Background = Box::new(move |part, measured| {
+            if crate::alloc_guard::failures() != mark {
+                return out_of_memory();
+            }
+            let report = collect::finish(part, measured);
+            if crate::alloc_guard::failures() != mark {
+                return out_of_memory();
+            }
+            super::history::record_report(&report)
         });
         if let Err(back) = offloop::submit_background(part, job, done) {
             // No thread: measured here, as an answer would be.
@@ -63,4 +77,10 @@ extern "C" fn on_timer(ev: *mut ngx_event_t) {
             done(part, job.measure());
         }
     });
+}
+
+fn out_of_memory() {
+    // SAFETY: the running cycle's log lives as long as the cycle.
+    let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+    offloop::log_out_of_memory(log, "the summary skipped");
 }
