@@ -214,4 +214,111 @@ EOF
                             qr/measuring on the event loop: thread/]);
 }
 
+# The registry's edges, written into the zone by the test-only build: a
+# worker killed in the middle of publishing (its sequence left odd), slots and
+# rings whose writers died between the claim and the pid's store, a registry
+# and rings with nothing left (claimed by the live master); then a master
+# killed, its workers orphaned.
+SKIP: {
+    my $so = $ENV{TEST_NGINX_PANIC_MODULE}
+        // "$NginxTest::ROOT/target/panic-test/debug/libngx_http_memory_status_module.so";
+    skip "the test-only build is missing ($so)", 11 unless -f $so;
+    local $NginxTest::MODULE = $so;
+    my $g = NginxTest->new;
+    $g->write_file_expand('nginx.conf', <<'EOF');
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+worker_processes 2;
+events { worker_connections 64; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    memory_status_interval 1s;
+    server {
+        # reuseport: the kernel spreads connections over both workers.
+        listen 127.0.0.1:%%PORT_1%% reuseport;
+        location = /ms { memory_status; }
+    }
+}
+EOF
+    $g->run;
+    my $gport = $g->port(1);
+    # An answer from a given worker.
+    my $from = sub {
+        my ($pid, $path) = @_;
+        for (1 .. 200) {
+            my ($j) = $g->get_json($gport, $path // '/ms');
+            return $j if $j->{nginx}{pid} == $pid;
+        }
+        die "no answer from worker $pid\n";
+    };
+    # A worker dies leaving the registry in a state; returns the worker
+    # respawned for it and the one that lived on.
+    my $die = sub {
+        my ($what) = @_;
+        my %before = map { $_ => 1 } $g->worker_pids;
+        # One try (HTTP::Tiny would retry on the dropped connection).
+        $g->raw_http($gport, "GET /ms HTTP/1.0\r\nHost: x\r\nX-Memory-Status-Test-Panic: die-$what\r\n\r\n");
+        $g->wait_for(sub {
+            my @now = $g->worker_pids;
+            @now == 2 && (grep { !$before{$_} } @now) == 1
+        }, "a worker respawned after die-$what");
+        my ($new) = grep { !$before{$_} } $g->worker_pids;
+        my ($other) = grep { $before{$_} } $g->worker_pids;
+        sleep 1.5;
+        return ($new, $other);
+    };
+    my $entry = sub { my ($j, $pid) = @_; (grep { $_->{pid} == $pid } @{ $j->{processes} })[0] };
+    my $says = sub { my ($j, $re) = @_; scalar grep { $_->{source} =~ /^(processes|history)$/ && $_->{error} =~ $re } @{ $j->{errors} } };
+
+    my ($new, $other) = $die->('odd-seq');
+    my $e = $entry->($from->($other), $new);
+    ok($e && defined $e->{memory}, "a slot left mid-publish: its next owner $new is published whole in the other worker's answer");
+
+    ($new, $other) = $die->('stuck');
+    $e = $entry->($from->($other), $new);
+    ok($e && defined $e->{memory}, "slots whose writers died before their pid: the next worker $new takes one and is listed");
+    my $j = $from->($new, '/ms?history=1');
+    ok(!$says->($j, qr/no registry slot|no history ring|registry is full/), 'and a ring: its own answer says nothing is missing')
+        or diag explain $j->{errors};
+    ok((grep { $_->{pid} == $new } @{ $j->{history}{processes} // [] }), 'its history has its samples');
+
+    ($new, $other) = $die->('full');
+    $j = $from->($new, '/ms?history=1');
+    ok($says->($j, qr/^this process has no registry slot \(all 1024 are taken\)/), "no slot left: worker $new says it has none")
+        or diag explain $j->{errors};
+    ok($says->($j, qr/^process $new has no history ring/), 'and that it has no ring');
+    ok($entry->($j, $new), 'its own answer still lists (and counts) it');
+    ok($says->($from->($other), qr/^the registry is full \(1024 slots\)/), 'the other worker says the registry is full');
+    $g->done_file(allow => [qr/worker process \d+ exited on signal 9/]);
+
+    # A master killed: its workers go on, adopted by another process.
+    my $o = NginxTest->new;
+    $o->write_file_expand('nginx.conf', <<'EOF');
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+worker_processes 1;
+events { worker_connections 64; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /ms { memory_status; }
+    }
+}
+EOF
+    $o->run;
+    my $oport = $o->port(1);
+    my $master = $o->master_pid;
+    my ($orphan) = $o->worker_pids;
+    kill 'KILL', $master;
+    $o->wait_for(sub { NginxTest::parent_of($orphan) != $master }, 'the worker adopted');
+    my ($k) = $o->get_json($oport, '/ms');
+    ok($says->($k, qr/^the master \(pid $master\) is gone: this worker's parent is now pid \d+/), 'orphaned: the answer says the master is gone')
+        or diag explain $k->{errors};
+    ok(!grep({ $_->{role} eq 'master' } @{ $k->{processes} }), 'and lists no master (the adopting process is not nginx)');
+    is($k->{nginx}{pid}, $orphan, 'the orphaned worker answers');
+    kill 'KILL', $orphan;
+    $o->{running} = 0;
+}
+
 done_testing();

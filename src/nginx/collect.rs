@@ -4,7 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ngx::ffi::{
-    ngx_exiting, ngx_pid, ngx_process, ngx_worker, NGINX_VERSION, NGX_PROCESS_SINGLE,
+    ngx_exiting, ngx_parent, ngx_pid, ngx_process, ngx_worker, NGINX_VERSION, NGX_PROCESS_SINGLE,
     NGX_PROCESS_WORKER,
 };
 
@@ -119,18 +119,24 @@ pub fn begin(
     let registry = registry::read(now_ms());
     // SAFETY: a plain integer nginx sets when the process starts.
     let own_pid = unsafe { ngx_pid } as u32;
-    let own_walk = registry.as_ref().and_then(|(_, _, entries)| {
-        let mine = entries.iter().find(|e| e.pid == own_pid)?;
+    let own_walk = registry.as_ref().and_then(|read| {
+        let mine = read.entries.iter().find(|e| e.pid == own_pid)?;
         mine.published.as_ref()?.pss.clone()
     });
+    let mut errors = Vec::new();
     let mut processes: Vec<(u32, Option<RegistryEntry>)> = Vec::new();
-    // SAFETY: a plain integer nginx sets when the process starts.
-    if unsafe { ngx_process } as u32 != NGX_PROCESS_SINGLE {
-        // SAFETY: getppid has no preconditions.
-        processes.push((unsafe { libc::getppid() } as u32, None));
+    if let Some(master) = master_pid(&mut errors) {
+        processes.push((master, None));
     }
-    if let Some((_, _, entries)) = &registry {
-        processes.extend(entries.iter().map(|e| (e.pid, Some(e.clone()))));
+    if let Some(read) = &registry {
+        processes.extend(read.entries.iter().map(|e| (e.pid, Some(e.clone()))));
+        if let Some(error) = registry_error(read, own_pid) {
+            errors.push(error);
+        }
+        if !read.entries.iter().any(|e| e.pid == own_pid) {
+            let me = registry::entry_without_slot(read.generation);
+            processes.extend(me.map(|e| (e.pid, Some(e))));
+        }
     }
     let job = Job {
         depth,
@@ -151,8 +157,7 @@ pub fn begin(
         http,
         stream,
         pools: sample_pools(),
-        registry: registry
-            .map(|(generation, master_started_at_ms, _)| (generation, master_started_at_ms)),
+        registry: registry.map(|read| (read.generation, read.master_started_at_ms)),
         own_walk,
         shutdown_timeout_ms: super::cycle::shutdown_timeout_ms(super::cycle::current()),
         interval_ms: super::running_conf()
@@ -160,10 +165,47 @@ pub fn begin(
         rings: super::history::read(history_points),
         zone_trends: super::history::zone_trends(),
         zone_samples: history_points.map(super::history::zone_samples),
-        errors: Vec::new(),
+        errors,
         alloc_failures_at_begin,
     };
     (part, job)
+}
+
+/// The master to list: this process's parent while it is nginx's master.
+/// A worker whose master was killed is adopted by another process (init, a
+/// container's init): that one is not nginx's and is not listed.
+fn master_pid(errors: &mut Vec<SourceError>) -> Option<u32> {
+    // SAFETY: plain integers nginx sets when the process starts.
+    let (process, master) = unsafe { (ngx_process as u32, ngx_parent as u32) };
+    if process == NGX_PROCESS_SINGLE {
+        return None;
+    }
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() } as u32;
+    if parent == master {
+        return Some(master);
+    }
+    errors.push(SourceError::new(
+        "processes",
+        format!(
+            "the master (pid {master}) is gone: this worker's parent is now pid {parent}, \
+             not listed; the workers left run without a master"
+        ),
+    ));
+    None
+}
+
+/// What the answer says when the registry cannot list every process.
+fn registry_error(read: &registry::RegistryRead, own_pid: u32) -> Option<SourceError> {
+    let slots = registry::SLOT_COUNT;
+    let reason = if !read.entries.iter().any(|e| e.pid == own_pid) {
+        format!("this process has no registry slot (all {slots} are taken): other processes' answers do not list it")
+    } else if read.full {
+        format!("the registry is full ({slots} slots): a process started now is not listed until a slot frees")
+    } else {
+        return None;
+    };
+    Some(SourceError::new("processes", reason))
 }
 
 impl Job {

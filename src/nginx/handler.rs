@@ -75,6 +75,11 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
         if asked(b"answering") {
             TEST_PANIC_ANSWERING.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        for what in [&b"odd-seq"[..], b"stuck", b"full"] {
+            if asked(&[b"die-", what].concat()) {
+                super::registry::test_die_leaving(what);
+            }
+        }
     }
     if r.method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t == 0 {
         if push_header(r, b"Allow", b"GET, HEAD").is_none() {

@@ -197,7 +197,7 @@ fn record_zones(sample: &ZonesSample, fit_since_ms: u64) {
     let pid = std::process::id() as i32;
     let owner = h.zones_owner.load(Ordering::Acquire);
     let mine = owner == pid
-        || ((owner == 0 || !super::registry::alive(owner))
+        || (super::registry::reclaimable(owner)
             && h.zones_owner
                 .compare_exchange(owner, pid, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok());
@@ -330,19 +330,17 @@ pub fn ensure_claimed() {
     }
     let Some(h) = header() else { return };
     let pid = std::process::id() as i32;
-    let take = |free: &dyn Fn(i32) -> bool| {
-        (0..h.rings as usize).find(|&i| {
-            let (head, _) = ring(h, i);
-            let owner = head.pid.load(Ordering::Acquire);
-            free(owner)
-                && head
-                    .pid
-                    .compare_exchange(owner, -1, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-        })
-    };
-    let Some(i) = take(&|o| o == 0).or_else(|| take(&|o| o > 0 && !super::registry::alive(o)))
-    else {
+    // Marked as being written by this pid: a process killed before its pid's
+    // store leaves a ring the next claim takes back.
+    let Some(i) = (0..h.rings as usize).find(|&i| {
+        let (head, _) = ring(h, i);
+        let owner = head.pid.load(Ordering::Acquire);
+        super::registry::reclaimable(owner)
+            && head
+                .pid
+                .compare_exchange(owner, -pid, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }) else {
         return;
     };
     let (head, _) = ring(h, i);
@@ -533,4 +531,23 @@ fn read_trends(head: &RingHead) -> Vec<(usize, Fit, i64)> {
             .collect();
     }
     Vec::new()
+}
+
+/// Test-only build: every ring free or left by a dead process, and this
+/// process's, marked as being
+/// written by `writer` (a live pid: no ring is left; a pid that cannot exist:
+/// rings whose writer died before its pid's store).
+#[cfg(feature = "test-panic")]
+pub fn test_mark_rings(writer: i32) {
+    let Some(h) = header() else { return };
+    let own = std::process::id() as i32;
+    for i in 0..h.rings as usize {
+        let (head, _) = ring(h, i);
+        let owner = head.pid.load(Ordering::Acquire);
+        if owner == own || super::registry::reclaimable(owner) {
+            let _ = head
+                .pid
+                .compare_exchange(owner, -writer, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
 }

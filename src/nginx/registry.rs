@@ -13,6 +13,7 @@ use ngx::ffi::{
     NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 
+use crate::alloc_guard::TryPush;
 use crate::server::{Published, RegisteredKind, RegistryEntry, PSS_AT, PUBLISHED_WORDS};
 
 /// The zone's name: unlikely to meet a user's zone of the same name.
@@ -44,7 +45,8 @@ struct Registry {
 
 #[repr(C)]
 struct Slot {
-    /// 0: free; -1: being written; else the owner's pid.
+    /// 0: free; minus a pid: being written by that process (a slot whose
+    /// writer died there is claimed again); else the owner's pid.
     pid: AtomicI32,
     kind: AtomicU32,
     /// `u32::MAX`: none.
@@ -167,6 +169,7 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     if registry().is_none() {
         return NGX_OK as ngx_int_t;
     }
+    STARTED_AT_MS.store(super::collect::now_ms(), Ordering::Relaxed);
     // The ring before the slot: a process listed has its ring already.
     // Even without either (all taken) the timer starts: it claims them when
     // they are free.
@@ -182,6 +185,26 @@ pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         super::publish::start(cycle);
     }
     NGX_OK as ngx_int_t
+}
+
+/// When this process started (`init_process`): for its entry when it has
+/// no slot. Process state, not a setting.
+static STARTED_AT_MS: AtomicU64 = AtomicU64::new(0);
+
+/// This process as its slot would list it, for an answer of a process that
+/// has none (all taken): the answer still counts the process that gives it.
+pub fn entry_without_slot(generation: u64) -> Option<RegistryEntry> {
+    let kind = own_kind()?;
+    // SAFETY: a plain integer nginx sets before calling init_process.
+    let number = (kind == RegisteredKind::Worker).then_some(unsafe { ngx_worker } as u32);
+    Some(RegistryEntry {
+        pid: std::process::id(),
+        kind,
+        worker: number,
+        generation,
+        started_at_ms: STARTED_AT_MS.load(Ordering::Relaxed),
+        published: None,
+    })
 }
 
 /// This process's kind as the registry names it; `None` for the master.
@@ -210,32 +233,37 @@ pub fn ensure_registered() -> Option<RegisteredKind> {
     if held {
         return Some(kind);
     }
-    let i = claim_slot(r)?;
+    let i = claim_slot(r, pid)?;
     write_slot(r, i, kind, pid);
     MY_SLOT.store(i as i32, Ordering::Relaxed);
     Some(kind)
 }
 
-/// A free slot, else one whose owner died without leaving (kill -9), marked
-/// as being written.
-fn claim_slot(r: &Registry) -> Option<usize> {
-    let claim = |free: &dyn Fn(i32) -> bool| {
-        r.slots.iter().position(|s| {
-            let owner = s.pid.load(Ordering::Acquire);
-            free(owner)
-                && s.pid
-                    .compare_exchange(owner, -1, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-        })
-    };
-    claim(&|owner| owner == 0).or_else(|| claim(&|owner| owner > 0 && !alive(owner)))
+/// The first slot that is free, or whose owner or writer died without
+/// leaving (`kill -9`, also between this claim and its pid's store), marked
+/// as being written by `pid`.
+fn claim_slot(r: &Registry, pid: i32) -> Option<usize> {
+    r.slots.iter().position(|s| {
+        let owner = s.pid.load(Ordering::Acquire);
+        reclaimable(owner)
+            && s.pid
+                .compare_exchange(owner, -pid, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    })
+}
+
+/// Whether a slot (or ring) whose pid word reads `owner` may be taken.
+pub(super) fn reclaimable(owner: i32) -> bool {
+    owner == 0 || !alive(owner.saturating_abs())
 }
 
 /// Writes who this process is into claimed slot `i`, then its pid.
 fn write_slot(r: &Registry, i: usize, kind: RegisteredKind, pid: i32) {
     r.used.fetch_max(i as u32 + 1, Ordering::AcqRel);
     let slot = &r.slots[i];
-    // A reclaimed slot may hold its dead owner's summary and walk.
+    // A reclaimed slot may hold its dead owner's summary and walk, and a
+    // sequence left odd by an owner killed while it published.
+    slot.seq.store(0, Ordering::Relaxed);
     slot.published[0].store(0, Ordering::Relaxed);
     slot.published[PSS_AT].store(0, Ordering::Relaxed);
     slot.kind.store(kind as u32, Ordering::Relaxed);
@@ -318,9 +346,21 @@ pub(super) fn alive(pid: i32) -> bool {
     }
 }
 
-/// What the registry holds now: the generation, the master's start, and every
-/// slot whose owner is alive. `None` when this process has no registry.
-pub fn read(now_ms: u64) -> Option<(u64, u64, Vec<RegistryEntry>)> {
+/// What the registry holds now.
+pub struct RegistryRead {
+    pub generation: u64,
+    pub master_started_at_ms: u64,
+    /// Every slot whose owner is alive.
+    pub entries: Vec<RegistryEntry>,
+    /// No slot free: a process started now would not be listed.
+    pub full: bool,
+}
+
+/// Slots in the registry, for what the answer says when it is full.
+pub const SLOT_COUNT: usize = SLOTS;
+
+/// What the registry holds now; `None` when this process has no registry.
+pub fn read(now_ms: u64) -> Option<RegistryRead> {
     let r = registry()?;
     let mut entries = Vec::new();
     let used = (r.used.load(Ordering::Acquire) as usize).min(SLOTS);
@@ -344,13 +384,61 @@ pub fn read(now_ms: u64) -> Option<(u64, u64, Vec<RegistryEntry>)> {
             published: published_of(slot, now_ms),
         };
         // Taken only if the slot kept its owner while its fields were read.
-        if slot.pid.load(Ordering::Acquire) == pid {
-            entries.push(entry);
+        if slot.pid.load(Ordering::Acquire) == pid && entries.try_push(entry).is_err() {
+            break;
         }
     }
-    Some((
-        r.generation.load(Ordering::Acquire),
-        r.master_started_at_ms.load(Ordering::Relaxed),
+    Some(RegistryRead {
+        generation: r.generation.load(Ordering::Acquire),
+        master_started_at_ms: r.master_started_at_ms.load(Ordering::Relaxed),
         entries,
-    ))
+        full: used == SLOTS
+            && !r
+                .slots
+                .iter()
+                .any(|s| reclaimable(s.pid.load(Ordering::Relaxed))),
+    })
+}
+
+/// Test-only build: this process dies (`SIGKILL`) leaving the registry as a
+/// crash at the worst moment would. `odd-seq`: in the middle of publishing.
+/// `stuck`: every free slot and ring, and its own, as if their writers died
+/// between the claim and the pid's store. `full`: the same, claimed by the
+/// live master: no slot or ring is left for the process respawned next.
+#[cfg(feature = "test-panic")]
+pub fn test_die_leaving(what: &[u8]) {
+    /// Above Linux's largest pid (`PID_MAX_LIMIT`, 2^22): never alive.
+    const NEVER_A_PID: i32 = (1 << 22) + 1;
+    let Some(r) = registry() else { return };
+    let Some(own) = usize::try_from(MY_SLOT.load(Ordering::Relaxed))
+        .ok()
+        .and_then(|i| r.slots.get(i))
+    else {
+        return;
+    };
+    let writer = match what {
+        b"odd-seq" => {
+            own.seq.fetch_add(1, Ordering::AcqRel);
+            0
+        }
+        b"stuck" => NEVER_A_PID,
+        // SAFETY: a plain integer nginx sets when the process starts.
+        b"full" => unsafe { ngx::ffi::ngx_parent },
+        _ => return,
+    };
+    if writer != 0 {
+        for slot in &r.slots {
+            let owner = slot.pid.load(Ordering::Acquire);
+            if reclaimable(owner) {
+                let _ =
+                    slot.pid
+                        .compare_exchange(owner, -writer, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+        own.pid.store(-writer, Ordering::Release);
+        r.used.store(SLOTS as u32, Ordering::Release);
+        super::history::test_mark_rings(writer);
+    }
+    // SAFETY: ends this process, as `kill -9` would.
+    unsafe { libc::raise(libc::SIGKILL) };
 }
