@@ -5,7 +5,7 @@
 //!   history samples, rendered answers) is reserved fallibly (`try_reserve`,
 //!   [`TryPush`]) and gives up with an error;
 //! - the small infallible rest is covered by an emergency reserve of address
-//!   space, mapped but never touched (no resident memory), that this
+//!   space, mapped without access (never resident, never charged), that this
 //!   allocator gives back at the first failure and retries: the measuring
 //!   goes on to its next check ([`short`]) and ends there; the loop takes the
 //!   reserve again ([`restore_reserve`]) before it starts the next one.
@@ -116,8 +116,11 @@ pub fn restore_reserve() -> bool {
             libc::mmap(
                 ptr::null_mut(),
                 SLOT_BYTES,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                // No access: the kernel never merges it with a neighbouring
+                // read-write mapping (a malloc'd chunk would then look like
+                // part of it), and it is never resident or charged.
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )

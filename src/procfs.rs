@@ -88,12 +88,15 @@ pub fn read_proc_file(path: &str, size_hint: usize) -> std::io::Result<String> {
     bytes
         .try_reserve(size_hint.max(4096))
         .map_err(out_of_memory)?;
+    // Reads of at most this much: only what a read fills is touched, so the
+    // buffer's unused capacity never becomes resident.
+    const READ_BYTES: usize = 64 << 10;
     loop {
         if bytes.len() == bytes.capacity() {
             bytes.try_reserve(bytes.capacity()).map_err(out_of_memory)?;
         }
         let filled = bytes.len();
-        bytes.resize(bytes.capacity(), 0);
+        bytes.resize(bytes.capacity().min(filled + READ_BYTES), 0);
         match file.read(&mut bytes[filled..]) {
             Ok(0) => {
                 bytes.truncate(filled);
