@@ -111,12 +111,13 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
     let Some(name) = &query.zone else {
         // The whole answer: the loop copies nginx's and the VMs' figures, a
         // thread measures the rest while the worker goes on serving.
-        // `?history=1` answers every sample; the HTML page draws lines of at
-        // most `SPARK_POINTS` each.
+        // `?history=1` answers every sample in JSON; the HTML page draws
+        // lines of at most `SPARK_POINTS` each, with or without it; Prometheus
+        // shows no sample (only the trends, read apart): none is read for it.
         let points = match (query.history, format) {
-            (true, _) => Some(usize::MAX),
-            (false, Format::Html) => Some(crate::format::html::SPARK_POINTS),
-            (false, _) => None,
+            (_, Format::Html) => Some(crate::format::html::SPARK_POINTS),
+            (true, Format::Json) => Some(usize::MAX),
+            _ => None,
         };
         let (part, job) = collect::begin(query.depth, query.lua_objects_limit, points);
         let refresh = query.refresh_seconds;
