@@ -2,13 +2,15 @@
 //! an infallible allocation fails; nginx survives a failed `malloc`, and so
 //! must we. Two parts:
 //! - what grows with the server (files read from `/proc`, lists of mappings,
-//!   history samples, rendered answers) is reserved fallibly (`try_reserve`,
-//!   [`TryPush`]) and gives up with an error;
+//!   the history samples read, JSON answers) is reserved fallibly
+//!   (`try_reserve`, [`TryPush`]) and gives up with an error;
 //! - the small infallible rest is covered by an emergency reserve of address
 //!   space, mapped without access (never resident, never charged), that this
-//!   allocator gives back at the first failure and retries: the measuring
-//!   goes on to its next check ([`short`]) and ends there; the loop takes the
-//!   reserve again ([`restore_reserve`]) before it starts the next one.
+//!   allocator gives back at the first failure of a small request and
+//!   retries: the measuring goes on to its next check ([`short`], between its
+//!   stages and in the loops over what the server holds) and ends there; the
+//!   loop takes the reserve again ([`restore_reserve`]) before it starts the
+//!   next one.
 //!
 //! It is the process's allocator for Rust code only: nginx's own allocations
 //! do not pass here.
@@ -25,35 +27,50 @@ const SLOTS: usize = 4;
 /// of a measuring, each well below a slot.
 pub const SLOT_BYTES: usize = 1 << 20;
 
-static RESERVE: [AtomicPtr<libc::c_void>; SLOTS] =
-    [const { AtomicPtr::new(ptr::null_mut()) }; SLOTS];
-static FAILURES: AtomicU64 = AtomicU64::new(0);
-/// `FAILURES` when the reserve was last taken again.
-static FAILURES_AT_RESTORE: AtomicU64 = AtomicU64::new(0);
+/// The reserve's slots and the failures counted, in one place so that a
+/// unit test can have its own.
+struct Reserve {
+    slots: [AtomicPtr<libc::c_void>; SLOTS],
+    failures: AtomicU64,
+    /// `failures` when the reserve was last taken again.
+    failures_at_restore: AtomicU64,
+}
+
+/// The process's reserve, the allocator's.
+static RESERVE: Reserve = Reserve::new();
 
 /// The system allocator, with the reserve given back when it fails.
 pub struct Guarded;
+
+/// Requests up to this size are the infallible kind the reserve is for;
+/// bigger ones grow with the server and are reserved fallibly: their failure
+/// is counted but gives back nothing, or one buffer would take the reserve
+/// the rest of the measuring needs.
+const SMALL_BYTES: usize = 64 << 10;
 
 // SAFETY: every call is the system allocator's, with the caller's arguments;
 // a failure only adds an `munmap` of a mapping no allocation lives in.
 unsafe impl GlobalAlloc for Guarded {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract is System's.
-        or_after_release(unsafe { System.alloc(layout) }, || unsafe {
+        RESERVE.or_after_release(layout.size(), unsafe { System.alloc(layout) }, || unsafe {
             System.alloc(layout)
         })
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as in `alloc`.
-        or_after_release(unsafe { System.alloc_zeroed(layout) }, || unsafe {
-            System.alloc_zeroed(layout)
-        })
+        RESERVE.or_after_release(
+            layout.size(),
+            unsafe { System.alloc_zeroed(layout) },
+            || unsafe { System.alloc_zeroed(layout) },
+        )
     }
 
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: as in `alloc`; a failed realloc leaves the block as it was.
-        or_after_release(
+        RESERVE.or_after_release(
+            new_size,
             unsafe { System.realloc(block, layout, new_size) },
             || unsafe { System.realloc(block, layout, new_size) },
         )
@@ -65,85 +82,127 @@ unsafe impl GlobalAlloc for Guarded {
     }
 }
 
-/// `got`, or when it is null: counts the failure, then gives back the
-/// reserve a slot at a time, retrying after each.
-fn or_after_release(got: *mut u8, retry: impl Fn() -> *mut u8) -> *mut u8 {
-    if !got.is_null() {
-        return got;
-    }
-    FAILURES.fetch_add(1, Ordering::Relaxed);
-    for slot in &RESERVE {
-        let mapping = slot.swap(ptr::null_mut(), Ordering::AcqRel);
-        if mapping.is_null() {
-            continue;
+impl Reserve {
+    const fn new() -> Self {
+        Reserve {
+            slots: [const { AtomicPtr::new(ptr::null_mut()) }; SLOTS],
+            failures: AtomicU64::new(0),
+            failures_at_restore: AtomicU64::new(0),
         }
-        // SAFETY: a mapping `restore_reserve` made of `SLOT_BYTES`, taken out
-        // of its slot by this swap alone.
-        unsafe { libc::munmap(mapping, SLOT_BYTES) };
-        let got = retry();
+    }
+
+    /// `got`, or when it is null: counts the failure, then, for a small
+    /// request, gives back the reserve a slot at a time, retrying after each.
+    fn or_after_release(&self, size: usize, got: *mut u8, retry: impl Fn() -> *mut u8) -> *mut u8 {
         if !got.is_null() {
             return got;
         }
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if size > SMALL_BYTES {
+            return ptr::null_mut();
+        }
+        for slot in &self.slots {
+            let mapping = slot.swap(ptr::null_mut(), Ordering::AcqRel);
+            if mapping.is_null() {
+                continue;
+            }
+            // SAFETY: a mapping `restore` made of `SLOT_BYTES`, taken out of
+            // its slot by this swap alone.
+            unsafe { libc::munmap(mapping, SLOT_BYTES) };
+            let got = retry();
+            if !got.is_null() {
+                return got;
+            }
+        }
+        ptr::null_mut()
     }
-    ptr::null_mut()
+
+    fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn short(&self) -> bool {
+        self.failures() != self.failures_at_restore.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    fn held_slots(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| !s.load(Ordering::Relaxed).is_null())
+            .count()
+    }
+
+    fn restore(&self) -> bool {
+        self.failures_at_restore
+            .store(self.failures(), Ordering::Relaxed);
+        let mut held = false;
+        for slot in &self.slots {
+            if !slot.load(Ordering::Acquire).is_null() {
+                held = true;
+                continue;
+            }
+            let Some(mapping) = map_slot() else { continue };
+            if slot
+                .compare_exchange(
+                    ptr::null_mut(),
+                    mapping,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+            {
+                // SAFETY: the mapping just made, in no slot.
+                unsafe { libc::munmap(mapping, SLOT_BYTES) };
+            }
+            held = true;
+        }
+        held
+    }
+}
+
+/// A new slot of the reserve, if the address space for it can be had.
+fn map_slot() -> Option<*mut libc::c_void> {
+    // SAFETY: a new private anonymous mapping; nothing else refers to it.
+    let mapping = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            SLOT_BYTES,
+            // No access: the kernel never merges it with a neighbouring
+            // read-write mapping (a malloc'd chunk would then look like part
+            // of it), and it is never resident or charged.
+            libc::PROT_NONE,
+            // Without MAP_NORESERVE: glibc's unused heap tails have it, and
+            // the same flags would merge with them.
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if mapping == libc::MAP_FAILED {
+        return None;
+    }
+    name_mapping(mapping);
+    Some(mapping)
 }
 
 /// Allocations that failed in this process so far: a measuring compares the
 /// figure at its start and at its end.
 pub fn failures() -> u64 {
-    FAILURES.load(Ordering::Relaxed)
+    RESERVE.failures()
 }
 
 /// Whether an allocation failed since the reserve was last taken again: a
 /// measuring then stops at its next check.
 pub fn short() -> bool {
-    failures() != FAILURES_AT_RESTORE.load(Ordering::Relaxed)
+    RESERVE.short()
 }
 
 /// Takes the reserve again, as much of it as can be had; false when none can
 /// (then no measuring should start: nothing would cover its small
 /// allocations).
 pub fn restore_reserve() -> bool {
-    FAILURES_AT_RESTORE.store(failures(), Ordering::Relaxed);
-    let mut held = false;
-    for slot in &RESERVE {
-        if !slot.load(Ordering::Acquire).is_null() {
-            held = true;
-            continue;
-        }
-        // SAFETY: a new private anonymous mapping; nothing else refers to it.
-        let mapping = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                SLOT_BYTES,
-                // No access: the kernel never merges it with a neighbouring
-                // read-write mapping (a malloc'd chunk would then look like
-                // part of it), and it is never resident or charged.
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if mapping == libc::MAP_FAILED {
-            continue;
-        }
-        name_mapping(mapping);
-        if slot
-            .compare_exchange(
-                ptr::null_mut(),
-                mapping,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
-        {
-            // SAFETY: the mapping just made, in no slot.
-            unsafe { libc::munmap(mapping, SLOT_BYTES) };
-        }
-        held = true;
-    }
-    held
+    RESERVE.restore()
 }
 
 /// Names the reserve in `/proc/PID/maps` (Linux 5.17 and later; older kernels
@@ -162,6 +221,9 @@ fn name_mapping(mapping: *mut libc::c_void) {
         );
     }
 }
+
+/// What a source says when it was given up for memory.
+pub const OUT_OF_MEMORY: &str = "out of memory";
 
 /// A push that fails instead of aborting when the vector cannot grow.
 pub trait TryPush<T> {
@@ -202,23 +264,53 @@ impl std::io::Write for FallibleBuffer {
 mod tests {
     use super::*;
 
+    /// A reserve of the test's own: the process's is left alone (its state
+    /// would cut other tests' parses short).
     #[test]
-    fn a_failed_allocation_is_counted_and_the_reserve_taken_again() {
-        assert!(restore_reserve());
-        let before = failures();
-        // More than the machine can map: the system allocator refuses it,
-        // the reserve is given back and the retries fail too.
-        let mut huge: Vec<u8> = Vec::new();
-        assert!(huge.try_reserve(1 << 50).is_err());
-        assert!(failures() > before);
-        assert!(short());
-        assert!(restore_reserve());
-        assert!(!short());
-        // An allocation that succeeds changes nothing.
-        let before = failures();
-        let small = vec![0u8; 4096];
-        assert_eq!(small.len(), 4096);
-        assert_eq!(failures(), before);
+    fn a_failure_gives_back_the_reserve_a_slot_at_a_time() {
+        use std::cell::Cell;
+        let r = Reserve::new();
+        assert!(r.restore());
+        assert_eq!(r.held_slots(), SLOTS);
+        assert!(!r.short());
+        // A success changes nothing.
+        let fake = ptr::NonNull::<u8>::dangling().as_ptr();
+        assert_eq!(r.or_after_release(64, fake, || unreachable!()), fake);
+        assert_eq!((r.failures(), r.held_slots()), (0, SLOTS));
+        // A small request that fails: retried after each slot given back.
+        let tries = Cell::new(0);
+        let got = r.or_after_release(64, ptr::null_mut(), || {
+            tries.set(tries.get() + 1);
+            if tries.get() == 2 {
+                fake
+            } else {
+                ptr::null_mut()
+            }
+        });
+        assert_eq!(got, fake);
+        assert_eq!(
+            (r.failures(), r.held_slots(), tries.get()),
+            (1, SLOTS - 2, 2)
+        );
+        assert!(r.short());
+        // Nothing left to give: null, and every slot is gone.
+        let got = r.or_after_release(64, ptr::null_mut(), ptr::null_mut);
+        assert!(got.is_null());
+        assert_eq!(r.held_slots(), 0);
+        assert!(r.restore());
+        assert_eq!(r.held_slots(), SLOTS);
+        assert!(!r.short());
+        // A big request (fallible by rule) is counted and gives back nothing.
+        assert!(r
+            .or_after_release(1 << 20, ptr::null_mut(), || unreachable!())
+            .is_null());
+        assert_eq!((r.failures(), r.held_slots()), (3, SLOTS));
+        assert!(r.short());
+        assert!(r.restore());
+        for slot in &r.slots {
+            // SAFETY: the test's own mappings, in no other slot.
+            unsafe { libc::munmap(slot.swap(ptr::null_mut(), Ordering::AcqRel), SLOT_BYTES) };
+        }
     }
 
     #[test]

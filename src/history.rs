@@ -226,6 +226,53 @@ pub fn without_ring(writers: &[u32], with_ring: &[u32]) -> Vec<u32> {
         .collect()
 }
 
+/// The most samples `?history=1` answers per ring (each process's, the
+/// zones'): an answer's size and its time on the loop stay bounded whatever
+/// `memory_status_history` keeps.
+pub const HISTORY_POINTS: usize = 720;
+
+/// Which of a ring's samples an answer reads: at most `points`, spread evenly
+/// over all it keeps, or, from `since_ms` on, the next `points` in order (a
+/// page of the raw samples).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampleWindow {
+    pub points: usize,
+    pub since_ms: Option<u64>,
+}
+
+impl SampleWindow {
+    pub fn spread(points: usize) -> Self {
+        SampleWindow {
+            points,
+            since_ms: None,
+        }
+    }
+}
+
+/// The numbers of the samples a window picks among those kept
+/// (`first..before`), oldest first. `at_ms_of(n)` is sample `n`'s time: the
+/// kept samples are in time order, so the page's start is searched.
+pub fn pick(
+    first: u64,
+    before: u64,
+    window: SampleWindow,
+    at_ms_of: impl Fn(u64) -> u64,
+) -> Vec<u64> {
+    let Some(since) = window.since_ms else {
+        return spread(first, before, window.points);
+    };
+    let (mut lo, mut hi) = (first, before);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if at_ms_of(mid) < since {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo..before.min(lo.saturating_add(window.points as u64))).collect()
+}
+
 pub fn spread(first: u64, before: u64, points: usize) -> Vec<u64> {
     let count = before.saturating_sub(first) as usize;
     let step = count.div_ceil(points.max(1)).max(1);
@@ -418,6 +465,10 @@ pub struct History {
     pub interval_ms: u64,
     /// Samples a process keeps (`memory_status_history`).
     pub capacity: u64,
+    /// Samples answered per ring at most (`HISTORY_POINTS`).
+    pub points_max: u64,
+    /// `history_since=`: the page's start; `None`: spread over all kept.
+    pub since_ms: Option<u64>,
     /// When the configuration was loaded (the start, then each reload).
     pub reloads_at_ms: Vec<u64>,
     pub processes: Vec<ProcessHistory>,
@@ -429,11 +480,48 @@ pub struct History {
 pub struct ProcessHistory {
     pub pid: u32,
     pub started_at_ms: u64,
+    /// Samples the ring holds: more than `samples` when spread or paged.
+    pub kept: u64,
     pub samples: Vec<Sample>,
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_window_spreads_or_pages() {
+        use super::{pick, SampleWindow};
+        // Samples 100..1100 kept, sample n taken at n * 10 ms.
+        let at = |n: u64| n * 10;
+        assert_eq!(pick(100, 1100, SampleWindow::spread(2000), at).len(), 1000);
+        let spread = pick(100, 1100, SampleWindow::spread(10), at);
+        assert_eq!(spread.len(), 10);
+        assert_eq!(*spread.last().unwrap(), 1099, "the newest is always in");
+        let page = |since, points| {
+            pick(
+                100,
+                1100,
+                SampleWindow {
+                    points,
+                    since_ms: Some(since),
+                },
+                at,
+            )
+        };
+        assert_eq!(page(5000, 3), vec![500, 501, 502]);
+        assert_eq!(
+            page(5001, 3),
+            vec![501, 502, 503],
+            "from the first at or after"
+        );
+        assert_eq!(
+            page(0, 2),
+            vec![100, 101],
+            "before the oldest: from the oldest"
+        );
+        assert_eq!(page(10_985, 5), vec![1099], "the last page is short");
+        assert!(page(20_000, 5).is_empty(), "after the newest: nothing");
+    }
+
     #[test]
     fn rings_hold_four_generations_at_least_32() {
         assert_eq!(super::rings_for(0), 32);

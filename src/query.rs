@@ -54,8 +54,12 @@ pub struct Query {
     pub refresh_seconds: Option<u32>,
     /// `lua_objects=1`: count the Lua VMs' GC objects, walking at most this many.
     pub lua_objects_limit: Option<u64>,
-    /// `history=1`: add every process's samples.
+    /// `history=1`: add every process's samples (at most `HISTORY_POINTS`
+    /// per ring, spread over all kept).
     pub history: bool,
+    /// `history_since=MS` (implies `history=1`): the samples from that time
+    /// on, the next `HISTORY_POINTS` of each ring in order.
+    pub history_since_ms: Option<u64>,
 }
 
 /// Objects the census walks at most unless `lua_objects_limit=` says otherwise.
@@ -112,6 +116,7 @@ const ARGUMENTS: &[&str] = &[
     "lua_objects",
     "lua_objects_limit",
     "history",
+    "history_since",
 ];
 
 /// The arguments as given, each at most once, still unchecked.
@@ -124,6 +129,7 @@ struct Raw {
     lua_objects: Option<Vec<u8>>,
     lua_objects_limit: Option<Vec<u8>>,
     history: Option<Vec<u8>>,
+    history_since: Option<Vec<u8>>,
 }
 
 impl Raw {
@@ -145,6 +151,7 @@ impl Raw {
                 b"lua_objects" => (&mut raw.lua_objects, "lua_objects"),
                 b"lua_objects_limit" => (&mut raw.lua_objects_limit, "lua_objects_limit"),
                 b"history" => (&mut raw.history, "history"),
+                b"history_since" => (&mut raw.history_since, "history_since"),
                 _ => return Err(QueryError::Unknown(echo(&name))),
             };
             set_once(slot, name, value)?;
@@ -203,6 +210,14 @@ impl Query {
             flag("history", value)?;
             zone_too("history=1 applies to the whole answer, not to zone=")?;
             query.history = true;
+        }
+        if let Some(value) = &raw.history_since {
+            let since = parse_number::<u64>(value).ok_or_else(|| {
+                bad_value("history_since", value, "a time in milliseconds since 1970")
+            })?;
+            zone_too("history_since= applies to the whole answer, not to zone=")?;
+            query.history = true;
+            query.history_since_ms = Some(since);
         }
         if let Some(value) = &raw.lua_objects_limit {
             let limit = parse_number::<u64>(value)
@@ -392,6 +407,13 @@ mod tests {
         assert!(Query::parse(b"history=1").unwrap().history);
         assert!(Query::parse(b"history=2").is_err());
         assert!(Query::parse(b"history=1&zone=x").is_err());
+        let q = Query::parse(b"history_since=1796322388931").unwrap();
+        assert!(q.history);
+        assert_eq!(q.history_since_ms, Some(1_796_322_388_931));
+        assert!(Query::parse(b"history=1&history_since=5").unwrap().history);
+        assert!(Query::parse(b"history_since=-1").is_err());
+        assert!(Query::parse(b"history_since=x").is_err());
+        assert!(Query::parse(b"history_since=5&zone=x").is_err());
     }
 
     #[test]

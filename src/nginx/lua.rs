@@ -37,8 +37,19 @@ struct LuaJit {
 /// again elsewhere: a LuaJIT no longer where it was found is not called.
 fn luajit() -> Result<&'static LuaJit, String> {
     static LUAJIT: OnceLock<Result<LuaJit, String>> = OnceLock::new();
+    if LUAJIT.get().is_none() {
+        // Looked up while memory ran short, its facts may be cut short: not
+        // kept, looked up again next time.
+        let mark = crate::alloc_guard::failures();
+        let looked_up = find_luajit();
+        if crate::alloc_guard::failures() != mark {
+            return Err(crate::alloc_guard::OUT_OF_MEMORY.into());
+        }
+        let _ = LUAJIT.set(looked_up);
+    }
     let found = LUAJIT
-        .get_or_init(find_luajit)
+        .get()
+        .ok_or_else(|| crate::alloc_guard::OUT_OF_MEMORY.to_string())?
         .as_ref()
         .map_err(Clone::clone)?;
     // SAFETY: dlsym on a NUL-terminated name.

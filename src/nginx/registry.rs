@@ -245,7 +245,8 @@ pub fn ensure_registered() -> Option<RegisteredKind> {
 fn claim_slot(r: &Registry, pid: i32) -> Option<usize> {
     r.slots.iter().position(|s| {
         let owner = s.pid.load(Ordering::Acquire);
-        reclaimable(owner)
+        // Our own pid in a slot not ours: a dead process's, the pid reused.
+        (reclaimable(owner) || owner.saturating_abs() == pid)
             && s.pid
                 .compare_exchange(owner, -pid, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
@@ -350,7 +351,8 @@ pub(super) fn alive(pid: i32) -> bool {
 pub struct RegistryRead {
     pub generation: u64,
     pub master_started_at_ms: u64,
-    /// Every slot whose owner is alive.
+    /// Every slot with an owner (a dead one's until its slot is taken again:
+    /// the process list checks who still runs).
     pub entries: Vec<RegistryEntry>,
     /// No slot free: a process started now would not be listed.
     pub full: bool,
