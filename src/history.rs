@@ -229,7 +229,7 @@ pub fn without_ring(writers: &[u32], with_ring: &[u32]) -> Vec<u32> {
 /// The most samples `?history=1` answers per ring (each process's, the
 /// zones'): an answer's size and its time on the loop stay bounded whatever
 /// `memory_status_history` keeps.
-pub const HISTORY_POINTS: usize = 720;
+pub const HISTORY_POINTS: usize = 360;
 
 /// Which of a ring's samples an answer reads: at most `points`, spread evenly
 /// over all it keeps, or, from `since_ms` on, the next `points` in order (a

@@ -137,11 +137,11 @@ sleep($CAPACITY + 1 - (time - $started)) if time - $started < $CAPACITY + 1;
     like($html, qr{zone filling: used</td><td><svg class="spark"}, 'HTML: the dict over time');
 }
 
-# --- bounded: at most 720 per ring; a page of the raw samples: history_since= ----
+# --- bounded: at most 360 per ring; a page of the raw samples: history_since= ----
 {
     my ($j) = $t->get_json($port, '/memory_status?history=1');
     my $h = $j->{history};
-    is($h->{points_max}, 720, 'points_max: 720 samples per ring at most');
+    is($h->{points_max}, 360, 'points_max: 360 samples per ring at most');
     ok(exists $h->{since_ms} && !defined $h->{since_ms}, 'spread over all kept: since_ms null');
     my $p = $h->{processes}[0];
     is($p->{kept}, $CAPACITY, "kept: the ring holds $CAPACITY");
