@@ -136,13 +136,12 @@ pub fn begin(
     }
     if let Some(read) = &registry {
         processes.extend(read.entries.iter().map(|e| (e.pid, Some(e.clone()))));
-        if let Some(error) = registry_error(read, own_pid) {
-            errors.push(error);
-        }
-        if !read.entries.iter().any(|e| e.pid == own_pid) {
+        let registered = read.entries.iter().any(|e| e.pid == own_pid);
+        if !registered {
             let me = registry::entry_without_slot(read.generation);
             processes.extend(me.map(|e| (e.pid, Some(e))));
         }
+        errors.extend(registry_error(read.full, registered));
     }
     let job = Job {
         depth,
@@ -203,11 +202,11 @@ fn master_pid(errors: &mut Vec<SourceError>) -> Option<u32> {
 }
 
 /// What the answer says when the registry cannot list every process.
-fn registry_error(read: &registry::RegistryRead, own_pid: u32) -> Option<SourceError> {
+fn registry_error(full: bool, registered: bool) -> Option<SourceError> {
     let slots = registry::SLOT_COUNT;
-    let reason = if !read.entries.iter().any(|e| e.pid == own_pid) {
+    let reason = if !registered {
         format!("this process has no registry slot (all {slots} are taken): other processes' answers do not list it")
-    } else if read.full {
+    } else if full {
         format!("the registry is full ({slots} slots): a process started now is not listed until a slot frees")
     } else {
         return None;

@@ -200,7 +200,7 @@ fn record_zones(sample: &ZonesSample, fit_since_ms: u64) {
     let pid = std::process::id() as i32;
     let owner = h.zones_owner.load(Ordering::Acquire);
     if owner != pid {
-        let taken = super::registry::reclaimable(owner)
+        let taken = super::registry::reclaimable(owner, pid)
             && h.zones_owner
                 .compare_exchange(owner, pid, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok();
@@ -349,8 +349,7 @@ pub fn ensure_claimed() {
     let Some(i) = (0..h.rings as usize).find(|&i| {
         let (head, _) = ring(h, i);
         let owner = head.pid.load(Ordering::Acquire);
-        // Our own pid in a ring not ours: a dead process's, the pid reused.
-        (super::registry::reclaimable(owner) || owner.saturating_abs() == pid)
+        super::registry::reclaimable(owner, pid)
             && head
                 .pid
                 .compare_exchange(owner, -pid, Ordering::AcqRel, Ordering::Relaxed)
@@ -570,7 +569,7 @@ pub fn test_mark_rings(writer: i32) {
     for i in 0..h.rings as usize {
         let (head, _) = ring(h, i);
         let owner = head.pid.load(Ordering::Acquire);
-        if owner == own || super::registry::reclaimable(owner) {
+        if super::registry::reclaimable(owner, own) {
             let _ = head
                 .pid
                 .compare_exchange(owner, -writer, Ordering::AcqRel, Ordering::Relaxed);

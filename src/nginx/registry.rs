@@ -245,17 +245,19 @@ pub fn ensure_registered() -> Option<RegisteredKind> {
 fn claim_slot(r: &Registry, pid: i32) -> Option<usize> {
     r.slots.iter().position(|s| {
         let owner = s.pid.load(Ordering::Acquire);
-        // Our own pid in a slot not ours: a dead process's, the pid reused.
-        (reclaimable(owner) || owner.saturating_abs() == pid)
+        reclaimable(owner, pid)
             && s.pid
                 .compare_exchange(owner, -pid, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
     })
 }
 
-/// Whether a slot (or ring) whose pid word reads `owner` may be taken.
-pub(super) fn reclaimable(owner: i32) -> bool {
-    owner == 0 || !alive(owner.saturating_abs())
+/// Whether a slot (or ring) whose pid word reads `owner` may be taken by
+/// `claimer`: free, its owner or writer gone, or the claimer's own pid in a
+/// place not its own (a dead process's, the pid reused).
+pub(super) fn reclaimable(owner: i32, claimer: i32) -> bool {
+    let pid = owner.saturating_abs();
+    owner == 0 || pid == claimer || !alive(pid)
 }
 
 /// Writes who this process is into claimed slot `i`, then its pid.
@@ -398,7 +400,7 @@ pub fn read(now_ms: u64) -> Option<RegistryRead> {
             && !r
                 .slots
                 .iter()
-                .any(|s| reclaimable(s.pid.load(Ordering::Relaxed))),
+                .any(|s| reclaimable(s.pid.load(Ordering::Relaxed), 0)),
     })
 }
 
@@ -431,7 +433,7 @@ pub fn test_die_leaving(what: &[u8]) {
     if writer != 0 {
         for slot in &r.slots {
             let owner = slot.pid.load(Ordering::Acquire);
-            if reclaimable(owner) {
+            if reclaimable(owner, 0) {
                 let _ =
                     slot.pid
                         .compare_exchange(owner, -writer, Ordering::AcqRel, Ordering::Relaxed);
