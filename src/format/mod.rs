@@ -3,6 +3,38 @@
 pub mod html;
 pub mod prometheus;
 
+use crate::query::Format;
+use crate::report::Report;
+
+/// How one answer is rendered: its format and, for the HTML page, its
+/// reload interval. Requests asking the same share one rendering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rendering {
+    pub format: Format,
+    pub refresh_seconds: Option<u32>,
+}
+
+pub const JSON_CONTENT_TYPE: &[u8] = b"application/json";
+
+impl Rendering {
+    pub fn content_type(self) -> &'static [u8] {
+        match self.format {
+            Format::Json => JSON_CONTENT_TYPE,
+            Format::Prometheus => prometheus::CONTENT_TYPE,
+            Format::Html => html::CONTENT_TYPE,
+        }
+    }
+
+    /// The answer's bytes; `None` when memory ran out while rendering.
+    pub fn render(self, report: &Report) -> Option<Vec<u8>> {
+        match self.format {
+            Format::Json => report.to_json(),
+            Format::Prometheus => Some(prometheus::render(report).into_bytes()),
+            Format::Html => Some(html::render(report, self.refresh_seconds).into_bytes()),
+        }
+    }
+}
+
 /// A size for people: `1.5 MiB`; exact bytes go beside it where space allows.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -15,7 +15,10 @@ use super::registry;
 use super::residency::{lua_resident_bytes, resident_pages_of, zones_resident_pages, ZoneRange};
 use super::zones::sample_zones;
 use crate::breakdown::{Breakdown, Depth, Inputs, VirtualSplit};
-use crate::history::{series_name, History, ProcessHistory, ProcessTrends, SampleWindow, Trend};
+use crate::format::Rendering;
+use crate::history::{
+    series_name, History, ProcessHistory, ProcessTrends, Sample, SampleWindow, Trend, ZonesSample,
+};
 use crate::lua::Lua;
 use crate::lua::LuaVmSample;
 use crate::pools::Pools;
@@ -50,6 +53,9 @@ pub struct LoopPart {
     zone_samples: Option<Vec<crate::history::ZonesSample>>,
     /// `history_since=`, for the answer to repeat.
     history_since_ms: Option<u64>,
+    /// When the history zone saw its last reloads.
+    reloads_at_ms: Vec<u64>,
+    nginx: NginxInfo,
     /// What went wrong before the measuring (no thread for it, say).
     errors: Vec<SourceError>,
     /// `alloc_guard::failures()` when the measuring began: a summary measured
@@ -92,13 +98,22 @@ pub struct Measured {
     cgroup: Result<Option<crate::cgroup::CgroupMemory>, String>,
 }
 
-/// The loop's part of an answer at the asked depth (with `lua_objects_limit`,
-/// the Lua census too), and the job that measures the rest.
-pub fn begin(
-    depth: Depth,
-    lua_objects_limit: Option<u64>,
-    history_window: Option<SampleWindow>,
-) -> (LoopPart, Job) {
+/// What one measuring is made for: the depth, the Lua census's bound, the
+/// history samples read. Requests that ask the same may share one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Measuring {
+    pub depth: Depth,
+    pub lua_objects_limit: Option<u64>,
+    pub history_window: Option<SampleWindow>,
+}
+
+/// The loop's part of a measuring, and the job that measures the rest.
+pub fn begin(measuring: Measuring) -> (LoopPart, Job) {
+    let Measuring {
+        depth,
+        lua_objects_limit,
+        history_window,
+    } = measuring;
     let alloc_failures_at_begin = crate::alloc_guard::failures();
     // A slot or ring freed since the last tick is taken now: the answer then
     // says nothing stale about them (cheap when both are held).
@@ -171,6 +186,8 @@ pub fn begin(
         zone_trends: super::history::zone_trends(),
         zone_samples: history_window.map(super::history::zone_samples),
         history_since_ms: history_window.and_then(|w| w.since_ms),
+        reloads_at_ms: super::history::reloads_at_ms(),
+        nginx: nginx_info(),
         errors,
         alloc_failures_at_begin,
     };
@@ -227,13 +244,7 @@ impl Job {
 
     pub fn measure(self) -> Measured {
         #[cfg(feature = "test-panic")]
-        if super::handler::TEST_PANIC_MEASURING.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            panic!("test-panic: while measuring");
-        }
-        #[cfg(feature = "test-panic")]
-        if super::handler::TEST_STALL_MEASURING.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            std::thread::sleep(std::time::Duration::from_secs(4));
-        }
+        super::test_hooks::while_measuring();
         let zone_pages = zones_resident_pages(&self.zones);
         let lua_resident = [0, 1].map(|vm| {
             self.lua_heaps[vm]
@@ -302,8 +313,76 @@ impl Job {
     }
 }
 
-/// The answer, from the loop's part and what was measured.
-pub fn finish(part: LoopPart, measured: Measured) -> Report {
+/// What the measuring thread hands back to the loop: the bytes of each asked
+/// rendering, and this worker's summary for the loop to publish (the
+/// registry and rings are reached through the running cycle, on the loop
+/// only). Nothing when an allocation failed on the way: what was measured
+/// may be cut short.
+pub struct Finished {
+    pub summary: Option<Published>,
+    /// The timer's: its next sample and the zones', for this worker's ring.
+    pub samples: Option<(Sample, ZonesSample)>,
+    /// One per rendering asked, in order.
+    pub bodies: Vec<Vec<u8>>,
+}
+
+impl Finished {
+    const FAILED: Finished = Finished {
+        summary: None,
+        samples: None,
+        bodies: Vec::new(),
+    };
+}
+
+/// An answer's whole work off the loop: measured, assembled, and rendered
+/// once per asked rendering. `Finished::bodies` is empty when memory ran out.
+pub fn answer_work(part: LoopPart, job: Job, renderings: &[Rendering]) -> Finished {
+    let mark = part.alloc_failures_at_begin;
+    let failed = || crate::alloc_guard::failures() != mark;
+    let measured = job.measure();
+    if failed() {
+        return Finished::FAILED;
+    }
+    let (report, summary) = finish(part, measured);
+    let mut bodies = Vec::new();
+    for rendering in renderings {
+        match rendering.render(&report) {
+            Some(body) if !failed() => bodies.push(body),
+            _ => return Finished::FAILED,
+        }
+    }
+    Finished {
+        summary: Some(summary),
+        samples: None,
+        bodies,
+    }
+}
+
+/// The timer's work off the loop: this worker's summary and its next history
+/// samples, nothing rendered.
+pub fn summary_work(part: LoopPart, job: Job) -> Finished {
+    let mark = part.alloc_failures_at_begin;
+    let measured = job.measure();
+    if crate::alloc_guard::failures() != mark {
+        return Finished::FAILED;
+    }
+    let (report, summary) = finish(part, measured);
+    let sample = Sample::of(&summary, report.process.resident_bytes.unwrap_or(0));
+    let zones = ZonesSample::of(report.collected_at_ms, &report.zones);
+    if crate::alloc_guard::failures() != mark {
+        return Finished::FAILED;
+    }
+    Finished {
+        summary: Some(summary),
+        samples: Some((sample, zones)),
+        bodies: Vec::new(),
+    }
+}
+
+/// The answer, from the loop's part and what was measured, and this worker's
+/// summary as the answer lists it. Runs on any thread: touches nothing of
+/// nginx's.
+fn finish(part: LoopPart, measured: Measured) -> (Report, Published) {
     let LoopPart {
         depth,
         mut zones,
@@ -318,8 +397,10 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         zone_trends,
         zone_samples,
         history_since_ms,
+        reloads_at_ms,
+        nginx,
         mut errors,
-        alloc_failures_at_begin,
+        alloc_failures_at_begin: _,
     } = part;
     for (zone, (pages, age_ms)) in zones.iter_mut().zip(measured.zone_pages) {
         zone.resident_pages = pages;
@@ -370,7 +451,7 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
     let now = now_ms();
     let mut report = Report {
         schema: SCHEMA_VERSION,
-        nginx: nginx_info(),
+        nginx,
         collected_at_ms: now,
         virtual_split: VirtualSplit::from_process(&process),
         process,
@@ -394,9 +475,6 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         Some(walk) => walk.others = server::others_pss(&samples),
         None => mine.pss = own_walk,
     }
-    if crate::alloc_guard::failures() == alloc_failures_at_begin {
-        registry::publish(&mine);
-    }
     for s in &mut samples {
         if let Some(e) = s.entry.as_mut().filter(|e| e.pid == report.nginx.pid) {
             e.published = Some(mine.clone());
@@ -407,7 +485,7 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
     report.processes = processes;
     report.server = server;
     if let Some((rings, capacity)) = rings {
-        let window = (capacity, interval_ms, history_since_ms);
+        let window = (capacity, interval_ms, history_since_ms, reloads_at_ms);
         let (trends, mut history) = history_of(&report, rings, window, &mut errors);
         report.trends = trends;
         if let (Some(h), Some(samples)) = (&mut history, zone_samples) {
@@ -426,16 +504,16 @@ pub fn finish(part: LoopPart, measured: Measured) -> Report {
         &mut errors,
     );
     report.errors = errors;
-    report
+    (report, mine)
 }
 
 /// The trends of every listed process, and its samples where they were read.
-/// `(capacity, interval_ms, since_ms)`: the rings' length and spacing, and
-/// the page asked for.
+/// `(capacity, interval_ms, since_ms, reloads_at_ms)`: the rings' length and
+/// spacing, the page asked for, and the last reloads.
 fn history_of(
     report: &Report,
     rings: Vec<super::history::RingView>,
-    (capacity, interval_ms, since_ms): (usize, u64, Option<u64>),
+    (capacity, interval_ms, since_ms, reloads_at_ms): (usize, u64, Option<u64>, Vec<u64>),
     errors: &mut Vec<SourceError>,
 ) -> (Vec<ProcessTrends>, Option<History>) {
     // Only this configuration's processes: an older generation's may keep
@@ -492,7 +570,7 @@ fn history_of(
         capacity: capacity as u64,
         points_max: crate::history::HISTORY_POINTS as u64,
         since_ms,
-        reloads_at_ms: super::history::reloads_at_ms(),
+        reloads_at_ms,
         processes: samples,
         zones: Vec::new(),
     });

@@ -402,13 +402,11 @@ fn my_ring() -> Option<(&'static RingHead, &'static [AtomicU64], usize)> {
     ))
 }
 
-/// The timer's summary, as this process's next sample.
-pub fn record_report(r: &crate::report::Report) {
-    let published = crate::server::Published::from_report(r, r.collected_at_ms);
-    let sample = Sample::of(&published, r.process.resident_bytes.unwrap_or(0));
+/// The timer's summary, as this process's next sample (and the zones').
+pub fn record_summary(sample: &Sample, zones: &ZonesSample) {
     let since = reloads_at_ms().last().copied().unwrap_or(0);
-    record(&sample, since);
-    record_zones(&ZonesSample::of(r.collected_at_ms, &r.zones), since);
+    record(sample, since);
+    record_zones(zones, since);
 }
 
 /// Appends a sample to this process's ring, then fits and writes its trends.

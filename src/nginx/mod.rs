@@ -13,6 +13,9 @@ mod publish;
 mod registry;
 mod request_bits;
 mod residency;
+mod respond;
+#[cfg(feature = "test-panic")]
+mod test_hooks;
 mod zones;
 
 use std::ffi::{c_char, c_void};

@@ -1,14 +1,21 @@
-//! Measures off the event loop. The part of an answer that grows with the
-//! worker's size (`/proc` reads, `mincore`, pagemap, smaps) runs on a thread of
-//! the module's own while the worker goes on serving; the request waits, and
-//! is answered on the loop when the thread is done.
+//! Measures off the event loop. What grows with the worker's size (`/proc`
+//! reads, `mincore`, pagemap, smaps), the assembly of the report and its
+//! rendering into bytes run on a thread of the module's own while the worker
+//! goes on serving; the loop copies nginx's structures before, and publishes
+//! and sends after.
 //!
-//! The thread touches no nginx structure: it gets a `collect::Job` (addresses
-//! and lengths) and returns `collect::Measured`. It tells the loop through an
-//! eventfd that nginx watches like any connection (one connection slot per
-//! worker, marked as a channel so a graceful exit does not wait for it or
-//! complain about it). The only lock is the module's own queue mutex, held for
-//! a push or a pop, never while measuring.
+//! Requests share measurings: while one runs, the requests that arrive wait
+//! for the next, which begins (on the loop, after all of them arrived) when
+//! the running one ends, and serves all those asking the same measuring,
+//! rendered once per distinct rendering. A flood costs one measuring at a
+//! time per worker.
+//!
+//! The thread touches no nginx structure: it gets plain data and returns
+//! `collect::Finished`. It tells the loop through an eventfd that nginx
+//! watches like any connection (one connection slot per worker, marked as a
+//! channel so a graceful exit does not wait for it or complain about it). The
+//! only lock is the module's own queue mutex, held for a push or a pop, never
+//! while measuring.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -22,45 +29,82 @@ use std::time::{Duration, Instant};
 use ngx::ffi::{
     ngx_add_timer, ngx_connection_t, ngx_cycle, ngx_del_timer, ngx_event_t, ngx_free_connection,
     ngx_get_connection, ngx_handle_read_event, ngx_http_finalize_request, ngx_http_request_t,
-    ngx_http_run_posted_requests, ngx_int_t, ngx_log_t, ngx_msec_t, ngx_pool_cleanup_add,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT, NGX_OK,
+    ngx_http_run_posted_requests, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_OK, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT,
+    NGX_OK,
 };
 use ngx::ngx_log_error;
 
-use super::collect::{Job, LoopPart, Measured};
-use super::request_bits;
+use super::collect::{self, Finished, Measuring};
+use super::{registry, request_bits, respond};
+use crate::alloc_guard;
+use crate::format::Rendering;
 use crate::panic_guard::run_guarded;
 use crate::source_error::SourceError;
 
-/// What the loop does with a measured answer: sends it, returns the status for
-/// `ngx_http_finalize_request`.
-pub type Complete = Box<dyn FnOnce(&mut ngx_http_request_t, LoopPart, Measured) -> ngx_int_t>;
+/// What a request asks for: the measuring it needs and its rendering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    pub measuring: Measuring,
+    pub rendering: Rendering,
+}
+
+/// What the thread runs: a measuring's whole work.
+pub type Work = Box<dyn FnOnce() -> Finished + Send>;
+
+/// What the loop does with a measuring done for no request (a worker's own
+/// summary, published on a timer).
+pub type Background = Box<dyn FnOnce(Finished)>;
 
 /// The waiting request; null once nginx freed it.
 type RequestCell = Cell<*mut ngx_http_request_t>;
 
 struct Waiting {
-    id: u64,
     request: Rc<RequestCell>,
-    part: LoopPart,
-    complete: Complete,
-    since: std::time::Instant,
+    ask: Ask,
+    since: Instant,
+}
+
+/// A measuring running for requests: each request with the index of its
+/// rendering among `renderings`.
+struct Running {
+    id: u64,
+    renderings: Vec<Rendering>,
+    requests: Vec<(Waiting, usize)>,
+    /// `alloc_guard::failures()` as it began.
+    mark: u64,
+}
+
+struct BackgroundJob {
+    id: u64,
+    done: Background,
+    since: Instant,
+}
+
+/// Loop thread only.
+#[derive(Default)]
+struct Answers {
+    last_id: u64,
+    running: Option<Running>,
+    /// Requests that arrived while a measuring ran.
+    pending: Vec<Waiting>,
+    background: Vec<BackgroundJob>,
 }
 
 /// How long a request waits for its measuring at most: past it, it is answered
 /// 503 and the measuring's result, if it ever comes, is dropped. Measuring takes
 /// milliseconds; this bounds the wait should the thread ever stall.
 #[cfg(not(feature = "test-panic"))]
-const MEASURING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const MEASURING_TIMEOUT: Duration = Duration::from_secs(10);
 /// The test-only build waits 2 s, so t/10 can prove the bound quickly.
 #[cfg(feature = "test-panic")]
-const MEASURING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const MEASURING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Between the loop and the thread.
 struct Queue {
-    jobs: VecDeque<(u64, Job)>,
+    jobs: VecDeque<(u64, Work)>,
     /// `None`: the measuring panicked (the thread goes on).
-    done: Vec<(u64, Option<Measured>)>,
+    done: Vec<(u64, Option<Finished>)>,
 }
 
 static QUEUE: Mutex<Queue> = Mutex::new(Queue {
@@ -80,22 +124,8 @@ static THREAD_IN: AtomicU32 = AtomicU32::new(0);
 static WAKE_EVENT: AtomicPtr<ngx_event_t> = AtomicPtr::new(ptr::null_mut());
 const WAITING_TIMER_MS: ngx_msec_t = 1000;
 
-/// What the loop does with a measuring done for no request (a worker's own
-/// summary, published on a timer).
-pub type Background = Box<dyn FnOnce(LoopPart, Measured)>;
-
-struct BackgroundJob {
-    id: u64,
-    part: LoopPart,
-    done: Background,
-    since: std::time::Instant,
-}
-
 thread_local! {
-    /// Requests waiting, on the loop's thread only.
-    static WAITING: RefCell<(u64, Vec<Waiting>)> = const { RefCell::new((0, Vec::new())) };
-    /// Measurings for no request, on the loop's thread only.
-    static BACKGROUND: RefCell<Vec<BackgroundJob>> = const { RefCell::new(Vec::new()) };
+    static ANSWERS: RefCell<Answers> = RefCell::new(Answers::default());
 }
 
 fn queue() -> MutexGuard<'static, Queue> {
@@ -104,49 +134,45 @@ fn queue() -> MutexGuard<'static, Queue> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// An answer to be measured: the loop's part, the thread's job, and what the
-/// loop does with the result.
-pub struct Answer {
-    pub part: LoopPart,
-    pub job: Job,
-    pub complete: Complete,
+fn next_id() -> u64 {
+    ANSWERS.with(|a| {
+        let mut a = a.borrow_mut();
+        a.last_id += 1;
+        a.last_id
+    })
 }
 
-impl Answer {
-    /// Measures and answers here, on the loop.
-    pub fn now(self, r: &mut ngx_http_request_t) -> ngx_int_t {
-        (self.complete)(r, self.part, self.job.measure())
+fn push_work(id: u64, work: Work) {
+    queue().jobs.push_back((id, work));
+    WORK.notify_one();
+}
+
+/// Without the thread: measured, assembled and rendered here, on the loop,
+/// with `error` (why not off it) in the answer's `errors`.
+pub fn answer_now(r: &mut ngx_http_request_t, ask: Ask, error: Option<SourceError>) -> ngx_int_t {
+    let mark = alloc_guard::failures();
+    let (mut part, job) = collect::begin(ask.measuring);
+    if let Some(error) = error {
+        part.add_error(error);
     }
+    let finished = collect::answer_work(part, job, &[ask.rendering]);
+    publish(&finished, mark);
+    respond_with(r, &finished, 0, ask.rendering, mark)
 }
 
-/// Hands the answer's job to the thread; its `complete` runs on the loop with
-/// the result. The request is kept alive until then (`count` raised; the
-/// caller returns `NGX_DONE`). `Err` gives the answer back when the thread
-/// cannot be had: the caller then answers `now`.
-pub fn submit(r: &mut ngx_http_request_t, answer: Answer) -> Result<(), Box<Answer>> {
-    let Answer {
-        part,
-        job,
-        complete,
-    } = answer;
+/// The request waits for a measuring on the thread (its own, or the next one
+/// when one runs); it is answered on the loop when that is done. It is kept
+/// alive until then (`count` raised; the caller returns `NGX_DONE`). `Err`
+/// when the thread cannot be had: the caller then answers `answer_now`, with
+/// the error if there is one to say.
+pub fn submit(r: &mut ngx_http_request_t, ask: Ask) -> Result<(), Option<SourceError>> {
     if let Err(failed) = ensure_started() {
         let message = format!("measuring on the event loop: {}", failed.reason);
         if failed.log {
             log_alert(r, &format!("memory_status: {message}"));
         }
-        let mut part = part;
-        part.add_error(SourceError::new("measuring", message));
-        return Err(Box::new(Answer {
-            part,
-            job,
-            complete,
-        }));
+        return Err(Some(SourceError::new("measuring", message)));
     }
-    let id = WAITING.with(|w| {
-        let mut w = w.borrow_mut();
-        w.0 += 1;
-        w.0
-    });
     // Whoever frees the request (a terminated subrequest's parent, the
     // shutdown timer, a client gone) destroys its pool (a subrequest's is its
     // main request's): the cleanup clears the shared cell, so the measuring's
@@ -155,11 +181,7 @@ pub fn submit(r: &mut ngx_http_request_t, answer: Answer) -> Result<(), Box<Answ
     // SAFETY: a live request's pool; a cleanup without data of its own.
     let cleanup = unsafe { ngx_pool_cleanup_add(r.pool, 0) };
     if cleanup.is_null() {
-        return Err(Box::new(Answer {
-            part,
-            job,
-            complete,
-        }));
+        return Err(None);
     }
     // SAFETY: the cleanup nginx just made; it runs once, when the pool is
     // destroyed, and takes back the reference given to it here.
@@ -167,20 +189,17 @@ pub fn submit(r: &mut ngx_http_request_t, answer: Answer) -> Result<(), Box<Answ
         (*cleanup).data = Rc::into_raw(Rc::clone(&request)).cast_mut().cast();
         (*cleanup).handler = Some(forget_request);
     }
-    WAITING.with(|w| {
-        w.borrow_mut().1.push(Waiting {
-            id,
+    ANSWERS.with(|a| {
+        a.borrow_mut().pending.push(Waiting {
             request,
-            part,
-            complete,
-            since: std::time::Instant::now(),
+            ask,
+            since: Instant::now(),
         })
     });
-    queue().jobs.push_back((id, job));
-    WORK.notify_one();
-    keep_worker_while_waiting();
     // SAFETY: `r` is a live request; the C side raises its main request's count.
     unsafe { request_bits::ngx_memory_status_main_count_inc(r) };
+    begin_next();
+    keep_worker_while_waiting();
     Ok(())
 }
 
@@ -196,50 +215,95 @@ extern "C" fn forget_request(data: *mut c_void) {
     keep_worker_while_waiting();
 }
 
+/// Unless a measuring runs for requests: begins one, on the loop, for the
+/// pending requests that ask the same measuring as the first of them.
+fn begin_next() {
+    let batch = ANSWERS.with(|a| {
+        let mut a = a.try_borrow_mut().ok()?;
+        if a.running.is_some() {
+            return None;
+        }
+        a.pending.retain(|w| !w.request.get().is_null());
+        let measuring = a.pending.first()?.ask.measuring;
+        let (same, rest): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut a.pending)
+            .into_iter()
+            .partition(|w| w.ask.measuring == measuring);
+        a.pending = rest;
+        Some((measuring, same))
+    });
+    let Some((measuring, same)) = batch else {
+        return;
+    };
+    let mut renderings: Vec<Rendering> = Vec::new();
+    let requests = same
+        .into_iter()
+        .map(|w| {
+            let at = renderings.iter().position(|&x| x == w.ask.rendering);
+            let at = at.unwrap_or_else(|| {
+                renderings.push(w.ask.rendering);
+                renderings.len() - 1
+            });
+            (w, at)
+        })
+        .collect();
+    let id = next_id();
+    let mark = alloc_guard::failures();
+    let asked = renderings.clone();
+    match run_guarded(|| collect::begin(measuring)) {
+        Ok((part, job)) => push_work(
+            id,
+            Box::new(move || collect::answer_work(part, job, &asked)),
+        ),
+        Err(message) => {
+            // Answered as a failed measuring, on the loop's next turn.
+            // SAFETY: the cycle's log lives as long as the cycle.
+            let log = unsafe { (*ngx_cycle).log };
+            ngx_log_error!(NGX_LOG_ALERT, log, "memory_status: panic: {message}");
+            queue().done.push((id, None));
+            wake();
+        }
+    }
+    ANSWERS.with(|a| {
+        a.borrow_mut().running = Some(Running {
+            id,
+            renderings,
+            requests,
+            mark,
+        })
+    });
+}
+
 /// Hands a measuring for no request to the thread; `done` runs on the loop
 /// with the result. It keeps no worker alive: a worker that exits first drops
 /// it. `Err` gives it back when the thread cannot be had.
-pub fn submit_background(
-    part: LoopPart,
-    job: Job,
-    done: Background,
-) -> Result<(), Box<(LoopPart, Job, Background)>> {
+pub fn submit_background(work: Work, done: Background) -> Result<(), Box<(Work, Background)>> {
     if ensure_started().is_err() {
-        return Err(Box::new((part, job, done)));
+        return Err(Box::new((work, done)));
     }
-    let id = WAITING.with(|w| {
-        let mut w = w.borrow_mut();
-        w.0 += 1;
-        w.0
-    });
-    BACKGROUND.with(|b| {
-        b.borrow_mut().push(BackgroundJob {
+    let id = next_id();
+    ANSWERS.with(|a| {
+        a.borrow_mut().background.push(BackgroundJob {
             id,
-            part,
             done,
-            since: std::time::Instant::now(),
+            since: Instant::now(),
         })
     });
-    queue().jobs.push_back((id, job));
-    WORK.notify_one();
+    push_work(id, work);
     Ok(())
 }
 
 /// Runs a finished background job's `done`, if it is one of them.
-fn finish_background(id: u64, measured: &mut Option<Measured>) -> bool {
-    let job = BACKGROUND.with(|b| {
-        let mut b = b.borrow_mut();
-        let at = b.iter().position(|x| x.id == id)?;
-        Some(b.swap_remove(at))
+fn finish_background(id: u64, finished: &mut Option<Finished>) -> bool {
+    let job = ANSWERS.with(|a| {
+        let mut a = a.borrow_mut();
+        let at = a.background.iter().position(|x| x.id == id)?;
+        Some(a.background.swap_remove(at))
     });
     let Some(job) = job else {
         return false;
     };
-    let failed = match measured.take() {
-        Some(measured) => {
-            let BackgroundJob { part, done, .. } = job;
-            run_guarded(|| done(part, measured)).err()
-        }
+    let failed = match finished.take() {
+        Some(finished) => run_guarded(|| (job.done)(finished)).err(),
         None => Some("while measuring".to_string()),
     };
     if let Some(message) = failed {
@@ -250,25 +314,82 @@ fn finish_background(id: u64, measured: &mut Option<Measured>) -> bool {
     true
 }
 
-thread_local! {
-    /// Loop thread only: when an out-of-memory alert was last logged.
-    static OUT_OF_MEMORY_ALERTED: Cell<Option<Instant>> = const { Cell::new(None) };
+/// This worker's summary, into the registry for the others' answers, unless
+/// an allocation failed since the measuring began.
+pub fn publish(finished: &Finished, mark: u64) {
+    if let Some(summary) = &finished.summary {
+        if alloc_guard::failures() == mark {
+            registry::publish(summary);
+        }
+    }
 }
 
-/// An [alert] for a measuring given up for memory, at most once a minute: a
-/// server short of memory must not fill its disk with our complaints too.
-pub fn log_out_of_memory(log: *mut ngx_log_t, what: &str) {
-    let now = Instant::now();
-    let last = OUT_OF_MEMORY_ALERTED.with(Cell::get);
-    if last.is_some_and(|at| now.duration_since(at) < ALERT_EVERY) {
-        return;
+/// Sends the `at`th rendering of a finished measuring.
+fn respond_with(
+    r: &mut ngx_http_request_t,
+    finished: &Finished,
+    at: usize,
+    rendering: Rendering,
+    mark: u64,
+) -> ngx_int_t {
+    #[cfg(feature = "test-panic")]
+    super::test_hooks::while_answering();
+    match finished.bodies.get(at) {
+        Some(body) if alloc_guard::failures() == mark => {
+            respond::send(r, NGX_HTTP_OK as usize, rendering.content_type(), body)
+        }
+        _ => respond::out_of_memory(r),
     }
-    OUT_OF_MEMORY_ALERTED.with(|c| c.set(Some(now)));
-    ngx_log_error!(
-        NGX_LOG_ALERT,
-        log,
-        "memory_status: out of memory while measuring, {what} (said at most once a minute)"
-    );
+}
+
+/// Answers every request of a measuring that ended (`None`: it panicked).
+fn answer_running(running: Running, finished: Option<Finished>) {
+    let Running {
+        renderings,
+        requests,
+        mark,
+        ..
+    } = running;
+    if let Some(finished) = &finished {
+        publish(finished, mark);
+    }
+    for (waiting, at) in requests {
+        // SAFETY: not freed (its pool's cleanup would have cleared the cell),
+        // and kept from finishing by the raised count.
+        let Some(r) = (unsafe { waiting.request.get().as_mut() }) else {
+            continue;
+        };
+        let request: *mut ngx_http_request_t = r;
+        let rc = match &finished {
+            // SAFETY: the same live request, used by one closure at a time.
+            Some(finished) => match run_guarded(|| {
+                respond_with(unsafe { &mut *request }, finished, at, renderings[at], mark)
+            }) {
+                Ok(rc) => rc,
+                Err(message) => {
+                    log_alert(r, &format!("memory_status: panic: {message}"));
+                    NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+                }
+            },
+            None => {
+                log_alert(r, "memory_status: panic while measuring");
+                NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+            }
+        };
+        finalize(r, rc);
+    }
+}
+
+/// Ends what the handler left open with NGX_DONE (count raised), then runs
+/// what that posted (a parent waiting on this subrequest), as nginx's own
+/// event handlers do after a request's work.
+fn finalize(r: &mut ngx_http_request_t, rc: ngx_int_t) {
+    // SAFETY: a live request whose count this module raised.
+    unsafe {
+        let c = r.connection;
+        ngx_http_finalize_request(r, rc);
+        ngx_http_run_posted_requests(c);
+    }
 }
 
 fn log_alert(r: &ngx_http_request_t, message: &str) {
@@ -413,7 +534,7 @@ fn open_channel() -> Result<(), String> {
 
 fn measure_forever() {
     loop {
-        let (id, job) = {
+        let (id, work) = {
             let mut q = queue();
             loop {
                 if let Some(next) = q.jobs.pop_front() {
@@ -424,29 +545,37 @@ fn measure_forever() {
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
         };
-        let measured =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.measure())).ok();
-        queue().done.push((id, measured));
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes to the eventfd; a full counter (EAGAIN) still
-        // leaves the loop woken.
-        unsafe {
-            libc::write(
-                WAKE_FD.load(Ordering::Relaxed),
-                (&one as *const u64).cast::<c_void>(),
-                8,
-            );
-        }
+        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).ok();
+        queue().done.push((id, finished));
+        wake();
+    }
+}
+
+/// Wakes the loop: its `on_wake` runs at its next turn.
+fn wake() {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes to the eventfd; a full counter (EAGAIN) still
+    // leaves the loop woken.
+    unsafe {
+        libc::write(
+            WAKE_FD.load(Ordering::Relaxed),
+            (&one as *const u64).cast::<c_void>(),
+            8,
+        );
     }
 }
 
 /// A timer on the wake-up event while any request waits, none otherwise.
 /// Requests nginx freed meanwhile are forgotten first: they keep no worker.
 fn keep_worker_while_waiting() {
-    let waiting = WAITING.with(|w| match w.try_borrow_mut() {
-        Ok(mut w) => {
-            w.1.retain(|x| !x.request.get().is_null());
-            !w.1.is_empty()
+    let waiting = ANSWERS.with(|a| match a.try_borrow_mut() {
+        Ok(mut a) => {
+            let a = &mut *a;
+            a.pending.retain(|w| !w.request.get().is_null());
+            if let Some(running) = &mut a.running {
+                running.requests.retain(|(w, _)| !w.request.get().is_null());
+            }
+            !a.pending.is_empty() || a.running.as_ref().is_some_and(|r| !r.requests.is_empty())
         }
         // Not reached (no borrow is held across a call into nginx); keeping
         // the timer is the safe side.
@@ -468,7 +597,7 @@ fn keep_worker_while_waiting() {
 }
 
 /// On the loop: answers every request whose measuring is done (woken by the
-/// thread, or by the waiting timer).
+/// thread, or by the waiting timer), and begins the next measuring.
 extern "C" fn on_wake(ev: *mut ngx_event_t) {
     // SAFETY: nginx calls the handler with the event set up in ensure_started.
     unsafe {
@@ -483,72 +612,50 @@ extern "C" fn on_wake(ev: *mut ngx_event_t) {
         (*ev).set_ready(0);
     }
     let done = std::mem::take(&mut queue().done);
-    for (id, mut measured) in done {
-        if finish_background(id, &mut measured) {
+    for (id, mut finished) in done {
+        if finish_background(id, &mut finished) {
             continue;
         }
-        let waiting = WAITING.with(|w| {
-            let mut w = w.borrow_mut();
-            let at = w.1.iter().position(|x| x.id == id)?;
-            Some(w.1.swap_remove(at))
+        let running = ANSWERS.with(|a| {
+            let mut a = a.borrow_mut();
+            match &a.running {
+                Some(running) if running.id == id => a.running.take(),
+                _ => None,
+            }
         });
-        let Some(waiting) = waiting else {
-            continue;
-        };
-        // SAFETY: not freed (its pool's cleanup would have cleared the cell),
-        // and kept from finishing by the raised count.
-        let Some(r) = (unsafe { waiting.request.get().as_mut() }) else {
-            continue;
-        };
-        let rc = match measured {
-            Some(measured) => {
-                let complete = waiting.complete;
-                let part = waiting.part;
-                let request: *mut ngx_http_request_t = r;
-                // SAFETY: the same live request, used by one closure at a time.
-                match run_guarded(|| complete(unsafe { &mut *request }, part, measured)) {
-                    Ok(rc) => rc,
-                    Err(message) => {
-                        log_alert(r, &format!("memory_status: panic: {message}"));
-                        NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
-                    }
-                }
-            }
-            None => {
-                log_alert(r, "memory_status: panic while measuring");
-                NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
-            }
-        };
-        // SAFETY: ends what the handler left open with NGX_DONE (count raised),
-        // then runs what that posted (a parent waiting on this subrequest), as
-        // nginx's own event handlers do after a request's work.
-        unsafe {
-            let c = r.connection;
-            ngx_http_finalize_request(r, rc);
-            ngx_http_run_posted_requests(c);
+        if let Some(running) = running {
+            answer_running(running, finished);
         }
     }
     answer_overdue();
+    begin_next();
     keep_worker_while_waiting();
 }
 
-/// Answers 503 to every request that waited longer than `MEASURING_TIMEOUT`,
-/// and forgets background jobs as late.
+/// Answers 503 to every request that waited longer than `MEASURING_TIMEOUT`
+/// (for its measuring, or for one to begin), and forgets background jobs as
+/// late.
 fn answer_overdue() {
-    BACKGROUND.with(|b| {
-        b.borrow_mut()
-            .retain(|x| x.since.elapsed() < MEASURING_TIMEOUT)
-    });
-    let overdue: Vec<Waiting> = WAITING.with(|w| {
-        let mut w = w.borrow_mut();
-        let (late, waiting) = std::mem::take(&mut w.1)
-            .into_iter()
-            .partition(|x: &Waiting| x.since.elapsed() >= MEASURING_TIMEOUT);
-        w.1 = waiting;
-        late
+    let late = |w: &Waiting| w.since.elapsed() >= MEASURING_TIMEOUT;
+    let overdue: Vec<Waiting> = ANSWERS.with(|a| {
+        let mut a = a.borrow_mut();
+        let a = &mut *a;
+        a.background
+            .retain(|x| x.since.elapsed() < MEASURING_TIMEOUT);
+        let (mut overdue, pending): (Vec<Waiting>, Vec<Waiting>) =
+            std::mem::take(&mut a.pending).into_iter().partition(late);
+        a.pending = pending;
+        if let Some(running) = &mut a.running {
+            let (gone, kept) = std::mem::take(&mut running.requests)
+                .into_iter()
+                .partition(|(w, _)| late(w));
+            running.requests = kept;
+            overdue.extend(gone.into_iter().map(|(w, _): (Waiting, usize)| w));
+        }
+        overdue
     });
     for waiting in overdue {
-        // SAFETY: as in on_wake.
+        // SAFETY: as in answer_running.
         let Some(r) = (unsafe { waiting.request.get().as_mut() }) else {
             continue;
         };
@@ -559,11 +666,6 @@ fn answer_overdue() {
                 MEASURING_TIMEOUT.as_secs()
             ),
         );
-        // SAFETY: as in on_wake.
-        unsafe {
-            let c = r.connection;
-            ngx_http_finalize_request(r, NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
-            ngx_http_run_posted_requests(c);
-        }
+        finalize(r, NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
     }
 }

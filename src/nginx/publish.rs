@@ -11,7 +11,6 @@ use ngx::ffi::{ngx_add_timer, ngx_cycle_t, ngx_event_t, ngx_msec_t};
 
 use super::collect;
 use super::offloop;
-use crate::breakdown::Depth;
 
 pub const DEFAULT_INTERVAL_MS: u64 = 10_000;
 /// The smallest interval the directive takes.
@@ -56,25 +55,26 @@ extern "C" fn on_timer(ev: *mut ngx_event_t) {
             return out_of_memory();
         }
         let mark = crate::alloc_guard::failures();
-        let (part, job) = collect::begin(Depth::Default, None, None);
+        let (part, job) = collect::begin(collect::Measuring::default());
         let job = job.for_summary();
-        // `finish` publishes the summary; the timer's adds it to the history.
-        // A failed allocation meanwhile may have cut a list short: nothing of
-        // it is published.
-        let done: offloop::Background = Box::new(move |part, measured| {
+        // The thread measures and assembles the summary; the loop publishes
+        // it and adds it to the history. A failed allocation meanwhile may
+        // have cut a list short: nothing of it is kept.
+        let work: offloop::Work = Box::new(move || collect::summary_work(part, job));
+        let done: offloop::Background = Box::new(move |finished| {
+            let (Some(_), Some((sample, zones))) = (&finished.summary, &finished.samples) else {
+                return out_of_memory();
+            };
             if crate::alloc_guard::failures() != mark {
                 return out_of_memory();
             }
-            let report = collect::finish(part, measured);
-            if crate::alloc_guard::failures() != mark {
-                return out_of_memory();
-            }
-            super::history::record_report(&report)
+            offloop::publish(&finished, mark);
+            super::history::record_summary(sample, zones);
         });
-        if let Err(back) = offloop::submit_background(part, job, done) {
+        if let Err(back) = offloop::submit_background(work, done) {
             // No thread: measured here, as an answer would be.
-            let (part, job, done) = *back;
-            done(part, job.measure());
+            let (work, done) = *back;
+            done(work());
         }
     });
 }
@@ -82,5 +82,5 @@ extern "C" fn on_timer(ev: *mut ngx_event_t) {
 fn out_of_memory() {
     // SAFETY: the running cycle's log lives as long as the cycle.
     let log = unsafe { (*ngx::ffi::ngx_cycle).log };
-    offloop::log_out_of_memory(log, "the summary skipped");
+    super::respond::log_out_of_memory(log, "the summary skipped");
 }
