@@ -24,6 +24,7 @@ mod procfs;
 mod query;
 mod report;
 mod server;
+mod shm;
 mod source_error;
 mod zones;
 

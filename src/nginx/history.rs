@@ -15,6 +15,8 @@ use ngx::ffi::{
 use crate::history::{
     Fit, Sample, SampleWindow, ZonesSample, SAMPLE_WORDS, ZONES_MAX, ZONES_SAMPLE_WORDS,
 };
+use crate::shm::ring::Ring;
+use crate::shm::{claim, seqlock};
 
 pub const ZONE_NAME: &str = crate::zones::HISTORY_ZONE;
 /// Reload times kept (the last ones).
@@ -164,8 +166,8 @@ fn header() -> Option<&'static Header> {
     unsafe { super::zones::own_zone::<Header>(ZONE_NAME) }.filter(|h| h.magic == MAGIC)
 }
 
-/// Ring `i`'s head and its samples' words.
-fn ring(h: &'static Header, i: usize) -> (&'static RingHead, &'static [AtomicU64]) {
+/// Ring `i`'s head and its samples.
+fn ring(h: &'static Header, i: usize) -> (&'static RingHead, Ring<'static>) {
     let capacity = h.capacity as usize;
     // SAFETY: `i < h.rings`; the rings follow the header, each `ring_bytes`
     // long, inside the allocation `init_zone` made; every field is atomic.
@@ -178,151 +180,107 @@ fn ring(h: &'static Header, i: usize) -> (&'static RingHead, &'static [AtomicU64
                 .cast::<AtomicU64>(),
             capacity * SAMPLE_WORDS,
         );
-        (head, words)
+        (
+            head,
+            Ring::new(&head.written, &head.writing, words, SAMPLE_WORDS),
+        )
     }
 }
 
-/// The zones' ring: its samples' words, after the processes' rings.
-fn zones_ring(h: &'static Header) -> &'static [AtomicU64] {
+/// The zones' ring, after the processes' rings.
+fn zones_ring(h: &'static Header) -> Ring<'static> {
     let capacity = h.capacity as usize;
     // SAFETY: inside the allocation `init_zone` made (`data_bytes`); atomic words.
-    unsafe {
+    let words = unsafe {
         let base = (h as *const Header as *const u8)
             .add(std::mem::size_of::<Header>() + h.rings as usize * ring_bytes(capacity));
         std::slice::from_raw_parts(base.cast::<AtomicU64>(), capacity * ZONES_SAMPLE_WORDS)
-    }
+    };
+    Ring::new(
+        &h.zones_written,
+        &h.zones_writing,
+        words,
+        ZONES_SAMPLE_WORDS,
+    )
+}
+
+/// A trend's words: its fit, then the series' last value.
+fn trend_words(f: &Fit, last: u64) -> [u64; TREND_WORDS] {
+    [
+        f.bytes_per_hour.to_bits(),
+        f.r_squared.to_bits(),
+        f.samples as u64,
+        f.span_ms,
+        last,
+    ]
+}
+
+/// A trend from its words: its fit and the series' last value.
+fn trend_of(w: &[u64]) -> (Fit, u64) {
+    let fit = Fit {
+        bytes_per_hour: f64::from_bits(w[0]),
+        r_squared: f64::from_bits(w[1]),
+        samples: w[2] as usize,
+        span_ms: w[3],
+    };
+    (fit, w[4])
 }
 
 /// Records the zones if this process writes them: the first to claim the
 /// ring, until it exits (then another claims it).
 fn record_zones(sample: &ZonesSample, fit_since_ms: u64) {
     let Some(h) = header() else { return };
-    let pid = std::process::id() as i32;
-    let owner = h.zones_owner.load(Ordering::Acquire);
-    if owner != pid {
-        let taken = super::registry::reclaimable(owner, pid)
-            && h.zones_owner
-                .compare_exchange(owner, pid, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok();
-        if !taken {
-            return;
-        }
-        // A writer killed while it wrote the trends left their sequence odd.
-        if h.zone_trend_seq.load(Ordering::Acquire) % 2 == 1 {
-            h.zone_trend_seq.fetch_add(1, Ordering::AcqRel);
-        }
+    if !claim::take(
+        &h.zones_owner,
+        std::process::id() as i32,
+        super::registry::alive,
+    ) {
+        return;
     }
-    let capacity = h.capacity as usize;
-    let words = zones_ring(h);
-    let n = h.zones_written.load(Ordering::Relaxed);
-    let at = (n as usize % capacity) * ZONES_SAMPLE_WORDS;
-    h.zones_writing.store(n + 1, Ordering::Relaxed);
-    std::sync::atomic::fence(Ordering::Release);
-    for (cell, w) in words[at..at + ZONES_SAMPLE_WORDS]
-        .iter()
-        .zip(sample.to_words())
-    {
-        cell.store(w, Ordering::Relaxed);
-    }
-    h.zones_written.store(n + 1, Ordering::Release);
-    let samples = read_zones_ring(h, SampleWindow::spread(FIT_POINTS));
+    // A writer killed while it wrote the trends left their sequence odd.
+    seqlock::reset(&h.zone_trend_seq);
+    let ring = zones_ring(h);
+    ring.push(&sample.to_words());
+    let samples = read_zones_ring(&ring, SampleWindow::spread(FIT_POINTS));
     let trends = crate::history::zone_trends(&samples, fit_since_ms);
-    h.zone_trend_seq.fetch_add(1, Ordering::AcqRel);
-    std::sync::atomic::fence(Ordering::Release);
-    for cell in h.zone_trends.iter() {
-        cell.store(0, Ordering::Relaxed);
+    let mut words = [0u64; ZONES_MAX * (1 + TREND_WORDS)];
+    for (w, (hash, f, last)) in words.chunks_exact_mut(1 + TREND_WORDS).zip(trends) {
+        w[0] = hash;
+        w[1..].copy_from_slice(&trend_words(&f, last));
     }
-    for (i, (hash, f, last)) in trends.into_iter().take(ZONES_MAX).enumerate() {
-        let w = [
-            hash,
-            f.bytes_per_hour.to_bits(),
-            f.r_squared.to_bits(),
-            f.samples as u64,
-            f.span_ms,
-            last,
-        ];
-        for (cell, v) in h.zone_trends[i * (1 + TREND_WORDS)..][..1 + TREND_WORDS]
-            .iter()
-            .zip(w)
-        {
-            cell.store(v, Ordering::Relaxed);
-        }
-    }
-    h.zone_trend_seq.fetch_add(1, Ordering::Release);
+    seqlock::write(&h.zone_trend_seq, &h.zone_trends, &words);
 }
 
 /// The zones' samples the window picks, oldest first; those overwritten
 /// while read are dropped.
-fn read_zones_ring(h: &'static Header, window: SampleWindow) -> Vec<ZonesSample> {
-    let capacity = h.capacity as usize;
-    let words = zones_ring(h);
-    let before = h.zones_written.load(Ordering::Acquire);
-    let first = before.saturating_sub(capacity as u64);
-    let at_ms_of =
-        |n: u64| words[(n as usize % capacity) * ZONES_SAMPLE_WORDS].load(Ordering::Relaxed);
-    let picked = crate::history::pick(first, before, window, at_ms_of);
-    let mut out = Vec::new();
-    if out.try_reserve(picked.len()).is_err() {
-        return Vec::new();
-    }
-    for n in picked {
-        let at = (n as usize % capacity) * ZONES_SAMPLE_WORDS;
-        let mut w = [0u64; ZONES_SAMPLE_WORDS];
-        for (v, cell) in w.iter_mut().zip(&words[at..at + ZONES_SAMPLE_WORDS]) {
-            *v = cell.load(Ordering::Relaxed);
-        }
-        out.push((n, ZonesSample::from_words(&w)));
-    }
-    std::sync::atomic::fence(Ordering::Acquire);
-    let valid_from = h
-        .zones_writing
-        .load(Ordering::Relaxed)
-        .saturating_sub(capacity as u64);
-    out.into_iter()
-        .filter(|(n, _)| *n >= valid_from)
-        .map(|(_, s)| s)
-        .collect()
+fn read_zones_ring(ring: &Ring, window: SampleWindow) -> Vec<ZonesSample> {
+    let (first, before) = ring.kept();
+    let picked = crate::history::pick(first, before, window, |n| ring.word(n, 0));
+    ring.read(&picked, ZonesSample::from_words)
+        .unwrap_or_default()
 }
 
 /// The zones' trends as their writer last fitted them: (name hash, fit, last).
 pub fn zone_trends() -> Vec<(u64, Fit, u64)> {
     let Some(h) = header() else { return Vec::new() };
-    for _ in 0..4 {
-        let before = h.zone_trend_seq.load(Ordering::Acquire);
-        if before % 2 == 1 {
-            std::hint::spin_loop();
-            continue;
-        }
-        let words: Vec<u64> = h
-            .zone_trends
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        std::sync::atomic::fence(Ordering::Acquire);
-        if h.zone_trend_seq.load(Ordering::Relaxed) != before {
-            continue;
-        }
-        return words
-            .chunks_exact(1 + TREND_WORDS)
-            .filter(|w| w[0] != 0)
-            .map(|w| {
-                let fit = Fit {
-                    bytes_per_hour: f64::from_bits(w[1]),
-                    r_squared: f64::from_bits(w[2]),
-                    samples: w[3] as usize,
-                    span_ms: w[4],
-                };
-                (w[0], fit, w[5])
-            })
-            .collect();
+    let mut words = [0u64; ZONES_MAX * (1 + TREND_WORDS)];
+    if !seqlock::read(&h.zone_trend_seq, &h.zone_trends, &mut words) {
+        return Vec::new();
     }
-    Vec::new()
+    words
+        .chunks_exact(1 + TREND_WORDS)
+        .filter(|w| w[0] != 0)
+        .map(|w| {
+            let (fit, last) = trend_of(&w[1..]);
+            (w[0], fit, last)
+        })
+        .collect()
 }
 
 /// The zones' samples the window picks (`?history=1`, the HTML page).
 pub fn zone_samples(window: SampleWindow) -> Vec<ZonesSample> {
     header()
-        .map(|h| read_zones_ring(h, window))
+        .map(|h| read_zones_ring(&zones_ring(h), window))
         .unwrap_or_default()
 }
 
@@ -346,60 +304,45 @@ pub fn ensure_claimed() {
     let pid = std::process::id() as i32;
     // Marked as being written by this pid: a process killed before its pid's
     // store leaves a ring the next claim takes back.
-    let Some(i) = (0..h.rings as usize).find(|&i| {
-        let (head, _) = ring(h, i);
-        let owner = head.pid.load(Ordering::Acquire);
-        super::registry::reclaimable(owner, pid)
-            && head
-                .pid
-                .compare_exchange(owner, -pid, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-    }) else {
+    let heads = (0..h.rings as usize).map(|i| &ring(h, i).0.pid);
+    let Some(i) = claim::begin(heads, pid, super::registry::alive) else {
         return;
     };
-    let (head, _) = ring(h, i);
-    head.written.store(0, Ordering::Relaxed);
-    head.writing.store(0, Ordering::Relaxed);
-    head.trend_seq.store(0, Ordering::Relaxed);
-    head.trends[0].store(0, Ordering::Relaxed);
+    let (head, samples) = ring(h, i);
+    samples.reset();
+    // The dead owner's trends are not this process's.
+    seqlock::reset(&head.trend_seq);
+    seqlock::write(
+        &head.trend_seq,
+        &head.trends,
+        &[0; TREND_SERIES * TREND_WORDS],
+    );
     head.started_at_ms
         .store(super::collect::now_ms(), Ordering::Relaxed);
-    head.pid.store(pid, Ordering::Release);
+    claim::own(&head.pid, pid);
     MY_RING.store(i as i32, Ordering::Relaxed);
 }
 
 /// The ring (and the zones', if this process wrote them) is freed as its
 /// process exits.
 pub fn release() {
+    let pid = std::process::id() as i32;
     if let Some(h) = header() {
-        let pid = std::process::id() as i32;
-        let _ = h
-            .zones_owner
-            .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+        claim::release(&h.zones_owner, pid);
     }
-    let Some((head, _, _)) = my_ring() else {
-        return;
-    };
-    let _ = head.pid.compare_exchange(
-        std::process::id() as i32,
-        0,
-        Ordering::AcqRel,
-        Ordering::Relaxed,
-    );
+    if let Some((head, _)) = my_ring() {
+        claim::release(&head.pid, pid);
+    }
 }
 
-fn my_ring() -> Option<(&'static RingHead, &'static [AtomicU64], usize)> {
+fn my_ring() -> Option<(&'static RingHead, Ring<'static>)> {
     let h = header()?;
     let i = usize::try_from(MY_RING.load(Ordering::Relaxed)).ok()?;
     if i >= h.rings as usize {
         return None;
     }
-    let (head, words) = ring(h, i);
-    (head.pid.load(Ordering::Relaxed) == std::process::id() as i32).then_some((
-        head,
-        words,
-        h.capacity as usize,
-    ))
+    let (head, samples) = ring(h, i);
+    (head.pid.load(Ordering::Relaxed) == std::process::id() as i32).then_some((head, samples))
 }
 
 /// The timer's summary, as this process's next sample (and the zones').
@@ -411,76 +354,30 @@ pub fn record_summary(sample: &Sample, zones: &ZonesSample) {
 
 /// Appends a sample to this process's ring, then fits and writes its trends.
 pub fn record(sample: &Sample, fit_since_ms: u64) {
-    let Some((head, words, capacity)) = my_ring() else {
+    let Some((head, samples)) = my_ring() else {
         return;
     };
-    let n = head.written.load(Ordering::Relaxed);
-    let at = (n as usize % capacity) * SAMPLE_WORDS;
-    head.writing.store(n + 1, Ordering::Relaxed);
-    std::sync::atomic::fence(Ordering::Release);
-    for (cell, w) in words[at..at + SAMPLE_WORDS].iter().zip(sample.to_words()) {
-        cell.store(w, Ordering::Relaxed);
-    }
-    head.written.store(n + 1, Ordering::Release);
-    let (samples, _) = read_ring(head, words, capacity, SampleWindow::spread(FIT_POINTS));
-    let trends = crate::history::trends(&samples, fit_since_ms, 0);
-    head.trend_seq.fetch_add(1, Ordering::AcqRel);
-    std::sync::atomic::fence(Ordering::Release);
-    for cell in head.trends.iter() {
-        cell.store(0, Ordering::Relaxed);
-    }
+    samples.push(&sample.to_words());
+    let (fitted, _) = read_ring(&samples, SampleWindow::spread(FIT_POINTS));
+    let trends = crate::history::trends(&fitted, fit_since_ms, 0);
+    let mut words = [0u64; TREND_SERIES * TREND_WORDS];
     for t in &trends {
         let Some(slot) = crate::history::series_index(t.series) else {
             continue;
         };
-        let f = t.fit;
-        let w = [
-            f.bytes_per_hour.to_bits(),
-            f.r_squared.to_bits(),
-            f.samples as u64,
-            f.span_ms,
-            t.last_bytes as u64,
-        ];
-        for (cell, v) in head.trends[slot * TREND_WORDS..][..TREND_WORDS]
-            .iter()
-            .zip(w)
-        {
-            cell.store(v, Ordering::Relaxed);
-        }
+        words[slot * TREND_WORDS..][..TREND_WORDS]
+            .copy_from_slice(&trend_words(&t.fit, t.last_bytes as u64));
     }
-    head.trend_seq.fetch_add(1, Ordering::Release);
+    seqlock::write(&head.trend_seq, &head.trends, &words);
 }
 
 /// A ring's samples the window picks, oldest first, and how many it keeps;
 /// those overwritten while read are dropped.
-fn read_ring(
-    head: &RingHead,
-    words: &[AtomicU64],
-    capacity: usize,
-    window: SampleWindow,
-) -> (Vec<Sample>, u64) {
-    let before = head.written.load(Ordering::Acquire);
-    let first = before.saturating_sub(capacity as u64);
-    let at_ms_of = |n: u64| words[(n as usize % capacity) * SAMPLE_WORDS].load(Ordering::Relaxed);
-    let picked = crate::history::pick(first, before, window, at_ms_of);
-    let mut out = Vec::new();
-    if out.try_reserve(picked.len()).is_err() {
-        return (Vec::new(), before - first);
-    }
-    for n in picked {
-        let at = (n as usize % capacity) * SAMPLE_WORDS;
-        let mut w = [0u64; SAMPLE_WORDS];
-        for (v, cell) in w.iter_mut().zip(&words[at..at + SAMPLE_WORDS]) {
-            *v = cell.load(Ordering::Relaxed);
-        }
-        out.push((n, Sample::from_words(&w)));
-    }
-    std::sync::atomic::fence(Ordering::Acquire);
-    // A write begun since overwrote the slot of the sample `capacity` older.
-    let writing = head.writing.load(Ordering::Relaxed);
-    let valid_from = writing.saturating_sub(capacity as u64);
-    out.retain(|(n, _)| *n >= valid_from);
-    (out.into_iter().map(|(_, s)| s).collect(), before - first)
+fn read_ring(ring: &Ring, window: SampleWindow) -> (Vec<Sample>, u64) {
+    let (first, before) = ring.kept();
+    let picked = crate::history::pick(first, before, window, |n| ring.word(n, 0));
+    let samples = ring.read(&picked, Sample::from_words).unwrap_or_default();
+    (samples, before - first)
 }
 
 /// One ring as read for an answer.
@@ -497,63 +394,39 @@ pub struct RingView {
 /// it picks.
 pub fn read(window: Option<SampleWindow>) -> Option<(Vec<RingView>, usize)> {
     let h = header()?;
-    let capacity = h.capacity as usize;
     let mut out = Vec::new();
     for i in 0..h.rings as usize {
-        let (head, words) = ring(h, i);
-        let pid = head.pid.load(Ordering::Acquire);
-        if pid <= 0 {
+        let (head, samples) = ring(h, i);
+        let Some(pid) = claim::owner(&head.pid) else {
             continue;
-        }
+        };
         let view = RingView {
             pid: pid as u32,
             started_at_ms: head.started_at_ms.load(Ordering::Relaxed),
             trends: read_trends(head),
-            samples: window.map(|w| read_ring(head, words, capacity, w)),
+            samples: window.map(|w| read_ring(&samples, w)),
         };
         // Taken only if the ring kept its owner while it was read.
         if head.pid.load(Ordering::Acquire) == pid {
             out.push(view);
         }
     }
-    Some((out, capacity))
+    Some((out, h.capacity as usize))
 }
 
 fn read_trends(head: &RingHead) -> Vec<(usize, Fit, i64)> {
-    for _ in 0..4 {
-        let before = head.trend_seq.load(Ordering::Acquire);
-        if before % 2 == 1 {
-            std::hint::spin_loop();
-            continue;
-        }
-        let words: Vec<u64> = head
-            .trends
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        std::sync::atomic::fence(Ordering::Acquire);
-        if head.trend_seq.load(Ordering::Relaxed) != before {
-            continue;
-        }
-        return words
-            .chunks_exact(TREND_WORDS)
-            .enumerate()
-            .filter(|(_, w)| w[2] > 0)
-            .map(|(i, w)| {
-                (
-                    i,
-                    Fit {
-                        bytes_per_hour: f64::from_bits(w[0]),
-                        r_squared: f64::from_bits(w[1]),
-                        samples: w[2] as usize,
-                        span_ms: w[3],
-                    },
-                    w[4] as i64,
-                )
-            })
-            .collect();
+    let mut words = [0u64; TREND_SERIES * TREND_WORDS];
+    if !seqlock::read(&head.trend_seq, &head.trends, &mut words) {
+        return Vec::new();
     }
-    Vec::new()
+    words
+        .chunks_exact(TREND_WORDS)
+        .enumerate()
+        .map(|(i, w)| (i, trend_of(w)))
+        // A series without a fit has none of its words written.
+        .filter(|(_, (fit, _))| fit.samples > 0)
+        .map(|(i, (fit, last))| (i, fit, last as i64))
+        .collect()
 }
 
 /// Test-only build: every ring free or left by a dead process, and this
@@ -580,21 +453,16 @@ pub fn test_mark_rings(writer: i32) {
 /// sampling would (`scripts/bench` measures `?history=1` at its maximum).
 #[cfg(feature = "test-panic")]
 pub fn test_fill_ring(interval_ms: u64) {
-    let Some((head, words, capacity)) = my_ring() else {
+    let Some((_, samples)) = my_ring() else {
         return;
     };
-    let (newest, _) = read_ring(head, words, capacity, SampleWindow::spread(1));
+    let (newest, _) = read_ring(&samples, SampleWindow::spread(1));
     let sample = newest.into_iter().next().unwrap_or_default();
     let now = super::collect::now_ms();
-    let n = head.written.load(Ordering::Relaxed);
-    for i in 0..capacity as u64 {
+    let capacity = samples.capacity() as u64;
+    for i in 0..capacity {
         let mut s = sample.clone();
-        s.at_ms = now.saturating_sub((capacity as u64 - i) * interval_ms);
-        let at = ((n + i) as usize % capacity) * SAMPLE_WORDS;
-        head.writing.store(n + i + 1, Ordering::Relaxed);
-        for (cell, w) in words[at..at + SAMPLE_WORDS].iter().zip(s.to_words()) {
-            cell.store(w, Ordering::Relaxed);
-        }
-        head.written.store(n + i + 1, Ordering::Release);
+        s.at_ms = now.saturating_sub((capacity - i) * interval_ms);
+        samples.push(&s.to_words());
     }
 }

@@ -15,6 +15,7 @@ use ngx::ffi::{
 
 use crate::alloc_guard::TryPush;
 use crate::server::{Published, RegisteredKind, RegistryEntry, PSS_AT, PUBLISHED_WORDS};
+use crate::shm::{claim, seqlock};
 
 /// The zone's name: unlikely to meet a user's zone of the same name.
 pub const ZONE_NAME: &str = "ngx_http_memory_status_module";
@@ -243,21 +244,13 @@ pub fn ensure_registered() -> Option<RegisteredKind> {
 /// leaving (`kill -9`, also between this claim and its pid's store), marked
 /// as being written by `pid`.
 fn claim_slot(r: &Registry, pid: i32) -> Option<usize> {
-    r.slots.iter().position(|s| {
-        let owner = s.pid.load(Ordering::Acquire);
-        reclaimable(owner, pid)
-            && s.pid
-                .compare_exchange(owner, -pid, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-    })
+    claim::begin(r.slots.iter().map(|s| &s.pid), pid, alive)
 }
 
 /// Whether a slot (or ring) whose pid word reads `owner` may be taken by
-/// `claimer`: free, its owner or writer gone, or the claimer's own pid in a
-/// place not its own (a dead process's, the pid reused).
+/// `claimer`, by whether processes run now.
 pub(super) fn reclaimable(owner: i32, claimer: i32) -> bool {
-    let pid = owner.saturating_abs();
-    owner == 0 || pid == claimer || !alive(pid)
+    claim::reclaimable(owner, claimer, alive)
 }
 
 /// Writes who this process is into claimed slot `i`, then its pid.
@@ -266,7 +259,7 @@ fn write_slot(r: &Registry, i: usize, kind: RegisteredKind, pid: i32) {
     let slot = &r.slots[i];
     // A reclaimed slot may hold its dead owner's summary and walk, and a
     // sequence left odd by an owner killed while it published.
-    slot.seq.store(0, Ordering::Relaxed);
+    seqlock::reset(&slot.seq);
     slot.published[0].store(0, Ordering::Relaxed);
     slot.published[PSS_AT].store(0, Ordering::Relaxed);
     slot.kind.store(kind as u32, Ordering::Relaxed);
@@ -278,7 +271,7 @@ fn write_slot(r: &Registry, i: usize, kind: RegisteredKind, pid: i32) {
         .store(r.generation.load(Ordering::Acquire), Ordering::Relaxed);
     slot.started_at_ms
         .store(super::collect::now_ms(), Ordering::Relaxed);
-    slot.pid.store(pid, Ordering::Release);
+    claim::own(&slot.pid, pid);
 }
 
 /// The module's `exit_process`: the slot is freed as the process leaves.
@@ -288,12 +281,7 @@ pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
         return;
     };
     let Some(slot) = r.slots.get(i) else { return };
-    let _ = slot.pid.compare_exchange(
-        std::process::id() as i32,
-        0,
-        Ordering::AcqRel,
-        Ordering::Relaxed,
-    );
+    claim::release(&slot.pid, std::process::id() as i32);
 }
 
 /// Writes this process's summary into its slot (nothing without one); a
@@ -312,33 +300,16 @@ pub fn publish(summary: &Published) {
     } else {
         PSS_AT
     };
-    slot.seq.fetch_add(1, Ordering::AcqRel);
-    std::sync::atomic::fence(Ordering::Release);
-    for (cell, w) in slot.published[..upto].iter().zip(words) {
-        cell.store(w, Ordering::Relaxed);
-    }
-    slot.seq.fetch_add(1, Ordering::Release);
+    seqlock::write(&slot.seq, &slot.published, &words[..upto]);
 }
 
 /// A slot's summary as its owner last wrote it whole; `None` if it is being
 /// written at every one of a few tries, or was never written.
 fn published_of(slot: &Slot, now_ms: u64) -> Option<Published> {
-    for _ in 0..4 {
-        let before = slot.seq.load(Ordering::Acquire);
-        if before % 2 == 1 {
-            std::hint::spin_loop();
-            continue;
-        }
-        let mut words = [0u64; PUBLISHED_WORDS];
-        for (w, cell) in words.iter_mut().zip(&slot.published) {
-            *w = cell.load(Ordering::Relaxed);
-        }
-        std::sync::atomic::fence(Ordering::Acquire);
-        if slot.seq.load(Ordering::Relaxed) == before {
-            return Published::from_words(&words, now_ms);
-        }
-    }
-    None
+    let mut words = [0u64; PUBLISHED_WORDS];
+    seqlock::read(&slot.seq, &slot.published, &mut words)
+        .then(|| Published::from_words(&words, now_ms))
+        .flatten()
 }
 
 pub(super) fn alive(pid: i32) -> bool {
@@ -369,10 +340,9 @@ pub fn read(now_ms: u64) -> Option<RegistryRead> {
     let mut entries = Vec::new();
     let used = (r.used.load(Ordering::Acquire) as usize).min(SLOTS);
     for slot in &r.slots[..used] {
-        let pid = slot.pid.load(Ordering::Acquire);
-        if pid <= 0 {
+        let Some(pid) = claim::owner(&slot.pid) else {
             continue;
-        }
+        };
         let kind = match slot.kind.load(Ordering::Relaxed) {
             k if k == RegisteredKind::Worker as u32 => RegisteredKind::Worker,
             k if k == RegisteredKind::Helper as u32 => RegisteredKind::Helper,
