@@ -87,7 +87,7 @@ pub fn mapped_chunk_at(
     prev: u64,
     head: u64,
     page_size: u64,
-    fencepost: impl Fn(u64) -> Option<u64>,
+    mut fencepost: impl FnMut(u64) -> Option<u64>,
 ) -> Option<(ChunkKind, u64)> {
     let size = head & !7;
     if size == 0 || page_size == 0 {

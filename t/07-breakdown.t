@@ -50,6 +50,32 @@ http {
                 ngx.say("ok")
             }
         }
+        # 200 strings of 1 MiB (LuaJIT maps each by itself, unless its free
+        # segment space takes it), then 4 glibc chunks of 40 MiB (above glibc's
+        # largest mmap threshold) with their first half written.
+        location = /chunks {
+            content_by_lua_block {
+                strings = {}
+                for i = 1, 200 do strings[i] = string.rep("s", 1048576 - 64) .. i end
+                local ffi = require "ffi"
+                pcall(ffi.cdef, "void *malloc(size_t); void free(void *); void *memset(void *, int, size_t);")
+                blocks = {}
+                for i = 1, 4 do
+                    blocks[i] = ffi.C.malloc(40 * 1048576)
+                    ffi.C.memset(blocks[i], 1, 20 * 1048576)
+                end
+                ngx.say("ok")
+            }
+        }
+        location = /chunks_free {
+            content_by_lua_block {
+                local ffi = require "ffi"
+                for i = 1, #blocks do ffi.C.free(blocks[i]) end
+                blocks = nil; strings = nil
+                collectgarbage("collect"); collectgarbage("collect")
+                ngx.say("ok")
+            }
+        }
         location = /lua_free {
             content_by_lua_block { big = nil; collectgarbage("collect"); collectgarbage("collect"); ngx.say("ok") }
         }
@@ -175,6 +201,24 @@ cmp_ok($lua1->{breakdown}{lua_http}{direct_chunks_found}, '>=', 1, 'the big tabl
 both_depths('Lua holding 64 MiB');
 is($t->get($port, '/lua_free')->{content}, "ok\n", 'Lua freed it');
 compare_lua('after free');
+
+# --- many directly mapped chunks: each found, its resident pages counted -------------
+
+is($t->get($port, '/chunks')->{content}, "ok\n", '200 Lua strings of 1 MiB and 4 glibc chunks of 40 MiB');
+for my $j (both_depths('200 + 4 big chunks')) {
+    my ($l, $g) = @{ $j->{breakdown} }{qw(lua_http glibc)};
+    my $found = $l->{direct_chunks_found};
+    cmp_ok($found, '>=', 150, "Lua: $found direct chunks found (the rest in its segments' free space)");
+    cmp_ok($l->{direct_resident_bytes}, '>=', ($found - 4) * $MiB, "Lua: their $l->{direct_resident_bytes} resident bytes");
+    cmp_ok($l->{direct_resident_bytes}, '<=', $found * ($MiB + 8192) + 16 * $MiB, 'Lua: not more than their mappings');
+    cmp_ok($l->{resident_bytes}, '>=', 200 * $MiB, "Lua: resident $l->{resident_bytes} holds the 200 MiB");
+    cmp_ok($g->{mmapped_chunks}, '>=', 4, "glibc counts $g->{mmapped_chunks} mapped chunks");
+    is($g->{mmapped_chunks_found}, $g->{mmapped_chunks}, 'glibc: every mapped chunk found');
+    cmp_ok($g->{mmapped_resident_bytes}, '>=', 80 * $MiB, "glibc: their $g->{mmapped_resident_bytes} resident bytes hold the written halves");
+    cmp_ok($g->{mmapped_resident_bytes}, '<=', $g->{mmapped_bytes} - 80 * $MiB + 4 * 8192,
+        'glibc: and not the halves never written');
+}
+is($t->get($port, '/chunks_free')->{content}, "ok\n", 'chunks freed');
 
 # --- glibc: 32 MiB through FFI malloc ----------------------------------------------------
 

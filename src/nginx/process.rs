@@ -6,7 +6,8 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 
 use ngx::ffi::ngx_pagesize;
 
-use super::residency::resident_pages;
+use super::residency::{resident_pages, PageWindow};
+use crate::alloc_guard::TryPush;
 use crate::breakdown::{
     copied_pages, mapped_chunk_at, uncovered, Depth, GlibcHeaps, GlibcSample, LoadSegment,
     MappedChunk, OtherAllocatorSample, ProgramDataRanges, ProgramDataSample, StackSample,
@@ -73,51 +74,58 @@ pub fn sample(depth: Depth, walk: bool, known: &[(u64, u64)]) -> ProcessSamples 
 /// large allocations), found by their headers at the start of anonymous
 /// mappings; several may share one mapping when the kernel merged them.
 fn scan_mapped_chunks(maps: &[Mapping], skip: &[(u64, u64)]) -> Vec<MappedChunk> {
-    // Reads words only on pages `mincore` shows present, through `read_words`.
     // SAFETY: a plain integer nginx sets at start.
     let page = unsafe { ngx_pagesize } as u64;
-    let resident = |addr: u64| is_page_present(addr, page);
     let mut found = Vec::new();
     let anonymous = maps.iter().filter(|m| is_private_anonymous_rw(m));
     for m in anonymous {
         // The kernel merges neighbouring anonymous mappings into one: scan each
         // stretch of it that no known range covers, from the stretch's start.
         for (start, end) in uncovered(m.start, m.end, skip) {
-            let mut at = start;
-            while at + 16 <= end && resident(at) {
-                let Some([prev, head]) = read_words::<2>(at) else {
-                    break;
-                };
-                let word_at = |offset: u64| {
-                    let addr = at.checked_add(offset)?;
-                    (addr % 8 == 0 && addr + 8 <= end && resident(addr))
-                        .then(|| read_words::<1>(addr).map(|[w]| w))
-                        .flatten()
-                };
-                match mapped_chunk_at(prev, head, page, word_at) {
-                    Some((kind, len)) if at + len <= end => {
-                        let chunk = Mapping {
-                            start: at,
-                            end: at + len,
-                            ..m.clone()
-                        };
-                        let Ok(resident_bytes) = resident_bytes_of(&chunk) else {
-                            break;
-                        };
-                        found.push(MappedChunk {
-                            kind,
-                            start: at,
-                            end: at + len,
-                            resident_bytes,
-                        });
-                        at += len;
-                    }
-                    _ => break,
-                }
+            if scan_stretch(start, end, page, &mut found).is_err() {
+                return found;
             }
         }
     }
     found
+}
+
+/// The chunks one after another from `start`, until a word is not a chunk's
+/// header. Words are read only on pages `mincore` shows present, through
+/// `read_words`. `Err`: the list cannot grow (memory is short).
+fn scan_stretch(start: u64, end: u64, page: u64, found: &mut Vec<MappedChunk>) -> Result<(), ()> {
+    let mut pages = PageWindow::new(end);
+    let mut at = start;
+    while at + 16 <= end && pages.present(at) == Some(true) {
+        let Some([prev, head]) = read_words::<2>(at) else {
+            break;
+        };
+        let mut word_at = |offset: u64| {
+            let addr = at.checked_add(offset)?;
+            (addr % 8 == 0 && addr + 8 <= end && pages.present(addr) == Some(true))
+                .then(|| read_words::<1>(addr).map(|[w]| w))
+                .flatten()
+        };
+        let Some((kind, len)) = mapped_chunk_at(prev, head, page, &mut word_at) else {
+            break;
+        };
+        if at + len > end {
+            break;
+        }
+        let Ok(resident_bytes) = pages.resident_bytes(at, at + len) else {
+            break;
+        };
+        found
+            .try_push(MappedChunk {
+                kind,
+                start: at,
+                end: at + len,
+                resident_bytes,
+            })
+            .map_err(drop)?;
+        at += len;
+    }
+    Ok(())
 }
 
 /// Copied-on-write pages of the program files' private mappings, by their

@@ -146,3 +146,85 @@ pub fn zones_resident_pages(zones: &[ZoneRange]) -> Vec<(Result<u64, String>, u6
     }
     results
 }
+
+/// Pages `mincore` is asked about at once in a walk (a 4 KiB vector).
+const WINDOW_PAGES: u64 = 4096;
+
+/// The residency of a stretch of this process's memory, asked of `mincore` a
+/// window of pages at a time: a walk over many chunks costs one call per
+/// window, not two per chunk. A window that another thread unmapped part of
+/// meanwhile is asked again one page at a time; an unmapped page is absent.
+pub struct PageWindow {
+    /// The stretch's end: no window reaches past it.
+    end: u64,
+    page: u64,
+    /// The window: residency of `[base, base + vec.len() pages)`.
+    base: u64,
+    vec: Vec<u8>,
+}
+
+impl PageWindow {
+    /// A walk of `[.., end)`, a mapping (or part of one) just listed.
+    pub fn new(end: u64) -> PageWindow {
+        // SAFETY: a plain integer nginx sets at start.
+        let page = unsafe { ngx::ffi::ngx_pagesize } as u64;
+        PageWindow {
+            end: end.div_ceil(page) * page,
+            page,
+            base: 0,
+            vec: Vec::new(),
+        }
+    }
+
+    fn fill(&mut self, base: u64, pages: u64) -> bool {
+        self.vec.clear();
+        if self.vec.try_reserve_exact(pages as usize).is_err() {
+            return false;
+        }
+        self.vec.resize(pages as usize, 0);
+        // SAFETY: mincore only inspects page tables and writes one byte per
+        // page into the vector, which has that many; an unmapped page is ENOMEM.
+        let rc = unsafe {
+            libc::mincore(
+                base as *mut c_void,
+                (pages * self.page) as usize,
+                self.vec.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            self.vec.clear();
+            return false;
+        }
+        self.base = base;
+        true
+    }
+
+    /// Whether the page holding `addr` is resident; `None`: not mapped.
+    pub fn present(&mut self, addr: u64) -> Option<bool> {
+        let at = addr - addr % self.page;
+        let inside = at >= self.base && at < self.base + self.vec.len() as u64 * self.page;
+        if !inside {
+            let pages = (self.end.saturating_sub(at) / self.page).clamp(1, WINDOW_PAGES);
+            if !self.fill(at, pages) && !self.fill(at, 1) {
+                return None;
+            }
+        }
+        Some(self.vec[((at - self.base) / self.page) as usize] & 1 != 0)
+    }
+
+    /// Resident bytes of `[start, end)`, page-aligned; `Err` when a page of
+    /// it is not mapped (released while measured).
+    pub fn resident_bytes(&mut self, start: u64, end: u64) -> Result<u64, String> {
+        let mut bytes = 0;
+        let mut at = start;
+        while at < end {
+            match self.present(at) {
+                Some(true) => bytes += self.page,
+                Some(false) => {}
+                None => return Err("mincore: a page was released while measured".into()),
+            }
+            at += self.page;
+        }
+        Ok(bytes)
+    }
+}
