@@ -1,6 +1,7 @@
 //! The module as nginx sees it: the module static, the directive, its location
 //! configuration. Request handling is in `handler`, reading nginx in `collect`.
 
+mod chunks;
 mod collect;
 mod cycle;
 mod handler;

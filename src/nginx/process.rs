@@ -6,11 +6,10 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 
 use ngx::ffi::ngx_pagesize;
 
-use super::residency::{resident_pages, PageWindow};
-use crate::alloc_guard::TryPush;
+use super::residency::resident_pages;
 use crate::breakdown::{
-    copied_pages, mapped_chunk_at, uncovered, Depth, GlibcHeaps, GlibcSample, LoadSegment,
-    MappedChunk, OtherAllocatorSample, ProgramDataRanges, ProgramDataSample, StackSample,
+    copied_pages, Depth, GlibcHeaps, GlibcSample, LoadSegment, MappedChunk, OtherAllocatorSample,
+    ProgramDataRanges, ProgramDataSample, StackSample,
 };
 use crate::glibc_heaps::{
     aligned_starts, is_private_anonymous_rw, link_heaps, main_arena_ranges, main_heap, HeapHeader,
@@ -62,70 +61,12 @@ pub fn sample(depth: Depth, walk: bool, known: &[(u64, u64)]) -> ProcessSamples 
         program_data: sample_program_data(&data_ranges),
         program_ranges: data_ranges,
         glibc,
-        mapped_chunks: scan_mapped_chunks(mapped, &skip),
+        mapped_chunks: super::chunks::scan(mapped, &skip),
         stacks,
         other_allocators: sample_other_allocators(),
         maps,
         smaps,
     }
-}
-
-/// Chunks that glibc's malloc and LuaJIT's allocator mapped by themselves (their
-/// large allocations), found by their headers at the start of anonymous
-/// mappings; several may share one mapping when the kernel merged them.
-fn scan_mapped_chunks(maps: &[Mapping], skip: &[(u64, u64)]) -> Vec<MappedChunk> {
-    // SAFETY: a plain integer nginx sets at start.
-    let page = unsafe { ngx_pagesize } as u64;
-    let mut found = Vec::new();
-    let anonymous = maps.iter().filter(|m| is_private_anonymous_rw(m));
-    for m in anonymous {
-        // The kernel merges neighbouring anonymous mappings into one: scan each
-        // stretch of it that no known range covers, from the stretch's start.
-        for (start, end) in uncovered(m.start, m.end, skip) {
-            if scan_stretch(start, end, page, &mut found).is_err() {
-                return found;
-            }
-        }
-    }
-    found
-}
-
-/// The chunks one after another from `start`, until a word is not a chunk's
-/// header. Words are read only on pages `mincore` shows present, through
-/// `read_words`. `Err`: the list cannot grow (memory is short).
-fn scan_stretch(start: u64, end: u64, page: u64, found: &mut Vec<MappedChunk>) -> Result<(), ()> {
-    let mut pages = PageWindow::new(end);
-    let mut at = start;
-    while at + 16 <= end && pages.present(at) == Some(true) {
-        let Some([prev, head]) = read_words::<2>(at) else {
-            break;
-        };
-        let mut word_at = |offset: u64| {
-            let addr = at.checked_add(offset)?;
-            (addr % 8 == 0 && addr + 8 <= end && pages.present(addr) == Some(true))
-                .then(|| read_words::<1>(addr).map(|[w]| w))
-                .flatten()
-        };
-        let Some((kind, len)) = mapped_chunk_at(prev, head, page, &mut word_at) else {
-            break;
-        };
-        if at + len > end {
-            break;
-        }
-        let Ok(resident_bytes) = pages.resident_bytes(at, at + len) else {
-            break;
-        };
-        found
-            .try_push(MappedChunk {
-                kind,
-                start: at,
-                end: at + len,
-                resident_bytes,
-            })
-            .map_err(drop)?;
-        at += len;
-    }
-    Ok(())
 }
 
 /// Copied-on-write pages of the program files' private mappings, by their
@@ -201,7 +142,7 @@ fn load_segments() -> Vec<LoadSegment> {
 /// (`process_vm_readv` on ourselves): memory that is not an allocation of
 /// ours, and that another thread may unmap meanwhile, gives `None` rather than
 /// a fault.
-fn read_words<const N: usize>(addr: u64) -> Option<[u64; N]> {
+pub(super) fn read_words<const N: usize>(addr: u64) -> Option<[u64; N]> {
     let mut words = [0u64; N];
     let len = std::mem::size_of_val(&words);
     let local = libc::iovec {
