@@ -7,6 +7,7 @@ use strict;
 
 use B ();
 use Exporter 'import';
+use JSON::PP ();
 use Test::More;
 use NginxTest ();
 
@@ -27,7 +28,13 @@ our @PROCESS_FIELDS = qw(virtual_bytes resident_bytes resident_anon_bytes
     resident_file_bytes resident_shmem_bytes swap_bytes peak_virtual_bytes
     peak_resident_bytes threads);
 
-our @OWNERS = qw(glibc shm lua_http lua_stream text stacks other_allocators);
+# The breakdown's owners, as the schema lists them (one list: the schema's);
+# `unattributed` is the rest, not an owner.
+our @OWNERS = do {
+    my $schema = JSON::PP->new->decode(
+        NginxTest::read_file_text("$NginxTest::ROOT/schema/memory_status.schema.json"));
+    grep { $_ ne 'unattributed' } @{ $schema->{'$defs'}{breakdown}{required} };
+};
 
 # The owners' resident_bytes plus unattributed's: what the rule says is RSS.
 sub resident_sum {
