@@ -77,8 +77,6 @@ pub struct MappedChunk {
     pub start: u64,
     pub end: u64,
     pub resident_bytes: u64,
-    /// How old `resident_bytes` is (0: measured now).
-    pub resident_age_ms: u64,
 }
 
 /// Tells a directly mapped chunk from the two words at the start of its mapping
@@ -511,12 +509,6 @@ impl<'a> Context<'a> {
             mine.map(|c| c.resident_bytes).sum(),
         )
     }
-
-    /// The oldest of one allocator's chunks' resident figures, in ms.
-    fn chunks_age_ms(&self, kind: ChunkKind) -> u64 {
-        let mine = self.mapped_chunks.iter().filter(|c| c.kind == kind);
-        mine.map(|c| c.resident_age_ms).max().unwrap_or(0)
-    }
 }
 
 fn perms(m: &Mapping) -> String {
@@ -720,16 +712,10 @@ fn shm_owner(cx: &Context<'_>, zones: &[Zone]) -> Owner {
 /// A Lua VM: reasons for a missing VM are already in errors (lua.http, ...).
 fn lua_owner(cx: &Context<'_>, vm: &Option<LuaVm>, id: OwnerId) -> Option<Owner> {
     let vm = vm.as_ref()?;
-    let single = cx.classifier.single_vm == Some(id);
-    let (direct_found, direct_resident) = if single {
+    let (direct_found, direct_resident) = if cx.classifier.single_vm == Some(id) {
         cx.chunks(ChunkKind::LuaJit)
     } else {
         (0, 0)
-    };
-    let direct_age_ms = if single {
-        cx.chunks_age_ms(ChunkKind::LuaJit)
-    } else {
-        0
     };
     let allocator = vm.allocator.as_ref();
     let resident = allocator
@@ -747,7 +733,6 @@ fn lua_owner(cx: &Context<'_>, vm: &Option<LuaVm>, id: OwnerId) -> Option<Owner>
         ),
         ("direct_chunks_found", direct_found.into()),
         ("direct_resident_bytes", direct_resident.into()),
-        ("direct_resident_age_ms", direct_age_ms.into()),
     ]);
     let mut o = cx.with_mappings(o, id);
     o.pss_bytes = None; // a mapping may hold more than the VM's segments
@@ -1117,14 +1102,12 @@ mod tests {
                 start: 0x1000,
                 end: 0x101000,
                 resident_bytes: 1 << 20,
-                resident_age_ms: 0,
             },
             MappedChunk {
                 kind: ChunkKind::LuaJit,
                 start: 0x200000,
                 end: 0x240000,
                 resident_bytes: 1 << 18,
-                resident_age_ms: 1500,
             },
         ];
         let b = build(Depth::Default, &chunks, &mut Vec::new());
@@ -1135,10 +1118,6 @@ mod tests {
         assert_eq!(
             b.lua_http.as_ref().unwrap().resident_bytes,
             Some(400_000 + (1 << 18))
-        );
-        assert_eq!(
-            b.lua_http.as_ref().unwrap().details["direct_resident_age_ms"],
-            1500
         );
         assert_eq!(total(&b), 10 << 20);
     }

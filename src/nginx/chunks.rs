@@ -7,15 +7,14 @@
 //! the words it read and the pages it found absent, nothing else: a later walk
 //! of the same stretch that reads the same words (all at once, in one
 //! `process_vm_readv`) and finds the same pages absent would find the same
-//! chunks, so it is not walked again. A LuaJIT chunk's resident bytes are then
-//! reused for up to `RESIDENCY_MAX_AGE`, as its allocator's segments are
-//! (LuaJIT writes an object whole when it makes it, so its pages leave memory
-//! only by swapping); glibc's are measured again at every walk (a program
-//! writes into a large `malloc`ed buffer as data comes).
+//! chunks, so it is not walked again. A walk that stopped for another cause (a
+//! word it could not read: a chunk released under it) is not kept. The
+//! chunks' resident bytes are measured at every answer: a chunk's pages become
+//! resident as the program fills it (a LuaJIT `string.buffer` reserved, then
+//! written; a large `malloc`ed buffer), which changes no word a walk reads.
 
 use std::ffi::c_void;
 use std::sync::Mutex;
-use std::time::Instant;
 
 use ngx::ffi::ngx_pagesize;
 
@@ -24,7 +23,6 @@ use super::residency::PageWindow;
 use crate::alloc_guard::TryPush;
 use crate::breakdown::{mapped_chunk_at, uncovered, ChunkKind, MappedChunk};
 use crate::glibc_heaps::is_private_anonymous_rw;
-use crate::lua::RESIDENCY_MAX_AGE;
 use crate::procfs::Mapping;
 
 /// A stretch as last walked.
@@ -35,8 +33,9 @@ struct Walk {
     /// Pages the walk found absent (a header it did not read).
     absent: Vec<u64>,
     chunks: Vec<MappedChunk>,
-    /// When the chunks' resident bytes were measured.
-    measured_at: Instant,
+    /// It stopped only for causes `words`, `absent` and the stretch record:
+    /// the same inputs would make the same walk.
+    whole: bool,
 }
 
 /// The last walk of each stretch (the measuring thread's; a lock of the
@@ -49,14 +48,13 @@ pub fn scan(maps: &[Mapping], skip: &[(u64, u64)]) -> Vec<MappedChunk> {
     let mut last = std::mem::take(&mut *WALKS.lock().unwrap_or_else(|p| p.into_inner()));
     let mut walks = Vec::new();
     let mut found = Vec::new();
-    let now = Instant::now();
     let anonymous = maps.iter().filter(|m| is_private_anonymous_rw(m));
     'mappings: for m in anonymous {
         for stretch in uncovered(m.start, m.end, skip) {
             let kept = last.iter().position(|w| w.stretch == stretch);
             let walk = match kept.map(|i| last.swap_remove(i)) {
-                Some(w) if unchanged(&w) => refresh(w, now),
-                _ => walk(stretch, now),
+                Some(w) if unchanged(&w) => Some(measured(w)),
+                _ => walk(stretch),
             };
             let Some(walk) = walk else {
                 break 'mappings;
@@ -65,7 +63,7 @@ pub fn scan(maps: &[Mapping], skip: &[(u64, u64)]) -> Vec<MappedChunk> {
                 break 'mappings;
             }
             found.extend_from_slice(&walk.chunks);
-            if walks.try_push(walk).is_err() {
+            if walk.whole && walks.try_push(walk).is_err() {
                 break 'mappings;
             }
         }
@@ -81,31 +79,20 @@ fn unchanged(w: &Walk) -> bool {
     w.absent.iter().all(|&p| pages.present(p) != Some(true)) && same_words(&w.words)
 }
 
-/// The kept walk with its chunks' resident bytes: LuaJIT's reused while
-/// young enough, glibc's measured again. `None` when memory is short.
-fn refresh(mut w: Walk, now: Instant) -> Option<Walk> {
-    let age = now.duration_since(w.measured_at);
-    let remeasure_all = age >= RESIDENCY_MAX_AGE;
+/// The kept walk with its chunks' resident bytes measured now. A chunk
+/// released since the words were read has none (the next walk drops it).
+fn measured(mut w: Walk) -> Walk {
     let mut pages = PageWindow::new(w.stretch.1);
     for c in &mut w.chunks {
-        if remeasure_all || c.kind == ChunkKind::Glibc {
-            // Released since it was read (the words would differ): none.
-            c.resident_bytes = pages.resident_bytes(c.start, c.end).unwrap_or(0);
-            c.resident_age_ms = 0;
-        } else {
-            c.resident_age_ms = age.as_millis() as u64;
-        }
+        c.resident_bytes = pages.resident_bytes(c.start, c.end).unwrap_or(0);
     }
-    if remeasure_all {
-        w.measured_at = now;
-    }
-    Some(w)
+    w
 }
 
 /// Walks a stretch: the chunks one after another from its start, until a
 /// word is not a chunk's header. Words are read only on pages `mincore` shows
 /// present, through `read_words`. `None`: memory is short.
-fn walk(stretch: (u64, u64), now: Instant) -> Option<Walk> {
+fn walk(stretch: (u64, u64)) -> Option<Walk> {
     let (start, end) = stretch;
     // SAFETY: a plain integer nginx sets at start.
     let page = unsafe { ngx_pagesize } as u64;
@@ -115,7 +102,7 @@ fn walk(stretch: (u64, u64), now: Instant) -> Option<Walk> {
         words: Vec::new(),
         absent: Vec::new(),
         chunks: Vec::new(),
-        measured_at: now,
+        whole: true,
     };
     let mut at = start;
     while at + 16 <= end {
@@ -123,6 +110,8 @@ fn walk(stretch: (u64, u64), now: Instant) -> Option<Walk> {
             break;
         };
         let Ok(resident_bytes) = pages.resident_bytes(at, at + len) else {
+            // Released under the walk: what follows is not known.
+            walk.whole = false;
             break;
         };
         let chunk = MappedChunk {
@@ -130,7 +119,6 @@ fn walk(stretch: (u64, u64), now: Instant) -> Option<Walk> {
             start: at,
             end: at + len,
             resident_bytes,
-            resident_age_ms: 0,
         };
         walk.chunks.try_push(chunk).ok()?;
         at += len;
@@ -156,7 +144,12 @@ fn chunk_at(
             short |= walk.absent.try_push(addr - addr % page).is_err();
             return None;
         }
-        let [w] = read_words::<1>(addr)?;
+        let Some([w]) = read_words::<1>(addr) else {
+            // Present a moment ago, released now: a cause no later walk
+            // could check, so this one is not kept.
+            walk.whole = false;
+            return None;
+        };
         short |= walk.words.try_push((addr, w)).is_err();
         Some(w)
     };
