@@ -27,9 +27,9 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ngx::ffi::{
-    ngx_add_timer, ngx_connection_t, ngx_cycle, ngx_del_timer, ngx_event_t, ngx_free_connection,
-    ngx_get_connection, ngx_handle_read_event, ngx_http_finalize_request, ngx_http_request_t,
-    ngx_http_run_posted_requests, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add,
+    ngx_add_timer, ngx_connection_t, ngx_current_msec, ngx_cycle, ngx_del_timer, ngx_event_t,
+    ngx_free_connection, ngx_get_connection, ngx_handle_read_event, ngx_http_finalize_request,
+    ngx_http_request_t, ngx_http_run_posted_requests, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_OK, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT,
     NGX_OK,
 };
@@ -565,33 +565,55 @@ fn wake() {
     }
 }
 
-/// A timer on the wake-up event while any request waits, none otherwise.
-/// Requests nginx freed meanwhile are forgotten first: they keep no worker.
+/// A timer on the wake-up event while any request waits, none otherwise: it
+/// fires at the oldest request's deadline (`MEASURING_TIMEOUT` after it
+/// arrived), or within `WAITING_TIMER_MS`, whichever comes first. Requests
+/// nginx freed meanwhile are forgotten first: they keep no worker.
 fn keep_worker_while_waiting() {
-    let waiting = ANSWERS.with(|a| match a.try_borrow_mut() {
+    let oldest = ANSWERS.with(|a| match a.try_borrow_mut() {
         Ok(mut a) => {
             let a = &mut *a;
             a.pending.retain(|w| !w.request.get().is_null());
             if let Some(running) = &mut a.running {
                 running.requests.retain(|(w, _)| !w.request.get().is_null());
             }
-            !a.pending.is_empty() || a.running.as_ref().is_some_and(|r| !r.requests.is_empty())
+            let running = a
+                .running
+                .iter()
+                .flat_map(|r| r.requests.iter().map(|(w, _)| w));
+            Some(a.pending.iter().chain(running).map(|w| w.since).min())
         }
         // Not reached (no borrow is held across a call into nginx); keeping
         // the timer is the safe side.
-        Err(_) => true,
+        Err(_) => None,
     });
     let ev = WAKE_EVENT.load(Ordering::Relaxed);
     if ev.is_null() {
         return;
     }
+    let delay_ms = match oldest {
+        Some(None) => None,
+        Some(Some(since)) => {
+            let left = MEASURING_TIMEOUT.saturating_sub(since.elapsed());
+            Some((left.as_millis() as ngx_msec_t).clamp(1, WAITING_TIMER_MS))
+        }
+        None => Some(WAITING_TIMER_MS),
+    };
     // SAFETY: the event of the wake-up connection, on the loop's thread.
     unsafe {
-        let timer_set = (*ev).timer_set() != 0;
-        if waiting && !timer_set {
-            ngx_add_timer(ev, WAITING_TIMER_MS);
-        } else if !waiting && timer_set {
-            ngx_del_timer(ev);
+        match delay_ms {
+            Some(ms) => {
+                // nginx keeps a timer it is asked to move by less than 300 ms
+                // (NGX_TIMER_LAZY_DELAY): one that must fire sooner is
+                // deleted first, so no deadline is missed by that much.
+                let key = ngx_current_msec.wrapping_add(ms);
+                if (*ev).timer_set() != 0 && ((*ev).timer.key.wrapping_sub(key) as i64) > 0 {
+                    ngx_del_timer(ev);
+                }
+                ngx_add_timer(ev, ms);
+            }
+            None if (*ev).timer_set() != 0 => ngx_del_timer(ev),
+            None => {}
         }
     }
 }
