@@ -11,7 +11,6 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
-use IO::Socket::INET;
 use Time::HiRes ();
 use NginxTest;
 
@@ -80,22 +79,15 @@ unlike($t->error_log, qr/exited on signal/, 'no worker died');
 # A request waiting behind a stalled measuring gets its 503 at its own
 # deadline, not at the next tick of a 1 s timer after it.
 {
-    my $open = sub {
-        my ($extra) = @_;
-        my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10) or die "connect: $!";
-        print $s "GET /memory_status HTTP/1.0\r\nHost: localhost\r\n$extra\r\n";
-        return $s;
-    };
-    my $read = sub { my ($s) = @_; local $/; my $reply = <$s> // ''; return $reply =~ m{^HTTP/1\.\d (\d+)} ? $1 : 0 };
-    my $stalled = $open->("X-Memory-Status-Test-Panic: stall\r\n");
+    my $stalled = NginxTest::send_request($port, '/memory_status', 'X-Memory-Status-Test-Panic' => 'stall');
     Time::HiRes::sleep(0.5);
     my $sent = Time::HiRes::time();
-    my $queued = $open->('');
-    is($read->($queued), 503, 'a request queued behind the stalled measuring answers 503');
+    my $queued = NginxTest::send_request($port, '/memory_status');
+    is(NginxTest::read_reply($queued), 503, 'a request queued behind the stalled measuring answers 503');
     my $took = Time::HiRes::time() - $sent;
     cmp_ok($took, '<', 2.4, sprintf('at its own deadline: %.2f s after it arrived (the bound is 2 s)', $took));
     cmp_ok($took, '>=', 1.9, 'not before it');
-    is($read->($stalled), 503, 'the stalled one too');
+    is(NginxTest::read_reply($stalled), 503, 'the stalled one too');
     Time::HiRes::sleep(4.5);
 }
 

@@ -28,21 +28,6 @@ BAIL_OUT("$so missing: scripts/test builds it") unless -f $so;
 
 my $STALL = { 'X-Memory-Status-Test-Panic' => 'stall' };
 
-# A request sent now whose answer is read later: (socket, sent at).
-sub send_request {
-    my ($port, $path, %headers) = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10) or die "connect: $!";
-    print $s "GET $path HTTP/1.0\r\nHost: t\r\n" . join('', map { "$_: $headers{$_}\r\n" } keys %headers) . "\r\n";
-    return $s;
-}
-
-sub read_reply {
-    my ($s) = @_;
-    local $/;
-    my $reply = <$s> // '';
-    return $reply =~ m{^HTTP/1\.\d (\d+)} ? $1 : 'closed';
-}
-
 # --- binary upgrade ---------------------------------------------------------------
 
 {
@@ -91,13 +76,13 @@ sub read_reply {
 
     # A reload while a measuring stalls: the shutdown timer frees the request
     # at 1 s, the measuring ends later and finds nothing to answer.
-    my $s = send_request($port, '/ms', %$STALL);
+    my $s = NginxTest::send_request($port, '/ms', %$STALL);
     sleep 0.3;
     my ($old) = $t->worker_pids;
     my $t0 = time;
     $t->reload;
     my $took = time - $t0;
-    my $status = read_reply($s);
+    my $status = NginxTest::read_reply($s);
     # The freed request keeps nothing: the old worker exits at the timeout, not
     # when the 4 s measuring or the 2 s bound of the test build ends.
     cmp_ok($took, '<', 1.9, sprintf('the old worker exits at the shutdown timeout (%.1f s)', $took));
@@ -110,22 +95,22 @@ sub read_reply {
     # its waiting request, then exits.
     $t->write_file_expand('nginx.conf', conf(workers => 1, interval => '1s'));
     $t->reload;
-    $s = send_request($port, '/ms', %$STALL);
+    $s = NginxTest::send_request($port, '/ms', %$STALL);
     sleep 0.3;
     my @quit_cmd = $t->nginx_cmd('-s', 'quit');
     system(@quit_cmd) == 0 or die "nginx -s quit failed";
-    is(read_reply($s), 503, 'nginx -s quit mid-answer: the stalled request is still answered (503 at the bound)');
+    is(NginxTest::read_reply($s), 503, 'nginx -s quit mid-answer: the stalled request is still answered (503 at the bound)');
     $t->wait_for(sub { !$t->master_pid }, 'nginx gone after -s quit');
     is_deeply([signal_exits($t)], [], 'nginx -s quit mid-answer: no crash');
     $t->{running} = 0;
 
     # -s stop mid-answer: the worker exits at once, the thread with it.
     $t->run;
-    $s = send_request($port, '/ms', %$STALL);
+    $s = NginxTest::send_request($port, '/ms', %$STALL);
     sleep 0.3;
     my @stop_cmd = $t->nginx_cmd('-s', 'stop');
     system(@stop_cmd) == 0 or die "nginx -s stop failed";
-    my $st = read_reply($s);
+    my $st = NginxTest::read_reply($s);
     ok($st eq 'closed' || $st =~ /^\d+$/, "nginx -s stop mid-answer: the connection ends ($st)");
     $t->wait_for(sub { !$t->master_pid }, 'nginx gone after -s stop');
     is_deeply([signal_exits($t)], [], 'nginx -s stop mid-answer: no crash');

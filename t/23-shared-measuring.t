@@ -14,7 +14,6 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use Time::HiRes ();
-use IO::Socket::INET;
 use JSON::PP;
 use NginxTest;
 use MemoryStatus qw(unexpected_errors);
@@ -43,42 +42,25 @@ $t->run;
 my $port = $t->port(1);
 my ($worker) = $t->worker_pids;
 
-sub open_request {
-    my ($path, $extra) = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10)
-        or die "connect $port: $!";
-    print $s "GET $path HTTP/1.0\r\nHost: localhost\r\n" . ($extra // '') . "\r\n";
-    return $s;
-}
-
-sub read_reply {
-    my ($s) = @_;
-    local $/;
-    my $reply = <$s> // '';
-    my ($head, $body) = split /\r\n\r\n/, $reply, 2;
-    my ($status) = ($head // '') =~ m{^HTTP/1\.\d (\d+)};
-    return ($status // 0, $body // '');
-}
-
 for my $round (1 .. 3) {
-    my $slow = open_request('/memory_status', "X-Memory-Status-Test-Panic: slow\r\n");
+    my $slow = NginxTest::send_request($port, '/memory_status', 'X-Memory-Status-Test-Panic' => 'slow');
     Time::HiRes::sleep(0.15);
     my $sent_ms = int(Time::HiRes::time() * 1000);
     my %asked = (
-        json => [map { open_request('/memory_status') } 1 .. 5],
-        prometheus => [map { open_request('/memory_status?format=prometheus') } 1 .. 2],
-        full => [map { open_request('/memory_status?detail=full') } 1 .. 2],
+        json => [map { NginxTest::send_request($port, '/memory_status') } 1 .. 5],
+        prometheus => [map { NginxTest::send_request($port, '/memory_status?format=prometheus') } 1 .. 2],
+        full => [map { NginxTest::send_request($port, '/memory_status?detail=full') } 1 .. 2],
     );
     # A client that goes away while it waits.
-    close open_request('/memory_status');
+    close NginxTest::send_request($port, '/memory_status');
 
-    my ($slow_status, $slow_body) = read_reply($slow);
+    my ($slow_status, $slow_body) = NginxTest::read_reply($slow);
     is($slow_status, 200, "round $round: the slow measuring answers");
     my $slow_at = decode_json($slow_body)->{collected_at_ms};
     my %got;
     for my $kind (sort keys %asked) {
         for my $s (@{ $asked{$kind} }) {
-            my ($status, $body) = read_reply($s);
+            my ($status, $body) = NginxTest::read_reply($s);
             is($status, 200, "round $round: $kind answered");
             push @{ $got{$kind} }, $body;
         }

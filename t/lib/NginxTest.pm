@@ -302,6 +302,27 @@ sub raw_http {
     return $reply // '';
 }
 
+# A GET sent now whose reply is read later (`read_reply`): the socket.
+sub send_request {
+    my ($port, $path, %headers) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10)
+        or die "connect $port: $!";
+    print $s "GET $path HTTP/1.0\r\nHost: localhost\r\n"
+        . join('', map { "$_: $headers{$_}\r\n" } sort keys %headers) . "\r\n";
+    return $s;
+}
+
+# The reply to `send_request`, read until the server closes: its status
+# ('closed' when none came) and, in list context, its body.
+sub read_reply {
+    my ($s) = @_;
+    local $/;
+    my $reply = <$s> // '';
+    my ($head, $body) = split /\r\n\r\n/, $reply, 2;
+    my $status = ($head // '') =~ m{^HTTP/1\.\d (\d+)} ? $1 : 'closed';
+    return wantarray ? ($status, $body // '') : $status;
+}
+
 sub get { my ($self, $port, $path) = @_; $self->http('GET', $port, $path) }
 
 # GET a path and decode its JSON body; dies with the response if it is not JSON.
