@@ -8,10 +8,18 @@
 //! of the same stretch that reads the same words (all at once, in one
 //! `process_vm_readv`) and finds the same pages absent would find the same
 //! chunks, so it is not walked again. A walk that stopped for another cause (a
-//! word it could not read: a chunk released under it) is not kept. The
-//! chunks' resident bytes are measured at every answer: a chunk's pages become
-//! resident as the program fills it (a LuaJIT `string.buffer` reserved, then
-//! written; a large `malloc`ed buffer), which changes no word a walk reads.
+//! word it could not read: a chunk released under it) is not kept.
+//!
+//! A chunk's pages become resident as the program fills it (a LuaJIT
+//! `string.buffer` reserved, then written; a large `malloc`ed buffer), which
+//! changes no word a walk reads: resident bytes are measured at every answer,
+//! but for one kind of chunk. A Lua string is written whole when it is made
+//! and never changed, and with no swap on the host an anonymous page cannot
+//! leave memory: a chunk that holds a string (its GC header says so, and the
+//! walk's words keep its type and its hash and length words) and was found
+//! wholly resident stays so while the host has no swap. (A string being
+//! written has its header before its bytes: found not yet whole, it is
+//! measured again at the next answer.)
 
 use std::ffi::c_void;
 use std::sync::Mutex;
@@ -25,14 +33,41 @@ use crate::breakdown::{mapped_chunk_at, uncovered, ChunkKind, MappedChunk};
 use crate::glibc_heaps::is_private_anonymous_rw;
 use crate::procfs::Mapping;
 
+/// A word a walk read, the bits of it its result rests on (`mask`).
+#[derive(Clone, Copy)]
+struct Word {
+    addr: u64,
+    value: u64,
+    mask: u64,
+}
+
+/// LuaJIT (2.1, GC64): an object's type is the byte after its `marked` byte,
+/// after the 8-byte `nextgc` link (`GCHeader`); a string's is 4 (`~LJ_TSTR`).
+/// A direct chunk's object follows the chunk's two header words.
+const GC_TYPE_WORD: u64 = 16 + 8;
+const GC_TYPE_MASK: u64 = 0xff00;
+const GC_TYPE_STRING: u64 = 4 << 8;
+/// The string's hash and length (where either layout of 2.1 keeps them).
+const STRING_ID_WORD: u64 = 16 + 16;
+
+/// What the measuring knows that the walk's rule rests on.
+#[derive(Clone, Copy)]
+pub struct Context {
+    /// The Lua VMs' layout is LuaJIT 2.1's with GC64 (the VM reader checked it).
+    pub lua_gc64: bool,
+}
+
 /// A stretch as last walked.
 struct Walk {
     stretch: (u64, u64),
-    /// Every word the walk read: its address and value.
-    words: Vec<(u64, u64)>,
+    /// Every word the walk read.
+    words: Vec<Word>,
     /// Pages the walk found absent (a header it did not read).
     absent: Vec<u64>,
     chunks: Vec<MappedChunk>,
+    /// Per chunk: it holds a Lua string (its resident bytes stay while the
+    /// host has no swap).
+    strings: Vec<bool>,
     /// It stopped only for causes `words`, `absent` and the stretch record:
     /// the same inputs would make the same walk.
     whole: bool,
@@ -44,7 +79,8 @@ static WALKS: Mutex<Vec<Walk>> = Mutex::new(Vec::new());
 
 /// Every directly mapped chunk in the private anonymous mappings outside
 /// `skip` (ranges already accounted for).
-pub fn scan(maps: &[Mapping], skip: &[(u64, u64)]) -> Vec<MappedChunk> {
+pub fn scan(maps: &[Mapping], skip: &[(u64, u64)], cx: Context) -> Vec<MappedChunk> {
+    let no_swap = host_has_no_swap();
     let mut last = std::mem::take(&mut *WALKS.lock().unwrap_or_else(|p| p.into_inner()));
     let mut walks = Vec::new();
     let mut found = Vec::new();
@@ -53,8 +89,8 @@ pub fn scan(maps: &[Mapping], skip: &[(u64, u64)]) -> Vec<MappedChunk> {
         for stretch in uncovered(m.start, m.end, skip) {
             let kept = last.iter().position(|w| w.stretch == stretch);
             let walk = match kept.map(|i| last.swap_remove(i)) {
-                Some(w) if unchanged(&w) => Some(measured(w)),
-                _ => walk(stretch),
+                Some(w) if unchanged(&w) => Some(measured(w, no_swap)),
+                _ => walk(stretch, cx.lua_gc64 && no_swap),
             };
             let Some(walk) = walk else {
                 break 'mappings;
@@ -79,20 +115,32 @@ fn unchanged(w: &Walk) -> bool {
     w.absent.iter().all(|&p| pages.present(p) != Some(true)) && same_words(&w.words)
 }
 
-/// The kept walk with its chunks' resident bytes measured now. A chunk
-/// released since the words were read has none (the next walk drops it).
-fn measured(mut w: Walk) -> Walk {
+/// The kept walk with its chunks' resident bytes measured now, but for the
+/// strings' while the host has no swap. A chunk released since the words
+/// were read has none (the next walk drops it).
+fn measured(mut w: Walk, no_swap: bool) -> Walk {
     let mut pages = PageWindow::new(w.stretch.1);
-    for c in &mut w.chunks {
-        c.resident_bytes = pages.resident_bytes(c.start, c.end).unwrap_or(0);
+    for (c, &string) in w.chunks.iter_mut().zip(&w.strings) {
+        if !(string && no_swap) {
+            c.resident_bytes = pages.resident_bytes(c.start, c.end).unwrap_or(0);
+        }
     }
     w
+}
+
+/// No swap device is active (`/proc/swaps` lists none): an anonymous page
+/// cannot leave memory. Unreadable: as if there were swap.
+fn host_has_no_swap() -> bool {
+    crate::procfs::read_proc_file("/proc/swaps", 1024)
+        .is_ok_and(|text| text.lines().filter(|l| !l.trim().is_empty()).count() <= 1)
 }
 
 /// Walks a stretch: the chunks one after another from its start, until a
 /// word is not a chunk's header. Words are read only on pages `mincore` shows
 /// present, through `read_words`. `None`: memory is short.
-fn walk(stretch: (u64, u64)) -> Option<Walk> {
+/// `strings`: chunks that hold a Lua string are told apart (the layout is
+/// known and the host has no swap).
+fn walk(stretch: (u64, u64), strings: bool) -> Option<Walk> {
     let (start, end) = stretch;
     // SAFETY: a plain integer nginx sets at start.
     let page = unsafe { ngx_pagesize } as u64;
@@ -102,6 +150,7 @@ fn walk(stretch: (u64, u64)) -> Option<Walk> {
         words: Vec::new(),
         absent: Vec::new(),
         chunks: Vec::new(),
+        strings: Vec::new(),
         whole: true,
     };
     let mut at = start;
@@ -120,7 +169,14 @@ fn walk(stretch: (u64, u64)) -> Option<Walk> {
             end: at + len,
             resident_bytes,
         };
+        // Only a string found whole in memory: one being written now (its
+        // header comes before its bytes) is measured again next time.
+        let string = strings
+            && kind == ChunkKind::LuaJit
+            && resident_bytes == len
+            && holds_string(at, &mut walk)?;
         walk.chunks.try_push(chunk).ok()?;
+        walk.strings.try_push(string).ok()?;
         at += len;
     }
     Some(walk)
@@ -150,7 +206,14 @@ fn chunk_at(
             walk.whole = false;
             return None;
         };
-        short |= walk.words.try_push((addr, w)).is_err();
+        short |= walk
+            .words
+            .try_push(Word {
+                addr,
+                value: w,
+                mask: u64::MAX,
+            })
+            .is_err();
         Some(w)
     };
     let found = match (word_at(at), word_at(at + 8)) {
@@ -163,41 +226,131 @@ fn chunk_at(
     (!short).then_some(found)
 }
 
-/// Whether every word reads as recorded, all read at once (`process_vm_readv`
-/// on ourselves, in batches of `IOV_MAX` words): a word another thread
-/// released gives `false`, not a fault.
-fn same_words(words: &[(u64, u64)]) -> bool {
-    const BATCH: usize = 1024;
-    let mut now = [0u64; BATCH];
-    words.chunks(BATCH).all(|batch| {
-        let mut local = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; BATCH];
-        let mut remote = local;
-        for (i, &(addr, _)) in batch.iter().enumerate() {
-            local[i] = libc::iovec {
-                iov_base: (&mut now[i] as *mut u64).cast::<c_void>(),
-                iov_len: 8,
-            };
-            remote[i] = libc::iovec {
-                iov_base: addr as *mut c_void,
-                iov_len: 8,
-            };
+/// Whether the LuaJIT chunk at `at` holds a string; its type and its hash and
+/// length words are kept with the walk's words, so that a later walk that
+/// finds them the same finds the same string. `None`: memory is short.
+fn holds_string(at: u64, walk: &mut Walk) -> Option<bool> {
+    const _: () = assert!(STRING_ID_WORD == GC_TYPE_WORD + 8);
+    let Some([type_word, id_word]) = read_words::<2>(at + GC_TYPE_WORD) else {
+        return Some(false);
+    };
+    if type_word & GC_TYPE_MASK != GC_TYPE_STRING {
+        return Some(false);
+    }
+    let kept = [
+        Word {
+            addr: at + GC_TYPE_WORD,
+            value: type_word,
+            mask: GC_TYPE_MASK,
+        },
+        Word {
+            addr: at + STRING_ID_WORD,
+            value: id_word,
+            mask: u64::MAX,
+        },
+    ];
+    for word in kept {
+        walk.words.try_push(word).ok()?;
+    }
+    Some(true)
+}
+
+/// Words at most this far apart are read as one span (a chunk's headers, its
+/// object's header, the fencepost before the next chunk's).
+const SPAN_GAP: u64 = 64;
+/// A span ends at this length.
+const SPAN_MAX: u64 = 4096;
+/// Spans per `process_vm_readv` (`IOV_MAX`).
+const SPANS_PER_READ: usize = 1024;
+
+/// Whether every word reads as recorded (in the bits that count). The words
+/// are read by spans of neighbours, up to `SPANS_PER_READ` spans at once
+/// (`process_vm_readv` on ourselves: the kernel pins the pages of each span,
+/// so a span costs what a word would): a word another thread released gives
+/// `false`, not a fault. `false` too when memory is short.
+fn same_words(words: &[Word]) -> bool {
+    let mut sorted: Vec<Word> = Vec::new();
+    if sorted.try_reserve_exact(words.len()).is_err() {
+        return false;
+    }
+    sorted.extend_from_slice(words);
+    sorted.sort_unstable_by_key(|w| w.addr);
+    let mut rest = &sorted[..];
+    while !rest.is_empty() {
+        let (spans, taken) = spans_of(rest);
+        if !spans_read_the_same(&rest[..taken], &spans) {
+            return false;
         }
-        let n = batch.len();
-        // SAFETY: the kernel writes at most 8 bytes into each of `n` words of
-        // `now` and checks the remote ranges itself.
-        let read = unsafe {
-            libc::process_vm_readv(
-                libc::getpid(),
-                local.as_ptr(),
-                n as libc::c_ulong,
-                remote.as_ptr(),
-                n as libc::c_ulong,
-                0,
-            )
-        };
-        read == (n * 8) as isize && batch.iter().zip(&now).all(|(&(_, w), &v)| w == v)
+        rest = &rest[taken..];
+    }
+    true
+}
+
+/// The spans of the first words of `words` (sorted), at most
+/// `SPANS_PER_READ`, and how many words they cover.
+fn spans_of(words: &[Word]) -> (Vec<(u64, u64)>, usize) {
+    let mut spans: Vec<(u64, u64)> = Vec::with_capacity(SPANS_PER_READ);
+    for (i, w) in words.iter().enumerate() {
+        let full = spans.len() == SPANS_PER_READ;
+        match spans.last_mut() {
+            Some((start, end)) if w.addr <= *end + SPAN_GAP && w.addr + 8 - *start <= SPAN_MAX => {
+                *end = (*end).max(w.addr + 8);
+            }
+            _ if full => return (spans, i),
+            _ => spans.push((w.addr, w.addr + 8)),
+        }
+    }
+    (spans, words.len())
+}
+
+/// Reads `spans` at once and compares `words` (the words they cover).
+fn spans_read_the_same(words: &[Word], spans: &[(u64, u64)]) -> bool {
+    let total: u64 = spans.iter().map(|&(start, end)| end - start).sum();
+    let mut bytes: Vec<u8> = Vec::new();
+    if bytes.try_reserve_exact(total as usize).is_err() {
+        return false;
+    }
+    bytes.resize(total as usize, 0);
+    let mut local = Vec::with_capacity(spans.len());
+    let mut remote = Vec::with_capacity(spans.len());
+    let mut offset = 0usize;
+    for &(start, end) in spans {
+        let len = (end - start) as usize;
+        local.push(libc::iovec {
+            iov_base: bytes[offset..].as_mut_ptr().cast::<c_void>(),
+            iov_len: len,
+        });
+        remote.push(libc::iovec {
+            iov_base: start as *mut c_void,
+            iov_len: len,
+        });
+        offset += len;
+    }
+    // SAFETY: the kernel writes at most `total` bytes, span by span, into
+    // `bytes`, which holds that many, and checks the remote ranges itself.
+    let read = unsafe {
+        libc::process_vm_readv(
+            libc::getpid(),
+            local.as_ptr(),
+            local.len() as libc::c_ulong,
+            remote.as_ptr(),
+            remote.len() as libc::c_ulong,
+            0,
+        )
+    };
+    if read != total as isize {
+        return false;
+    }
+    // Each word's place in `bytes`: its span's place plus its offset in it.
+    let mut span = 0;
+    let mut span_at = 0u64;
+    words.iter().all(|w| {
+        while w.addr + 8 > spans[span].1 {
+            span_at += spans[span].1 - spans[span].0;
+            span += 1;
+        }
+        let at = (span_at + w.addr - spans[span].0) as usize;
+        let now = u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+        (w.value ^ now) & w.mask == 0
     })
 }

@@ -258,7 +258,11 @@ impl Job {
             .flat_map(|(segments, _)| segments)
             .copied()
             .collect();
-        let samples = process::sample(self.depth, self.walk, &known);
+        // A VM read means its layout is LuaJIT 2.1's with GC64 (checked).
+        let chunks = super::chunks::Context {
+            lua_gc64: self.lua_heaps.iter().any(Option::is_some),
+        };
+        let samples = process::sample(self.depth, self.walk, &known, chunks);
         let own_pid = std::process::id();
         // Short of memory already: the answer is given up, the other
         // processes are not read.

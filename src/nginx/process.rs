@@ -30,7 +30,12 @@ pub struct ProcessSamples {
 /// `walk`: read `/proc/self/smaps` too (a page-table walk). `known`: address
 /// ranges already accounted for (LuaJIT's segments), not to be searched for
 /// directly mapped chunks.
-pub fn sample(depth: Depth, walk: bool, known: &[(u64, u64)]) -> ProcessSamples {
+pub fn sample(
+    depth: Depth,
+    walk: bool,
+    known: &[(u64, u64)],
+    chunks: super::chunks::Context,
+) -> ProcessSamples {
     let maps = read_proc_file("/proc/self/maps", 64 << 10)
         .map(|text| Mapping::parse_all(&text).0)
         .map_err(|e| e.to_string());
@@ -61,7 +66,7 @@ pub fn sample(depth: Depth, walk: bool, known: &[(u64, u64)]) -> ProcessSamples 
         program_data: sample_program_data(&data_ranges),
         program_ranges: data_ranges,
         glibc,
-        mapped_chunks: super::chunks::scan(mapped, &skip),
+        mapped_chunks: super::chunks::scan(mapped, &skip, chunks),
         stacks,
         other_allocators: sample_other_allocators(),
         maps,
