@@ -53,7 +53,9 @@ const STRING_ID_WORD: u64 = 16 + 16;
 /// What the measuring knows that the walk's rule rests on.
 #[derive(Clone, Copy)]
 pub struct Context {
-    /// The Lua VMs' layout is LuaJIT 2.1's with GC64 (the VM reader checked it).
+    /// The Lua VMs' layout is LuaJIT 2.1's with GC64, its strings' type byte
+    /// where `GC_TYPE_WORD` says (the VM reader found the empty string's
+    /// there), on a little-endian machine (the byte's place in the word).
     pub lua_gc64: bool,
 }
 
@@ -121,9 +123,13 @@ fn unchanged(w: &Walk) -> bool {
 fn measured(mut w: Walk, no_swap: bool) -> Walk {
     let mut pages = PageWindow::new(w.stretch.1);
     for (c, &string) in w.chunks.iter_mut().zip(&w.strings) {
-        if !(string && no_swap) {
-            c.resident_bytes = pages.resident_bytes(c.start, c.end).unwrap_or(0);
-        }
+        c.resident_bytes = if string && no_swap {
+            // Found wholly resident (a figure measured while there was swap
+            // may be less: not kept).
+            c.end - c.start
+        } else {
+            pages.resident_bytes(c.start, c.end).unwrap_or(0)
+        };
     }
     w
 }
@@ -169,12 +175,14 @@ fn walk(stretch: (u64, u64), strings: bool) -> Option<Walk> {
             end: at + len,
             resident_bytes,
         };
-        // Only a string found whole in memory: one being written now (its
-        // header comes before its bytes) is measured again next time.
+        // Only a string found whole in memory after its header was read: one
+        // being written now (its header comes before its bytes) is measured
+        // again next time. Asked anew: the window may predate this chunk.
         let string = strings
             && kind == ChunkKind::LuaJit
             && resident_bytes == len
-            && holds_string(at, &mut walk)?;
+            && holds_string(at, &mut walk)?
+            && PageWindow::new(at + len).resident_bytes(at, at + len) == Ok(len);
         walk.chunks.try_push(chunk).ok()?;
         walk.strings.try_push(string).ok()?;
         at += len;
@@ -317,7 +325,7 @@ fn spans_read_the_same(words: &[Word], spans: &[(u64, u64)]) -> bool {
     for &(start, end) in spans {
         let len = (end - start) as usize;
         local.push(libc::iovec {
-            iov_base: bytes[offset..].as_mut_ptr().cast::<c_void>(),
+            iov_base: bytes.as_mut_ptr().wrapping_add(offset).cast::<c_void>(),
             iov_len: len,
         });
         remote.push(libc::iovec {

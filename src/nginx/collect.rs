@@ -77,6 +77,10 @@ pub struct Job {
     zones: Vec<ZoneRange>,
     /// Each VM's allocator segments and `gc_bytes`.
     lua_heaps: [Option<LuaHeap>; 2],
+    /// A VM's `global_State` read through the GC64 layout, its empty
+    /// string's type byte where GC64 puts it (`jit_enabled` read), on a
+    /// little-endian machine.
+    lua_gc64: bool,
     /// The server's processes to read: the master (no entry) and every
     /// registered process.
     processes: Vec<(u32, Option<RegistryEntry>)>,
@@ -162,6 +166,10 @@ pub fn begin(measuring: Measuring) -> (LoopPart, Job) {
         depth,
         zones: zone_ranges,
         lua_heaps: [heap(&http), heap(&stream)],
+        lua_gc64: cfg!(target_endian = "little")
+            && [&http, &stream]
+                .iter()
+                .any(|vm| vm.as_ref().is_ok_and(|vm| vm.jit_enabled.is_ok())),
         processes,
         // SAFETY: a plain integer nginx sets on the loop's thread, read there.
         own_title: if unsafe { ngx_exiting } != 0 {
@@ -258,9 +266,8 @@ impl Job {
             .flat_map(|(segments, _)| segments)
             .copied()
             .collect();
-        // A VM read means its layout is LuaJIT 2.1's with GC64 (checked).
         let chunks = super::chunks::Context {
-            lua_gc64: self.lua_heaps.iter().any(Option::is_some),
+            lua_gc64: self.lua_gc64,
         };
         let samples = process::sample(self.depth, self.walk, &known, chunks);
         let own_pid = std::process::id();
