@@ -116,6 +116,8 @@ EOF
     my ($w) = $s->worker_pids;
     my $fds = sub { scalar(() = glob "/proc/$w/fd/*") };
     my ($j0, $r0) = $s->get_json($s->port(1), '/memory_status');
+    # The first client's socket may still be open in the worker for a moment.
+    Time::HiRes::sleep(0.2);
     my $before = $fds->();
     my $ok = 0;
     for (1 .. 20) {
@@ -123,7 +125,9 @@ EOF
         $ok++ if $r->{status} == 200;
     }
     is($ok, 20, 'no slot for the channel: answered on the loop, 20 of 20');
-    is($fds->(), $before, 'no descriptor left behind by the retries');
+    # A leak would add one a retry; the last client's socket may still be
+    # closing (one fewer is no leak).
+    cmp_ok($fds->(), '<=', $before, 'no descriptor left behind by the retries');
     like($s->error_log, qr/\[alert\].*memory_status: measuring on the event loop: no free connection/,
         'error.log says why');
     $s->done_file(allow => [qr/measuring on the event loop: no free connection/,
