@@ -12,6 +12,7 @@
 mod alloc_guard;
 mod breakdown;
 mod cgroup;
+mod chunk_words;
 mod escape;
 mod findings;
 mod format;

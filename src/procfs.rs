@@ -270,9 +270,24 @@ pub fn parse_syscall_stack_pointer(text: &str) -> Option<u64> {
     u64::from_str_radix(sp, 16).ok()
 }
 
+/// Whether `/proc/swaps` lists a swap device (beyond its header line).
+pub fn swaps_active(text: &str) -> bool {
+    text.lines().filter(|l| !l.trim().is_empty()).count() > 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swaps_listed() {
+        let header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert!(!swaps_active(header));
+        assert!(!swaps_active(""));
+        assert!(swaps_active(&format!(
+            "{header}/swapfile                               file\t\t262140\t\t0\t\t-2\n"
+        )));
+    }
 
     const WORKER_SAMPLE: &str = include_str!("../testdata/proc_status_nginx_worker.txt");
 

@@ -30,16 +30,9 @@ use super::process::read_words;
 use super::residency::PageWindow;
 use crate::alloc_guard::TryPush;
 use crate::breakdown::{mapped_chunk_at, uncovered, ChunkKind, MappedChunk};
+use crate::chunk_words::{spans_of, words_match, Word};
 use crate::glibc_heaps::is_private_anonymous_rw;
 use crate::procfs::Mapping;
-
-/// A word a walk read, the bits of it its result rests on (`mask`).
-#[derive(Clone, Copy)]
-struct Word {
-    addr: u64,
-    value: u64,
-    mask: u64,
-}
 
 /// LuaJIT (2.1, GC64): an object's type is the byte after its `marked` byte,
 /// after the 8-byte `nextgc` link (`GCHeader`); a string's is 4 (`~LJ_TSTR`).
@@ -138,7 +131,7 @@ fn measured(mut w: Walk, no_swap: bool) -> Walk {
 /// cannot leave memory. Unreadable: as if there were swap.
 fn host_has_no_swap() -> bool {
     crate::procfs::read_proc_file("/proc/swaps", 1024)
-        .is_ok_and(|text| text.lines().filter(|l| !l.trim().is_empty()).count() <= 1)
+        .is_ok_and(|text| !crate::procfs::swaps_active(&text))
 }
 
 /// Walks a stretch: the chunks one after another from its start, until a
@@ -263,16 +256,8 @@ fn holds_string(at: u64, walk: &mut Walk) -> Option<bool> {
     Some(true)
 }
 
-/// Words at most this far apart are read as one span (a chunk's headers, its
-/// object's header, the fencepost before the next chunk's).
-const SPAN_GAP: u64 = 64;
-/// A span ends at this length.
-const SPAN_MAX: u64 = 4096;
-/// Spans per `process_vm_readv` (`IOV_MAX`).
-const SPANS_PER_READ: usize = 1024;
-
 /// Whether every word reads as recorded (in the bits that count). The words
-/// are read by spans of neighbours, up to `SPANS_PER_READ` spans at once
+/// are read by spans of neighbours (`chunk_words`), a read of them at once
 /// (`process_vm_readv` on ourselves: the kernel pins the pages of each span,
 /// so a span costs what a word would): a word another thread released gives
 /// `false`, not a fault. `false` too when memory is short.
@@ -292,23 +277,6 @@ fn same_words(words: &[Word]) -> bool {
         rest = &rest[taken..];
     }
     true
-}
-
-/// The spans of the first words of `words` (sorted), at most
-/// `SPANS_PER_READ`, and how many words they cover.
-fn spans_of(words: &[Word]) -> (Vec<(u64, u64)>, usize) {
-    let mut spans: Vec<(u64, u64)> = Vec::with_capacity(SPANS_PER_READ);
-    for (i, w) in words.iter().enumerate() {
-        let full = spans.len() == SPANS_PER_READ;
-        match spans.last_mut() {
-            Some((start, end)) if w.addr <= *end + SPAN_GAP && w.addr + 8 - *start <= SPAN_MAX => {
-                *end = (*end).max(w.addr + 8);
-            }
-            _ if full => return (spans, i),
-            _ => spans.push((w.addr, w.addr + 8)),
-        }
-    }
-    (spans, words.len())
 }
 
 /// Reads `spans` at once and compares `words` (the words they cover).
@@ -346,19 +314,5 @@ fn spans_read_the_same(words: &[Word], spans: &[(u64, u64)]) -> bool {
             0,
         )
     };
-    if read != total as isize {
-        return false;
-    }
-    // Each word's place in `bytes`: its span's place plus its offset in it.
-    let mut span = 0;
-    let mut span_at = 0u64;
-    words.iter().all(|w| {
-        while w.addr + 8 > spans[span].1 {
-            span_at += spans[span].1 - spans[span].0;
-            span += 1;
-        }
-        let at = (span_at + w.addr - spans[span].0) as usize;
-        let now = u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
-        (w.value ^ now) & w.mask == 0
-    })
+    read == total as isize && words_match(words, spans, &bytes)
 }

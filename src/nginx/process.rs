@@ -6,7 +6,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 
 use ngx::ffi::ngx_pagesize;
 
-use super::residency::resident_pages;
+use super::residency::{resident_pages, PageWindow};
 use crate::breakdown::{
     copied_pages, Depth, GlibcHeaps, GlibcSample, LoadSegment, MappedChunk, OtherAllocatorSample,
     ProgramDataRanges, ProgramDataSample, StackSample,
@@ -164,15 +164,6 @@ pub(super) fn read_words<const N: usize>(addr: u64) -> Option<[u64; N]> {
     (read == len as isize).then_some(words)
 }
 
-fn is_page_present(addr: u64, page: u64) -> bool {
-    let mut vec = [0u8; 1];
-    let start = addr - addr % page;
-    // SAFETY: mincore only inspects page tables; ENOMEM for an unmapped page.
-    unsafe {
-        libc::mincore(start as *mut c_void, page as usize, vec.as_mut_ptr()) == 0 && vec[0] & 1 != 0
-    }
-}
-
 /// Resident bytes of a mapping of this process, by `mincore`.
 fn resident_bytes_of(m: &Mapping) -> Result<u64, String> {
     // SAFETY: the range is a mapping just listed in /proc/self/maps, page-aligned.
@@ -225,7 +216,7 @@ fn find_heaps(maps: &[Mapping], arena_bytes: u64) -> Result<GlibcHeaps, String> 
     let mut candidates = Vec::new();
     for m in maps.iter().filter(|m| is_private_anonymous_rw(m)) {
         for start in aligned_starts(m.start, m.end) {
-            if start + 32 <= m.end && is_page_present(start, page) {
+            if start + 32 <= m.end && PageWindow::new(start + page).present(start) == Some(true) {
                 if let Some(words) = read_words::<4>(start) {
                     candidates.push((start, HeapHeader::from_words(words), m.end - start));
                 }
