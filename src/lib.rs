@@ -10,24 +10,13 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod alloc_guard;
-mod breakdown;
-mod cgroup;
-mod chunk_words;
-mod escape;
-mod findings;
+mod analysis;
 mod format;
-mod glibc_heaps;
-mod history;
-mod lua;
+mod model;
 mod panic_guard;
-mod pools;
-mod procfs;
 mod query;
-mod report;
-mod server;
 mod shm;
-mod source_error;
-mod zones;
+mod sources;
 
 #[cfg(not(test))]
 mod nginx;

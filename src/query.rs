@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use crate::breakdown::Depth;
-use crate::escape::echo;
+use crate::model::breakdown::Depth;
+use crate::sources::escape::echo;
 
 /// The answer's format.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

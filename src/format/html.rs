@@ -6,7 +6,7 @@ use std::f64::consts::PI;
 use std::fmt::Write;
 
 use super::human_bytes;
-use crate::report::Report;
+use crate::model::report::Report;
 
 pub const CONTENT_TYPE: &[u8] = b"text/html; charset=utf-8";
 
@@ -310,7 +310,7 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
 }
 
 /// What the figures mean, at the top: most severe first.
-fn findings_section(h: &mut String, findings: &[crate::findings::Finding]) {
+fn findings_section(h: &mut String, findings: &[crate::model::findings::Finding]) {
     if findings.is_empty() {
         h.push_str("<section id=\"findings\"><h2>Findings</h2><p>Every rule was checked; none fired.</p></section>");
         return;
@@ -381,7 +381,7 @@ fn history_section(h: &mut String, r: &Report) {
             "<tr><td>this worker: resident</td><td>{}</td></tr>",
             sparkline(&resident)
         );
-        for owner in crate::server::PUBLISHED_OWNERS {
+        for owner in crate::model::server::PUBLISHED_OWNERS {
             let points: Vec<(u64, f64)> = mine
                 .samples
                 .iter()

@@ -1,10 +1,11 @@
 //! Every format of the answer, each over the same plain model.
 
 pub mod html;
+pub mod json;
 pub mod prometheus;
 
+use crate::model::report::Report;
 use crate::query::Format;
-use crate::report::Report;
 
 /// How one answer is rendered: its format and, for the HTML page, its
 /// reload interval. Requests asking the same share one rendering.

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use crate::breakdown::Owner;
-use crate::report::{NginxInfo, Report, ZoneReport};
-use crate::server::{Published, Server, ServerProcess};
-use crate::zones::Zone;
+use crate::model::breakdown::Owner;
+use crate::model::report::{NginxInfo, Report, ZoneReport};
+use crate::model::server::{Published, Server, ServerProcess};
+use crate::model::zones::Zone;
 
 pub const CONTENT_TYPE: &[u8] = b"text/plain; version=0.0.4; charset=utf-8";
 
@@ -511,7 +511,7 @@ pub fn render(r: &Report) -> String {
 }
 
 /// Each process's fitted growth per series, labelled by the process's pid.
-fn trends(m: &mut Metrics, trends: &[crate::history::ProcessTrends]) {
+fn trends(m: &mut Metrics, trends: &[crate::model::history::ProcessTrends]) {
     for p in trends {
         let pid = p.pid.to_string();
         for t in &p.trends {
@@ -537,7 +537,7 @@ fn trends(m: &mut Metrics, trends: &[crate::history::ProcessTrends]) {
 }
 
 /// One series per finding; a rule that did not fire has none.
-fn findings(m: &mut Metrics, findings: &[crate::findings::Finding]) {
+fn findings(m: &mut Metrics, findings: &[crate::model::findings::Finding]) {
     for f in findings {
         let severity = serde_json::to_value(f.severity)
             .ok()

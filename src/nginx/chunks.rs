@@ -29,10 +29,10 @@ use ngx::ffi::ngx_pagesize;
 use super::process::read_words;
 use super::residency::PageWindow;
 use crate::alloc_guard::TryPush;
-use crate::breakdown::{mapped_chunk_at, uncovered, ChunkKind, MappedChunk};
-use crate::chunk_words::{spans_of, words_match, Word};
-use crate::glibc_heaps::is_private_anonymous_rw;
-use crate::procfs::Mapping;
+use crate::analysis::breakdown::{mapped_chunk_at, uncovered, ChunkKind, MappedChunk};
+use crate::analysis::chunk_words::{spans_of, words_match, Word};
+use crate::sources::glibc_heaps::is_private_anonymous_rw;
+use crate::sources::procfs::Mapping;
 
 /// LuaJIT (2.1, GC64): an object's type is the byte after its `marked` byte,
 /// after the 8-byte `nextgc` link (`GCHeader`); a string's is 4 (`~LJ_TSTR`).
@@ -130,8 +130,8 @@ fn measured(mut w: Walk, no_swap: bool) -> Walk {
 /// No swap device is active (`/proc/swaps` lists none): an anonymous page
 /// cannot leave memory. Unreadable: as if there were swap.
 fn host_has_no_swap() -> bool {
-    crate::procfs::read_proc_file("/proc/swaps", 1024)
-        .is_ok_and(|text| !crate::procfs::swaps_active(&text))
+    crate::sources::procfs::read_proc_file("/proc/swaps", 1024)
+        .is_ok_and(|text| !crate::sources::procfs::swaps_active(&text))
 }
 
 /// Walks a stretch: the chunks one after another from its start, until a

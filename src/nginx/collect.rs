@@ -14,19 +14,21 @@ use super::process::{self, ProcessSamples};
 use super::registry;
 use super::residency::{lua_resident_bytes, resident_pages_of, zones_resident_pages, ZoneRange};
 use super::zones::sample_zones;
-use crate::breakdown::{Breakdown, Depth, Inputs, VirtualSplit};
+use crate::analysis::breakdown::Inputs;
+use crate::analysis::history::{series_name, SampleWindow};
+use crate::analysis::lua::LuaVmSample;
+use crate::analysis::pools::PoolsSample;
+use crate::analysis::server::{self, ProcessSample, RegistryEntry};
+use crate::analysis::zones::ZoneSample;
 use crate::format::Rendering;
-use crate::history::{
-    series_name, History, ProcessHistory, ProcessTrends, Sample, SampleWindow, Trend, ZonesSample,
-};
-use crate::lua::Lua;
-use crate::lua::LuaVmSample;
-use crate::pools::Pools;
-use crate::pools::PoolsSample;
-use crate::report::{self, NginxInfo, Report, Role, SourceError, ZoneReport, SCHEMA_VERSION};
-use crate::server::{self, ProcessRole, ProcessSample, Published, PublishedPss, RegistryEntry};
-use crate::zones::Zone;
-use crate::zones::ZoneSample;
+use crate::model::breakdown::{Breakdown, Depth, VirtualSplit};
+use crate::model::history::{History, ProcessHistory, ProcessTrends, Sample, Trend};
+use crate::model::lua::Lua;
+use crate::model::pools::Pools;
+use crate::model::report::{NginxInfo, Report, Role, SourceError, ZoneReport, SCHEMA_VERSION};
+use crate::model::server::{ProcessRole, Published, PublishedPss};
+use crate::model::zones::Zone;
+use crate::shm::samples::ZonesSample;
 
 /// The census's time bound: it walks the Lua heap inside the event loop.
 const LUA_OBJECTS_MAX_TIME: std::time::Duration = std::time::Duration::from_millis(100);
@@ -49,8 +51,8 @@ pub struct LoopPart {
     /// Every live process's history ring: its trends, and its samples when asked.
     rings: Option<(Vec<super::history::RingView>, usize)>,
     /// The zones' trends, and their samples when asked.
-    zone_trends: Vec<(u64, crate::history::Fit, u64)>,
-    zone_samples: Option<Vec<crate::history::ZonesSample>>,
+    zone_trends: Vec<(u64, crate::model::history::Fit, u64)>,
+    zone_samples: Option<Vec<crate::shm::samples::ZonesSample>>,
     /// `history_since=`, for the answer to repeat.
     history_since_ms: Option<u64>,
     /// When the history zone saw its last reloads.
@@ -99,7 +101,7 @@ pub struct Measured {
     lua_resident: [Option<(Result<u64, String>, u64)>; 2],
     status: std::io::Result<String>,
     processes: Vec<ProcessSample>,
-    cgroup: Result<Option<crate::cgroup::CgroupMemory>, String>,
+    cgroup: Result<Option<crate::sources::cgroup::CgroupMemory>, String>,
 }
 
 /// What one measuring is made for: the depth, the Lua census's bound, the
@@ -282,7 +284,7 @@ impl Job {
             .into_iter()
             .map(|(pid, entry)| {
                 let read = |file: &str, size: usize| {
-                    crate::procfs::read_proc_file(&format!("/proc/{pid}/{file}"), size)
+                    crate::sources::procfs::read_proc_file(&format!("/proc/{pid}/{file}"), size)
                 };
                 // This process's own title and status are known without reading
                 // them again (its status is read last, below).
@@ -306,7 +308,7 @@ impl Job {
             .collect();
         // RSS last: pages the collection itself touched (its own allocations) are
         // then in RSS as well as in the owners' ranges, never only in the latter.
-        let status = crate::procfs::read_proc_file("/proc/self/status", 4 << 10);
+        let status = crate::sources::procfs::read_proc_file("/proc/self/status", 4 << 10);
         if let Some(own) = processes.iter_mut().find(|p| p.pid == own_pid) {
             own.status = match &status {
                 Ok(text) => Ok(text.clone()),
@@ -319,7 +321,7 @@ impl Job {
             lua_resident,
             status,
             processes,
-            cgroup: crate::cgroup::read_own_recent(),
+            cgroup: crate::sources::cgroup::read_own_recent(),
         }
     }
 }
@@ -431,7 +433,7 @@ fn finish(part: LoopPart, measured: Measured) -> (Report, Published) {
     }
     let lua = Lua::from_samples(http, stream, &mut errors);
     let samples = measured.samples;
-    let process = report::process_memory(measured.status, &mut errors);
+    let process = crate::analysis::assemble::process_memory(measured.status, &mut errors);
     let breakdown = Breakdown::build(
         Inputs {
             depth,
@@ -500,13 +502,13 @@ fn finish(part: LoopPart, measured: Measured) -> (Report, Published) {
         let (trends, mut history) = history_of(&report, rings, window, &mut errors);
         report.trends = trends;
         if let (Some(h), Some(samples)) = (&mut history, zone_samples) {
-            h.zones = crate::history::zones_history(&report.zones, &samples);
+            h.zones = crate::analysis::history::zones_history(&report.zones, &samples);
         }
         report.history = history;
     }
-    report.zone_trends = crate::history::zone_trends_of(&report.zones, zone_trends);
-    report.findings = crate::findings::evaluate(
-        &crate::findings::Inputs {
+    report.zone_trends = crate::analysis::history::zone_trends_of(&report.zones, zone_trends);
+    report.findings = crate::analysis::findings::evaluate(
+        &crate::analysis::findings::Inputs {
             report: &report,
             cgroup: &measured.cgroup,
             shutdown_timeout_ms,
@@ -537,7 +539,7 @@ fn history_of(
         .map(|p| p.pid)
         .collect();
     let with_ring: Vec<u32> = rings.iter().map(|r| r.pid).collect();
-    for pid in crate::history::without_ring(&writers, &with_ring) {
+    for pid in crate::analysis::history::without_ring(&writers, &with_ring) {
         errors.push(SourceError::new(
             "history",
             format!(
@@ -579,7 +581,7 @@ fn history_of(
     let history = (!samples.is_empty()).then(|| History {
         interval_ms,
         capacity: capacity as u64,
-        points_max: crate::history::HISTORY_POINTS as u64,
+        points_max: crate::analysis::history::HISTORY_POINTS as u64,
         since_ms,
         reloads_at_ms,
         processes: samples,

@@ -14,11 +14,11 @@ use super::offloop::{self, Ask};
 use super::respond::{out_of_memory, push_header, send, send_reason};
 use super::MemoryStatusModule;
 use crate::alloc_guard;
-use crate::escape::echo;
+use crate::analysis::history::{SampleWindow, HISTORY_POINTS};
 use crate::format::{prometheus, Rendering, JSON_CONTENT_TYPE};
-use crate::history::{SampleWindow, HISTORY_POINTS};
 use crate::panic_guard::run_guarded;
 use crate::query::{Format, Query};
+use crate::sources::escape::echo;
 
 pub extern "C" fn memory_status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls a content handler with a valid request it owns for the call.

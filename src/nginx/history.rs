@@ -12,17 +12,19 @@ use ngx::ffi::{
     NGX_ERROR, NGX_OK,
 };
 
-use crate::history::{
-    Fit, Sample, SampleWindow, ZonesSample, SAMPLE_WORDS, ZONES_MAX, ZONES_SAMPLE_WORDS,
-};
+use crate::model::history::{Fit, Sample};
+
+use crate::analysis::history::SampleWindow;
+
 use crate::shm::ring::Ring;
+use crate::shm::samples::{ZonesSample, SAMPLE_WORDS, ZONES_MAX, ZONES_SAMPLE_WORDS};
 use crate::shm::{claim, seqlock};
 
-pub const ZONE_NAME: &str = crate::zones::HISTORY_ZONE;
+pub const ZONE_NAME: &str = crate::analysis::zones::HISTORY_ZONE;
 /// Reload times kept (the last ones).
 const RELOADS: usize = 16;
 /// Series whose trend a ring keeps (`history::series` order), and words each.
-pub const TREND_SERIES: usize = crate::history::SERIES_COUNT;
+pub const TREND_SERIES: usize = crate::analysis::history::SERIES_COUNT;
 const TREND_WORDS: usize = 5;
 const MAGIC: u64 = 0x6d65_6d5f_6869_0000 | (ZONES_SAMPLE_WORDS << 8 | SAMPLE_WORDS) as u64;
 
@@ -242,7 +244,7 @@ fn record_zones(sample: &ZonesSample, fit_since_ms: u64) {
     let ring = zones_ring(h);
     ring.push(&sample.to_words());
     let samples = read_zones_ring(&ring, SampleWindow::spread(FIT_POINTS));
-    let trends = crate::history::zone_trends(&samples, fit_since_ms);
+    let trends = crate::analysis::history::zone_trends(&samples, fit_since_ms);
     let mut words = [0u64; ZONES_MAX * (1 + TREND_WORDS)];
     for (w, (hash, f, last)) in words.chunks_exact_mut(1 + TREND_WORDS).zip(trends) {
         w[0] = hash;
@@ -255,7 +257,7 @@ fn record_zones(sample: &ZonesSample, fit_since_ms: u64) {
 /// while read are dropped.
 fn read_zones_ring(ring: &Ring, window: SampleWindow) -> Vec<ZonesSample> {
     let (first, before) = ring.kept();
-    let picked = crate::history::pick(first, before, window, |n| ring.word(n, 0));
+    let picked = crate::analysis::history::pick(first, before, window, |n| ring.word(n, 0));
     ring.read(&picked, ZonesSample::from_words)
         .unwrap_or_default()
 }
@@ -359,10 +361,10 @@ pub fn record(sample: &Sample, fit_since_ms: u64) {
     };
     samples.push(&sample.to_words());
     let (fitted, _) = read_ring(&samples, SampleWindow::spread(FIT_POINTS));
-    let trends = crate::history::trends(&fitted, fit_since_ms, 0);
+    let trends = crate::analysis::history::trends(&fitted, fit_since_ms, 0);
     let mut words = [0u64; TREND_SERIES * TREND_WORDS];
     for t in &trends {
-        let Some(slot) = crate::history::series_index(t.series) else {
+        let Some(slot) = crate::analysis::history::series_index(t.series) else {
             continue;
         };
         words[slot * TREND_WORDS..][..TREND_WORDS]
@@ -375,7 +377,7 @@ pub fn record(sample: &Sample, fit_since_ms: u64) {
 /// those overwritten while read are dropped.
 fn read_ring(ring: &Ring, window: SampleWindow) -> (Vec<Sample>, u64) {
     let (first, before) = ring.kept();
-    let picked = crate::history::pick(first, before, window, |n| ring.word(n, 0));
+    let picked = crate::analysis::history::pick(first, before, window, |n| ring.word(n, 0));
     let samples = ring.read(&picked, Sample::from_words).unwrap_or_default();
     (samples, before - first)
 }

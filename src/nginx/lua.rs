@@ -14,8 +14,10 @@ use std::sync::OnceLock;
 use ngx::ffi::{ngx_cycle_t, ngx_pagesize};
 
 use super::cycle;
-use crate::lua::{find_version_banner, AllocatorSample, CensusSample, LuaRuntime, LuaVmSample};
-use crate::procfs::Mapping;
+use crate::analysis::lua::{
+    find_version_banner, AllocatorSample, CensusSample, LuaRuntime, LuaVmSample,
+};
+use crate::sources::procfs::Mapping;
 
 const LUA_GCCOUNT: c_int = 3;
 const LUA_GCCOUNTB: c_int = 4;
@@ -99,7 +101,8 @@ fn runtime_of(library_path: Option<&str>) -> LuaRuntime {
         return LuaRuntime::default();
     };
     let real = real.to_string_lossy().into_owned();
-    let maps = crate::procfs::read_proc_file("/proc/self/maps", 64 << 10).unwrap_or_default();
+    let maps =
+        crate::sources::procfs::read_proc_file("/proc/self/maps", 64 << 10).unwrap_or_default();
     let (maps, _) = Mapping::parse_all(&maps);
     let version = maps
         .iter()

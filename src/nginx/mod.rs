@@ -236,7 +236,7 @@ extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         .unwrap_or_else(|| history::DEFAULT_SPAN_MS.div_ceil(main.interval_ms()) as usize);
     // SAFETY: nginx passes a valid conf with its cycle.
     let cycle = unsafe { &*(*cf).cycle };
-    main.history_rings = crate::history::rings_for(cycle::worker_processes(cycle));
+    main.history_rings = crate::analysis::history::rings_for(cycle::worker_processes(cycle));
     match history::add_zone(cf, zone_tag(), main) {
         Ok(()) => NGX_OK as ngx_int_t,
         Err(()) => NGX_ERROR as ngx_int_t,

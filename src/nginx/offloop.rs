@@ -39,8 +39,8 @@ use super::collect::{self, Finished, Measuring};
 use super::{registry, request_bits, respond};
 use crate::alloc_guard;
 use crate::format::Rendering;
+use crate::model::source_error::SourceError;
 use crate::panic_guard::run_guarded;
-use crate::source_error::SourceError;
 
 /// What a request asks for: the measuring it needs and its rendering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,9 +10,8 @@ use ngx::ffi::{
 };
 
 use super::cycle;
-use crate::pools::{
-    ConnectionKind, ConnectionSample, PoolSample, PoolsSample, RequestKind, RequestSample,
-};
+use crate::analysis::pools::{ConnectionSample, PoolsSample, RequestSample};
+use crate::model::pools::{ConnectionKind, PoolSample, RequestKind};
 
 /// `r->signature` of an HTTP request: "HTTP".
 const HTTP_SIGNATURE: u32 = 0x5054_5448;

@@ -7,14 +7,15 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use ngx::ffi::ngx_pagesize;
 
 use super::residency::{resident_pages, PageWindow};
-use crate::breakdown::{
-    copied_pages, Depth, GlibcHeaps, GlibcSample, LoadSegment, MappedChunk, OtherAllocatorSample,
+use crate::analysis::breakdown::{
+    copied_pages, GlibcHeaps, GlibcSample, LoadSegment, MappedChunk, OtherAllocatorSample,
     ProgramDataRanges, ProgramDataSample, StackSample,
 };
-use crate::glibc_heaps::{
+use crate::model::breakdown::Depth;
+use crate::sources::glibc_heaps::{
     aligned_starts, is_private_anonymous_rw, link_heaps, main_arena_ranges, main_heap, HeapHeader,
 };
-use crate::procfs::{parse_syscall_stack_pointer, read_proc_file, Mapping, SmapsEntry};
+use crate::sources::procfs::{parse_syscall_stack_pointer, read_proc_file, Mapping, SmapsEntry};
 
 pub struct ProcessSamples {
     pub maps: Result<Vec<Mapping>, String>,

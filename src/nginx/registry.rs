@@ -14,7 +14,9 @@ use ngx::ffi::{
 };
 
 use crate::alloc_guard::TryPush;
-use crate::server::{Published, RegisteredKind, RegistryEntry, PSS_AT, PUBLISHED_WORDS};
+use crate::analysis::server::{RegisteredKind, RegistryEntry};
+use crate::model::server::Published;
+use crate::shm::summary::{PSS_AT, PUBLISHED_WORDS};
 use crate::shm::{claim, seqlock};
 
 /// The zone's name: unlikely to meet a user's zone of the same name.

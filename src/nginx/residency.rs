@@ -2,7 +2,7 @@
 
 use std::ffi::c_void;
 
-use crate::lua::{residency_reusable, ResidencyMeasurement};
+use crate::analysis::lua::{residency_reusable, ResidencyMeasurement};
 
 /// Pages of `[addr, addr + size)` resident in memory, by `mincore`. For shared
 /// memory that is pages any process has touched, not only this one.

@@ -12,8 +12,8 @@ use ngx::ffi::{
 };
 
 use super::cycle;
-use crate::escape::{escape, name_matches};
-use crate::zones::{SlabSample, SlotSample, ZoneSample};
+use crate::analysis::zones::{SlabSample, SlotSample, ZoneSample};
+use crate::sources::escape::{escape, name_matches};
 
 /// How long one zone's lock is tried before its slab figures are given up: a
 /// zone lock is held for a few microseconds by a healthy worker.

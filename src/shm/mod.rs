@@ -10,4 +10,6 @@
 
 pub mod claim;
 pub mod ring;
+pub mod samples;
 pub mod seqlock;
+pub mod summary;

@@ -1,26 +1,13 @@
 //! The LuaJIT VMs of the http and stream Lua modules: what the nginx layer
 //! copies out of each VM, and the answer built from it.
 
-use serde::Serialize;
-
-use crate::source_error::SourceError;
-
-/// One VM as copied out of LuaJIT.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LuaVmSample {
-    /// `lua_gc(L, LUA_GCCOUNT) * 1024 + lua_gc(L, LUA_GCCOUNTB)`.
-    pub gc_bytes: u64,
-    pub allocator: Result<AllocatorSample, String>,
-    pub jit_enabled: Result<bool, String>,
-    pub runtime: LuaRuntime,
-    /// `lua_objects=1` only: the census of GC objects.
-    pub census: Option<Result<CensusSample, String>>,
-}
-
-/// GC objects by type, as LuaJIT's `gct` numbers them (`~LJ_T*`).
-pub const OBJECT_TYPES: [&str; 9] = [
-    "string", "upvalue", "thread", "proto", "function", "trace", "cdata", "table", "userdata",
-];
+use crate::model::lua::Census;
+use crate::model::lua::Lua;
+use crate::model::lua::LuaAllocator;
+use crate::model::lua::LuaVm;
+use crate::model::lua::TypeCount;
+use crate::model::lua::OBJECT_TYPES;
+use crate::model::source_error::SourceError;
 
 /// A walk of one VM's GC objects: the string table and the GC root list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,20 +22,16 @@ pub struct CensusSample {
     pub string_table_bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Census {
-    pub walked: u64,
-    pub truncated: bool,
-    pub elapsed_us: u64,
-    pub bytes: u64,
-    pub string_table_bytes: u64,
-    pub types: std::collections::BTreeMap<&'static str, TypeCount>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct TypeCount {
-    pub count: u64,
-    pub bytes: u64,
+/// One VM as copied out of LuaJIT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LuaVmSample {
+    /// `lua_gc(L, LUA_GCCOUNT) * 1024 + lua_gc(L, LUA_GCCOUNTB)`.
+    pub gc_bytes: u64,
+    pub allocator: Result<AllocatorSample, String>,
+    pub jit_enabled: Result<bool, String>,
+    pub runtime: LuaRuntime,
+    /// `lua_objects=1` only: the census of GC objects.
+    pub census: Option<Result<CensusSample, String>>,
 }
 
 impl From<&CensusSample> for Census {
@@ -96,39 +79,6 @@ pub struct AllocatorSample {
     pub free_chunks: u64,
     pub walk_truncated: bool,
     /// The segments' address ranges: never printed, used to group mappings.
-    pub segment_ranges: Vec<(u64, u64)>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Lua {
-    pub http: Option<LuaVm>,
-    pub stream: Option<LuaVm>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LuaVm {
-    pub gc_bytes: u64,
-    pub allocator: Option<LuaAllocator>,
-    pub version: Option<String>,
-    pub library: Option<String>,
-    pub jit_enabled: Option<bool>,
-    /// `lua_objects=1` only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub objects: Option<Census>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LuaAllocator {
-    pub kind: &'static str,
-    pub segments: u64,
-    pub mapped_bytes: u64,
-    pub resident_bytes: Option<u64>,
-    /// `null` with `resident_bytes`; else how old that figure is.
-    pub resident_age_ms: Option<u64>,
-    pub free_bytes: u64,
-    pub free_chunks: u64,
-    pub walk_truncated: bool,
-    #[serde(skip)]
     pub segment_ranges: Vec<(u64, u64)>,
 }
 

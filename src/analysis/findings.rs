@@ -4,14 +4,15 @@
 //! could not be read says so in `errors`. Thresholds are named constants (their
 //! sources are in the README).
 
-use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::cgroup::CgroupMemory;
-use crate::report::Report;
-use crate::server::{ProcessRole, ServerProcess};
-use crate::source_error::SourceError;
-use crate::zones::Zone;
+use crate::model::findings::Finding;
+use crate::model::findings::Severity;
+use crate::model::report::Report;
+use crate::model::server::{ProcessRole, ServerProcess};
+use crate::model::source_error::SourceError;
+use crate::model::zones::Zone;
+use crate::sources::cgroup::CgroupMemory;
 
 const MIB: u64 = 1 << 20;
 
@@ -53,25 +54,6 @@ pub const STEADY_GROWTH_MIN_BYTES: f64 = 4.0 * MIB as f64;
 pub const CYCLE_POOL_LARGE_PERCENT: u64 = 25;
 /// ...and above this size.
 pub const CYCLE_POOL_LARGE_MIN_BYTES: u64 = 16 * MIB;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Info,
-    Warning,
-    Critical,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Finding {
-    pub code: &'static str,
-    pub severity: Severity,
-    /// What it is about: a zone's name, a process, the server.
-    pub subject: String,
-    pub message: String,
-    /// The figures it rests on, by name.
-    pub evidence: Value,
-}
 
 /// What the rules need beyond the answer.
 pub struct Inputs<'a> {
@@ -350,12 +332,12 @@ fn memory_limit(inputs: &Inputs<'_>, errors: &mut Vec<SourceError>, out: &mut Ve
 /// `steady_growth`: a series of a process that grew in a straight line over
 /// its window (since the last reload), by a material amount. Zones fill toward
 /// their size (never a leak), and a VM's owner repeats its heap's finding.
-fn steady_growth(r: &Report, t: &crate::history::ProcessTrends, out: &mut Vec<Finding>) {
+fn steady_growth(r: &Report, t: &crate::model::history::ProcessTrends, out: &mut Vec<Finding>) {
     let name = match r.processes.iter().find(|p| p.pid == t.pid) {
         Some(p) => process_name(p),
         None => format!("pid {}", t.pid),
     };
-    let steady = |s: &crate::history::Trend| {
+    let steady = |s: &crate::model::history::Trend| {
         let f = &s.fit;
         let grown = f.bytes_per_hour * f.span_ms as f64 / 3_600_000.0;
         f.bytes_per_hour > 0.0
@@ -363,7 +345,7 @@ fn steady_growth(r: &Report, t: &crate::history::ProcessTrends, out: &mut Vec<Fi
             && f.samples >= STEADY_GROWTH_MIN_SAMPLES
             && grown >= STEADY_GROWTH_MIN_BYTES
     };
-    let fired: Vec<&crate::history::Trend> = t
+    let fired: Vec<&crate::model::history::Trend> = t
         .trends
         .iter()
         .filter(|s| !matches!(s.series, "shm" | "resident"))
@@ -439,13 +421,13 @@ fn old_generation_lingering(inputs: &Inputs<'_>, out: &mut Vec<Finding>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lua::{LuaAllocator, LuaVm};
-    use crate::report::tests::sample_report;
-    use crate::server::{GlibcFigures, Published, ServerProcess, VmFigures};
-    use crate::zones::{SlabSample, SlotSample, ZoneSample};
+    use crate::analysis::assemble::tests::sample_report;
+    use crate::analysis::zones::{SlabSample, SlotSample, ZoneSample};
+    use crate::model::lua::{LuaAllocator, LuaVm};
+    use crate::model::server::{GlibcFigures, Published, ServerProcess, VmFigures};
 
     fn report() -> Report {
-        let process = crate::report::process_memory(
+        let process = crate::analysis::assemble::process_memory(
             Ok("VmRSS:\t102400 kB\nThreads:\t1\n".into()),
             &mut Vec::new(),
         );

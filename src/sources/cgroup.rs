@@ -84,7 +84,7 @@ pub fn read_own_recent() -> Reading {
 /// The limit and charge of this process's memory cgroup; `None` where no
 /// memory controller is mounted.
 pub fn read_own() -> Result<Option<CgroupMemory>, String> {
-    let text = crate::procfs::read_proc_file("/proc/self/cgroup", 4 << 10)
+    let text = crate::sources::procfs::read_proc_file("/proc/self/cgroup", 4 << 10)
         .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
     let (v2, v1) = groups_of(&text);
     let has_memory = |root: &str| {

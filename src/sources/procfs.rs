@@ -2,21 +2,7 @@
 //! unit-tested on captured samples without nginx. One parser per source.
 
 use crate::alloc_guard::{self, TryPush};
-
-/// Process-wide counters from `/proc/PID/status`. The kernel keeps these as
-/// counters, so reading them costs no page-table walk. `None`: absent or malformed.
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ProcStatus {
-    pub virtual_bytes: Option<u64>,
-    pub resident_bytes: Option<u64>,
-    pub resident_anon_bytes: Option<u64>,
-    pub resident_file_bytes: Option<u64>,
-    pub resident_shmem_bytes: Option<u64>,
-    pub swap_bytes: Option<u64>,
-    pub peak_virtual_bytes: Option<u64>,
-    pub peak_resident_bytes: Option<u64>,
-    pub threads: Option<u64>,
-}
+use crate::model::process::ProcessMemory;
 
 /// How a `/proc/PID/status` value is written.
 #[derive(Clone, Copy)]
@@ -26,7 +12,7 @@ enum StatusUnit {
 }
 
 /// Where a status key's value goes.
-type StatusSlot = fn(&mut ProcStatus) -> &mut Option<u64>;
+type StatusSlot = fn(&mut ProcessMemory) -> &mut Option<u64>;
 
 /// The status keys we read, their unit, and where each goes.
 const STATUS_FIELDS: &[(&str, StatusUnit, StatusSlot)] = &[
@@ -41,11 +27,11 @@ const STATUS_FIELDS: &[(&str, StatusUnit, StatusSlot)] = &[
     ("Threads", StatusUnit::Count, |s| &mut s.threads),
 ];
 
-impl ProcStatus {
+impl ProcessMemory {
     /// Parses the text of `/proc/PID/status`. Returns the counters found and the
     /// names of the keys that were missing or malformed (those stay `None`).
-    pub fn parse(text: &str) -> (ProcStatus, Vec<&'static str>) {
-        let mut status = ProcStatus::default();
+    pub fn parse(text: &str) -> (ProcessMemory, Vec<&'static str>) {
+        let mut status = ProcessMemory::default();
         for line in text.lines() {
             let Some((key, value)) = line.split_once(':') else {
                 continue;
@@ -289,11 +275,11 @@ mod tests {
         )));
     }
 
-    const WORKER_SAMPLE: &str = include_str!("../testdata/proc_status_nginx_worker.txt");
+    const WORKER_SAMPLE: &str = include_str!("../../testdata/proc_status_nginx_worker.txt");
 
     #[test]
     fn parses_a_real_worker_status() {
-        let (status, unreadable) = ProcStatus::parse(WORKER_SAMPLE);
+        let (status, unreadable) = ProcessMemory::parse(WORKER_SAMPLE);
         assert!(unreadable.is_empty(), "{unreadable:?}");
         assert_eq!(status.virtual_bytes, Some(11_984 * 1024));
         assert_eq!(status.resident_bytes, Some(4_384 * 1024));
@@ -308,7 +294,7 @@ mod tests {
 
     #[test]
     fn anon_file_and_shmem_add_up_to_rss_in_the_sample() {
-        let (s, _) = ProcStatus::parse(WORKER_SAMPLE);
+        let (s, _) = ProcessMemory::parse(WORKER_SAMPLE);
         let parts = s.resident_anon_bytes.unwrap()
             + s.resident_file_bytes.unwrap()
             + s.resident_shmem_bytes.unwrap();
@@ -317,8 +303,8 @@ mod tests {
 
     #[test]
     fn empty_input_reads_nothing_and_names_every_key() {
-        let (status, unreadable) = ProcStatus::parse("");
-        assert_eq!(status, ProcStatus::default());
+        let (status, unreadable) = ProcessMemory::parse("");
+        assert_eq!(status, ProcessMemory::default());
         assert_eq!(unreadable.len(), STATUS_FIELDS.len());
     }
 
@@ -326,7 +312,7 @@ mod tests {
     fn truncated_input_keeps_what_was_whole() {
         // Cut in the middle of the VmRSS line: VmSize survives, VmRSS and later do not.
         let cut = WORKER_SAMPLE.find("VmRSS:").unwrap() + "VmRSS:\t  ".len();
-        let (status, unreadable) = ProcStatus::parse(&WORKER_SAMPLE[..cut]);
+        let (status, unreadable) = ProcessMemory::parse(&WORKER_SAMPLE[..cut]);
         assert_eq!(status.virtual_bytes, Some(11_984 * 1024));
         assert_eq!(status.resident_bytes, None);
         assert!(unreadable.contains(&"VmRSS"));
@@ -339,8 +325,8 @@ mod tests {
         let text =
             "VmSize:\tlots kB\nVmRSS:\t12 MB\nVmSwap:\t-1 kB\nThreads:\t2 kB\nVmHWM: 5 kB extra\n\
                     RssAnon:\t99999999999999999999999 kB\n";
-        let (status, unreadable) = ProcStatus::parse(text);
-        assert_eq!(status, ProcStatus::default());
+        let (status, unreadable) = ProcessMemory::parse(text);
+        assert_eq!(status, ProcessMemory::default());
         for key in ["VmSize", "VmRSS", "VmSwap", "Threads", "VmHWM", "RssAnon"] {
             assert!(unreadable.contains(&key), "{key}");
         }
@@ -349,17 +335,17 @@ mod tests {
     #[test]
     fn binary_garbage_does_not_panic() {
         let junk: String = (0u8..=255).map(|b| b as char).cycle().take(4096).collect();
-        let (_, unreadable) = ProcStatus::parse(&junk);
+        let (_, unreadable) = ProcessMemory::parse(&junk);
         assert_eq!(unreadable.len(), STATUS_FIELDS.len());
     }
 
     #[test]
     fn overflowing_kib_is_rejected() {
-        let (status, _) = ProcStatus::parse("VmSize:\t18446744073709551615 kB\n");
+        let (status, _) = ProcessMemory::parse("VmSize:\t18446744073709551615 kB\n");
         assert_eq!(status.virtual_bytes, None);
     }
 
-    const MAPS_SAMPLE: &str = include_str!("../testdata/proc_maps_nginx_worker.txt");
+    const MAPS_SAMPLE: &str = include_str!("../../testdata/proc_maps_nginx_worker.txt");
 
     #[test]
     fn parses_a_real_worker_maps() {
@@ -412,7 +398,7 @@ mod tests {
         assert!(malformed <= 1);
     }
 
-    const SMAPS_SAMPLE: &str = include_str!("../testdata/proc_smaps_nginx_worker.txt");
+    const SMAPS_SAMPLE: &str = include_str!("../../testdata/proc_smaps_nginx_worker.txt");
 
     #[test]
     fn parses_a_real_worker_smaps() {

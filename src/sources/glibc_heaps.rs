@@ -4,7 +4,7 @@
 //! arenas (threads that `malloc`), which are anonymous mappings aligned to
 //! glibc's `HEAP_MAX_SIZE` that start with its `heap_info` header.
 
-use crate::procfs::Mapping;
+use crate::sources::procfs::Mapping;
 
 /// glibc's `HEAP_MAX_SIZE` on 64-bit: `2 * DEFAULT_MMAP_THRESHOLD_MAX` = 64 MiB.
 /// Every non-main arena heap is a reservation of this size, aligned to it. (The

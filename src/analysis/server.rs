@@ -3,20 +3,19 @@
 //! registry the processes keep in the module's zone and the kernel's counters
 //! of each, and the server's totals.
 
-use serde::Serialize;
-
-use crate::procfs::ProcStatus;
-use crate::source_error::SourceError;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProcessRole {
-    Master,
-    Worker,
-    CacheManager,
-    CacheLoader,
-    Single,
-}
+use crate::model::process::ProcessMemory;
+use crate::model::server::GlibcFigures;
+use crate::model::server::OwnerFigures;
+use crate::model::server::PoolFigures;
+use crate::model::server::ProcessRole;
+use crate::model::server::Published;
+use crate::model::server::PublishedLua;
+use crate::model::server::PublishedPss;
+use crate::model::server::Server;
+use crate::model::server::ServerProcess;
+use crate::model::server::VmFigures;
+use crate::model::source_error::SourceError;
+use crate::shm::summary::PSS_OTHERS;
 
 impl ProcessRole {
     /// As the answer names it.
@@ -93,112 +92,10 @@ pub fn role_of_title(title: &str) -> Option<(ProcessRole, bool)> {
     }
 }
 
-/// What a worker publishes about itself into its registry slot, on a timer and
-/// whenever it answers: the numbers a dashboard of the whole server needs,
-/// as flat words (no pointer, no string), so any process can read them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Published {
-    pub sampled_at_ms: u64,
-    /// How old the figures were when this answer read them.
-    pub age_ms: u64,
-    /// Each owner's `bytes` and `resident_bytes`, as in that worker's breakdown.
-    pub breakdown: std::collections::BTreeMap<&'static str, OwnerFigures>,
-    pub lua: PublishedLua,
-    pub glibc: Option<GlibcFigures>,
-    pub pools: PoolFigures,
-    /// The worker's PSS, from a page-table walk it makes off its event loop
-    /// on its timer (and at `detail=full`): kept until the next walk.
-    pub pss: Option<PublishedPss>,
-}
-
-/// A worker's proportional share of its resident pages (a page shared by N
-/// processes counts 1/N in each), split by owner, and the PSS of the processes
-/// that publish nothing themselves (the master, the cache processes) as this
-/// worker read them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct PublishedPss {
-    pub sampled_at_ms: u64,
-    pub age_ms: u64,
-    pub bytes: u64,
-    /// Each mapping's PSS under its owner; they add up to `bytes`.
-    pub owners: std::collections::BTreeMap<&'static str, u64>,
-    #[serde(skip)]
-    pub others: Vec<(u32, u64)>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct OwnerFigures {
-    pub bytes: u64,
-    pub resident_bytes: Option<i64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct PublishedLua {
-    pub http: Option<VmFigures>,
-    pub stream: Option<VmFigures>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct VmFigures {
-    pub gc_bytes: u64,
-    pub allocator_mapped_bytes: Option<u64>,
-    pub allocator_resident_bytes: Option<u64>,
-    pub allocator_free_bytes: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct GlibcFigures {
-    pub in_use_bytes: u64,
-    pub free_bytes: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct PoolFigures {
-    pub cycle_bytes: u64,
-    pub connections: u64,
-    pub connection_bytes: u64,
-    pub requests: u64,
-    pub request_bytes: u64,
-}
-
-/// The owners a worker publishes, in slot order.
-pub const PUBLISHED_OWNERS: [&str; 8] = [
-    "glibc",
-    "shm",
-    "lua_http",
-    "lua_stream",
-    "text",
-    "stacks",
-    "other_allocators",
-    "unattributed",
-];
-/// Processes that publish nothing, whose PSS a worker publishes for them: the
-/// master, the cache manager and the cache loader.
-pub const PSS_OTHERS: usize = 3;
-/// Where the PSS words start in a slot: a summary without a page-table walk
-/// leaves them as the last walk wrote them.
-pub const PSS_AT: usize = 1 + 2 * PUBLISHED_OWNERS.len() + 2 * 4 + 2 + 5;
-/// Words of a published summary in a slot.
-/// (The PSS is split by the same owners; a mapping of another allocator's is
-/// in `unattributed`, so `other_allocators` has none.)
-pub const PUBLISHED_WORDS: usize = PSS_AT + 2 + PUBLISHED_OWNERS.len() + 2 * PSS_OTHERS;
-/// An absent figure, in a slot or a history sample.
-pub const NONE: u64 = u64::MAX;
-/// An absent owner's resident share: `resident_bytes` may be negative
-/// (unattributed), so its "none" is i64::MIN.
-pub const NONE_SIGNED: u64 = i64::MIN as u64;
-
-pub fn put(v: Option<u64>) -> u64 {
-    v.unwrap_or(NONE)
-}
-pub fn get(w: u64) -> Option<u64> {
-    (w != NONE).then_some(w)
-}
-
 impl Published {
     /// The summary of an answer just built.
-    pub fn from_report(r: &crate::report::Report, sampled_at_ms: u64) -> Published {
-        let vm = |v: &Option<crate::lua::LuaVm>| {
+    pub fn from_report(r: &crate::model::report::Report, sampled_at_ms: u64) -> Published {
+        let vm = |v: &Option<crate::model::lua::LuaVm>| {
             v.as_ref().map(|v| VmFigures {
                 gc_bytes: v.gc_bytes,
                 allocator_mapped_bytes: v.allocator.as_ref().map(|a| a.mapped_bytes),
@@ -258,165 +155,6 @@ impl Published {
             }),
         }
     }
-
-    /// As the words of a registry slot.
-    pub fn to_words(&self) -> [u64; PUBLISHED_WORDS] {
-        let mut w = Vec::with_capacity(PUBLISHED_WORDS);
-        w.push(self.sampled_at_ms);
-        for name in PUBLISHED_OWNERS {
-            match self.breakdown.get(name) {
-                Some(o) => {
-                    w.push(o.bytes);
-                    w.push(o.resident_bytes.map_or(NONE_SIGNED, |r| r as u64));
-                }
-                None => w.extend([NONE, NONE_SIGNED]),
-            }
-        }
-        for vm in [&self.lua.http, &self.lua.stream] {
-            match vm {
-                Some(v) => w.extend([
-                    v.gc_bytes,
-                    put(v.allocator_mapped_bytes),
-                    put(v.allocator_resident_bytes),
-                    put(v.allocator_free_bytes),
-                ]),
-                None => w.extend([NONE; 4]),
-            }
-        }
-        match self.glibc {
-            Some(g) => w.extend([g.in_use_bytes, g.free_bytes]),
-            None => w.extend([NONE; 2]),
-        }
-        let p = &self.pools;
-        w.extend([
-            p.cycle_bytes,
-            p.connections,
-            p.connection_bytes,
-            p.requests,
-            p.request_bytes,
-        ]);
-        match &self.pss {
-            Some(pss) => {
-                w.extend([pss.sampled_at_ms, pss.bytes]);
-                w.extend(PUBLISHED_OWNERS.map(|name| put(pss.owners.get(name).copied())));
-                for i in 0..PSS_OTHERS {
-                    let (pid, bytes) = pss.others.get(i).copied().unwrap_or((0, 0));
-                    w.extend([pid as u64, bytes]);
-                }
-            }
-            None => w.resize(PUBLISHED_WORDS, NONE),
-        }
-        w.try_into().unwrap_or([NONE; PUBLISHED_WORDS])
-    }
-
-    /// From the words of a slot; `None` when nothing was published yet.
-    pub fn from_words(w: &[u64; PUBLISHED_WORDS], now_ms: u64) -> Option<Published> {
-        let sampled_at_ms = get(w[0]).filter(|&t| t != 0)?;
-        let mut at = 1;
-        let mut next = || {
-            at += 1;
-            w[at - 1]
-        };
-        let mut breakdown = std::collections::BTreeMap::new();
-        for name in PUBLISHED_OWNERS {
-            let (bytes, resident) = (next(), next());
-            if let Some(bytes) = get(bytes) {
-                let resident_bytes = (resident != NONE_SIGNED).then_some(resident as i64);
-                breakdown.insert(
-                    name,
-                    OwnerFigures {
-                        bytes,
-                        resident_bytes,
-                    },
-                );
-            }
-        }
-        let mut vm = || {
-            let (gc, mapped, resident, free) = (next(), next(), next(), next());
-            get(gc).map(|gc_bytes| VmFigures {
-                gc_bytes,
-                allocator_mapped_bytes: get(mapped),
-                allocator_resident_bytes: get(resident),
-                allocator_free_bytes: get(free),
-            })
-        };
-        let lua = PublishedLua {
-            http: vm(),
-            stream: vm(),
-        };
-        let (in_use, free) = (next(), next());
-        let glibc = get(in_use)
-            .zip(get(free))
-            .map(|(in_use_bytes, free_bytes)| GlibcFigures {
-                in_use_bytes,
-                free_bytes,
-            });
-        let pools = PoolFigures {
-            cycle_bytes: next(),
-            connections: next(),
-            connection_bytes: next(),
-            requests: next(),
-            request_bytes: next(),
-        };
-        let pss = pss_from_words(&w[PSS_AT..], now_ms);
-        Some(Published {
-            sampled_at_ms,
-            age_ms: now_ms.saturating_sub(sampled_at_ms),
-            breakdown,
-            lua,
-            glibc,
-            pools,
-            pss,
-        })
-    }
-}
-
-/// The PSS words of a slot; `None` before the worker's first walk (a slot's
-/// words start as zero; a summary without a walk writes none).
-fn pss_from_words(w: &[u64], now_ms: u64) -> Option<PublishedPss> {
-    let sampled_at_ms = get(w[0]).filter(|&t| t != 0)?;
-    let owners = PUBLISHED_OWNERS
-        .iter()
-        .zip(&w[2..])
-        .filter_map(|(&name, &v)| Some((name, get(v)?)))
-        .collect();
-    let others = w[2 + PUBLISHED_OWNERS.len()..]
-        .chunks_exact(2)
-        .filter(|pair| pair[0] != 0)
-        .map(|pair| (pair[0] as u32, pair[1]))
-        .collect();
-    Some(PublishedPss {
-        sampled_at_ms,
-        age_ms: now_ms.saturating_sub(sampled_at_ms),
-        bytes: w[1],
-        owners,
-        others,
-    })
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ServerProcess {
-    pub pid: u32,
-    pub role: ProcessRole,
-    pub worker: Option<u32>,
-    pub generation: u64,
-    pub exiting: bool,
-    pub started_at_ms: u64,
-    /// Its `/proc/PID/status` counters, as `process` has them for this worker.
-    #[serde(flatten)]
-    pub status: ProcStatus,
-    /// Its proportional share of its resident pages (a page shared by N
-    /// processes counts 1/N in each): read by this answer at `detail=full`,
-    /// else from the last page-table walk published (a worker's own, on its
-    /// timer; the master's and cache processes', as a worker read them);
-    /// `null` where none could be read.
-    pub pss_bytes: Option<u64>,
-    /// How old `pss_bytes` is (0: read by this answer).
-    pub pss_age_ms: Option<u64>,
-    /// A worker's own figures, as it last published them (the answering
-    /// worker's: this answer's). `null` for the master and cache processes,
-    /// and for a worker that has not published yet.
-    pub memory: Option<Published>,
 }
 
 impl ServerProcess {
@@ -424,32 +162,6 @@ impl ServerProcess {
     pub fn is_old_generation(&self, current: u64) -> bool {
         self.role == ProcessRole::Worker && (self.exiting || self.generation < current)
     }
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Server {
-    /// Configuration loads seen: 1 at start, +1 per reload.
-    pub generation: u64,
-    /// The server's resident memory with every page counted once: the sum of
-    /// every process's PSS as published (see `Counted`), with estimates for
-    /// the processes whose PSS is unknown.
-    pub resident_bytes: u64,
-    /// The part of `resident_bytes` that is estimated, not read.
-    pub resident_estimated_bytes: u64,
-    /// The oldest figure summed into `resident_bytes`.
-    pub resident_age_ms: Option<u64>,
-    /// `resident_bytes` by owner, each page once: the workers' PSS split by
-    /// the owner of each mapping, the master's and cache processes' whole, and
-    /// what was estimated.
-    pub breakdown: std::collections::BTreeMap<&'static str, u64>,
-    pub processes: u64,
-    pub workers: u64,
-    pub old_generation_workers: u64,
-    /// Their RSS, each counted whole (pages they share with the current
-    /// generation count in both).
-    pub old_generation_resident_bytes: u64,
-    /// How long the oldest worker still shutting down has lived.
-    pub oldest_exiting_age_ms: Option<u64>,
 }
 
 /// The processes list and the server's totals, from what was read. A process
@@ -522,14 +234,14 @@ fn listed(
         None => return None,
     };
     let status = match &s.status {
-        Ok(text) => ProcStatus::parse(text).0,
+        Ok(text) => ProcessMemory::parse(text).0,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
             errors.push(SourceError::new(
                 format!("processes.{}", s.pid),
                 format!("/proc/{}/status: {e}", s.pid),
             ));
-            ProcStatus::default()
+            ProcessMemory::default()
         }
     };
     let memory = s.entry.as_ref().and_then(|e| e.published.clone());
@@ -595,7 +307,7 @@ fn pss_of(
     errors: &mut Vec<SourceError>,
 ) -> Option<u64> {
     let pss = match rollup {
-        Ok(text) => crate::procfs::SmapsEntry::parse_all(text)
+        Ok(text) => crate::sources::procfs::SmapsEntry::parse_all(text)
             .0
             .first()
             .map(|e| e.pss_bytes)
@@ -697,6 +409,7 @@ fn totals(processes: &[ServerProcess], generation: u64, now_ms: u64) -> Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shm::summary::PUBLISHED_WORDS;
 
     fn status(rss_kib: u64) -> std::io::Result<String> {
         Ok(format!(

@@ -2,34 +2,20 @@
 //! a ring of the module's history zone; and the trends fitted over it (bytes
 //! per hour by least squares, PromQL's `deriv()`), restarted at each reload.
 
-use serde::Serialize;
-
-use crate::server::{get, put, Published, NONE, NONE_SIGNED, PUBLISHED_OWNERS};
-
-/// One sample, as flat words (no pointer: any process reads them).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Sample {
-    pub at_ms: u64,
-    pub resident_bytes: u64,
-    /// The process's PSS at its last walk; `None` before any.
-    pub pss_bytes: Option<u64>,
-    /// Each owner's `resident_bytes` (`PUBLISHED_OWNERS` order; unattributed may
-    /// be negative).
-    pub owners: std::collections::BTreeMap<&'static str, i64>,
-    pub lua_http_gc_bytes: Option<u64>,
-    pub lua_stream_gc_bytes: Option<u64>,
-    pub lua_http_allocator_bytes: Option<u64>,
-    pub lua_stream_allocator_bytes: Option<u64>,
-    pub glibc_in_use_bytes: Option<u64>,
-    pub glibc_free_bytes: Option<u64>,
-}
-
-pub const SAMPLE_WORDS: usize = 3 + PUBLISHED_OWNERS.len() + 6;
+use crate::model::history::Fit;
+use crate::model::history::Sample;
+use crate::model::history::Trend;
+use crate::model::history::ZoneHistory;
+use crate::model::history::ZonePoint;
+use crate::model::history::ZoneTrend;
+use crate::model::server::{Published, PUBLISHED_OWNERS};
+use crate::shm::samples::ZonesSample;
+use crate::shm::samples::ZONES_MAX;
 
 impl Sample {
     /// A worker's summary, as a sample of its history.
     pub fn of(p: &Published, resident_bytes: u64) -> Sample {
-        let vm = |v: &Option<crate::server::VmFigures>| {
+        let vm = |v: &Option<crate::model::server::VmFigures>| {
             (
                 v.map(|v| v.gc_bytes),
                 v.and_then(|v| v.allocator_mapped_bytes),
@@ -54,63 +40,6 @@ impl Sample {
             glibc_free_bytes: p.glibc.map(|g| g.free_bytes),
         }
     }
-
-    pub fn to_words(&self) -> [u64; SAMPLE_WORDS] {
-        let mut w = [NONE; SAMPLE_WORDS];
-        w[0] = self.at_ms;
-        w[1] = self.resident_bytes;
-        w[2] = put(self.pss_bytes);
-        for (i, name) in PUBLISHED_OWNERS.iter().enumerate() {
-            w[3 + i] = self.owners.get(name).map_or(NONE_SIGNED, |&r| r as u64);
-        }
-        let rest = [
-            self.lua_http_gc_bytes,
-            self.lua_stream_gc_bytes,
-            self.lua_http_allocator_bytes,
-            self.lua_stream_allocator_bytes,
-            self.glibc_in_use_bytes,
-            self.glibc_free_bytes,
-        ];
-        for (i, v) in rest.into_iter().enumerate() {
-            w[3 + PUBLISHED_OWNERS.len() + i] = put(v);
-        }
-        w
-    }
-
-    pub fn from_words(w: &[u64; SAMPLE_WORDS]) -> Sample {
-        let at = 3 + PUBLISHED_OWNERS.len();
-        Sample {
-            at_ms: w[0],
-            resident_bytes: w[1],
-            pss_bytes: get(w[2]),
-            owners: PUBLISHED_OWNERS
-                .iter()
-                .zip(&w[3..at])
-                .filter(|(_, &v)| v != NONE_SIGNED)
-                .map(|(&name, &v)| (name, v as i64))
-                .collect(),
-            lua_http_gc_bytes: get(w[at]),
-            lua_stream_gc_bytes: get(w[at + 1]),
-            lua_http_allocator_bytes: get(w[at + 2]),
-            lua_stream_allocator_bytes: get(w[at + 3]),
-            glibc_in_use_bytes: get(w[at + 4]),
-            glibc_free_bytes: get(w[at + 5]),
-        }
-    }
-}
-
-/// Zones a zones sample holds at most (the first ones of the configuration).
-pub const ZONES_MAX: usize = 32;
-/// A zones sample: its time, then each zone's name hash, used and failed.
-pub const ZONES_SAMPLE_WORDS: usize = 1 + 3 * ZONES_MAX;
-
-/// The server's zones at one time: each one's slab pages in use (as bytes) and
-/// its allocation failures so far. Zones are shared: one worker records them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ZonesSample {
-    pub at_ms: u64,
-    /// (name hash, used bytes, fails).
-    pub zones: Vec<(u64, u64, u64)>,
 }
 
 /// A zone's name as 64 bits (FNV-1a), never 0 (0 marks an empty place).
@@ -123,7 +52,7 @@ pub fn name_hash(name: &str) -> u64 {
 
 impl ZonesSample {
     /// The zones of an answer that have a slab pool.
-    pub fn of(at_ms: u64, zones: &[crate::zones::Zone]) -> ZonesSample {
+    pub fn of(at_ms: u64, zones: &[crate::model::zones::Zone]) -> ZonesSample {
         ZonesSample {
             at_ms,
             zones: zones
@@ -134,26 +63,6 @@ impl ZonesSample {
                     Some((name_hash(&z.name), slab.used_bytes, fails))
                 })
                 .take(ZONES_MAX)
-                .collect(),
-        }
-    }
-
-    pub fn to_words(&self) -> [u64; ZONES_SAMPLE_WORDS] {
-        let mut w = [0; ZONES_SAMPLE_WORDS];
-        w[0] = self.at_ms;
-        for (i, &(hash, used, fails)) in self.zones.iter().take(ZONES_MAX).enumerate() {
-            w[1 + 3 * i..4 + 3 * i].copy_from_slice(&[hash, used, fails]);
-        }
-        w
-    }
-
-    pub fn from_words(w: &[u64; ZONES_SAMPLE_WORDS]) -> ZonesSample {
-        ZonesSample {
-            at_ms: w[0],
-            zones: w[1..]
-                .chunks_exact(3)
-                .filter(|z| z[0] != 0)
-                .map(|z| (z[0], z[1], z[2]))
                 .collect(),
         }
     }
@@ -178,31 +87,6 @@ pub fn zone_trends(samples: &[ZonesSample], since_ms: u64) -> Vec<(u64, Fit, u64
             Some((hash, fit(&points)?, used))
         })
         .collect()
-}
-
-/// A zone's growth: it stops at the zone's size (`cap_bytes`), never a leak.
-#[derive(Debug, Clone, Serialize)]
-pub struct ZoneTrend {
-    pub zone: String,
-    #[serde(flatten)]
-    pub fit: Fit,
-    pub cap_bytes: u64,
-    pub last_bytes: u64,
-}
-
-/// `?history=1`: a zone's samples.
-#[derive(Debug, Clone, Serialize)]
-pub struct ZoneHistory {
-    pub name: String,
-    pub size_bytes: u64,
-    pub samples: Vec<ZonePoint>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ZonePoint {
-    pub at_ms: u64,
-    pub used_bytes: u64,
-    pub fails: u64,
 }
 
 /// Of the samples `first..before`, at most `points`, evenly spread, the newest
@@ -283,7 +167,7 @@ pub fn spread(first: u64, before: u64, points: usize) -> Vec<u64> {
 
 /// The zones' trends, by the names of this answer's zones.
 pub fn zone_trends_of(
-    zones: &[crate::zones::Zone],
+    zones: &[crate::model::zones::Zone],
     trends: Vec<(u64, Fit, u64)>,
 ) -> Vec<ZoneTrend> {
     trends
@@ -301,7 +185,10 @@ pub fn zone_trends_of(
 }
 
 /// Each zone's samples, by the names of this answer's zones.
-pub fn zones_history(zones: &[crate::zones::Zone], samples: &[ZonesSample]) -> Vec<ZoneHistory> {
+pub fn zones_history(
+    zones: &[crate::model::zones::Zone],
+    samples: &[ZonesSample],
+) -> Vec<ZoneHistory> {
     zones
         .iter()
         .filter_map(|z| {
@@ -324,16 +211,6 @@ pub fn zones_history(zones: &[crate::zones::Zone], samples: &[ZonesSample]) -> V
             })
         })
         .collect()
-}
-
-/// A least-squares line through (ms, bytes) points: its slope in bytes per
-/// hour and how well it fits (R², 1 for a straight line).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Fit {
-    pub bytes_per_hour: f64,
-    pub r_squared: f64,
-    pub samples: usize,
-    pub span_ms: u64,
 }
 
 pub fn fit(points: &[(u64, f64)]) -> Option<Fit> {
@@ -382,19 +259,6 @@ pub fn troughs(points: &[(u64, f64)]) -> Vec<(u64, f64)> {
     } else {
         points.to_vec()
     }
-}
-
-/// One series' trend over a process's window.
-#[derive(Debug, Clone, Serialize)]
-pub struct Trend {
-    /// `resident`, an owner's name, `lua_http_gc`, `lua_stream_gc`, `glibc_in_use`.
-    pub series: &'static str,
-    #[serde(flatten)]
-    pub fit: Fit,
-    /// For `shm`: growth stops at the zones' size; shown, never a leak.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cap_bytes: Option<u64>,
-    pub last_bytes: i64,
 }
 
 /// The series fitted besides the owners' `resident_bytes`, which follow them
@@ -450,39 +314,6 @@ pub fn trends(samples: &[Sample], since_ms: u64, shm_cap_bytes: u64) -> Vec<Tren
         }
     }
     out
-}
-
-/// A process's trends, as its owner last fitted them.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProcessTrends {
-    pub pid: u32,
-    pub trends: Vec<Trend>,
-}
-
-/// `?history=1`: every process's samples, oldest first.
-#[derive(Debug, Clone, Serialize)]
-pub struct History {
-    pub interval_ms: u64,
-    /// Samples a process keeps (`memory_status_history`).
-    pub capacity: u64,
-    /// Samples answered per ring at most (`HISTORY_POINTS`).
-    pub points_max: u64,
-    /// `history_since=`: the page's start; `None`: spread over all kept.
-    pub since_ms: Option<u64>,
-    /// When the configuration was loaded (the start, then each reload).
-    pub reloads_at_ms: Vec<u64>,
-    pub processes: Vec<ProcessHistory>,
-    /// The zones, as one worker recorded them (the first `ZONES_MAX`).
-    pub zones: Vec<ZoneHistory>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ProcessHistory {
-    pub pid: u32,
-    pub started_at_ms: u64,
-    /// Samples the ring holds: more than `samples` when spread or paged.
-    pub kept: u64,
-    pub samples: Vec<Sample>,
 }
 
 #[cfg(test)]
@@ -570,14 +401,14 @@ mod tests {
 
     #[test]
     fn zones_are_named_back_from_their_hashes() {
-        let zone = crate::zones::ZoneSample {
+        let zone = crate::analysis::zones::ZoneSample {
             name: "d".into(),
             owner: Some("ngx_http_lua_module".into()),
             size_bytes: 1 << 20,
             page_size_bytes: 4096,
             resident_pages: Ok(10),
             resident_age_ms: 0,
-            slab: Ok(crate::zones::SlabSample {
+            slab: Ok(crate::analysis::zones::SlabSample {
                 pages_total: 200,
                 pages_free: 100,
                 slots: Vec::new(),
