@@ -2,10 +2,306 @@
 //! the answer and this worker's summary. No I/O: what was read comes in as
 //! text or samples.
 
+use crate::analysis::breakdown::GlibcSample;
+use crate::analysis::breakdown::Inputs;
+use crate::analysis::breakdown::MappedChunk;
+use crate::analysis::breakdown::OtherAllocatorSample;
+use crate::analysis::breakdown::ProgramDataRanges;
+use crate::analysis::breakdown::ProgramDataSample;
+use crate::analysis::breakdown::StackSample;
+use crate::analysis::history::series_name;
+use crate::analysis::lua::LuaVmSample;
+use crate::analysis::pools::PoolsSample;
+use crate::analysis::server::{self, ProcessSample};
+use crate::analysis::zones::ZoneSample;
+use crate::model::breakdown::Breakdown;
+use crate::model::breakdown::Depth;
+use crate::model::breakdown::VirtualSplit;
+use crate::model::history::Fit;
+use crate::model::history::ProcessTrends;
+use crate::model::history::Sample;
+use crate::model::history::Trend;
+use crate::model::history::{History, ProcessHistory};
+use crate::model::lua::Lua;
+use crate::model::pools::Pools;
 use crate::model::process::ProcessMemory;
+use crate::model::report::Report;
 use crate::model::report::{NginxInfo, ZoneReport, SCHEMA_VERSION};
+use crate::model::server::ProcessRole;
+use crate::model::server::Published;
+use crate::model::server::PublishedPss;
 use crate::model::source_error::SourceError;
 use crate::model::zones::Zone;
+use crate::sources::procfs::Mapping;
+use crate::sources::procfs::SmapsEntry;
+
+/// What the event loop copies out of nginx and the Lua VMs: counts, lists and
+/// addresses; nothing whose cost grows with bytes.
+pub struct LoopPart {
+    pub depth: Depth,
+    pub zones: Vec<ZoneSample>,
+    pub http: Result<LuaVmSample, String>,
+    pub stream: Result<LuaVmSample, String>,
+    pub pools: PoolsSample,
+    /// The registry's generation and master start, when this process has one.
+    pub registry: Option<(u64, u64)>,
+    /// This process's last published walk, kept when this one makes none.
+    pub own_walk: Option<PublishedPss>,
+    pub shutdown_timeout_ms: Option<u64>,
+    /// `memory_status_interval` of the running configuration.
+    pub interval_ms: u64,
+    /// Every live process's history ring: its trends, and its samples when asked.
+    pub rings: Option<(Vec<RingView>, usize)>,
+    /// The zones' trends, and their samples when asked.
+    pub zone_trends: Vec<(u64, crate::model::history::Fit, u64)>,
+    pub zone_samples: Option<Vec<crate::shm::samples::ZonesSample>>,
+    /// `history_since=`, for the answer to repeat.
+    pub history_since_ms: Option<u64>,
+    /// When the history zone saw its last reloads.
+    pub reloads_at_ms: Vec<u64>,
+    pub nginx: NginxInfo,
+    /// What went wrong before the measuring (no thread for it, say).
+    pub errors: Vec<SourceError>,
+    /// `alloc_guard::failures()` when the measuring began: a summary measured
+    /// while an allocation failed is not published.
+    pub alloc_failures_at_begin: u64,
+}
+
+impl LoopPart {
+    /// Says in the answer's `errors` what went wrong around its measuring.
+    pub fn add_error(&mut self, error: SourceError) {
+        self.errors.push(error);
+    }
+}
+
+/// What the measuring thread read, off the loop.
+pub struct Measured {
+    pub samples: ProcessSamples,
+    pub zone_pages: Vec<(Result<u64, String>, u64)>,
+    pub lua_resident: [Option<(Result<u64, String>, u64)>; 2],
+    pub status: std::io::Result<String>,
+    pub processes: Vec<ProcessSample>,
+    pub cgroup: Result<Option<crate::sources::cgroup::CgroupMemory>, String>,
+}
+
+/// What the process-wide reads found: mappings, glibc, stacks, chunks.
+pub struct ProcessSamples {
+    pub maps: Result<Vec<Mapping>, String>,
+    pub smaps: Option<Result<Vec<SmapsEntry>, String>>,
+    pub glibc: Result<GlibcSample, String>,
+    pub stacks: Result<Vec<StackSample>, String>,
+    pub other_allocators: Result<Option<OtherAllocatorSample>, String>,
+    pub mapped_chunks: Vec<MappedChunk>,
+    pub program_data: Result<ProgramDataSample, String>,
+    pub program_ranges: ProgramDataRanges,
+}
+
+/// A history ring as the loop copied it: its owner, trends and samples.
+pub struct RingView {
+    pub pid: u32,
+    pub started_at_ms: u64,
+    pub trends: Vec<(usize, Fit, i64)>,
+    /// `?history=1` (or the HTML page) only: those the window picks, and
+    /// how many the ring keeps.
+    pub samples: Option<(Vec<Sample>, u64)>,
+}
+
+/// The answer, from the loop's part and what was measured, and this worker's
+/// summary as the answer lists it. No I/O: `now` is the
+/// answer's time.
+pub fn assemble(part: LoopPart, measured: Measured, now: u64) -> (Report, Published) {
+    let LoopPart {
+        depth,
+        mut zones,
+        mut http,
+        mut stream,
+        pools,
+        registry,
+        own_walk,
+        shutdown_timeout_ms,
+        interval_ms,
+        rings,
+        zone_trends,
+        zone_samples,
+        history_since_ms,
+        reloads_at_ms,
+        nginx,
+        mut errors,
+        alloc_failures_at_begin: _,
+    } = part;
+    for (zone, (pages, age_ms)) in zones.iter_mut().zip(measured.zone_pages) {
+        zone.resident_pages = pages;
+        zone.resident_age_ms = age_ms;
+    }
+    let zones: Vec<Zone> = zones.iter().map(|z| z.to_zone(&mut errors)).collect();
+    for (vm, resident) in [&mut http, &mut stream]
+        .into_iter()
+        .zip(measured.lua_resident)
+    {
+        if let (Ok(vm), Some((resident, age_ms))) = (vm, resident) {
+            if let Ok(a) = &mut vm.allocator {
+                a.resident_bytes = resident;
+                a.resident_age_ms = age_ms;
+            }
+        }
+    }
+    let lua = Lua::from_samples(http, stream, &mut errors);
+    let samples = measured.samples;
+    let process = crate::analysis::assemble::process_memory(measured.status, &mut errors);
+    let breakdown = Breakdown::build(
+        Inputs {
+            depth,
+            process: &process,
+            maps: &samples.maps,
+            smaps: samples.smaps.as_ref(),
+            glibc: samples.glibc,
+            zones: &zones,
+            lua: &lua,
+            stacks: samples.stacks,
+            other_allocators: samples.other_allocators,
+            mapped_chunks: &samples.mapped_chunks,
+            program_data: samples.program_data,
+            program_ranges: &samples.program_ranges,
+        },
+        &mut errors,
+    );
+    if let Some(reason) = &pools.http2_unavailable {
+        errors.push(SourceError::new("pools.requests.http2", reason.clone()));
+    }
+    let (generation, master_started_at_ms) = registry.unwrap_or_else(|| {
+        errors.push(SourceError::new(
+            "processes",
+            "no process registry in this process: only the master and this worker are listed",
+        ));
+        (0, 0)
+    });
+    let mut report = Report {
+        schema: SCHEMA_VERSION,
+        nginx,
+        collected_at_ms: now,
+        virtual_split: VirtualSplit::from_process(&process),
+        process,
+        breakdown,
+        zones,
+        lua,
+        pools: Pools::from_sample(&pools),
+        processes: Vec::new(),
+        server: Default::default(),
+        trends: Vec::new(),
+        zone_trends: Vec::new(),
+        history: None,
+        findings: Vec::new(),
+        errors: Vec::new(),
+    };
+    // This worker's own summary: published for the others, and its entry in
+    // this answer's list is this answer's.
+    let mut mine = Published::from_report(&report, now);
+    let mut samples = measured.processes;
+    match &mut mine.pss {
+        Some(walk) => walk.others = server::others_pss(&samples),
+        None => mine.pss = own_walk,
+    }
+    for s in &mut samples {
+        if let Some(e) = s.entry.as_mut().filter(|e| e.pid == report.nginx.pid) {
+            e.published = Some(mine.clone());
+        }
+    }
+    let (processes, server) =
+        server::build(samples, generation, master_started_at_ms, now, &mut errors);
+    report.processes = processes;
+    report.server = server;
+    if let Some((rings, capacity)) = rings {
+        let window = (capacity, interval_ms, history_since_ms, reloads_at_ms);
+        let (trends, mut history) = history_of(&report, rings, window, &mut errors);
+        report.trends = trends;
+        if let (Some(h), Some(samples)) = (&mut history, zone_samples) {
+            h.zones = crate::analysis::history::zones_history(&report.zones, &samples);
+        }
+        report.history = history;
+    }
+    report.zone_trends = crate::analysis::history::zone_trends_of(&report.zones, zone_trends);
+    report.findings = crate::analysis::findings::evaluate(
+        &crate::analysis::findings::Inputs {
+            report: &report,
+            cgroup: &measured.cgroup,
+            shutdown_timeout_ms,
+            now_ms: now,
+        },
+        &mut errors,
+    );
+    report.errors = errors;
+    (report, mine)
+}
+
+/// The trends of every listed process, and its samples where they were read.
+/// `(capacity, interval_ms, since_ms, reloads_at_ms)`: the rings' length and
+/// spacing, the page asked for, and the last reloads.
+fn history_of(
+    report: &Report,
+    rings: Vec<RingView>,
+    (capacity, interval_ms, since_ms, reloads_at_ms): (usize, u64, Option<u64>, Vec<u64>),
+    errors: &mut Vec<SourceError>,
+) -> (Vec<ProcessTrends>, Option<History>) {
+    // Only this configuration's processes: an older generation's may keep
+    // its rings in the history zone of its own configuration (another size).
+    let writers: Vec<u32> = report
+        .processes
+        .iter()
+        .filter(|p| matches!(p.role, ProcessRole::Worker | ProcessRole::Single))
+        .filter(|p| p.generation == report.server.generation)
+        .map(|p| p.pid)
+        .collect();
+    let with_ring: Vec<u32> = rings.iter().map(|r| r.pid).collect();
+    for pid in crate::analysis::history::without_ring(&writers, &with_ring) {
+        errors.push(SourceError::new(
+            "history",
+            format!(
+                "process {pid} has no history ring ({} in use): its samples are not kept until it claims one on its timer",
+                rings.len()
+            ),
+        ));
+    }
+    let shm_cap: u64 = report.zones.iter().map(|z| z.size_bytes).sum();
+    let listed = |pid: u32| report.processes.iter().any(|p| p.pid == pid);
+    let mut trends = Vec::new();
+    let mut samples = Vec::new();
+    for ring in rings.into_iter().filter(|r| listed(r.pid)) {
+        trends.push(ProcessTrends {
+            pid: ring.pid,
+            trends: ring
+                .trends
+                .iter()
+                .filter_map(|&(i, fit, last_bytes)| {
+                    let series = series_name(i)?;
+                    Some(Trend {
+                        series,
+                        fit,
+                        cap_bytes: (series == "shm").then_some(shm_cap),
+                        last_bytes,
+                    })
+                })
+                .collect(),
+        });
+        if let Some((s, kept)) = ring.samples {
+            samples.push(ProcessHistory {
+                pid: ring.pid,
+                started_at_ms: ring.started_at_ms,
+                kept,
+                samples: s,
+            });
+        }
+    }
+    let history = (!samples.is_empty()).then(|| History {
+        interval_ms,
+        capacity: capacity as u64,
+        points_max: crate::analysis::history::HISTORY_POINTS as u64,
+        since_ms,
+        reloads_at_ms,
+        processes: samples,
+        zones: Vec::new(),
+    });
+    (trends, history)
+}
 
 /// Reads the process section from the text of `/proc/self/status` (or the error
 /// met reading it), noting in `errors` whatever could not be had.

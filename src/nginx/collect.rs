@@ -10,67 +10,23 @@ use ngx::ffi::{
 
 use super::lua::{sample_vms, CensusLimits};
 use super::pools::sample_pools;
-use super::process::{self, ProcessSamples};
+use super::process;
 use super::registry;
 use super::residency::{lua_resident_bytes, resident_pages_of, zones_resident_pages, ZoneRange};
 use super::zones::sample_zones;
-use crate::analysis::breakdown::Inputs;
-use crate::analysis::history::{series_name, SampleWindow};
+use crate::analysis::assemble::{assemble, LoopPart, Measured};
+use crate::analysis::history::SampleWindow;
 use crate::analysis::lua::LuaVmSample;
-use crate::analysis::pools::PoolsSample;
 use crate::analysis::server::{self, ProcessSample, RegistryEntry};
-use crate::analysis::zones::ZoneSample;
 use crate::format::Rendering;
-use crate::model::breakdown::{Breakdown, Depth, VirtualSplit};
-use crate::model::history::{History, ProcessHistory, ProcessTrends, Sample, Trend};
-use crate::model::lua::Lua;
-use crate::model::pools::Pools;
-use crate::model::report::{NginxInfo, Report, Role, SourceError, ZoneReport, SCHEMA_VERSION};
-use crate::model::server::{ProcessRole, Published, PublishedPss};
-use crate::model::zones::Zone;
+use crate::model::breakdown::Depth;
+use crate::model::history::Sample;
+use crate::model::report::{NginxInfo, Role, SourceError, ZoneReport};
+use crate::model::server::Published;
 use crate::shm::samples::ZonesSample;
 
 /// The census's time bound: it walks the Lua heap inside the event loop.
 const LUA_OBJECTS_MAX_TIME: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// What the event loop copies out of nginx and the Lua VMs: counts, lists and
-/// addresses; nothing whose cost grows with bytes.
-pub struct LoopPart {
-    depth: Depth,
-    zones: Vec<ZoneSample>,
-    http: Result<LuaVmSample, String>,
-    stream: Result<LuaVmSample, String>,
-    pools: PoolsSample,
-    /// The registry's generation and master start, when this process has one.
-    registry: Option<(u64, u64)>,
-    /// This process's last published walk, kept when this one makes none.
-    own_walk: Option<PublishedPss>,
-    shutdown_timeout_ms: Option<u64>,
-    /// `memory_status_interval` of the running configuration.
-    interval_ms: u64,
-    /// Every live process's history ring: its trends, and its samples when asked.
-    rings: Option<(Vec<super::history::RingView>, usize)>,
-    /// The zones' trends, and their samples when asked.
-    zone_trends: Vec<(u64, crate::model::history::Fit, u64)>,
-    zone_samples: Option<Vec<crate::shm::samples::ZonesSample>>,
-    /// `history_since=`, for the answer to repeat.
-    history_since_ms: Option<u64>,
-    /// When the history zone saw its last reloads.
-    reloads_at_ms: Vec<u64>,
-    nginx: NginxInfo,
-    /// What went wrong before the measuring (no thread for it, say).
-    errors: Vec<SourceError>,
-    /// `alloc_guard::failures()` when the measuring began: a summary measured
-    /// while an allocation failed is not published.
-    alloc_failures_at_begin: u64,
-}
-
-impl LoopPart {
-    /// Says in the answer's `errors` what went wrong around its measuring.
-    pub fn add_error(&mut self, error: SourceError) {
-        self.errors.push(error);
-    }
-}
 
 /// What is measured from the kernel, on any thread: the walks and reads that
 /// grow with the worker's size. Touches no nginx structure.
@@ -94,15 +50,6 @@ pub struct Job {
 }
 
 type LuaHeap = (Vec<(u64, u64)>, u64);
-
-pub struct Measured {
-    samples: ProcessSamples,
-    zone_pages: Vec<(Result<u64, String>, u64)>,
-    lua_resident: [Option<(Result<u64, String>, u64)>; 2],
-    status: std::io::Result<String>,
-    processes: Vec<ProcessSample>,
-    cgroup: Result<Option<crate::sources::cgroup::CgroupMemory>, String>,
-}
 
 /// What one measuring is made for: the depth, the Lua census's bound, the
 /// history samples read. Requests that ask the same may share one.
@@ -356,7 +303,7 @@ pub fn answer_work(part: LoopPart, job: Job, renderings: &[Rendering]) -> Finish
     if failed() {
         return Finished::FAILED;
     }
-    let (report, summary) = finish(part, measured);
+    let (report, summary) = assemble(part, measured, now_ms());
     let mut bodies = Vec::new();
     for rendering in renderings {
         match rendering.render(&report) {
@@ -379,7 +326,7 @@ pub fn summary_work(part: LoopPart, job: Job) -> Finished {
     if crate::alloc_guard::failures() != mark {
         return Finished::FAILED;
     }
-    let (report, summary) = finish(part, measured);
+    let (report, summary) = assemble(part, measured, now_ms());
     let sample = Sample::of(&summary, report.process.resident_bytes.unwrap_or(0));
     let zones = ZonesSample::of(report.collected_at_ms, &report.zones);
     if crate::alloc_guard::failures() != mark {
@@ -390,204 +337,6 @@ pub fn summary_work(part: LoopPart, job: Job) -> Finished {
         samples: Some((sample, zones)),
         bodies: Vec::new(),
     }
-}
-
-/// The answer, from the loop's part and what was measured, and this worker's
-/// summary as the answer lists it. Runs on any thread: touches nothing of
-/// nginx's.
-fn finish(part: LoopPart, measured: Measured) -> (Report, Published) {
-    let LoopPart {
-        depth,
-        mut zones,
-        mut http,
-        mut stream,
-        pools,
-        registry,
-        own_walk,
-        shutdown_timeout_ms,
-        interval_ms,
-        rings,
-        zone_trends,
-        zone_samples,
-        history_since_ms,
-        reloads_at_ms,
-        nginx,
-        mut errors,
-        alloc_failures_at_begin: _,
-    } = part;
-    for (zone, (pages, age_ms)) in zones.iter_mut().zip(measured.zone_pages) {
-        zone.resident_pages = pages;
-        zone.resident_age_ms = age_ms;
-    }
-    let zones: Vec<Zone> = zones.iter().map(|z| z.to_zone(&mut errors)).collect();
-    for (vm, resident) in [&mut http, &mut stream]
-        .into_iter()
-        .zip(measured.lua_resident)
-    {
-        if let (Ok(vm), Some((resident, age_ms))) = (vm, resident) {
-            if let Ok(a) = &mut vm.allocator {
-                a.resident_bytes = resident;
-                a.resident_age_ms = age_ms;
-            }
-        }
-    }
-    let lua = Lua::from_samples(http, stream, &mut errors);
-    let samples = measured.samples;
-    let process = crate::analysis::assemble::process_memory(measured.status, &mut errors);
-    let breakdown = Breakdown::build(
-        Inputs {
-            depth,
-            process: &process,
-            maps: &samples.maps,
-            smaps: samples.smaps.as_ref(),
-            glibc: samples.glibc,
-            zones: &zones,
-            lua: &lua,
-            stacks: samples.stacks,
-            other_allocators: samples.other_allocators,
-            mapped_chunks: &samples.mapped_chunks,
-            program_data: samples.program_data,
-            program_ranges: &samples.program_ranges,
-        },
-        &mut errors,
-    );
-    if let Some(reason) = &pools.http2_unavailable {
-        errors.push(SourceError::new("pools.requests.http2", reason.clone()));
-    }
-    let (generation, master_started_at_ms) = registry.unwrap_or_else(|| {
-        errors.push(SourceError::new(
-            "processes",
-            "no process registry in this process: only the master and this worker are listed",
-        ));
-        (0, 0)
-    });
-    let now = now_ms();
-    let mut report = Report {
-        schema: SCHEMA_VERSION,
-        nginx,
-        collected_at_ms: now,
-        virtual_split: VirtualSplit::from_process(&process),
-        process,
-        breakdown,
-        zones,
-        lua,
-        pools: Pools::from_sample(&pools),
-        processes: Vec::new(),
-        server: Default::default(),
-        trends: Vec::new(),
-        zone_trends: Vec::new(),
-        history: None,
-        findings: Vec::new(),
-        errors: Vec::new(),
-    };
-    // This worker's own summary: published for the others, and its entry in
-    // this answer's list is this answer's.
-    let mut mine = Published::from_report(&report, now);
-    let mut samples = measured.processes;
-    match &mut mine.pss {
-        Some(walk) => walk.others = server::others_pss(&samples),
-        None => mine.pss = own_walk,
-    }
-    for s in &mut samples {
-        if let Some(e) = s.entry.as_mut().filter(|e| e.pid == report.nginx.pid) {
-            e.published = Some(mine.clone());
-        }
-    }
-    let (processes, server) =
-        server::build(samples, generation, master_started_at_ms, now, &mut errors);
-    report.processes = processes;
-    report.server = server;
-    if let Some((rings, capacity)) = rings {
-        let window = (capacity, interval_ms, history_since_ms, reloads_at_ms);
-        let (trends, mut history) = history_of(&report, rings, window, &mut errors);
-        report.trends = trends;
-        if let (Some(h), Some(samples)) = (&mut history, zone_samples) {
-            h.zones = crate::analysis::history::zones_history(&report.zones, &samples);
-        }
-        report.history = history;
-    }
-    report.zone_trends = crate::analysis::history::zone_trends_of(&report.zones, zone_trends);
-    report.findings = crate::analysis::findings::evaluate(
-        &crate::analysis::findings::Inputs {
-            report: &report,
-            cgroup: &measured.cgroup,
-            shutdown_timeout_ms,
-            now_ms: now,
-        },
-        &mut errors,
-    );
-    report.errors = errors;
-    (report, mine)
-}
-
-/// The trends of every listed process, and its samples where they were read.
-/// `(capacity, interval_ms, since_ms, reloads_at_ms)`: the rings' length and
-/// spacing, the page asked for, and the last reloads.
-fn history_of(
-    report: &Report,
-    rings: Vec<super::history::RingView>,
-    (capacity, interval_ms, since_ms, reloads_at_ms): (usize, u64, Option<u64>, Vec<u64>),
-    errors: &mut Vec<SourceError>,
-) -> (Vec<ProcessTrends>, Option<History>) {
-    // Only this configuration's processes: an older generation's may keep
-    // its rings in the history zone of its own configuration (another size).
-    let writers: Vec<u32> = report
-        .processes
-        .iter()
-        .filter(|p| matches!(p.role, ProcessRole::Worker | ProcessRole::Single))
-        .filter(|p| p.generation == report.server.generation)
-        .map(|p| p.pid)
-        .collect();
-    let with_ring: Vec<u32> = rings.iter().map(|r| r.pid).collect();
-    for pid in crate::analysis::history::without_ring(&writers, &with_ring) {
-        errors.push(SourceError::new(
-            "history",
-            format!(
-                "process {pid} has no history ring ({} in use): its samples are not kept until it claims one on its timer",
-                rings.len()
-            ),
-        ));
-    }
-    let shm_cap: u64 = report.zones.iter().map(|z| z.size_bytes).sum();
-    let listed = |pid: u32| report.processes.iter().any(|p| p.pid == pid);
-    let mut trends = Vec::new();
-    let mut samples = Vec::new();
-    for ring in rings.into_iter().filter(|r| listed(r.pid)) {
-        trends.push(ProcessTrends {
-            pid: ring.pid,
-            trends: ring
-                .trends
-                .iter()
-                .filter_map(|&(i, fit, last_bytes)| {
-                    let series = series_name(i)?;
-                    Some(Trend {
-                        series,
-                        fit,
-                        cap_bytes: (series == "shm").then_some(shm_cap),
-                        last_bytes,
-                    })
-                })
-                .collect(),
-        });
-        if let Some((s, kept)) = ring.samples {
-            samples.push(ProcessHistory {
-                pid: ring.pid,
-                started_at_ms: ring.started_at_ms,
-                kept,
-                samples: s,
-            });
-        }
-    }
-    let history = (!samples.is_empty()).then(|| History {
-        interval_ms,
-        capacity: capacity as u64,
-        points_max: crate::analysis::history::HISTORY_POINTS as u64,
-        since_ms,
-        reloads_at_ms,
-        processes: samples,
-        zones: Vec::new(),
-    });
-    (trends, history)
 }
 
 /// One zone alone (`?zone=NAME`, its bytes or its escaped name): that zone is

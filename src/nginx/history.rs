@@ -16,6 +16,7 @@ use crate::model::history::{Fit, Sample};
 
 use crate::analysis::history::SampleWindow;
 
+use crate::analysis::assemble::RingView;
 use crate::shm::ring::Ring;
 use crate::shm::samples::{ZonesSample, SAMPLE_WORDS, ZONES_MAX, ZONES_SAMPLE_WORDS};
 use crate::shm::{claim, seqlock};
@@ -380,16 +381,6 @@ fn read_ring(ring: &Ring, window: SampleWindow) -> (Vec<Sample>, u64) {
     let picked = crate::analysis::history::pick(first, before, window, |n| ring.word(n, 0));
     let samples = ring.read(&picked, Sample::from_words).unwrap_or_default();
     (samples, before - first)
-}
-
-/// One ring as read for an answer.
-pub struct RingView {
-    pub pid: u32,
-    pub started_at_ms: u64,
-    pub trends: Vec<(usize, Fit, i64)>,
-    /// `?history=1` (or the HTML page) only: those the window picks, and
-    /// how many the ring keeps.
-    pub samples: Option<(Vec<Sample>, u64)>,
 }
 
 /// Every ring with a live owner: its trends, and with a window, the samples

@@ -7,26 +7,16 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use ngx::ffi::ngx_pagesize;
 
 use super::residency::{resident_pages, PageWindow};
+use crate::analysis::assemble::ProcessSamples;
 use crate::analysis::breakdown::{
-    copied_pages, GlibcHeaps, GlibcSample, LoadSegment, MappedChunk, OtherAllocatorSample,
-    ProgramDataRanges, ProgramDataSample, StackSample,
+    copied_pages, GlibcHeaps, GlibcSample, LoadSegment, OtherAllocatorSample, ProgramDataRanges,
+    ProgramDataSample, StackSample,
 };
 use crate::model::breakdown::Depth;
 use crate::sources::glibc_heaps::{
     aligned_starts, is_private_anonymous_rw, link_heaps, main_arena_ranges, main_heap, HeapHeader,
 };
 use crate::sources::procfs::{parse_syscall_stack_pointer, read_proc_file, Mapping, SmapsEntry};
-
-pub struct ProcessSamples {
-    pub maps: Result<Vec<Mapping>, String>,
-    pub smaps: Option<Result<Vec<SmapsEntry>, String>>,
-    pub glibc: Result<GlibcSample, String>,
-    pub stacks: Result<Vec<StackSample>, String>,
-    pub other_allocators: Result<Option<OtherAllocatorSample>, String>,
-    pub mapped_chunks: Vec<MappedChunk>,
-    pub program_data: Result<ProgramDataSample, String>,
-    pub program_ranges: ProgramDataRanges,
-}
 
 /// `walk`: read `/proc/self/smaps` too (a page-table walk). `known`: address
 /// ranges already accounted for (LuaJIT's segments), not to be searched for
