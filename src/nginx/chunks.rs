@@ -26,7 +26,6 @@ use std::sync::Mutex;
 
 use ngx::ffi::ngx_pagesize;
 
-use super::process::read_words;
 use super::residency::PageWindow;
 use crate::alloc_guard::TryPush;
 use crate::analysis::breakdown::{mapped_chunk_at, uncovered, ChunkKind, MappedChunk};
@@ -315,4 +314,25 @@ fn spans_read_the_same(words: &[Word], spans: &[(u64, u64)]) -> bool {
         )
     };
     read == total as isize && words_match(words, spans, &bytes)
+}
+
+/// `N` words of this process's memory at `addr`, read by the kernel
+/// (`process_vm_readv` on ourselves): memory that is not an allocation of
+/// ours, and that another thread may unmap meanwhile, gives `None` rather than
+/// a fault.
+pub(super) fn read_words<const N: usize>(addr: u64) -> Option<[u64; N]> {
+    let mut words = [0u64; N];
+    let len = std::mem::size_of_val(&words);
+    let local = libc::iovec {
+        iov_base: words.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut c_void,
+        iov_len: len,
+    };
+    // SAFETY: the kernel writes at most `len` bytes into `words` and checks
+    // the remote range itself.
+    let read = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    (read == len as isize).then_some(words)
 }

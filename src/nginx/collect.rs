@@ -1,8 +1,6 @@
 //! Copies numbers out of nginx's globals and the kernel into the report's plain
 //! structs. No pointer into nginx outlives a call.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use ngx::ffi::{
     ngx_exiting, ngx_parent, ngx_pid, ngx_process, ngx_worker, NGINX_VERSION, NGX_PROCESS_SINGLE,
     NGX_PROCESS_WORKER,
@@ -90,7 +88,7 @@ pub fn begin(measuring: Measuring) -> (LoopPart, Job) {
         let a = vm.allocator.as_ref().ok()?;
         Some((a.segment_ranges.clone(), vm.gc_bytes))
     };
-    let registry = registry::read(now_ms());
+    let registry = registry::read(super::clock::now_ms());
     // SAFETY: a plain integer nginx sets when the process starts.
     let own_pid = unsafe { ngx_pid } as u32;
     let own_walk = registry.as_ref().and_then(|read| {
@@ -137,8 +135,8 @@ pub fn begin(measuring: Measuring) -> (LoopPart, Job) {
         registry: registry.map(|read| (read.generation, read.master_started_at_ms)),
         own_walk,
         shutdown_timeout_ms: super::cycle::shutdown_timeout_ms(super::cycle::current()),
-        interval_ms: super::running_conf()
-            .map_or(super::publish::DEFAULT_INTERVAL_MS, |c| c.interval_ms()),
+        interval_ms: super::conf::running_conf()
+            .map_or(super::conf::DEFAULT_INTERVAL_MS, |c| c.interval_ms()),
         rings: super::history::read(history_window),
         zone_trends: super::history::zone_trends(),
         zone_samples: history_window.map(super::history::zone_samples),
@@ -303,7 +301,7 @@ pub fn answer_work(part: LoopPart, job: Job, renderings: &[Rendering]) -> Finish
     if failed() {
         return Finished::FAILED;
     }
-    let (report, summary) = assemble(part, measured, now_ms());
+    let (report, summary) = assemble(part, measured, super::clock::now_ms());
     let mut bodies = Vec::new();
     for rendering in renderings {
         match rendering.render(&report) {
@@ -326,7 +324,7 @@ pub fn summary_work(part: LoopPart, job: Job) -> Finished {
     if crate::alloc_guard::failures() != mark {
         return Finished::FAILED;
     }
-    let (report, summary) = assemble(part, measured, now_ms());
+    let (report, summary) = assemble(part, measured, super::clock::now_ms());
     let sample = Sample::of(&summary, report.process.resident_bytes.unwrap_or(0));
     let zones = ZonesSample::of(report.collected_at_ms, &report.zones);
     if crate::alloc_guard::failures() != mark {
@@ -346,7 +344,12 @@ pub fn zone_report(name: &[u8]) -> Option<ZoneReport> {
     let mut zone = sample_zones(Some(name)).into_iter().next()?;
     zone.sample.resident_pages = resident_pages_of(&[zone.range]).remove(0);
     let zone = zone.sample.to_zone(&mut errors);
-    Some(ZoneReport::new(nginx_info(), now_ms(), zone, errors))
+    Some(ZoneReport::new(
+        nginx_info(),
+        super::clock::now_ms(),
+        zone,
+        errors,
+    ))
 }
 
 fn nginx_info() -> NginxInfo {
@@ -364,10 +367,4 @@ fn nginx_info() -> NginxInfo {
         worker: worker as u64,
         role,
     }
-}
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -96,7 +96,7 @@ fn zone_bytes(capacity: usize, rings: usize) -> usize {
 pub fn add_zone(
     cf: *mut ngx_conf_t,
     tag: *mut c_void,
-    main: &mut super::MainConf,
+    main: &mut super::conf::MainConf,
 ) -> Result<(), ()> {
     let (capacity, rings) = (main.history_capacity, main.history_rings);
     let mut name = ngx_str_t {
@@ -111,7 +111,7 @@ pub fn add_zone(
     // SAFETY: a zone nginx just returned; its init runs while `main` lives.
     unsafe {
         (*zone).init = Some(init_zone);
-        (*zone).data = (main as *mut super::MainConf).cast();
+        (*zone).data = (main as *mut super::conf::MainConf).cast();
     }
     Ok(())
 }
@@ -119,7 +119,7 @@ pub fn add_zone(
 extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
     // SAFETY: `add_zone` set the zone's data to the configuration's MainConf.
     let (capacity, rings) = unsafe {
-        let main = &*(*zone).data.cast::<super::MainConf>();
+        let main = &*(*zone).data.cast::<super::conf::MainConf>();
         (main.history_capacity, main.history_rings)
     };
     let bytes = data_bytes(capacity, rings);
@@ -133,7 +133,7 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int
     };
     // SAFETY: nginx passes the zone being initialized and the previous
     // cycle's `zone->data`.
-    let Some(header) = (unsafe { super::registry::zone_struct(zone, data, bytes, fresh) }) else {
+    let Some(header) = (unsafe { super::zones::zone_struct(zone, data, bytes, fresh) }) else {
         return NGX_ERROR as ngx_int_t;
     };
     // SAFETY: the header of this zone, mapped for the process's life.
@@ -159,7 +159,7 @@ pub fn count_load(cycle: &ngx_cycle_t) {
         return;
     }
     let load = h.loads.fetch_add(1, Ordering::AcqRel);
-    h.reload_at_ms[load as usize % RELOADS].store(super::collect::now_ms(), Ordering::Release);
+    h.reload_at_ms[load as usize % RELOADS].store(super::clock::now_ms(), Ordering::Release);
 }
 
 /// The running cycle's history zone (loop thread only).
@@ -321,7 +321,7 @@ pub fn ensure_claimed() {
         &[0; TREND_SERIES * TREND_WORDS],
     );
     head.started_at_ms
-        .store(super::collect::now_ms(), Ordering::Relaxed);
+        .store(super::clock::now_ms(), Ordering::Relaxed);
     claim::own(&head.pid, pid);
     MY_RING.store(i as i32, Ordering::Relaxed);
 }
@@ -451,7 +451,7 @@ pub fn test_fill_ring(interval_ms: u64) {
     };
     let (newest, _) = read_ring(&samples, SampleWindow::spread(1));
     let sample = newest.into_iter().next().unwrap_or_default();
-    let now = super::collect::now_ms();
+    let now = super::clock::now_ms();
     let capacity = samples.capacity() as u64;
     for i in 0..capacity {
         let mut s = sample.clone();

@@ -5,7 +5,7 @@
 use std::ffi::c_void;
 
 use ngx::ffi::{
-    malloc_usable_size, ngx_cached_time, ngx_connection_t, ngx_cycle_t, ngx_http_init_connection,
+    malloc_usable_size, ngx_connection_t, ngx_cycle_t, ngx_http_init_connection,
     ngx_http_request_t, ngx_http_v2_connection_t, ngx_pool_t, ngx_stream_session_t,
 };
 
@@ -34,7 +34,7 @@ pub fn sample_pools() -> PoolsSample {
             sample.http2_unavailable = Some(e.clone());
         }
         let stream_init = libc::dlsym(libc::RTLD_DEFAULT, c"ngx_stream_init_connection".as_ptr());
-        let now_ms = now_ms();
+        let now_ms = super::clock::cached_now_ms();
         // Slots in use are `connection_n - free_connection_n`: once that many
         // open ones were seen the rest are free, and the walk stops (Lua's fake
         // connections are in use with fd -1: then it goes to the end).
@@ -231,11 +231,6 @@ unsafe fn walk_pool(pool: *const ngx_pool_t) -> PoolSample {
         large = (*large).next;
     }
     s
-}
-
-unsafe fn now_ms() -> u64 {
-    let t = &*ngx_cached_time;
-    t.sec as u64 * 1000 + t.msec as u64
 }
 
 fn age(now_ms: u64, start_sec: u64, start_msec: u64) -> u64 {

@@ -134,27 +134,6 @@ fn load_segments() -> Vec<LoadSegment> {
     segments
 }
 
-/// `N` words of this process's memory at `addr`, read by the kernel
-/// (`process_vm_readv` on ourselves): memory that is not an allocation of
-/// ours, and that another thread may unmap meanwhile, gives `None` rather than
-/// a fault.
-pub(super) fn read_words<const N: usize>(addr: u64) -> Option<[u64; N]> {
-    let mut words = [0u64; N];
-    let len = std::mem::size_of_val(&words);
-    let local = libc::iovec {
-        iov_base: words.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut c_void,
-        iov_len: len,
-    };
-    // SAFETY: the kernel writes at most `len` bytes into `words` and checks
-    // the remote range itself.
-    let read = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-    (read == len as isize).then_some(words)
-}
-
 /// Resident bytes of a mapping of this process, by `mincore`.
 fn resident_bytes_of(m: &Mapping) -> Result<u64, String> {
     // SAFETY: the range is a mapping just listed in /proc/self/maps, page-aligned.
@@ -208,7 +187,7 @@ fn find_heaps(maps: &[Mapping], arena_bytes: u64) -> Result<GlibcHeaps, String> 
     for m in maps.iter().filter(|m| is_private_anonymous_rw(m)) {
         for start in aligned_starts(m.start, m.end) {
             if start + 32 <= m.end && PageWindow::new(start + page).present(start) == Some(true) {
-                if let Some(words) = read_words::<4>(start) {
+                if let Some(words) = super::chunks::read_words::<4>(start) {
                     candidates.push((start, HeapHeader::from_words(words), m.end - start));
                 }
             }

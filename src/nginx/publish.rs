@@ -12,9 +12,6 @@ use ngx::ffi::{ngx_add_timer, ngx_cycle_t, ngx_event_t, ngx_msec_t};
 use super::collect;
 use super::offloop;
 
-pub const DEFAULT_INTERVAL_MS: u64 = 10_000;
-/// The smallest interval the directive takes.
-pub const MIN_INTERVAL_MS: u64 = 1_000;
 /// The first summary comes soon after the worker starts.
 const FIRST_MS: ngx_msec_t = 200;
 
@@ -38,7 +35,8 @@ pub fn start(cycle: *mut ngx_cycle_t) {
 }
 
 extern "C" fn on_timer(ev: *mut ngx_event_t) {
-    let interval_ms = super::running_conf().map_or(DEFAULT_INTERVAL_MS, |c| c.interval_ms());
+    let interval_ms =
+        super::conf::running_conf().map_or(super::conf::DEFAULT_INTERVAL_MS, |c| c.interval_ms());
     // SAFETY: nginx calls the handler with our event, on the loop's thread.
     // The running cycle's log: in single-process mode the cycle that started
     // the timer may be freed after a reload.

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use ngx::ffi::{
     ngx_conf_t, ngx_cycle_t, ngx_int_t, ngx_process, ngx_shared_memory_add, ngx_shm_zone_t,
-    ngx_slab_alloc, ngx_slab_pool_t, ngx_str_t, ngx_worker, NGX_ERROR, NGX_OK, NGX_PROCESS_HELPER,
-    NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
+    ngx_str_t, ngx_worker, NGX_ERROR, NGX_OK, NGX_PROCESS_HELPER, NGX_PROCESS_SINGLE,
+    NGX_PROCESS_WORKER,
 };
 
 use crate::alloc_guard::TryPush;
@@ -93,13 +93,13 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int
         unsafe {
             (*r).magic = MAGIC;
             (*r).master_started_at_ms
-                .store(super::collect::now_ms(), Ordering::Relaxed);
+                .store(super::clock::now_ms(), Ordering::Relaxed);
         }
     };
     // SAFETY: nginx passes the zone being initialized and the previous
     // cycle's `zone->data`.
     let Some(registry) =
-        (unsafe { zone_struct(zone, data, std::mem::size_of::<Registry>(), fresh) })
+        (unsafe { super::zones::zone_struct(zone, data, std::mem::size_of::<Registry>(), fresh) })
     else {
         return NGX_ERROR as ngx_int_t;
     };
@@ -124,40 +124,6 @@ pub fn count_load(cycle: &ngx_cycle_t) {
     }
 }
 
-/// The one structure a zone of ours holds: the previous cycle's (the zone was
-/// kept across a reload), the one the zone already has, or a new one of
-/// `bytes` from the zone's slab pool, which `fresh` writes. A new zone's pages
-/// are the kernel's zeroed pages: writing only a header keeps the rest
-/// untouched. Sets the zone's `data`.
-///
-/// # Safety
-/// `zone` is the zone nginx is initializing and `data` what nginx passed with it.
-pub(super) unsafe fn zone_struct<T>(
-    zone: *mut ngx_shm_zone_t,
-    data: *mut c_void,
-    bytes: usize,
-    fresh: impl FnOnce(*mut T),
-) -> Option<*mut T> {
-    let found: *mut T = if !data.is_null() {
-        data.cast()
-    } else {
-        let pool = (*zone).shm.addr.cast::<ngx_slab_pool_t>();
-        if (*zone).shm.exists != 0 {
-            (*pool).data.cast()
-        } else {
-            let t = ngx_slab_alloc(pool, bytes).cast::<T>();
-            if t.is_null() {
-                return None;
-            }
-            fresh(t);
-            (*pool).data = t.cast();
-            t
-        }
-    };
-    (*zone).data = found.cast();
-    Some(found)
-}
-
 /// The running cycle's registry (loop thread only).
 fn registry() -> Option<&'static Registry> {
     // SAFETY: the registry zone's init stores a `Registry` in its data; the
@@ -165,29 +131,25 @@ fn registry() -> Option<&'static Registry> {
     unsafe { super::zones::own_zone::<Registry>(ZONE_NAME) }.filter(|r| r.magic == MAGIC)
 }
 
-/// The module's `init_process`: a worker, cache process or single process takes
-/// a slot and writes who it is, and a worker starts its timer. Without a
-/// registry (no location uses `memory_status`) it does nothing.
-pub extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    if registry().is_none() {
-        return NGX_OK as ngx_int_t;
-    }
-    STARTED_AT_MS.store(super::collect::now_ms(), Ordering::Relaxed);
-    // The ring before the slot: a process listed has its ring already.
-    // Even without either (all taken) the timer starts: it claims them when
-    // they are free.
-    let writes_history = matches!(
+/// At the process's start: `None` without a registry (no location uses
+/// `memory_status`); else whether this process writes a history (a worker or
+/// the single process), its start time noted for an entry without a slot.
+pub fn begin_process() -> Option<bool> {
+    registry()?;
+    STARTED_AT_MS.store(super::clock::now_ms(), Ordering::Relaxed);
+    Some(matches!(
         own_kind(),
         Some(RegisteredKind::Worker | RegisteredKind::Single)
-    );
-    if writes_history {
-        super::history::ensure_claimed();
-    }
-    ensure_registered();
-    if writes_history {
-        super::publish::start(cycle);
-    }
-    NGX_OK as ngx_int_t
+    ))
+}
+
+/// As the process leaves: its slot is freed.
+pub fn release_slot() {
+    let (Some(r), Ok(i)) = (registry(), usize::try_from(MY_SLOT.load(Ordering::Relaxed))) else {
+        return;
+    };
+    let Some(slot) = r.slots.get(i) else { return };
+    claim::release(&slot.pid, std::process::id() as i32);
 }
 
 /// When this process started (`init_process`): for its entry when it has
@@ -272,18 +234,8 @@ fn write_slot(r: &Registry, i: usize, kind: RegisteredKind, pid: i32) {
     slot.generation
         .store(r.generation.load(Ordering::Acquire), Ordering::Relaxed);
     slot.started_at_ms
-        .store(super::collect::now_ms(), Ordering::Relaxed);
+        .store(super::clock::now_ms(), Ordering::Relaxed);
     claim::own(&slot.pid, pid);
-}
-
-/// The module's `exit_process`: the slot is freed as the process leaves.
-pub extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
-    super::history::release();
-    let (Some(r), Ok(i)) = (registry(), usize::try_from(MY_SLOT.load(Ordering::Relaxed))) else {
-        return;
-    };
-    let Some(slot) = r.slots.get(i) else { return };
-    claim::release(&slot.pid, std::process::id() as i32);
 }
 
 /// Writes this process's summary into its slot (nothing without one); a
@@ -376,22 +328,20 @@ pub fn read(now_ms: u64) -> Option<RegistryRead> {
     })
 }
 
-/// Test-only build: this process dies (`SIGKILL`) leaving the registry as a
-/// crash at the worst moment would. `odd-seq`: in the middle of publishing.
+/// Test-only build: leaves this process's registry as a crash at the worst
+/// moment would, for `test_hooks` to kill the process then; the pid the
+/// stuck claims name (0: none), `None` when nothing was done. `odd-seq`: in the middle of publishing.
 /// `stuck`: every free slot and ring, and its own, as if their writers died
 /// between the claim and the pid's store. `full`: the same, claimed by the
 /// live master: no slot or ring is left for the process respawned next.
 #[cfg(feature = "test-panic")]
-pub fn test_die_leaving(what: &[u8]) {
+pub fn test_leave_stuck(what: &[u8]) -> Option<i32> {
     /// Above Linux's largest pid (`PID_MAX_LIMIT`, 2^22): never alive.
     const NEVER_A_PID: i32 = (1 << 22) + 1;
-    let Some(r) = registry() else { return };
-    let Some(own) = usize::try_from(MY_SLOT.load(Ordering::Relaxed))
+    let r = registry()?;
+    let own = usize::try_from(MY_SLOT.load(Ordering::Relaxed))
         .ok()
-        .and_then(|i| r.slots.get(i))
-    else {
-        return;
-    };
+        .and_then(|i| r.slots.get(i))?;
     let writer = match what {
         b"odd-seq" => {
             own.seq.fetch_add(1, Ordering::AcqRel);
@@ -400,7 +350,7 @@ pub fn test_die_leaving(what: &[u8]) {
         b"stuck" => NEVER_A_PID,
         // SAFETY: a plain integer nginx sets when the process starts.
         b"full" => unsafe { ngx::ffi::ngx_parent },
-        _ => return,
+        _ => return None,
     };
     if writer != 0 {
         for slot in &r.slots {
@@ -413,8 +363,6 @@ pub fn test_die_leaving(what: &[u8]) {
         }
         own.pid.store(-writer, Ordering::Release);
         r.used.store(SLOTS as u32, Ordering::Release);
-        super::history::test_mark_rings(writer);
     }
-    // SAFETY: ends this process, as `kill -9` would.
-    unsafe { libc::raise(libc::SIGKILL) };
+    Some(writer)
 }

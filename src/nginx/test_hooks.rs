@@ -40,12 +40,12 @@ pub fn apply(r: &ngx_http_request_t) {
         }
     }
     if asked(b"fill-history") {
-        let interval_ms = super::running_conf().map_or(1000, |c| c.interval_ms());
+        let interval_ms = super::conf::running_conf().map_or(1000, |c| c.interval_ms());
         super::history::test_fill_ring(interval_ms);
     }
     for what in [&b"odd-seq"[..], b"stuck", b"full"] {
         if asked(&[b"die-", what].concat()) {
-            super::registry::test_die_leaving(what);
+            die_leaving(what);
         }
     }
 }
@@ -68,4 +68,17 @@ pub fn while_answering() {
     if PANIC_ANSWERING.swap(false, Ordering::Relaxed) {
         panic!("test-panic: while answering on the loop");
     }
+}
+
+/// This process dies (`SIGKILL`) leaving its registry slot and history
+/// rings as a crash at the worst moment would (see `registry::test_leave_stuck`).
+fn die_leaving(what: &[u8]) {
+    let Some(writer) = super::registry::test_leave_stuck(what) else {
+        return;
+    };
+    if writer != 0 {
+        super::history::test_mark_rings(writer);
+    }
+    // SAFETY: ends this process, as `kill -9` would.
+    unsafe { libc::raise(libc::SIGKILL) };
 }

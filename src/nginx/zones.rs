@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ngx::ffi::{
     ngx_cycle_t, ngx_list_t, ngx_pagesize, ngx_pagesize_shift, ngx_shm_zone_t, ngx_shmtx_t,
-    ngx_shmtx_trylock, ngx_shmtx_unlock, ngx_slab_page_t, ngx_slab_pool_t,
+    ngx_shmtx_trylock, ngx_shmtx_unlock, ngx_slab_alloc, ngx_slab_page_t, ngx_slab_pool_t,
 };
 
 use super::cycle;
@@ -226,4 +226,38 @@ unsafe fn sample_slab(addr: *mut c_void, budget: &mut LockBudget) -> Result<Slab
         largest_free_run_pages: largest,
         free_runs_truncated: truncated,
     })
+}
+
+/// The one structure a zone of ours holds: the previous cycle's (the zone was
+/// kept across a reload), the one the zone already has, or a new one of
+/// `bytes` from the zone's slab pool, which `fresh` writes. A new zone's pages
+/// are the kernel's zeroed pages: writing only a header keeps the rest
+/// untouched. Sets the zone's `data`.
+///
+/// # Safety
+/// `zone` is the zone nginx is initializing and `data` what nginx passed with it.
+pub(super) unsafe fn zone_struct<T>(
+    zone: *mut ngx_shm_zone_t,
+    data: *mut c_void,
+    bytes: usize,
+    fresh: impl FnOnce(*mut T),
+) -> Option<*mut T> {
+    let found: *mut T = if !data.is_null() {
+        data.cast()
+    } else {
+        let pool = (*zone).shm.addr.cast::<ngx_slab_pool_t>();
+        if (*zone).shm.exists != 0 {
+            (*pool).data.cast()
+        } else {
+            let t = ngx_slab_alloc(pool, bytes).cast::<T>();
+            if t.is_null() {
+                return None;
+            }
+            fresh(t);
+            (*pool).data = t.cast();
+            t
+        }
+    };
+    (*zone).data = found.cast();
+    Some(found)
 }
