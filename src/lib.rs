@@ -8,6 +8,8 @@
 // The nginx layer is left out of test builds (its `#[used]` module static would
 // pull every nginx symbol into the test binary), so some items look unused there.
 #![cfg_attr(test, allow(dead_code))]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::missing_safety_doc, clippy::undocumented_unsafe_blocks)]
 
 mod alloc_guard;
 mod analysis;

@@ -32,6 +32,8 @@ impl Merge for LocationConf {
     }
 }
 
+// SAFETY: `create_loc_conf` and `merge_loc_conf` of the module context make
+// and merge this type, so the location configuration nginx holds is one.
 unsafe impl HttpModuleLocationConf for MemoryStatusModule {
     type LocationConf = LocationConf;
 }
@@ -61,6 +63,7 @@ impl MainConf {
     }
 }
 
+// SAFETY: `create_main_conf` of the module context makes this type.
 unsafe impl HttpModuleMainConf for MemoryStatusModule {
     type MainConf = MainConf;
 }

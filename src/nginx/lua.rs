@@ -82,16 +82,20 @@ fn find_luajit() -> Result<LuaJit, String> {
 }
 
 /// The shared object that holds `addr`, as the dynamic linker names it.
-unsafe fn library_of(addr: *const c_void) -> Option<String> {
-    let mut info: libc::Dl_info = std::mem::zeroed();
-    if libc::dladdr(addr, &mut info) == 0 || info.dli_fname.is_null() {
+fn library_of(addr: *const c_void) -> Option<String> {
+    // SAFETY: dladdr only looks `addr` up in the loader's tables (any value
+    // is fine) and fills `info`; a zeroed Dl_info is a valid start.
+    let (found, info) = unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        (libc::dladdr(addr, &mut info), info)
+    };
+    if found == 0 || info.dli_fname.is_null() {
         return None;
     }
-    Some(
-        CStr::from_ptr(info.dli_fname as *const c_char)
-            .to_string_lossy()
-            .into_owned(),
-    )
+    // SAFETY: the loader's own NUL-terminated name of a loaded object, which
+    // stays loaded while it is copied here.
+    let name = unsafe { CStr::from_ptr(info.dli_fname as *const c_char) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// The library's real path and the version banner in its read-only data
@@ -224,35 +228,60 @@ const DISPMODE_JIT: u8 = 0x10;
 
 /// The VM's `global_State`, once three fields read through our layout match
 /// what LuaJIT's own API returned.
+///
+/// # Safety
+/// `l` is a live `lua_State` of LuaJIT 2.1 (the VM's main thread, as the Lua
+/// module's configuration holds it), read on the loop's thread while the VM
+/// does not run.
 unsafe fn global_state(
     l: *mut c_void,
     allocf: *mut c_void,
     ud: *mut c_void,
     gc_total: u64,
 ) -> Result<*const u8, String> {
-    let g = *(l as *const u8).add(GLREF_OFFSET).cast::<*const u8>();
+    // SAFETY: `glref` lies within the lua_State's fixed header, whatever the
+    // build's layout (the caller's contract).
+    let g: *const u8 = unsafe { read(l as *const u8, GLREF_OFFSET) };
     // The main thread and its global_State sit side by side in GG_State.
     let distance = (g as usize).wrapping_sub(l as usize);
     if g.is_null() || distance == 0 || distance > 4096 {
         return Err("unrecognized lua_State layout (not LuaJIT 2.1 GC64)".into());
     }
-    if *g.add(G_ALLOCF).cast::<*mut c_void>() != allocf
-        || *g.add(G_ALLOCD).cast::<*mut c_void>() != ud
-        || *g.add(G_GC_TOTAL).cast::<u64>() != gc_total
-    {
+    // SAFETY: `g` is within 4 KiB past the lua_State, inside GG_State, whose
+    // global_State spans more than these first three words.
+    let (g_allocf, g_ud, g_total) = unsafe {
+        (
+            read::<*mut c_void>(g, G_ALLOCF),
+            read::<*mut c_void>(g, G_ALLOCD),
+            read::<u64>(g, G_GC_TOTAL),
+        )
+    };
+    if g_allocf != allocf || g_ud != ud || g_total != gc_total {
         return Err("unrecognized global_State layout (not LuaJIT 2.1 GC64)".into());
     }
     Ok(g)
 }
 
+/// Whether the VM's JIT compiler is on, after its empty string checked where
+/// the GC64 layout puts it.
+///
+/// # Safety
+/// `g` is a `global_State` that `global_state` accepted.
 unsafe fn jit_enabled(g: *const u8) -> Result<bool, String> {
-    if *g.add(G_STREMPTY_GCT) != GCT_STRING
-        || *g.add(G_STREMPTY_LEN).cast::<u32>() != 0
-        || *g.add(G_STREMPTYZ) != 0
-    {
+    // SAFETY: every offset lies within global_State's first 160 bytes (the
+    // caller's contract: its layout was checked to be GC64's).
+    let (gct, len, z, dispatch) = unsafe {
+        (
+            read::<u8>(g, G_STREMPTY_GCT),
+            read::<u32>(g, G_STREMPTY_LEN),
+            read::<u8>(g, G_STREMPTYZ),
+            read::<u8>(g, G_DISPATCHMODE),
+        )
+    };
+    if gct != GCT_STRING || len != 0 || z != 0 {
         return Err("unrecognized global_State layout past the GC state".into());
     }
-    Ok(*g.add(G_DISPATCHMODE) & DISPMODE_JIT != 0)
+    Ok(dispatch & DISPMODE_JIT != 0)
 }
 
 // --- lj_alloc's malloc_state (LuaJIT 2.1) ------------------------------------
@@ -335,11 +364,7 @@ impl Segments {
 
 /// Whether `[addr, addr + len)` is mapped: `mincore` fails with ENOMEM where not.
 fn is_mapped(addr: usize, len: usize, page: usize) -> bool {
-    let start = addr - addr % page;
-    let Some(end) = addr.checked_add(len) else {
-        return false;
-    };
-    let pages = (end - start).div_ceil(page);
+    let pages = (addr % page + len).div_ceil(page);
     let mut small = [0u8; 2];
     let mut large = Vec::new();
     let vec = if pages <= small.len() {
@@ -348,10 +373,40 @@ fn is_mapped(addr: usize, len: usize, page: usize) -> bool {
         large.resize(pages, 0u8);
         &mut large[..]
     };
-    // SAFETY: mincore only inspects the page tables; `vec` holds `pages` entries.
-    unsafe { libc::mincore(start as *mut c_void, end - start, vec.as_mut_ptr()) == 0 }
+    super::residency::mincore(addr, len, page, vec).is_ok()
 }
 
+/// lj_alloc's free lists as walked: bytes and chunks, and whether the walk
+/// stopped at its bound.
+#[derive(Default)]
+struct FreeTally {
+    bytes: u64,
+    chunks: u64,
+    truncated: bool,
+}
+
+impl FreeTally {
+    /// Counts a free chunk by its head word; `false` once the bound is reached.
+    fn add(&mut self, head: usize) -> bool {
+        if self.chunks >= MAX_FREE_CHUNKS {
+            self.truncated = true;
+            return false;
+        }
+        self.bytes += chunk_size(head) as u64;
+        self.chunks += 1;
+        true
+    }
+}
+
+fn unknown_allocator(what: &str) -> String {
+    format!("unrecognized LuaJIT allocator layout: {what}")
+}
+
+/// LuaJIT's own allocator (`lj_alloc`): its segments and its free chunks.
+///
+/// # Safety
+/// `ud` is the `allocd` that `lua_getallocf` returned for a live VM, read on
+/// the loop's thread while the VM does not run.
 unsafe fn sample_allocator(
     allocf: *mut c_void,
     ud: *mut c_void,
@@ -368,30 +423,68 @@ unsafe fn sample_allocator(
         );
     }
     let m = ud as *const MallocState;
-    let page = ngx_pagesize;
-    let unknown = |what: &str| format!("unrecognized LuaJIT allocator layout: {what}");
+    // SAFETY: `m` is lj_alloc's state, LuaJIT's own allocator being the VM's
+    // (checked above; the caller's contract for the rest).
+    let segments = unsafe { segment_list(m)? };
+    // SAFETY: as above; each chunk is checked to lie in a segment first.
+    let free = unsafe {
+        check_state_and_top(m, &segments)?;
+        let mut free = FreeTally::default();
+        let (topsize, dvsize) = ((*m).topsize, (*m).dvsize);
+        free.bytes = (topsize + dvsize) as u64;
+        free.chunks = (topsize > 0) as u64 + (dvsize > 0) as u64;
+        count_small_bins(m, &segments, &mut free)?;
+        count_tree_bins(m, &segments, &mut free)?;
+        free
+    };
+    let mapped_bytes: u64 = segments.0.iter().map(|&(b, e)| (e - b) as u64).sum();
+    Ok(AllocatorSample {
+        segments: segments.0.len() as u64,
+        mapped_bytes,
+        // Residency grows with the heap: measured apart (`measure`), off the loop.
+        resident_bytes: Err("not measured".to_string()),
+        resident_age_ms: 0,
+        free_bytes: free.bytes,
+        free_chunks: free.chunks,
+        walk_truncated: free.truncated,
+        segment_ranges: segments
+            .0
+            .iter()
+            .map(|&(b, e)| (b as u64, e as u64))
+            .collect(),
+    })
+}
 
-    // Segments: the first record is embedded in the state; each later one was
-    // pushed into an older segment's tail, so it is checked to be mapped before
-    // it is read, and to lie inside a segment once the list is known.
+/// The allocator's segments. The first record is embedded in the state; each
+/// later one was pushed into an older segment's tail, so it is checked to be
+/// mapped before it is read, and to lie inside a segment once the list is
+/// known.
+///
+/// # Safety
+/// `m` is lj_alloc's `malloc_state` (see `sample_allocator`).
+unsafe fn segment_list(m: *const MallocState) -> Result<Segments, String> {
+    // SAFETY: a plain integer nginx sets at start.
+    let page = unsafe { ngx_pagesize };
     let mut list = Vec::new();
     let mut records = Vec::new();
-    let mut seg: *const Segment = &(*m).seg;
+    // SAFETY: the first record is a field of the state (the caller's contract).
+    let mut seg: *const Segment = unsafe { &(*m).seg };
     while !seg.is_null() {
-        let (base, size) = ((*seg).base as usize, (*seg).size);
+        // SAFETY: the state's own record, or one checked mapped below before
+        // the loop came back to it.
+        let (base, size, next) = unsafe { ((*seg).base as usize, (*seg).size, (*seg).next) };
         if list.len() >= MAX_SEGMENTS
             || base == 0
             || base % page != 0
             || size == 0
             || size % page != 0
         {
-            return Err(unknown("segment list"));
+            return Err(unknown_allocator("segment list"));
         }
         list.push((base, base + size));
-        let next = (*seg).next;
         if !next.is_null() {
             if !is_mapped(next as usize, size_of::<Segment>(), page) {
-                return Err(unknown("segment record not mapped"));
+                return Err(unknown_allocator("segment record not mapped"));
             }
             records.push(next as usize);
         }
@@ -403,94 +496,118 @@ unsafe fn sample_allocator(
         .iter()
         .all(|&r| segments.holds(r, size_of::<Segment>()))
     {
-        return Err(unknown("segment record outside the segments"));
+        return Err(unknown_allocator("segment record outside the segments"));
     }
-    // lj_alloc_create makes the state itself an in-use chunk of a segment: its
-    // header's size is the struct's (with the trailing `prng` pointer), padded.
-    // (Its "previous in use" bit may be clear: segments can grow downwards.)
-    let state_head = *(m as *const usize).sub(1);
-    if !segments.holds(m as usize - CHUNK_HEADER, STATE_CHUNK_SIZE)
-        || state_head & CINUSE_BIT == 0
-        || chunk_size(state_head) != STATE_CHUNK_SIZE
-    {
-        return Err(unknown("state chunk"));
-    }
-    let (top, topsize, dvsize) = ((*m).top, (*m).topsize, (*m).dvsize);
-    if !segments.holds(top as usize, size_of::<Chunk>()) || chunk_size((*top).head) != topsize {
-        return Err(unknown("top chunk"));
-    }
+    Ok(segments)
+}
 
-    let mut free_bytes = (topsize + dvsize) as u64;
-    let mut free_chunks = (topsize > 0) as u64 + (dvsize > 0) as u64;
-    let mut truncated = false;
+/// lj_alloc_create makes the state itself an in-use chunk of a segment: its
+/// header's size is the struct's (with the trailing `prng` pointer), padded.
+/// (Its "previous in use" bit may be clear: segments can grow downwards.)
+/// The top chunk lies in a segment and its size is the state's `topsize`.
+///
+/// # Safety
+/// `m` is lj_alloc's `malloc_state` (see `sample_allocator`).
+unsafe fn check_state_and_top(m: *const MallocState, segments: &Segments) -> Result<(), String> {
+    if !segments.holds(m as usize - CHUNK_HEADER, STATE_CHUNK_SIZE) {
+        return Err(unknown_allocator("state chunk"));
+    }
+    // SAFETY: the state's chunk header, checked above to lie in a segment.
+    let state_head = unsafe { *(m as *const usize).sub(1) };
+    if state_head & CINUSE_BIT == 0 || chunk_size(state_head) != STATE_CHUNK_SIZE {
+        return Err(unknown_allocator("state chunk"));
+    }
+    // SAFETY: fields of the state; `top`'s head only once `top` is in a segment.
+    let top_fits = unsafe {
+        let (top, topsize) = ((*m).top, (*m).topsize);
+        segments.holds(top as usize, size_of::<Chunk>()) && chunk_size((*top).head) == topsize
+    };
+    if !top_fits {
+        return Err(unknown_allocator("top chunk"));
+    }
+    Ok(())
+}
 
-    // Small bins: circular lists through a fake chunk at &smallbins[2 * i]. Only
-    // bins marked in `smallmap` hold chunks: emptying a bin leaves stale links.
-    let (smallmap, treemap) = ((*m).smallmap, (*m).treemap);
-    'small: for i in (0..NSMALLBINS).filter(|i| smallmap & (1 << i) != 0) {
-        let bin = (*m).smallbins.as_ptr().add(i * 2) as *const Chunk;
-        let mut p = (*bin).fd;
+/// Small bins: circular lists through a fake chunk at `&smallbins[2 * i]`.
+/// Only bins marked in `smallmap` hold chunks: emptying a bin leaves stale
+/// links.
+///
+/// # Safety
+/// `m` is lj_alloc's `malloc_state` (see `sample_allocator`).
+unsafe fn count_small_bins(
+    m: *const MallocState,
+    segments: &Segments,
+    free: &mut FreeTally,
+) -> Result<(), String> {
+    // SAFETY: a field of the state.
+    let smallmap = unsafe { (*m).smallmap };
+    for i in (0..NSMALLBINS).filter(|i| smallmap & (1 << i) != 0) {
+        // SAFETY: bin `i`'s fake chunk is inside the state's `smallbins`
+        // array, whose `fd` word is the array's entry `2 * i + 2`.
+        let bin = unsafe { (*m).smallbins.as_ptr().add(i * 2) as *const Chunk };
+        // SAFETY: as above.
+        let mut p = unsafe { (*bin).fd };
         while p != bin {
             if !segments.holds(p as usize, size_of::<Chunk>()) {
-                return Err(unknown("small-bin chunk outside the segments"));
+                return Err(unknown_allocator("small-bin chunk outside the segments"));
             }
-            if free_chunks >= MAX_FREE_CHUNKS {
-                truncated = true;
-                break 'small;
+            // SAFETY: `p` was just checked to lie in a segment.
+            let (head, fd) = unsafe { ((*p).head, (*p).fd) };
+            if !free.add(head) {
+                return Ok(());
             }
-            free_bytes += chunk_size((*p).head) as u64;
-            free_chunks += 1;
-            p = (*p).fd;
+            p = fd;
         }
     }
+    Ok(())
+}
 
-    // Tree bins: tries of chunks, each node heading a ring of same-size chunks.
-    // Only a node's own children are set; the rest of its ring has none.
+/// Tree bins: tries of chunks, each node heading a ring of same-size chunks.
+/// Only a node's own children are set; the rest of its ring has none.
+///
+/// # Safety
+/// `m` is lj_alloc's `malloc_state` (see `sample_allocator`).
+unsafe fn count_tree_bins(
+    m: *const MallocState,
+    segments: &Segments,
+    free: &mut FreeTally,
+) -> Result<(), String> {
+    // SAFETY: fields of the state.
+    let (treemap, bins) = unsafe { ((*m).treemap, (*m).treebins) };
     let mut stack: Vec<*const TreeChunk> = (0..NTREEBINS)
         .filter(|i| treemap & (1 << i) != 0)
-        .map(|i| (*m).treebins[i])
+        .map(|i| bins[i])
         .filter(|t| !t.is_null())
         .collect();
-    'tree: while let Some(t) = stack.pop() {
+    let outside = || Err(unknown_allocator("tree-bin chunk outside the segments"));
+    while let Some(t) = stack.pop() {
         if !segments.holds(t as usize, size_of::<TreeChunk>()) {
-            return Err(unknown("tree-bin chunk outside the segments"));
+            return outside();
         }
-        stack.extend((*t).child.iter().copied().filter(|c| !c.is_null()));
+        // SAFETY: `t` was just checked to lie in a segment.
+        stack.extend(
+            unsafe { (*t).child }
+                .iter()
+                .copied()
+                .filter(|c| !c.is_null()),
+        );
         let mut u = t;
         loop {
-            if free_chunks >= MAX_FREE_CHUNKS {
-                truncated = true;
-                break 'tree;
+            // SAFETY: `u` is `t` or was checked below before the loop came back.
+            let (head, fd) = unsafe { ((*u).head, (*u).fd) };
+            if !free.add(head) {
+                return Ok(());
             }
-            free_bytes += chunk_size((*u).head) as u64;
-            free_chunks += 1;
-            u = (*u).fd;
+            u = fd;
             if u == t {
                 break;
             }
             if !segments.holds(u as usize, size_of::<TreeChunk>()) {
-                return Err(unknown("tree-bin chunk outside the segments"));
+                return outside();
             }
         }
     }
-
-    let mapped_bytes: u64 = segments.0.iter().map(|&(b, e)| (e - b) as u64).sum();
-    // Residency grows with the heap: measured apart (`measure`), off the loop.
-    let resident = Err("not measured".to_string());
-    Ok(AllocatorSample {
-        segments: segments.0.len() as u64,
-        mapped_bytes,
-        resident_bytes: resident,
-        resident_age_ms: 0,
-        free_bytes,
-        free_chunks,
-        walk_truncated: truncated,
-        segment_ranges: segments
-            .0
-            .iter()
-            .map(|&(b, e)| (b as u64, e as u64))
-            .collect(),
-    })
+    Ok(())
 }
 
 // --- The GC object census (LuaJIT 2.1, GC64) -----------------------------------
@@ -535,140 +652,255 @@ const CDATA_VAR_LEN_BACK: usize = 4;
 
 /// The payload size of the allocator chunk an object starts: its head word is
 /// the 8 bytes before it, size in all but the low 3 bits, "in use" set.
+///
+/// # Safety
+/// The 8 bytes before `o` are readable (an object in the allocator's heap).
 unsafe fn allocated_size(o: *const u8) -> Option<u64> {
-    let head: usize = std::ptr::read_unaligned(o.sub(8).cast());
+    // SAFETY: the caller's contract.
+    let head: usize = unsafe { std::ptr::read_unaligned(o.sub(8).cast()) };
     let size = chunk_size(head);
     (head & CINUSE_BIT != 0 && (16..(1 << 40)).contains(&size)).then(|| size as u64 - 8)
 }
 
+/// A `T` at `base + offset`, unaligned.
+///
+/// # Safety
+/// `[base + offset, base + offset + size_of::<T>())` is readable memory and
+/// any bit pattern is a valid `T` (plain integers and raw pointers here).
 unsafe fn read<T: Copy>(base: *const u8, offset: usize) -> T {
-    std::ptr::read_unaligned(base.add(offset).cast::<T>())
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::read_unaligned(base.add(offset).cast::<T>()) }
+}
+
+fn unknown_object(what: &str) -> String {
+    format!("unrecognized LuaJIT object layout: {what}")
+}
+
+/// One walk of a VM's GC objects: what may be read, the bounds, the tally.
+struct CensusWalk<'a> {
+    g: *const u8,
+    segments: &'a Segments,
+    page: usize,
+    limits: CensusLimits,
+    started: std::time::Instant,
+    /// `global_State.nilnode`: a table whose hash part is this has none.
+    nilnode: usize,
+    c: CensusSample,
 }
 
 /// Counts and sizes every GC object of the VM: read-only, allocates nothing in
 /// the VM, changes no GC state. Every object pointer is checked to lie in the
 /// allocator's segments (or in mapped memory, for directly mapped chunks)
 /// before it is read; the string count must match the string table's own.
+///
+/// # Safety
+/// `g` is a `global_State` that `global_state` accepted, of a VM that does
+/// not run meanwhile (the loop's thread); `segments` are its allocator's.
 unsafe fn census_of(
     g: *const u8,
     segments: &Segments,
     limits: CensusLimits,
 ) -> Result<CensusSample, String> {
-    let started = std::time::Instant::now();
-    let page = ngx_pagesize;
-    let readable = |p: *const u8, len: usize| {
-        !p.is_null() && (segments.holds(p as usize, len) || is_mapped(p as usize, len, page))
-    };
-    let unknown = |what: &str| format!("unrecognized LuaJIT object layout: {what}");
-    if read::<u64>(g, G_NILNODE) != NIL || read::<u64>(g, G_NILNODE + 8) != NIL {
-        return Err(unknown("global_State.nilnode"));
+    // SAFETY: `nilnode`'s two words lie within global_State (GC64 layout,
+    // the caller's contract).
+    let nil = unsafe { [read::<u64>(g, G_NILNODE), read::<u64>(g, G_NILNODE + 8)] };
+    if nil != [NIL, NIL] {
+        return Err(unknown_object("global_State.nilnode"));
     }
-    let nilnode = g.add(G_NILNODE) as usize;
-    let mut c = CensusSample::default();
-    let over_limit = |c: &mut CensusSample| {
-        if c.walked >= limits.max_objects
-            || (c.walked % 1024 == 0 && started.elapsed() >= limits.max_time)
+    let mut walk = CensusWalk {
+        g,
+        segments,
+        // SAFETY: a plain integer nginx sets at start.
+        page: unsafe { ngx_pagesize },
+        limits,
+        started: std::time::Instant::now(),
+        nilnode: g as usize + G_NILNODE,
+        c: CensusSample::default(),
+    };
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        walk.strings()?;
+        walk.roots()?;
+    }
+    walk.c.elapsed_us = walk.started.elapsed().as_micros() as u64;
+    Ok(walk.c)
+}
+
+impl CensusWalk<'_> {
+    fn readable(&self, p: *const u8, len: usize) -> bool {
+        !p.is_null()
+            && (self.segments.holds(p as usize, len) || is_mapped(p as usize, len, self.page))
+    }
+
+    /// Whether the walk stops here: its object or time bound reached.
+    fn over_limit(&mut self) -> bool {
+        let c = &mut self.c;
+        if c.walked >= self.limits.max_objects
+            || (c.walked % 1024 == 0 && self.started.elapsed() >= self.limits.max_time)
         {
             c.truncated = true;
         }
         c.truncated
-    };
-
-    // Strings: chained from the string table's buckets (low bit of an anchor
-    // is a flag).
-    let tab: *const u64 = read(g, G_STR_TAB);
-    let mask: u32 = read(g, G_STR_MASK);
-    let num: u32 = read(g, G_STR_NUM);
-    if !readable(tab as *const u8, (mask as usize + 1) * 8) {
-        return Err(unknown("string table"));
-    }
-    c.string_table_bytes = (mask as u64 + 1) * 8;
-    'strings: for i in 0..=mask as usize {
-        let mut o = (*tab.add(i) & !1) as *const u8;
-        while !o.is_null() {
-            if over_limit(&mut c) {
-                break 'strings;
-            }
-            if !readable(o, STR_HEADER as usize) || read::<u8>(o, GCT_OFFSET) != GCT_STRING {
-                return Err(unknown("string chain"));
-            }
-            let len: u32 = read(o, STR_LEN);
-            c.counts[0] += 1;
-            c.bytes[0] += STR_HEADER + ((len as u64 + 4) & !3);
-            c.walked += 1;
-            o = read(o, 0);
-        }
-    }
-    if !c.truncated && c.counts[0] != num as u64 {
-        return Err(unknown("string count differs from the string table's"));
     }
 
-    // Everything else: the root list.
-    let mut o: *const u8 = read(g, G_GC_ROOT);
-    while !o.is_null() {
-        if over_limit(&mut c) {
-            break;
-        }
-        if !readable(o, 16) {
-            return Err(unknown("root list"));
-        }
-        let gct: u8 = read(o, GCT_OFFSET);
-        let (index, bytes) = match gct {
-            5 => (1, UPVAL_SIZE),
-            6 => {
-                if !readable(o, THREAD_SIZE as usize) || read::<*const u8>(o, THREAD_GLREF) != g {
-                    return Err(unknown("thread"));
-                }
-                (2, THREAD_SIZE + read::<u32>(o, THREAD_STACKSIZE) as u64 * 8)
-            }
-            7 => (3, read::<u32>(o, PROTO_SIZEPT) as u64),
-            8 => {
-                let n = read::<u8>(o, FUNC_NUPVALUES) as u64;
-                let base = if read::<u8>(o, FUNC_FFID) == 0 {
-                    FUNC_L_BASE
-                } else {
-                    FUNC_C_BASE
-                };
-                (4, base + 8 * n)
-            }
-            // A trace's size is its allocator chunk's, whose header precedes it.
-            9 => (5, allocated_size(o).ok_or_else(|| unknown("trace chunk"))?),
-            // cdata: a variable-length one has its length before it (`GCcdataVar`:
-            // offset, extra, len); a fixed one is a whole allocator chunk.
-            10 if read::<u8>(o, 8) & CDATA_VAR != 0 => {
-                let extra: u16 = read(o.sub(CDATA_VAR_EXTRA_BACK), 0);
-                let len: u32 = read(o.sub(CDATA_VAR_LEN_BACK), 0);
-                (6, len as u64 + extra as u64)
-            }
-            10 => (6, allocated_size(o).ok_or_else(|| unknown("cdata chunk"))?),
-            11 => {
-                if !readable(o, TAB_SIZE as usize) {
-                    return Err(unknown("table"));
-                }
-                let colo = read::<i8>(o, TAB_COLO);
-                let asize = read::<u32>(o, TAB_ASIZE) as u64;
-                let hmask = read::<u32>(o, TAB_HMASK) as u64;
-                let node = read::<usize>(o, TAB_NODE);
-                let mut bytes = TAB_SIZE;
-                if colo != 0 {
-                    bytes += ((colo as u8) & 0x7f) as u64 * 8;
-                }
-                if colo <= 0 {
-                    bytes += asize * 8;
-                }
-                if node != nilnode {
-                    bytes += (hmask + 1) * NODE_SIZE;
-                }
-                (7, bytes)
-            }
-            12 => (8, UDATA_SIZE + read::<u32>(o, UDATA_LEN) as u64),
-            _ => return Err(unknown("object type in the root list")),
+    fn count(&mut self, index: usize, bytes: u64) {
+        self.c.counts[index] += 1;
+        self.c.bytes[index] += bytes;
+        self.c.walked += 1;
+    }
+
+    /// Strings: chained from the string table's buckets (the low bit of an
+    /// anchor is a flag).
+    ///
+    /// # Safety
+    /// As `census_of`.
+    unsafe fn strings(&mut self) -> Result<(), String> {
+        // SAFETY: fields of global_State (the caller's contract).
+        let (tab, mask, num) = unsafe {
+            (
+                read::<*const u64>(self.g, G_STR_TAB),
+                read::<u32>(self.g, G_STR_MASK),
+                read::<u32>(self.g, G_STR_NUM),
+            )
         };
-        c.counts[index] += 1;
-        c.bytes[index] += bytes;
-        c.walked += 1;
-        o = read(o, 0);
+        if !self.readable(tab as *const u8, (mask as usize + 1) * 8) {
+            return Err(unknown_object("string table"));
+        }
+        self.c.string_table_bytes = (mask as u64 + 1) * 8;
+        'strings: for i in 0..=mask as usize {
+            // SAFETY: bucket `i` of the table, checked readable above.
+            let mut o = unsafe { (*tab.add(i) & !1) as *const u8 };
+            while !o.is_null() {
+                if self.over_limit() {
+                    break 'strings;
+                }
+                if !self.readable(o, STR_HEADER as usize) {
+                    return Err(unknown_object("string chain"));
+                }
+                // SAFETY: the string's header, checked readable above.
+                if unsafe { read::<u8>(o, GCT_OFFSET) } != GCT_STRING {
+                    return Err(unknown_object("string chain"));
+                }
+                // SAFETY: the string's header, checked readable above.
+                let (len, next) = unsafe { (read::<u32>(o, STR_LEN), read::<*const u8>(o, 0)) };
+                self.count(0, STR_HEADER + ((len as u64 + 4) & !3));
+                o = next;
+            }
+        }
+        if !self.c.truncated && self.c.counts[0] != num as u64 {
+            return Err(unknown_object(
+                "string count differs from the string table's",
+            ));
+        }
+        Ok(())
     }
-    c.elapsed_us = started.elapsed().as_micros() as u64;
-    Ok(c)
+
+    /// Everything but strings and the main thread: the root list.
+    ///
+    /// # Safety
+    /// As `census_of`.
+    unsafe fn roots(&mut self) -> Result<(), String> {
+        // SAFETY: a field of global_State (the caller's contract).
+        let mut o: *const u8 = unsafe { read(self.g, G_GC_ROOT) };
+        while !o.is_null() {
+            if self.over_limit() {
+                break;
+            }
+            if !self.readable(o, 16) {
+                return Err(unknown_object("root list"));
+            }
+            // SAFETY: the object's first 16 bytes were checked readable.
+            let (gct, next) = unsafe { (read::<u8>(o, GCT_OFFSET), read::<*const u8>(o, 0)) };
+            // SAFETY: as above; `object_size` checks what it reads further.
+            let (index, bytes) = unsafe { self.object_size(o, gct)? };
+            self.count(index, bytes);
+            o = next;
+        }
+        Ok(())
+    }
+
+    /// The census index and bytes of the object at `o` of type `gct`.
+    ///
+    /// # Safety
+    /// `o`'s first 16 bytes are readable; it is an object of the root list.
+    unsafe fn object_size(&self, o: *const u8, gct: u8) -> Result<(usize, u64), String> {
+        // SAFETY: in every arm, an object of type `gct` has at least the fields
+        // read for it (lj_obj.h, GC64), and those past the first 16 bytes are
+        // read only where they were checked readable or lie within the
+        // allocator chunk the object starts.
+        unsafe {
+            Ok(match gct {
+                5 => (1, UPVAL_SIZE),
+                6 => {
+                    if !self.readable(o, THREAD_SIZE as usize)
+                        || read::<*const u8>(o, THREAD_GLREF) != self.g
+                    {
+                        return Err(unknown_object("thread"));
+                    }
+                    (2, THREAD_SIZE + read::<u32>(o, THREAD_STACKSIZE) as u64 * 8)
+                }
+                7 => (3, read::<u32>(o, PROTO_SIZEPT) as u64),
+                8 => {
+                    let n = read::<u8>(o, FUNC_NUPVALUES) as u64;
+                    let base = if read::<u8>(o, FUNC_FFID) == 0 {
+                        FUNC_L_BASE
+                    } else {
+                        FUNC_C_BASE
+                    };
+                    (4, base + 8 * n)
+                }
+                // A trace's size is its allocator chunk's, whose header precedes it.
+                9 => (
+                    5,
+                    allocated_size(o).ok_or_else(|| unknown_object("trace chunk"))?,
+                ),
+                // cdata: a variable-length one has its length before it
+                // (`GCcdataVar`: offset, extra, len); a fixed one is a whole
+                // allocator chunk.
+                10 if read::<u8>(o, 8) & CDATA_VAR != 0 => {
+                    let extra: u16 = read(o.sub(CDATA_VAR_EXTRA_BACK), 0);
+                    let len: u32 = read(o.sub(CDATA_VAR_LEN_BACK), 0);
+                    (6, len as u64 + extra as u64)
+                }
+                10 => (
+                    6,
+                    allocated_size(o).ok_or_else(|| unknown_object("cdata chunk"))?,
+                ),
+                11 => (7, self.table_size(o)?),
+                12 => (8, UDATA_SIZE + read::<u32>(o, UDATA_LEN) as u64),
+                _ => return Err(unknown_object("object type in the root list")),
+            })
+        }
+    }
+
+    /// A table's own bytes: its header, its array part (colocated or not) and
+    /// its hash part unless it is the shared empty one.
+    ///
+    /// # Safety
+    /// `o` is a table of the root list whose first 16 bytes are readable.
+    unsafe fn table_size(&self, o: *const u8) -> Result<u64, String> {
+        if !self.readable(o, TAB_SIZE as usize) {
+            return Err(unknown_object("table"));
+        }
+        // SAFETY: the table's header, checked readable above.
+        let (colo, asize, hmask, node) = unsafe {
+            (
+                read::<i8>(o, TAB_COLO),
+                read::<u32>(o, TAB_ASIZE) as u64,
+                read::<u32>(o, TAB_HMASK) as u64,
+                read::<usize>(o, TAB_NODE),
+            )
+        };
+        let mut bytes = TAB_SIZE;
+        if colo != 0 {
+            bytes += ((colo as u8) & 0x7f) as u64 * 8;
+        }
+        if colo <= 0 {
+            bytes += asize * 8;
+        }
+        if node != self.nilnode {
+            bytes += (hmask + 1) * NODE_SIZE;
+        }
+        Ok(bytes)
+    }
 }

@@ -361,9 +361,10 @@ fn answer_running(running: Running, finished: Option<Finished>) {
         };
         let request: *mut ngx_http_request_t = r;
         let rc = match &finished {
-            // SAFETY: the same live request, used by one closure at a time.
             Some(finished) => match run_guarded(|| {
-                respond_with(unsafe { &mut *request }, finished, at, renderings[at], mark)
+                // SAFETY: the same live request, used by one closure at a time.
+                let r = unsafe { &mut *request };
+                respond_with(r, finished, at, renderings[at], mark)
             }) {
                 Ok(rc) => rc,
                 Err(message) => {

@@ -136,14 +136,15 @@ fn load_segments() -> Vec<LoadSegment> {
 
 /// Resident bytes of a mapping of this process, by `mincore`.
 fn resident_bytes_of(m: &Mapping) -> Result<u64, String> {
-    // SAFETY: the range is a mapping just listed in /proc/self/maps, page-aligned.
+    // SAFETY: a plain integer nginx sets at start.
     let page = unsafe { ngx_pagesize };
-    unsafe { resident_pages(m.start as *mut c_void, m.size_bytes() as usize, page) }
-        .map(|pages| pages * page as u64)
+    resident_pages(m.start as usize, m.size_bytes() as usize, page).map(|pages| pages * page as u64)
 }
 
-unsafe fn symbol(name: &CStr) -> *mut c_void {
-    libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr())
+/// The address of a symbol of the process by name; null when none has it.
+fn symbol(name: &CStr) -> *mut c_void {
+    // SAFETY: dlsym only looks a NUL-terminated name up in the loader's tables.
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }
 }
 
 fn sample_glibc(maps: &[Mapping], depth: Depth) -> Result<GlibcSample, String> {
@@ -167,9 +168,7 @@ fn sample_glibc(maps: &[Mapping], depth: Depth) -> Result<GlibcSample, String> {
         mmapped_bytes: mi.hblkhd as u64,
         mmapped_chunks: mi.hblks as u64,
         // SAFETY: malloc_info writes into a memory stream of its own.
-        arenas: (depth == Depth::Full)
-            .then(|| unsafe { count_arenas() })
-            .flatten(),
+        arenas: (depth == Depth::Full).then(count_arenas).flatten(),
         heaps,
     })
 }
@@ -242,21 +241,28 @@ fn anonymous_rw() -> Mapping {
 
 /// Arenas in `malloc_info()`'s XML (`<heap nr="N">` each). It walks every
 /// arena's bins, so it is left to detail depth.
-unsafe fn count_arenas() -> Option<u64> {
+fn count_arenas() -> Option<u64> {
     let mut buf: *mut c_char = std::ptr::null_mut();
     let mut len: libc::size_t = 0;
-    let stream = libc::open_memstream(&mut buf, &mut len);
-    if stream.is_null() {
-        return None;
-    }
-    let ok = libc::malloc_info(0, stream) == 0;
-    libc::fclose(stream);
+    // SAFETY: open_memstream sets `buf` and `len` as the stream is written
+    // and closed; malloc_info writes into the stream it is given.
+    let (ok, buf, len) = unsafe {
+        let stream = libc::open_memstream(&mut buf, &mut len);
+        if stream.is_null() {
+            return None;
+        }
+        let ok = libc::malloc_info(0, stream) == 0;
+        libc::fclose(stream);
+        (ok, buf, len)
+    };
     if buf.is_null() {
         return None;
     }
-    let xml = std::slice::from_raw_parts(buf as *const u8, len);
+    // SAFETY: after fclose, `buf` holds `len` bytes the stream wrote.
+    let xml = unsafe { std::slice::from_raw_parts(buf as *const u8, len) };
     let count = ok.then(|| xml.windows(10).filter(|w| w == b"<heap nr=\"").count() as u64);
-    libc::free(buf.cast());
+    // SAFETY: open_memstream's buffer is the caller's to free, once.
+    unsafe { libc::free(buf.cast()) };
     count
 }
 

@@ -4,23 +4,35 @@ use std::ffi::c_void;
 
 use crate::analysis::lua::{residency_reusable, ResidencyMeasurement};
 
+/// The one `mincore` call: one byte per page of `[start, start + len)`
+/// into `vec` (bit 0: resident). `start` is rounded down to its page; `vec`
+/// must have a byte for every page, else nothing is asked. An unmapped page
+/// in the range is an error (ENOMEM), never a fault: `mincore` only reads
+/// page tables.
+pub fn mincore(start: usize, len: usize, page: usize, vec: &mut [u8]) -> std::io::Result<()> {
+    let base = start - start % page;
+    let Some(end) = start.checked_add(len) else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    if vec.len() < (end - base).div_ceil(page) {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    // SAFETY: the kernel writes one byte per page of the range into `vec`,
+    // which was checked to hold that many, and faults on nothing.
+    match unsafe { libc::mincore(base as *mut c_void, end - base, vec.as_mut_ptr()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 /// Pages of `[addr, addr + size)` resident in memory, by `mincore`. For shared
 /// memory that is pages any process has touched, not only this one.
-///
-/// # Safety
-/// `[addr, addr + size)` must be mapped and `addr` page-aligned.
-pub unsafe fn resident_pages(
-    addr: *mut c_void,
-    size: usize,
-    page_size: usize,
-) -> Result<u64, String> {
-    if addr.is_null() || size == 0 || page_size == 0 {
+pub fn resident_pages(addr: usize, size: usize, page_size: usize) -> Result<u64, String> {
+    if addr == 0 || size == 0 || page_size == 0 {
         return Ok(0);
     }
     let mut vec = vec![0u8; size.div_ceil(page_size)];
-    if libc::mincore(addr, size, vec.as_mut_ptr()) != 0 {
-        return Err(format!("mincore: {}", std::io::Error::last_os_error()));
-    }
+    mincore(addr, size, page_size, &mut vec).map_err(|e| format!("mincore: {e}"))?;
     Ok(vec.iter().filter(|&&b| b & 1 != 0).count() as u64)
 }
 
@@ -32,8 +44,7 @@ pub fn resident_pages_of(ranges: &[(usize, usize)]) -> Vec<Result<u64, String>> 
     let page = unsafe { ngx::ffi::ngx_pagesize };
     ranges
         .iter()
-        // SAFETY: each range is a zone's whole mapping, page-aligned.
-        .map(|&(addr, len)| unsafe { resident_pages(addr as *mut c_void, len, page) })
+        .map(|&(addr, len)| resident_pages(addr, len, page))
         .collect()
 }
 
@@ -44,8 +55,7 @@ fn segments_resident_bytes(segments: &[(u64, u64)]) -> Result<u64, String> {
     // SAFETY: a plain integer nginx sets at start.
     let page = unsafe { ngx::ffi::ngx_pagesize };
     segments.iter().try_fold(0u64, |sum, &(start, end)| {
-        // SAFETY: mincore only inspects page tables; an unmapped range is ENOMEM.
-        unsafe { resident_pages(start as *mut c_void, (end - start) as usize, page) }
+        resident_pages(start as usize, (end - start) as usize, page)
             .map(|pages| sum + pages * page as u64)
             .map_err(|e| format!("{e} (segment released while measuring?)"))
     })
@@ -182,16 +192,8 @@ impl PageWindow {
             return false;
         }
         self.vec.resize(pages as usize, 0);
-        // SAFETY: mincore only inspects page tables and writes one byte per
-        // page into the vector, which has that many; an unmapped page is ENOMEM.
-        let rc = unsafe {
-            libc::mincore(
-                base as *mut c_void,
-                (pages * self.page) as usize,
-                self.vec.as_mut_ptr(),
-            )
-        };
-        if rc != 0 {
+        let len = (pages * self.page) as usize;
+        if mincore(base as usize, len, self.page as usize, &mut self.vec).is_err() {
             self.vec.clear();
             return false;
         }

@@ -94,20 +94,29 @@ impl LockBudget {
 }
 
 /// Calls `f` on every element of an `ngx_list_t` of `T`.
+///
+/// # Safety
+/// `list` is an initialized nginx list of `T` that nothing changes meanwhile.
 unsafe fn for_each_in_list<T>(list: &ngx_list_t, mut f: impl FnMut(&T)) {
     let mut part = &list.part;
     loop {
         let elts = part.elts as *const T;
         for i in 0..part.nelts {
-            f(&*elts.add(i));
+            // SAFETY: a part holds `nelts` elements of `T` (the caller's contract).
+            f(unsafe { &*elts.add(i) });
         }
         if part.next.is_null() {
             break;
         }
-        part = &*part.next;
+        // SAFETY: a non-null `next` is the list's next part.
+        part = unsafe { &*part.next };
     }
 }
 
+/// One zone's figures, its slab pool read under its lock.
+///
+/// # Safety
+/// `zone` is an entry of `cycle`'s zone list, on the loop's thread.
 unsafe fn sample_zone(
     cycle: &ngx_cycle_t,
     zone: &ngx_shm_zone_t,
@@ -129,7 +138,9 @@ unsafe fn sample_zone(
         slab: if addr.is_null() {
             Err("zone is not mapped".into())
         } else {
-            sample_slab(addr.cast(), budget)
+            // SAFETY: a mapped zone of the cycle starts with its slab pool
+            // (checked there), shared with the other processes.
+            unsafe { sample_slab(addr.cast(), budget) }
         },
     };
     let range = if addr.is_null() {
@@ -147,11 +158,15 @@ impl ShmtxGuard {
     /// Takes the lock if it comes within `LOCK_WAIT` and the answer's budget;
     /// never blocks: a holder that is stopped (SIGSTOP, a debugger, a cgroup
     /// freezer) would otherwise stop this worker too.
+    ///
+    /// # Safety
+    /// `mutex` is an initialized nginx shared mutex this process does not hold.
     unsafe fn try_lock(mutex: *mut ngx_shmtx_t, budget: &mut LockBudget) -> Option<Self> {
         let started = Instant::now();
         let wait = LOCK_WAIT.min(budget.left);
         let taken = loop {
-            if ngx_shmtx_trylock(mutex) != 0 {
+            // SAFETY: the caller's contract; trylock never blocks.
+            if unsafe { ngx_shmtx_trylock(mutex) } != 0 {
                 break true;
             }
             if started.elapsed() >= wait {
@@ -175,47 +190,52 @@ impl Drop for ShmtxGuard {
 /// means a corrupt list, and the walk must end anyway.
 const MAX_FREE_RUNS: u64 = 1 << 20;
 
+/// A zone's slab pool: its pages, its slots' counters and its free runs,
+/// copied under the pool's mutex, only tried (see `ShmtxGuard::try_lock`).
+///
+/// # Safety
+/// `addr` is the start of a mapped shared memory zone of the running cycle.
 unsafe fn sample_slab(addr: *mut c_void, budget: &mut LockBudget) -> Result<SlabSample, String> {
     let sp = addr.cast::<ngx_slab_pool_t>();
     // nginx puts a slab pool at the start of every zone and records its address.
-    if (*sp).addr != addr {
+    // SAFETY: the zone is mapped and larger than a slab pool header.
+    let (own_addr, min_shift) = unsafe { ((*sp).addr, (*sp).min_shift) };
+    if own_addr != addr {
         return Err("no slab pool at the start of the zone".into());
     }
-    let min_shift = (*sp).min_shift;
-    let slot_count = ngx_pagesize_shift.saturating_sub(min_shift);
+    // SAFETY: a plain integer nginx sets at start.
+    let slot_count = unsafe { ngx_pagesize_shift }.saturating_sub(min_shift);
     // Allocate before taking the lock: the lock is shared by all workers.
     let mut slots = Vec::with_capacity(slot_count);
 
-    let Some(locked) = ShmtxGuard::try_lock(ptr::addr_of_mut!((*sp).mutex), budget) else {
+    // SAFETY: the pool's own mutex, initialized by nginx with the zone.
+    let Some(locked) = (unsafe { ShmtxGuard::try_lock(ptr::addr_of_mut!((*sp).mutex), budget) })
+    else {
         return Err(format!(
             "lock held by another process (not free within {} µs)",
             LOCK_WAIT.as_micros()
         ));
     };
-    let pages_total = (*sp).last.offset_from((*sp).pages).max(0) as u64;
-    let pages_free = (*sp).pfree as u64;
-    if !(*sp).stats.is_null() {
-        for i in 0..slot_count {
-            let st = &*(*sp).stats.add(i);
-            slots.push(SlotSample {
-                size_bytes: 1u64 << (min_shift + i),
-                total: st.total as u64,
-                used: st.used as u64,
-                reqs: st.reqs as u64,
-                fails: st.fails as u64,
-            });
+    // SAFETY: under the pool's lock, the pool's fields, its `stats` array of
+    // `slot_count` entries and its free list are consistent and in the zone.
+    let (pages_total, pages_free, runs, largest, truncated) = unsafe {
+        let pages_total = (*sp).last.offset_from((*sp).pages).max(0) as u64;
+        let pages_free = (*sp).pfree as u64;
+        if !(*sp).stats.is_null() {
+            for i in 0..slot_count {
+                let st = &*(*sp).stats.add(i);
+                slots.push(SlotSample {
+                    size_bytes: 1u64 << (min_shift + i),
+                    total: st.total as u64,
+                    used: st.used as u64,
+                    reqs: st.reqs as u64,
+                    fails: st.fails as u64,
+                });
+            }
         }
-    }
-    let head: *mut ngx_slab_page_t = ptr::addr_of_mut!((*sp).free);
-    let (mut runs, mut largest) = (0u64, 0u64);
-    let mut page = (*sp).free.next;
-    while page != head && !page.is_null() && runs < MAX_FREE_RUNS {
-        runs += 1;
-        // The first page of a free run holds the run's length in pages.
-        largest = largest.max((*page).slab as u64);
-        page = (*page).next;
-    }
-    let truncated = page != head;
+        let (runs, largest, truncated) = free_runs(sp);
+        (pages_total, pages_free, runs, largest, truncated)
+    };
     drop(locked);
 
     Ok(SlabSample {
@@ -226,6 +246,27 @@ unsafe fn sample_slab(addr: *mut c_void, budget: &mut LockBudget) -> Result<Slab
         largest_free_run_pages: largest,
         free_runs_truncated: truncated,
     })
+}
+
+/// The pool's free runs: their count, the largest's pages, and whether the
+/// walk stopped at its bound.
+///
+/// # Safety
+/// `sp` is a slab pool whose lock this process holds.
+unsafe fn free_runs(sp: *mut ngx_slab_pool_t) -> (u64, u64, bool) {
+    // SAFETY: the pool's free list head and its pages, under the pool's lock.
+    unsafe {
+        let head: *mut ngx_slab_page_t = ptr::addr_of_mut!((*sp).free);
+        let (mut runs, mut largest) = (0u64, 0u64);
+        let mut page = (*sp).free.next;
+        while page != head && !page.is_null() && runs < MAX_FREE_RUNS {
+            runs += 1;
+            // The first page of a free run holds the run's length in pages.
+            largest = largest.max((*page).slab as u64);
+            page = (*page).next;
+        }
+        (runs, largest, page != head)
+    }
 }
 
 /// The one structure a zone of ours holds: the previous cycle's (the zone was
@@ -242,22 +283,26 @@ pub(super) unsafe fn zone_struct<T>(
     bytes: usize,
     fresh: impl FnOnce(*mut T),
 ) -> Option<*mut T> {
-    let found: *mut T = if !data.is_null() {
-        data.cast()
-    } else {
-        let pool = (*zone).shm.addr.cast::<ngx_slab_pool_t>();
-        if (*zone).shm.exists != 0 {
-            (*pool).data.cast()
+    // SAFETY: the caller's contract: nginx's zone being initialized, mapped
+    // with its slab pool at its start; `data` is the previous cycle's.
+    unsafe {
+        let found: *mut T = if !data.is_null() {
+            data.cast()
         } else {
-            let t = ngx_slab_alloc(pool, bytes).cast::<T>();
-            if t.is_null() {
-                return None;
+            let pool = (*zone).shm.addr.cast::<ngx_slab_pool_t>();
+            if (*zone).shm.exists != 0 {
+                (*pool).data.cast()
+            } else {
+                let t = ngx_slab_alloc(pool, bytes).cast::<T>();
+                if t.is_null() {
+                    return None;
+                }
+                fresh(t);
+                (*pool).data = t.cast();
+                t
             }
-            fresh(t);
-            (*pool).data = t.cast();
-            t
-        }
-    };
-    (*zone).data = found.cast();
-    Some(found)
+        };
+        (*zone).data = found.cast();
+        Some(found)
+    }
 }
