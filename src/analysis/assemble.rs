@@ -430,4 +430,118 @@ pub(crate) mod tests {
         assert!(errors[0].error.contains("VmSwap"));
         assert!(!errors[0].error.contains("VmRSS"));
     }
+
+    /// The loop's copies of a worker (pid 4242, worker 1) with one zone, no
+    /// Lua, and the server's registry at generation 3.
+    fn loop_part() -> LoopPart {
+        use crate::analysis::zones::SlabSample;
+        LoopPart {
+            depth: Depth::Default,
+            zones: vec![ZoneSample {
+                name: "one".into(),
+                owner: Some("ngx_http_limit_req_module".into()),
+                size_bytes: 1 << 20,
+                page_size_bytes: 4096,
+                resident_pages: Err("not measured".into()),
+                resident_age_ms: 0,
+                slab: Ok(SlabSample {
+                    pages_total: 250,
+                    pages_free: 200,
+                    slots: Vec::new(),
+                    free_runs: 1,
+                    largest_free_run_pages: 200,
+                    free_runs_truncated: false,
+                }),
+            }],
+            http: Err("ngx_http_lua_module is not loaded".into()),
+            stream: Err("ngx_stream_lua_module is not loaded".into()),
+            pools: Default::default(),
+            registry: Some((3, 1_600_000_000_000)),
+            own_walk: None,
+            shutdown_timeout_ms: None,
+            interval_ms: 10_000,
+            rings: None,
+            zone_trends: Vec::new(),
+            zone_samples: None,
+            history_since_ms: None,
+            reloads_at_ms: Vec::new(),
+            nginx: nginx(),
+            errors: Vec::new(),
+            alloc_failures_at_begin: 0,
+        }
+    }
+
+    fn measured(processes: Vec<ProcessSample>) -> Measured {
+        let maps = include_str!("../../testdata/proc_maps_nginx_worker.txt");
+        Measured {
+            samples: ProcessSamples {
+                maps: Ok(Mapping::parse_all(maps).0),
+                smaps: None,
+                glibc: Err("not glibc".into()),
+                stacks: Ok(Vec::new()),
+                other_allocators: Ok(None),
+                mapped_chunks: Vec::new(),
+                program_data: Ok(Default::default()),
+                program_ranges: Default::default(),
+            },
+            zone_pages: vec![(Ok(64), 0)],
+            lua_resident: [None, None],
+            status: Ok(include_str!("../../testdata/proc_status_nginx_worker.txt").into()),
+            processes,
+            cgroup: Ok(None),
+        }
+    }
+
+    fn worker_sample(pid: u32, generation: u64) -> ProcessSample {
+        use crate::analysis::server::{RegisteredKind, RegistryEntry};
+        ProcessSample {
+            pid,
+            entry: Some(RegistryEntry {
+                pid,
+                kind: RegisteredKind::Worker,
+                worker: Some(1),
+                generation,
+                started_at_ms: 1_600_000_000_000,
+                published: None,
+            }),
+            title: Ok("nginx: worker process".into()),
+            status: Ok(include_str!("../../testdata/proc_status_nginx_worker.txt").into()),
+            rollup: None,
+        }
+    }
+
+    #[test]
+    fn the_answer_is_assembled_from_the_copies_and_the_reads() {
+        let now = 1_700_000_000_000;
+        let (report, mine) = assemble(loop_part(), measured(vec![worker_sample(4242, 3)]), now);
+        assert_eq!(report.collected_at_ms, now);
+        assert_eq!(report.nginx.pid, 4242);
+        // The thread's residency lands in the zone the loop copied.
+        assert_eq!(report.zones.len(), 1);
+        assert_eq!(report.zones[0].loaded_bytes, Some(64 * 4096));
+        assert_eq!(report.process.resident_bytes, Some(4_384 << 10));
+        // This worker is listed with this answer's own summary.
+        assert_eq!(report.processes.len(), 1);
+        let listed = report.processes[0].memory.as_ref().expect("own summary");
+        assert_eq!(listed.sampled_at_ms, now);
+        assert_eq!(mine.sampled_at_ms, now);
+        assert_eq!(report.server.generation, 3);
+        assert_eq!(report.server.workers, 1);
+        // Without Lua, each VM says why; nothing else is missing.
+        let sources: Vec<&str> = report.errors.iter().map(|e| e.source.as_str()).collect();
+        assert!(sources.contains(&"lua.http"), "{sources:?}");
+        assert!(!sources.contains(&"processes"), "{sources:?}");
+    }
+
+    #[test]
+    fn without_a_registry_the_answer_says_so() {
+        let mut part = loop_part();
+        part.registry = None;
+        let (report, _) = assemble(part, measured(Vec::new()), 1);
+        assert!(report
+            .errors
+            .iter()
+            .any(|e| e.source == "processes" && e.error.starts_with("no process registry")));
+        assert_eq!(report.server.generation, 0);
+    }
 }

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::model::findings::Finding;
 use crate::model::findings::Severity;
+use crate::model::labels::Label;
 use crate::model::report::Report;
 use crate::model::server::{ProcessRole, ServerProcess};
 use crate::model::source_error::SourceError;
@@ -105,7 +106,7 @@ pub fn evaluate(inputs: &Inputs<'_>, errors: &mut Vec<SourceError>) -> Vec<Findi
 fn process_name(p: &ServerProcess) -> String {
     match p.worker {
         Some(n) => format!("worker {n} (pid {})", p.pid),
-        None => format!("{} (pid {})", p.role.name(), p.pid),
+        None => format!("{} (pid {})", p.role.label(), p.pid),
     }
 }
 

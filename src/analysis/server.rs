@@ -3,6 +3,7 @@
 //! registry the processes keep in the module's zone and the kernel's counters
 //! of each, and the server's totals.
 
+use crate::model::labels::Label;
 use crate::model::process::ProcessMemory;
 use crate::model::server::GlibcFigures;
 use crate::model::server::OwnerFigures;
@@ -18,17 +19,6 @@ use crate::model::source_error::SourceError;
 use crate::shm::summary::PSS_OTHERS;
 
 impl ProcessRole {
-    /// As the answer names it.
-    pub fn name(self) -> &'static str {
-        match self {
-            ProcessRole::Master => "master",
-            ProcessRole::Worker => "worker",
-            ProcessRole::CacheManager => "cache_manager",
-            ProcessRole::CacheLoader => "cache_loader",
-            ProcessRole::Single => "single",
-        }
-    }
-
     /// The order of the processes list: the master, workers, cache processes.
     fn rank(self) -> u8 {
         match self {
@@ -364,7 +354,7 @@ fn count_once(
                 let guess = estimated_pss(p, processes.len() as u64);
                 *server.breakdown.entry("estimated").or_insert(0) += guess;
                 server.resident_estimated_bytes += guess;
-                estimated.push(format!("{} ({})", p.pid, p.role.name()));
+                estimated.push(format!("{} ({})", p.pid, p.role.label()));
                 (guess, 0)
             }
         };

@@ -6,6 +6,7 @@ use std::f64::consts::PI;
 use std::fmt::Write;
 
 use super::human_bytes;
+use crate::model::labels::Label;
 use crate::model::report::Report;
 
 pub const CONTENT_TYPE: &[u8] = b"text/html; charset=utf-8";
@@ -96,7 +97,7 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
          <h1>nginx worker {pid} <small>(worker {worker}, {role}, nginx {version}, module {module})</small></h1>",
         pid = r.nginx.pid,
         worker = r.nginx.worker,
-        role = serde_json::to_value(r.nginx.role).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        role = r.nginx.role.label(),
         version = esc(&r.nginx.version),
         module = r.nginx.module_version,
     );
@@ -268,12 +269,11 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
         p.cycle.large_allocations,
         size(p.cycle.bytes)
     );
-    let kinds = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
     for (kind, g) in &p.connections.by_kind {
         let _ = write!(
             h,
             "<tr><td>connections: {}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-            kinds(&serde_json::to_value(kind).unwrap_or_default()),
+            kind.label(),
             g.count,
             size(g.bytes),
             size(g.largest_bytes)
@@ -283,7 +283,7 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
         let _ = write!(
             h,
             "<tr><td>requests: {}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-            kinds(&serde_json::to_value(kind).unwrap_or_default()),
+            kind.label(),
             g.count,
             size(g.bytes),
             size(g.largest_bytes)
@@ -317,8 +317,7 @@ fn findings_section(h: &mut String, findings: &[crate::model::findings::Finding]
     }
     h.push_str("<section id=\"findings\"><h2>Findings</h2><ul>");
     for f in findings {
-        let severity = serde_json::to_value(f.severity).unwrap_or_default();
-        let severity = severity.as_str().unwrap_or("");
+        let severity = f.severity.label();
         let _ = write!(
             h,
             "<li class=\"{severity}\"><b>{severity}</b> <code>{}</code> {}: {}</li>",
@@ -467,7 +466,7 @@ fn server_section(h: &mut String, r: &Report) {
         legend(&server_slices)
     );
     for p in &r.processes {
-        let role = serde_json::to_value(p.role).unwrap_or_default();
+        let role = p.role.label();
         let old = p.is_old_generation(s.generation);
         let _ = write!(
             h,
@@ -477,7 +476,7 @@ fn server_section(h: &mut String, r: &Report) {
              <td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
             if old { " class=\"old\"" } else { "" },
             p.pid,
-            esc(role.as_str().unwrap_or("")),
+            esc(role),
             if p.exiting { " (shutting down)" } else { "" },
             p.worker.map(|w| w.to_string()).unwrap_or_default(),
             p.generation,

@@ -4,6 +4,7 @@
 pub mod breakdown;
 pub mod findings;
 pub mod history;
+pub mod labels;
 pub mod lua;
 pub mod pools;
 pub mod process;
