@@ -15,20 +15,7 @@ use NginxTest qw(proc_status_bytes);
 use MemoryStatus qw(is_uint check_base_shape);
 
 my $t = NginxTest->new;
-$t->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 128; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
-        location / { return 200 "plain\n"; }
-    }
-}
-EOF
+$t->write_standard_conf(server => 'location / { return 200 "plain\n"; }');
 $t->run;
 my $port = $t->port(1);
 

@@ -43,7 +43,8 @@ sub example {
     $t->done_file;
 }
 
-{
+SKIP: {
+    skip "Debian's Lua module is not installed", 24 unless NginxTest::has_lua();
     my $t = example('lua-shared-dicts.conf');
     $t->run;
     like($t->get($t->port(1), '/fill?n=100')->{content}, qr/^stored 100 values/, 'lua example: /fill');

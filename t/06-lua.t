@@ -16,28 +16,17 @@ use Time::HiRes ();
 use NginxTest;
 use MemoryStatus qw(check_base_shape unexpected_errors);
 
-plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
+# Without Debian's Lua module only the case without it runs.
+my $NO_LUA = "Debian's Lua module is not installed";
 
 my $MiB = 1024 * 1024;
 
+# $load: what is loaded, in order (standard_conf's load).
 sub start {
     my ($load) = @_;
     my $t = NginxTest->new;
-    $t->write_file_expand('nginx.conf', <<"EOF");
-$load
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 128; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
-        include lua.conf;
-    }
-}
-EOF
-    $t->write_file('lua.conf', $load =~ /LOAD_LUA/ ? <<'EOF' : '');
+    $t->write_standard_conf(load => $load, server => 'include lua.conf;');
+    $t->write_file('lua.conf', (grep { $_ eq 'lua' } @$load) ? <<'EOF' : '');
 # Reads memory_status from inside Lua, bracketed by collectgarbage("count")
 # with the collector stopped: the total only grows between the two readings.
 location = /compare {
@@ -111,23 +100,27 @@ sub compare {
     return $j;
 }
 
-for my $order ("%%LOAD_LUA%%\n%%LOAD_MODULE%%", "%%LOAD_MODULE%%\n%%LOAD_LUA%%") {
-    my $name = $order =~ /^%%LOAD_LUA/ ? 'lua first' : 'module first';
-    my $t = start($order);
-    my ($j) = $t->get_json($t->port(1), '/memory_status');
-    check_base_shape($j, $name);
-    my $vm = $j->{lua}{http};
-    ok($vm, "$name: lua.http present");
-    ok($vm->{gc_bytes} > 0, "$name: gc_bytes > 0");
-    is($vm->{allocator}{kind}, 'luajit', "$name: LuaJIT's own allocator recognized");
-    is($j->{lua}{stream}, undef, "$name: lua.stream null (no stream Lua module in Debian)");
-    my ($stream_err) = grep { $_->{source} eq 'lua.stream' } @{ $j->{errors} };
-    is($stream_err->{error}, 'ngx_stream_lua_module is not loaded', "$name: lua.stream reason");
-    $t->done_file;
+SKIP: {
+    skip $NO_LUA, 50 unless NginxTest::has_lua();
+    for my $order (['lua', 'module'], ['module', 'lua']) {
+        my $name = $order->[0] eq 'lua' ? 'lua first' : 'module first';
+        my $t = start($order);
+        my ($j) = $t->get_json($t->port(1), '/memory_status');
+        check_base_shape($j, $name);
+        my $vm = $j->{lua}{http};
+        ok($vm, "$name: lua.http present");
+        ok($vm->{gc_bytes} > 0, "$name: gc_bytes > 0");
+        is($vm->{allocator}{kind}, 'luajit', "$name: LuaJIT's own allocator recognized");
+        is($j->{lua}{stream}, undef, "$name: lua.stream null (no stream Lua module in Debian)");
+        my ($stream_err) = grep { $_->{source} eq 'lua.stream' } @{ $j->{errors} };
+        is($stream_err->{error}, 'ngx_stream_lua_module is not loaded', "$name: lua.stream reason");
+        $t->done_file;
+    }
 }
 
-{
-    my $t = start("%%LOAD_LUA%%\n%%LOAD_MODULE%%");
+SKIP: {
+    skip $NO_LUA, 36 unless NginxTest::has_lua();
+    my $t = start(['lua', 'module']);
     my $port = $t->port(1);
 
     my $j0 = compare($t, 'idle');
@@ -189,8 +182,9 @@ for my $order ("%%LOAD_LUA%%\n%%LOAD_MODULE%%", "%%LOAD_MODULE%%\n%%LOAD_LUA%%")
 }
 
 # The census of GC objects (lua_objects=1).
-{
-    my $t = start("%%LOAD_LUA%%\n%%LOAD_MODULE%%");
+SKIP: {
+    skip $NO_LUA, 22 unless NginxTest::has_lua();
+    my $t = start(['lua', 'module']);
     my $port = $t->port(1);
     my ($plain) = $t->get_json($port, '/memory_status');
     ok(!exists $plain->{lua}{http}{objects}, 'no census unless asked for');
@@ -239,7 +233,7 @@ for my $order ("%%LOAD_LUA%%\n%%LOAD_MODULE%%", "%%LOAD_MODULE%%\n%%LOAD_LUA%%")
 
 # Without the Lua module: null with the reason, the rest answers.
 {
-    my $t = start('%%LOAD_MODULE%%');
+    my $t = start(['module']);
     my ($j, $res) = $t->get_json($t->port(1), '/memory_status');
     is($res->{status}, 200, 'no Lua: 200');
     check_base_shape($j, 'no Lua');

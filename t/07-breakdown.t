@@ -16,23 +16,18 @@ use Time::HiRes ();
 use NginxTest qw(read_file_text proc_status_bytes smaps_rss_of_size);
 use MemoryStatus qw(check_base_shape unexpected_errors resident_sum);
 
-plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
+# Without Debian's Lua module: the shape, text and the sums, not what Lua
+# allocates or fills.
+my $LUA = NginxTest::has_lua();
+my $NO_LUA = "Debian's Lua module is not installed";
 
 my $MiB = 1024 * 1024;
 
 my $t = NginxTest->new;
-$t->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_LUA%%
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 128; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    lua_shared_dict sixteen 16m;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
+$t->write_standard_conf(
+    lua => $LUA,
+    lua_http => 'lua_shared_dict sixteen 16m;',
+    lua_server => <<'EOF',
         location = /compare {
             content_by_lua_block {
                 collectgarbage("stop")
@@ -132,9 +127,8 @@ http {
                 ngx.say(i)
             }
         }
-    }
-}
 EOF
+);
 $t->run;
 my $port = $t->port(1);
 my ($worker) = $t->worker_pids;
@@ -174,7 +168,7 @@ sub both_depths {
 
 my ($j0, $full0) = both_depths('idle');
 check_base_shape($j0, 'default');
-for my $owner (qw(glibc shm lua_http text stacks)) {
+for my $owner (qw(glibc shm), ($LUA ? 'lua_http' : ()), qw(text stacks)) {
     my $o = $j0->{breakdown}{$owner};
     ok($o, "$owner present");
     like($o->{measure}, qr/^(allocated|loaded|mapped)$/, "$owner: measure $o->{measure}");
@@ -192,7 +186,10 @@ cmp_ok($g0full->{arenas}, '>=', 1, "detail: $g0full->{arenas} glibc arena(s)");
 is($g0full->{arena_heaps_found}, $g0full->{arenas} - 1, 'detail: every arena but the main one has its heap found');
 my $v = $j0->{virtual};
 is($v->{resident_bytes} + $v->{swap_bytes} + $v->{untouched_bytes}, $v->{virtual_bytes}, 'virtual = resident + swap + untouched');
-cmp_ok($v->{untouched_bytes}, '>', 16 * $MiB, 'the 16 MiB dict is mostly untouched virtual space');
+SKIP: {
+    skip $NO_LUA, 1 unless $LUA;
+    cmp_ok($v->{untouched_bytes}, '>', 16 * $MiB, 'the 16 MiB dict is mostly untouched virtual space');
+}
 
 # --- text against /proc/PID/maps from outside -------------------------------------
 
@@ -205,105 +202,111 @@ for (split /\n/, read_file_text("/proc/$worker/maps")) {
 }
 is($j0->{breakdown}{text}{bytes}, $exec, "text = executable file mappings in /proc/PID/maps ($exec)");
 
-# --- Lua: 64 MiB ----------------------------------------------------------------------
+# --- what Lua allocates and fills ---------------------------------------------------
 
-sub compare_lua {
-    my ($what) = @_;
-    my ($before, $json) = $t->get($port, '/compare')->{content} =~ /^(\d+)\n(.*)\z/s or die 'bad /compare';
-    my $j = decode_json($json);
-    NginxTest::spool_answer($json);
-    my $bytes = $j->{breakdown}{lua_http}{bytes};
-    cmp_ok(abs($bytes - $before), '<=', 0.01 * $before,
-        "$what: lua_http.bytes $bytes within 1% of collectgarbage $before");
-    return $j;
+SKIP: {
+    skip $NO_LUA, 89 unless $LUA;
+
+    # --- Lua: 64 MiB ----------------------------------------------------------------------
+
+    sub compare_lua {
+        my ($what) = @_;
+        my ($before, $json) = $t->get($port, '/compare')->{content} =~ /^(\d+)\n(.*)\z/s or die 'bad /compare';
+        my $j = decode_json($json);
+        NginxTest::spool_answer($json);
+        my $bytes = $j->{breakdown}{lua_http}{bytes};
+        cmp_ok(abs($bytes - $before), '<=', 0.01 * $before,
+            "$what: lua_http.bytes $bytes within 1% of collectgarbage $before");
+        return $j;
+    }
+    my $lua0 = compare_lua('idle');
+    is($t->get($port, '/lua_allocate')->{content}, "ok\n", 'Lua allocated 64 MiB');
+    my $lua1 = compare_lua('after 64 MiB');
+    cmp_ok($lua1->{breakdown}{lua_http}{bytes} - $lua0->{breakdown}{lua_http}{bytes}, '>=', 64 * $MiB, 'lua_http.bytes rose by 64 MiB');
+    cmp_ok($lua1->{breakdown}{lua_http}{resident_bytes} - $lua0->{breakdown}{lua_http}{resident_bytes}, '>=', 64 * $MiB,
+        'lua_http.resident_bytes rose by 64 MiB');
+    cmp_ok($lua1->{breakdown}{lua_http}{direct_chunks_found}, '>=', 1, 'the big table array is a direct LuaJIT chunk, found');
+    both_depths('Lua holding 64 MiB');
+    is($t->get($port, '/lua_free')->{content}, "ok\n", 'Lua freed it');
+    compare_lua('after free');
+
+    # --- many directly mapped chunks: each found, its resident pages counted -------------
+
+    is($t->get($port, '/chunks')->{content}, "ok\n", '200 Lua strings of 1 MiB and 4 glibc chunks of 40 MiB');
+    for my $j (both_depths('200 + 4 big chunks')) {
+        my ($l, $g) = @{ $j->{breakdown} }{qw(lua_http glibc)};
+        my $found = $l->{direct_chunks_found};
+        cmp_ok($found, '>=', 150, "Lua: $found direct chunks found (the rest in its segments' free space)");
+        cmp_ok($l->{direct_resident_bytes}, '>=', ($found - 4) * $MiB, "Lua: their $l->{direct_resident_bytes} resident bytes");
+        cmp_ok($l->{direct_resident_bytes}, '<=', $found * ($MiB + 8192) + 16 * $MiB, 'Lua: not more than their mappings');
+        cmp_ok($l->{resident_bytes}, '>=', 200 * $MiB, "Lua: resident $l->{resident_bytes} holds the 200 MiB");
+        cmp_ok($g->{mmapped_chunks}, '>=', 4, "glibc counts $g->{mmapped_chunks} mapped chunks");
+        is($g->{mmapped_chunks_found}, $g->{mmapped_chunks}, 'glibc: every mapped chunk found');
+        cmp_ok($g->{mmapped_resident_bytes}, '>=', 80 * $MiB, "glibc: their $g->{mmapped_resident_bytes} resident bytes hold the written halves");
+        cmp_ok($g->{mmapped_resident_bytes}, '<=', $g->{mmapped_bytes} - 80 * $MiB + 4 * 8192,
+            'glibc: and not the halves never written');
+    }
+    # The chunks' walk is kept while the words it read read the same; their
+    # residency is measured at every answer; half the strings freed, the walk is
+    # new.
+    my $first = status()->{breakdown};
+    my $again = status()->{breakdown};
+    my ($l1, $l2) = ($first->{lua_http}, $again->{lua_http});
+    is($l2->{direct_chunks_found}, $l1->{direct_chunks_found}, 'Lua: the same chunks at the next answer');
+    cmp_ok(abs($l2->{direct_resident_bytes} - $l1->{direct_resident_bytes}), '<=', $MiB, 'Lua: the same resident bytes');
+    is($again->{glibc}{mmapped_chunks_found}, $again->{glibc}{mmapped_chunks}, 'glibc: its chunks still all found');
+    is($t->get($port, '/chunks_half')->{content}, "ok\n", 'half the strings freed');
+    my $half = status()->{breakdown}{lua_http};
+    cmp_ok($half->{direct_chunks_found}, '<=', $l1->{direct_chunks_found} - 50,
+        "Lua: the freed chunks are gone at once ($half->{direct_chunks_found} of $l1->{direct_chunks_found} left)");
+    cmp_ok($half->{direct_resident_bytes}, '<=', $l1->{direct_resident_bytes} - 50 * $MiB, 'Lua: and their resident bytes');
+    cmp_ok($half->{direct_resident_bytes}, '>=', ($half->{direct_chunks_found} - 4) * $MiB, 'Lua: the chunks left still counted');
+    is($t->get($port, '/chunks_free')->{content}, "ok\n", 'chunks freed');
+
+    # A chunk's pages become resident as the program writes them, which changes no
+    # header: a string.buffer reserved, then written in place.
+    is($t->get($port, '/buffer?op=reserve')->{content}, "ok\n", 'a string.buffer of 64 MiB reserved');
+    my $reserved = status()->{breakdown}{lua_http};
+    status();
+    is($t->get($port, '/buffer?op=fill')->{content}, "ok\n", 'and written');
+    my $written = status()->{breakdown}{lua_http};
+    cmp_ok($written->{direct_resident_bytes} - $reserved->{direct_resident_bytes}, '>=', 63 * $MiB,
+        "Lua: its 64 MiB written counted at the next answer ($reserved->{direct_resident_bytes} then $written->{direct_resident_bytes})");
+    is($t->get($port, '/buffer?op=free')->{content}, "ok\n", 'the buffer freed');
+
+    # --- glibc: 32 MiB through FFI malloc ----------------------------------------------------
+
+    my $g0 = status()->{breakdown}{glibc};
+    is($t->get($port, '/malloc')->{content}, "ok\n", 'FFI malloc and memset 32 MiB');
+    my ($j1) = both_depths('glibc holding 32 MiB');
+    my $g1 = $j1->{breakdown}{glibc};
+    # Less the module's own allocations, which differ by some KiB between two
+    # answers (the kept chunk walks, the answer's buffers).
+    cmp_ok($g1->{in_use_bytes} - $g0->{in_use_bytes}, '>=', 32 * $MiB - 64 * 1024, 'glibc in_use rose by 32 MiB');
+    cmp_ok($g1->{bytes} - $g0->{bytes}, '>=', 32 * $MiB - 64 * 1024, 'glibc bytes rose by 32 MiB');
+    cmp_ok($g1->{resident_bytes} - $g0->{resident_bytes}, '>=', 32 * $MiB, 'glibc resident rose by 32 MiB (its mmapped chunk found)');
+    is($t->get($port, '/free')->{content}, "ok\n", 'free');
+    my $g2 = status()->{breakdown}{glibc};
+    cmp_ok(abs($g2->{in_use_bytes} - $g0->{in_use_bytes}), '<', 1 * $MiB, 'glibc in_use back where it was');
+
+    # --- shm: a 16 MiB dict filled -------------------------------------------------------------
+
+    like($t->get($port, '/fill')->{content}, qr/^\d+$/, 'dict filled');
+    my ($j2, $full2) = both_depths('16 MiB dict filled');
+    my $shm = $j2->{breakdown}{shm};
+    cmp_ok($shm->{bytes}, '>', 15 * $MiB, "shm loaded about 16 MiB ($shm->{bytes})");
+    my $rss = smaps_rss_of_size($worker, 16 * $MiB);
+    cmp_ok(abs($shm->{bytes} - $rss), '<=', 0.02 * 16 * $MiB, "shm loaded within 2% of the mapping's smaps Rss ($rss)");
+    cmp_ok(abs($shm->{resident_bytes} - proc_status_bytes($worker, 'RssShmem')), '<=', 64 * 1024,
+        'shm resident = this worker\'s RssShmem');
+    # Beside the dict: the module's own registry and history zones (pages this
+    # worker wrote or read), at most their loaded bytes.
+    my $ours = 0;
+    $ours += $_->{loaded_bytes} for grep { ($_->{owner} // '') eq 'ngx_http_memory_status_module' } @{ $full2->{zones} };
+    my $shm_full = $full2->{breakdown}{shm}{resident_bytes};
+    cmp_ok($shm_full, '>=', $rss - 64 * 1024, "detail: shm resident ($shm_full) holds the dict's smaps Rss");
+    cmp_ok($shm_full, '<=', $rss + $ours + 64 * 1024, "detail: and at most the module's own zones ($ours loaded) beside it");
 }
-my $lua0 = compare_lua('idle');
-is($t->get($port, '/lua_allocate')->{content}, "ok\n", 'Lua allocated 64 MiB');
-my $lua1 = compare_lua('after 64 MiB');
-cmp_ok($lua1->{breakdown}{lua_http}{bytes} - $lua0->{breakdown}{lua_http}{bytes}, '>=', 64 * $MiB, 'lua_http.bytes rose by 64 MiB');
-cmp_ok($lua1->{breakdown}{lua_http}{resident_bytes} - $lua0->{breakdown}{lua_http}{resident_bytes}, '>=', 64 * $MiB,
-    'lua_http.resident_bytes rose by 64 MiB');
-cmp_ok($lua1->{breakdown}{lua_http}{direct_chunks_found}, '>=', 1, 'the big table array is a direct LuaJIT chunk, found');
-both_depths('Lua holding 64 MiB');
-is($t->get($port, '/lua_free')->{content}, "ok\n", 'Lua freed it');
-compare_lua('after free');
-
-# --- many directly mapped chunks: each found, its resident pages counted -------------
-
-is($t->get($port, '/chunks')->{content}, "ok\n", '200 Lua strings of 1 MiB and 4 glibc chunks of 40 MiB');
-for my $j (both_depths('200 + 4 big chunks')) {
-    my ($l, $g) = @{ $j->{breakdown} }{qw(lua_http glibc)};
-    my $found = $l->{direct_chunks_found};
-    cmp_ok($found, '>=', 150, "Lua: $found direct chunks found (the rest in its segments' free space)");
-    cmp_ok($l->{direct_resident_bytes}, '>=', ($found - 4) * $MiB, "Lua: their $l->{direct_resident_bytes} resident bytes");
-    cmp_ok($l->{direct_resident_bytes}, '<=', $found * ($MiB + 8192) + 16 * $MiB, 'Lua: not more than their mappings');
-    cmp_ok($l->{resident_bytes}, '>=', 200 * $MiB, "Lua: resident $l->{resident_bytes} holds the 200 MiB");
-    cmp_ok($g->{mmapped_chunks}, '>=', 4, "glibc counts $g->{mmapped_chunks} mapped chunks");
-    is($g->{mmapped_chunks_found}, $g->{mmapped_chunks}, 'glibc: every mapped chunk found');
-    cmp_ok($g->{mmapped_resident_bytes}, '>=', 80 * $MiB, "glibc: their $g->{mmapped_resident_bytes} resident bytes hold the written halves");
-    cmp_ok($g->{mmapped_resident_bytes}, '<=', $g->{mmapped_bytes} - 80 * $MiB + 4 * 8192,
-        'glibc: and not the halves never written');
-}
-# The chunks' walk is kept while the words it read read the same; their
-# residency is measured at every answer; half the strings freed, the walk is
-# new.
-my $first = status()->{breakdown};
-my $again = status()->{breakdown};
-my ($l1, $l2) = ($first->{lua_http}, $again->{lua_http});
-is($l2->{direct_chunks_found}, $l1->{direct_chunks_found}, 'Lua: the same chunks at the next answer');
-cmp_ok(abs($l2->{direct_resident_bytes} - $l1->{direct_resident_bytes}), '<=', $MiB, 'Lua: the same resident bytes');
-is($again->{glibc}{mmapped_chunks_found}, $again->{glibc}{mmapped_chunks}, 'glibc: its chunks still all found');
-is($t->get($port, '/chunks_half')->{content}, "ok\n", 'half the strings freed');
-my $half = status()->{breakdown}{lua_http};
-cmp_ok($half->{direct_chunks_found}, '<=', $l1->{direct_chunks_found} - 50,
-    "Lua: the freed chunks are gone at once ($half->{direct_chunks_found} of $l1->{direct_chunks_found} left)");
-cmp_ok($half->{direct_resident_bytes}, '<=', $l1->{direct_resident_bytes} - 50 * $MiB, 'Lua: and their resident bytes');
-cmp_ok($half->{direct_resident_bytes}, '>=', ($half->{direct_chunks_found} - 4) * $MiB, 'Lua: the chunks left still counted');
-is($t->get($port, '/chunks_free')->{content}, "ok\n", 'chunks freed');
-
-# A chunk's pages become resident as the program writes them, which changes no
-# header: a string.buffer reserved, then written in place.
-is($t->get($port, '/buffer?op=reserve')->{content}, "ok\n", 'a string.buffer of 64 MiB reserved');
-my $reserved = status()->{breakdown}{lua_http};
-status();
-is($t->get($port, '/buffer?op=fill')->{content}, "ok\n", 'and written');
-my $written = status()->{breakdown}{lua_http};
-cmp_ok($written->{direct_resident_bytes} - $reserved->{direct_resident_bytes}, '>=', 63 * $MiB,
-    "Lua: its 64 MiB written counted at the next answer ($reserved->{direct_resident_bytes} then $written->{direct_resident_bytes})");
-is($t->get($port, '/buffer?op=free')->{content}, "ok\n", 'the buffer freed');
-
-# --- glibc: 32 MiB through FFI malloc ----------------------------------------------------
-
-my $g0 = status()->{breakdown}{glibc};
-is($t->get($port, '/malloc')->{content}, "ok\n", 'FFI malloc and memset 32 MiB');
-my ($j1) = both_depths('glibc holding 32 MiB');
-my $g1 = $j1->{breakdown}{glibc};
-# Less the module's own allocations, which differ by some KiB between two
-# answers (the kept chunk walks, the answer's buffers).
-cmp_ok($g1->{in_use_bytes} - $g0->{in_use_bytes}, '>=', 32 * $MiB - 64 * 1024, 'glibc in_use rose by 32 MiB');
-cmp_ok($g1->{bytes} - $g0->{bytes}, '>=', 32 * $MiB - 64 * 1024, 'glibc bytes rose by 32 MiB');
-cmp_ok($g1->{resident_bytes} - $g0->{resident_bytes}, '>=', 32 * $MiB, 'glibc resident rose by 32 MiB (its mmapped chunk found)');
-is($t->get($port, '/free')->{content}, "ok\n", 'free');
-my $g2 = status()->{breakdown}{glibc};
-cmp_ok(abs($g2->{in_use_bytes} - $g0->{in_use_bytes}), '<', 1 * $MiB, 'glibc in_use back where it was');
-
-# --- shm: a 16 MiB dict filled -------------------------------------------------------------
-
-like($t->get($port, '/fill')->{content}, qr/^\d+$/, 'dict filled');
-my ($j2, $full2) = both_depths('16 MiB dict filled');
-my $shm = $j2->{breakdown}{shm};
-cmp_ok($shm->{bytes}, '>', 15 * $MiB, "shm loaded about 16 MiB ($shm->{bytes})");
-my $rss = smaps_rss_of_size($worker, 16 * $MiB);
-cmp_ok(abs($shm->{bytes} - $rss), '<=', 0.02 * 16 * $MiB, "shm loaded within 2% of the mapping's smaps Rss ($rss)");
-cmp_ok(abs($shm->{resident_bytes} - proc_status_bytes($worker, 'RssShmem')), '<=', 64 * 1024,
-    'shm resident = this worker\'s RssShmem');
-# Beside the dict: the module's own registry and history zones (pages this
-# worker wrote or read), at most their loaded bytes.
-my $ours = 0;
-$ours += $_->{loaded_bytes} for grep { ($_->{owner} // '') eq 'ngx_http_memory_status_module' } @{ $full2->{zones} };
-my $shm_full = $full2->{breakdown}{shm}{resident_bytes};
-cmp_ok($shm_full, '>=', $rss - 64 * 1024, "detail: shm resident ($shm_full) holds the dict's smaps Rss");
-cmp_ok($shm_full, '<=', $rss + $ours + 64 * 1024, "detail: and at most the module's own zones ($ours loaded) beside it");
 
 # --- bad arguments --------------------------------------------------------------------------
 
@@ -318,21 +321,7 @@ $t->done_file;
 
 {
     my $t = NginxTest->new;
-    $t->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-thread_pool default threads=4;
-events { worker_connections 128; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    aio threads;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
-    }
-}
-EOF
+    $t->write_standard_conf(main => 'thread_pool default threads=4;', http => 'aio threads;');
     $t->run;
     my ($w) = $t->worker_pids;
     my ($j) = $t->get_json($t->port(1), '/memory_status');
@@ -355,19 +344,7 @@ for my $case (['jemalloc', 'libjemalloc.so.2', 'stats.allocated'],
     SKIP: {
         skip "$lib not installed", 4 unless $path;
         my $t = NginxTest->new;
-        $t->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 128; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
-    }
-}
-EOF
+        $t->write_standard_conf;
         $t->run(env => { LD_PRELOAD => $path });
         my ($j) = $t->get_json($t->port(1), '/memory_status');
         my $o = $j->{breakdown}{other_allocators};

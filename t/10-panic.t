@@ -22,19 +22,7 @@ my $release_so = $NginxTest::MODULE;
 local $NginxTest::MODULE = $so;
 
 my $t = NginxTest->new;
-$t->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 64; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
-    }
-}
-EOF
+$t->write_standard_conf(connections => 64);
 $t->run;
 my $port = $t->port(1);
 my ($worker) = $t->worker_pids;
@@ -99,19 +87,7 @@ $t->done_file(allow => [qr/memory_status: panic: test-panic/, qr/memory_status: 
 {
     local $NginxTest::MODULE = $release_so;
     my $s = NginxTest->new;
-    $s->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 3; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
-    }
-}
-EOF
+    $s->write_standard_conf(connections => 3);
     $s->run;
     my ($w) = $s->worker_pids;
     my $fds = sub { scalar(() = glob "/proc/$w/fd/*") };

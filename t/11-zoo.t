@@ -18,7 +18,9 @@ use Test::More;
 use NginxTest qw(read_file_text);
 use MemoryStatus qw(unexpected_errors resident_sum);
 
-plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
+# Without Debian's Lua module the shapes that need no Lua run.
+my $LUA = NginxTest::has_lua();
+my $NO_LUA = "Debian's Lua module is not installed";
 
 my $MiB = 1024 * 1024;
 my $MAX_SHARE = 0.05;
@@ -75,10 +77,11 @@ sub check_every_worker {
     return $first;
 }
 
+# Starts nginx with standard_conf(%$conf).
 sub start {
     my ($conf, %run) = @_;
     my $t = NginxTest->new;
-    $t->write_file_expand('nginx.conf', $conf);
+    $t->write_standard_conf(%$conf);
     $t->run(%run);
     return $t;
 }
@@ -92,7 +95,8 @@ sub http_ok {
 
 # --- the demo: nginx-conf/lua-shared-dicts.conf, as scripts/demo runs it --------
 
-{
+SKIP: {
+    skip $NO_LUA, 30 unless $LUA;
     my $t = NginxTest->new;
     my $conf = read_file_text("$NginxTest::ROOT/nginx-conf/lua-shared-dicts.conf");
     my $p = $t->prefix;
@@ -112,15 +116,11 @@ sub http_ok {
 
 # --- Lua heavy: many small FFI allocations, and threads that malloc ----------------
 
-{
-    my $t = start(<<'EOF');
-%%LOAD_LUA%%
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 128; }
-http {
-    %%TEST_GLOBALS_HTTP%%
+SKIP: {
+    skip $NO_LUA, 33 unless $LUA;
+    my $t = start({
+        lua => 1,
+        http => <<'EOF',
     init_by_lua_block {
         local ffi = require "ffi"
         ffi.cdef[[
@@ -131,9 +131,8 @@ http {
             char *strdup(const char *);
         ]]
     }
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
+EOF
+        server => <<'EOF',
         # 200,000 blocks of 96 bytes: the main arena's heap grows in the worker.
         location = /small {
             content_by_lua_block {
@@ -163,9 +162,8 @@ http {
                 ngx.say("ok")
             }
         }
-    }
-}
 EOF
+    });
     my $port = $t->port(1);
     my ($j0) = $t->get_json($port, '/memory_status');
     is(http_ok($t, $port, '/small', 'Lua FFI'), "200000\n", 'Lua FFI: 200,000 small blocks');
@@ -203,22 +201,11 @@ function build(r) {
 }
 export default { build };
 EOF
-    $t->write_file_expand('nginx.conf', <<"EOF");
-load_module $JS;
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 128; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    js_import main from %%PREFIX%%/build.js;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
-        location = /build { js_content main.build; }
-    }
-}
-EOF
+    $t->write_standard_conf(
+        load => ["load_module $JS;", 'module'],
+        http => 'js_import main from %%PREFIX%%/build.js;',
+        server => 'location = /build { js_content main.build; }',
+    );
     $t->run;
     my $port = $t->port(1);
     like(http_ok($t, $port, '/build', 'njs'), qr/^\d{6,}$/, 'njs: built a string') for 1 .. 20;
@@ -237,21 +224,11 @@ EOF
         print $fh 'x' x (2 * $MiB);
         close $fh;
     }
-    $t->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-thread_pool default threads=8;
-events { worker_connections 256; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
-        location / { root %%PREFIX%%/html; aio threads; sendfile off; output_buffers 2 256k; }
-    }
-}
-EOF
+    $t->write_standard_conf(
+        main => 'thread_pool default threads=8;',
+        connections => 256,
+        server => 'location / { root %%PREFIX%%/html; aio threads; sendfile off; output_buffers 2 256k; }',
+    );
     $t->run;
     my $port = $t->port(1);
     $t->write_file('urls', join '', map { "url = http://127.0.0.1:$port/f" . (1 + $_ % 16) . "\noutput = /dev/null\n" } 1 .. 200);
@@ -267,25 +244,17 @@ EOF
 # --- proxy_cache_path: cache manager and loader ----------------------------------------
 
 {
-    my $t = start(<<'EOF');
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 256; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    proxy_cache_path %%PREFIX%%/cache levels=1:2 keys_zone=pages:10m max_size=256m;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
-        location / { proxy_pass http://127.0.0.1:%%PORT_2%%; proxy_cache pages; proxy_cache_valid 200 10m; }
-    }
-    server {
-        listen 127.0.0.1:%%PORT_2%%;
-        location / { return 200 "page $uri $request_id\n"; }
-    }
-}
+    my $t = start({
+        connections => 256,
+        http => 'proxy_cache_path %%PREFIX%%/cache levels=1:2 keys_zone=pages:10m max_size=256m;',
+        server => 'location / { proxy_pass http://127.0.0.1:%%PORT_2%%; proxy_cache pages; proxy_cache_valid 200 10m; }',
+        servers => <<'EOF',
+            server {
+                listen 127.0.0.1:%%PORT_2%%;
+                location / { return 200 "page $uri $request_id\n"; }
+            }
 EOF
+    });
     my $port = $t->port(1);
     my $master = $t->master_pid;
     # The master starts them after the workers: wait for both.
@@ -312,22 +281,12 @@ EOF
 
 SKIP: {
     skip 'h2load (nghttp2-client) not installed', 1 unless -x '/usr/bin/h2load';
-    my $t = start(<<'EOF');
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 256; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    keepalive_requests 100000;
-    server {
-        listen 127.0.0.1:%%PORT_1%% http2;
-        listen 127.0.0.1:%%PORT_2%%;
-        location = /memory_status { memory_status; }
-        location / { return 200 "stream $request_id\n"; }
-    }
-}
-EOF
+    my $t = start({
+        connections => 256,
+        http => 'keepalive_requests 100000;',
+        listen => ['%%PORT_1%% http2', '%%PORT_2%%'],
+        server => 'location / { return 200 "stream $request_id\n"; }',
+    });
     my $out = `h2load -n 20000 -c 4 -m 100 http://127.0.0.1:@{[ $t->port(1) ]}/x 2>&1`;
     like($out, qr/20000 succeeded/, 'HTTP/2: 20,000 requests, 100 streams at a time on 4 connections')
         or diag $out;
@@ -343,23 +302,13 @@ EOF
     my $nofile = `sh -c 'ulimit -Hn'`;
     chomp $nofile;
     $nofile = 30000 if $nofile eq 'unlimited' || $nofile > 30000;
-    my $t = start(<<'EOF' =~ s/%%NOFILE%%/$nofile/r);
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-worker_rlimit_nofile %%NOFILE%%;
-events { worker_connections 12000; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    keepalive_timeout 300s;
-    keepalive_requests 100000;
-    server {
-        listen 127.0.0.1:%%PORT_1%% backlog=16384;
-        location = /memory_status { memory_status; }
-        location / { return 200 "ok\n"; }
-    }
-}
-EOF
+    my $t = start({
+        main => "worker_rlimit_nofile $nofile;",
+        connections => 12000,
+        http => ['keepalive_timeout 300s;', 'keepalive_requests 100000;'],
+        listen => '%%PORT_1%% backlog=16384',
+        server => 'location / { return 200 "ok\n"; }',
+    });
     my $port = $t->port(1);
     # A helper holds the connections, each after one request, until told to stop.
     my $holder = $t->prefix . '/hold.py';
@@ -392,19 +341,14 @@ EOF
 
 # --- a 256 MiB zone filled by another worker -----------------------------------------------
 
-{
-    my $t = start(<<'EOF');
-%%LOAD_LUA%%
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 2;
-events { worker_connections 128; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    lua_shared_dict big 256m;
-    server {
-        listen 127.0.0.1:%%PORT_1%% reuseport;
-        location = /memory_status { memory_status; }
+SKIP: {
+    skip $NO_LUA, 25 unless $LUA;
+    my $t = start({
+        lua => 1,
+        workers => 2,
+        http => 'lua_shared_dict big 256m;',
+        listen => '%%PORT_1%% reuseport',
+        server => <<'EOF',
         location = /fill {
             content_by_lua_block {
                 local d = ngx.shared.big
@@ -414,9 +358,8 @@ http {
                 ngx.say(ngx.worker.pid())
             }
         }
-    }
-}
 EOF
+    });
     my $port = $t->port(1);
     my $filler = http_ok($t, $port, '/fill', '256 MiB zone');
     chomp $filler;
@@ -436,28 +379,22 @@ EOF
 
 # --- worker_processes 4: every worker ------------------------------------------------------
 
-{
-    my $t = start(<<'EOF');
-%%LOAD_LUA%%
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 4;
-events { worker_connections 128; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    lua_shared_dict sessions 10m;
-    server {
-        listen 127.0.0.1:%%PORT_1%% reuseport;
-        location = /memory_status { memory_status; }
+SKIP: {
+    skip $NO_LUA, 63 unless $LUA;
+    my $t = start({
+        lua => 1,
+        workers => 4,
+        http => 'lua_shared_dict sessions 10m;',
+        listen => '%%PORT_1%% reuseport',
+        server => <<'EOF',
         location = /fill {
             content_by_lua_block {
                 for i = 1, 5000 do ngx.shared.sessions:set(ngx.worker.pid() .. ":" .. i, string.rep("v", 100)) end
                 ngx.say("ok")
             }
         }
-    }
-}
 EOF
+    });
     my $port = $t->port(1);
     http_ok($t, $port, '/fill', '4 workers') for 1 .. 20;
     my @workers = $t->worker_pids;
@@ -472,18 +409,9 @@ for my $case (['jemalloc', 'libjemalloc.so.2'], ['tcmalloc', 'libtcmalloc_minima
     my ($name, $lib) = @$case;
     my ($path) = grep { -f } map { "$_/$lib" } qw(/usr/lib/x86_64-linux-gnu /usr/lib);
     SKIP: {
+        skip $NO_LUA, 14 unless $LUA;
         skip "$lib not installed", 1 unless $path;
-        my $t = start(<<'EOF', env => { LD_PRELOAD => $path });
-%%LOAD_LUA%%
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 128; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
+        my $t = start({ lua => 1, server => <<'EOF' }, env => { LD_PRELOAD => $path });
         location = /small {
             content_by_lua_block {
                 local ffi = require "ffi"
@@ -497,8 +425,6 @@ http {
                 ngx.say("ok")
             }
         }
-    }
-}
 EOF
         my $port = $t->port(1);
         http_ok($t, $port, '/small', $name);

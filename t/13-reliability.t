@@ -19,46 +19,39 @@ use Time::HiRes qw(time sleep);
 use NginxTest qw(proc_status_bytes);
 use MemoryStatus qw(resident_sum);
 
-plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
+# Without Debian's Lua module all but the workers made undumpable by Lua; the
+# zone the scrapers ask for is then a limit_req zone of that name.
+my $LUA = NginxTest::has_lua();
+my $NO_LUA = "Debian's Lua module is not installed";
 
-my $CONF = <<'EOF';
-%%LOAD_LUA%%
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes %%WORKERS%%;
-events { worker_connections 1024; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    lua_shared_dict sessions 4m;
-    %%EXTRA_ZONES%%
-    server {
-        listen 127.0.0.1:%%PORT_1%% reuseport;
-        listen 127.0.0.1:%%PORT_2%% http2;
-        location = /memory_status { memory_status; }
-        location = /metrics { memory_status; memory_status_format prometheus; }
-        location = /fill {
-            content_by_lua_block {
-                for i = 1, 2000 do ngx.shared.sessions:set("k" .. i, string.rep("v", 100)) end
-                ngx.say("ok")
-            }
-        }
-    }
-}
-EOF
-
+# The configuration. Options: workers, main (more main-level lines), http and
+# zones (more http-level lines).
 sub conf {
     my (%o) = @_;
-    my $c = $CONF;
-    $c =~ s/%%WORKERS%%/$o{workers} \/\/ 1/e;
-    $c =~ s/%%EXTRA_ZONES%%/$o{zones} \/\/ ''/e;
-    return $c;
+    return NginxTest::standard_conf(
+        lua => $LUA,
+        main => $o{main},
+        workers => $o{workers} // 1,
+        connections => 1024,
+        http => [NginxTest::zone_line('sessions', '4m'), $o{http} // (), $o{zones} // ()],
+        listen => ['%%PORT_1%% reuseport', '%%PORT_2%% http2'],
+        server => 'location = /metrics { memory_status; memory_status_format prometheus; }',
+        lua_server => <<'EOF',
+            location = /fill {
+                content_by_lua_block {
+                    for i = 1, 2000 do ngx.shared.sessions:set("k" .. i, string.rep("v", 100)) end
+                    ngx.say("ok")
+                }
+            }
+EOF
+    );
 }
 
 my $t = NginxTest->new;
 $t->write_file_expand('nginx.conf', conf(workers => 2));
 $t->run;
 my ($port, $h2port) = ($t->port(1), $t->port(2));
-$t->get($port, '/fill');
+$t->get($port, '/fill') if $LUA;
 
 # --- the fuzzer: HTTP/1 ------------------------------------------------------------
 
@@ -266,7 +259,7 @@ sub stop_scrapers {
     my @kids = start_scrapers(3);
     my @killed;
     for my $i (1 .. 100) {
-        my $zones = join "\n", map { "lua_shared_dict storm$_ 256k;" } 1 .. ($i % 5) * 3;
+        my $zones = join "\n", map { NginxTest::zone_line("storm$_", '256k') } 1 .. ($i % 5) * 3;
         $zones .= "\nlimit_req_zone \$binary_remote_addr zone=storm_req$i:64k rate=1r/s;" if $i % 2;
         # Written aside and renamed: the master never reads half a file.
         $t->write_file_expand('nginx.conf.new', conf(workers => 2, zones => $zones));
@@ -306,7 +299,7 @@ SKIP: {
     $g->write_file_expand('nginx.conf', conf(workers => 1));
     $g->run;
     my $gport = $g->port(1);
-    $g->get($gport, '/fill');
+    $g->get($gport, '/fill') if $LUA;
     my ($worker) = $g->worker_pids;
     $g->write_file('mix.lua', <<'EOF');
 local paths = {}
@@ -345,13 +338,17 @@ EOF
 # --- workers as www-data that cannot read /proc/self/pagemap ----------------------------
 
 SKIP: {
+    skip $NO_LUA, 9 unless $LUA;
     skip 'not root: cannot run workers as www-data', 1 unless $> == 0 && getpwnam('www-data');
     my $w = NginxTest->new;
-    my $c = conf(workers => 1);
-    $c =~ s/(worker_processes)/user www-data;\n$1/;
     # Not dumpable: /proc/self files become root's, and pagemap (0400) cannot be opened.
-    $c =~ s/(lua_shared_dict sessions 4m;)/$1\n    init_worker_by_lua_block {\n        local ffi = require "ffi"\n        ffi.cdef "int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long);"\n        ffi.C.prctl(4, 0, 0, 0, 0)\n    }/;
-    $w->write_file_expand('nginx.conf', $c);
+    $w->write_file_expand('nginx.conf', conf(workers => 1, main => 'user www-data;', http => <<'EOF'));
+        init_worker_by_lua_block {
+            local ffi = require "ffi"
+            ffi.cdef "int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long);"
+            ffi.C.prctl(4, 0, 0, 0, 0)
+        }
+EOF
     $w->run;
     my $wport = $w->port(1);
     my ($worker) = $w->worker_pids;

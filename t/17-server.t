@@ -21,12 +21,15 @@ my $MiB = 1024 * 1024;
 
 sub conf {
     my (%o) = @_;
-    my $workers = $o{workers} // 4;
-    my $main = $o{main} // '';
     # With Lua, worker 2 holds 64 MiB in its VM from the start, and every
     # worker writes the same 56 MiB of a 64 MiB zone (the zone's pages are
     # then mapped by all four).
-    my ($load_lua, $lua) = NginxTest::has_lua() ? ('%%LOAD_LUA%%', <<'LUA') : ('', '');
+    return NginxTest::standard_conf(
+        lua => NginxTest::has_lua(),
+        main => $o{main},
+        workers => $o{workers} // 4,
+        connections => 64,
+        lua_http => <<'EOF',
     lua_shared_dict filled 64m;
     init_worker_by_lua_block {
         local pad = string.rep("z", 60000)
@@ -37,26 +40,13 @@ sub conf {
             for i = 1, 1024 do held[i] = pad .. i end
         end
     }
-LUA
-    return <<"EOF";
-$load_lua
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-$main
-worker_processes $workers;
-events { worker_connections 64; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    memory_status_interval 1s;
-$lua
-    proxy_cache_path %%PREFIX%%/cache keys_zone=pages:1m;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
-        location /files/ { root %%PREFIX%%; limit_rate 64k; }
-    }
-}
 EOF
+        http => <<'EOF',
+            memory_status_interval 1s;
+            proxy_cache_path %%PREFIX%%/cache keys_zone=pages:1m;
+EOF
+        server => 'location /files/ { root %%PREFIX%%; limit_rate 64k; }',
+    );
 }
 
 # The nginx processes under the master, as the kernel lists them: pid => title.

@@ -19,7 +19,10 @@ use Time::HiRes qw(sleep time);
 use NginxTest qw(read_file_text);
 use MemoryStatus qw(unexpected_errors);
 
-plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
+# Without Debian's Lua module: the findings no Lua provokes (a reload with a
+# download in flight, a huge configuration).
+my $LUA = NginxTest::has_lua();
+my $NO_LUA = "Debian's Lua module is not installed";
 
 my $MiB = 1024 * 1024;
 
@@ -48,23 +51,17 @@ function _M.go()
 end
 return _M
 EOF
-$t->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_LUA%%
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-thread_pool lua threads=4;
-events { worker_connections 128; }
-http {
-    %%TEST_GLOBALS_HTTP%%
+$t->write_standard_conf(
+    lua => $LUA,
+    main => 'thread_pool lua threads=4;',
+    lua_http => <<'EOF',
     lua_package_path "%%PREFIX%%/lua/?.lua;;";
     lua_shared_dict small 1m;
     lua_shared_dict frag 1m;
     lua_shared_dict huge 256m;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
-        location /files/ { root %%PREFIX%%; limit_rate 32k; }
+EOF
+    server => 'location /files/ { root %%PREFIX%%; limit_rate 32k; }',
+    lua_server => <<'EOF',
         # 100-byte values into a 1m dict until it evicts: its slots fail.
         location = /fill {
             content_by_lua_block {
@@ -140,100 +137,105 @@ http {
                 for i = 1, 8 do ngx.say(tostring(ngx.thread.wait(threads[i]))) end
             }
         }
-    }
-}
 EOF
+);
 $t->write_file('files/big.bin', 'x' x (4 * $MiB));
 $t->run;
 my $port = $t->port(1);
 
-# --- a fresh server: only the oversized zone ----------------------------------
-{
-    my ($j) = $t->get_json($port, '/memory_status');
-    is(scalar(serious($j)), 0, 'fresh: no warning or critical finding')
-        or diag explain $j->{findings};
-    my ($over) = findings_of($j, 'zone_oversized');
-    ok($over, 'zone_oversized fires for the 256m dict');
-    is($over->{subject}, 'huge', 'on the dict named huge');
-    is($over->{severity}, 'info', 'as info');
-    my ($huge) = grep { $_->{name} eq 'huge' } @{ $j->{zones} };
-    is($over->{evidence}{loaded_bytes}, $huge->{loaded_bytes}, "its evidence is the zone's loaded_bytes ($huge->{loaded_bytes})");
-    cmp_ok($over->{evidence}{size_bytes}, '>', 4 * $over->{evidence}{loaded_bytes}, 'more than four times what was loaded');
-    ok(!grep({ $_->{subject} ne 'huge' } findings_of($j, 'zone_oversized')), 'the 1m dicts are not oversized');
-    ok(!findings_of($j, $_), "fresh: no $_")
-        for qw(zone_alloc_failed zone_fragmented glibc_free_held lua_allocator_held cycle_pool_large old_generation_lingering memory_limit swap_used lua_heap_limit);
-    my $text = $t->get($port, '/memory_status?format=prometheus')->{content};
-    like($text, qr/^nginx_memory_finding\{code="zone_oversized",severity="info",subject="huge"\} 1$/m, 'Prometheus: the finding');
-    my $html = $t->get($port, '/memory_status?format=html')->{content};
-    like($html, qr{<section id="findings">.*zone_oversized}s, 'HTML: findings at the top');
-    is(unexpected_errors($j), 0, 'fresh: no source errors');
-}
+# --- what Lua provokes -----------------------------------------------------------
 
-# --- zone_alloc_failed: a 1m dict filled with slot-sized values ---------------
-{
-    my ($forced) = $t->get($port, '/fill')->{content} =~ /(\d+)/;
-    cmp_ok($forced, '>', 0, "the dict evicted $forced times");
-    my ($j) = $t->get_json($port, '/memory_status');
-    my ($f) = findings_of($j, 'zone_alloc_failed');
-    ok($f, 'zone_alloc_failed fires') or diag explain $j->{findings};
-    is($f->{subject}, 'small', 'for the dict small');
-    is($f->{severity}, 'warning', 'as a warning');
-    my ($small) = grep { $_->{name} eq 'small' } @{ $j->{zones} };
-    my $slot = $small->{slab}{slots}{ $f->{evidence}{slot_size_bytes} };
-    ok($slot, "the slot size $f->{evidence}{slot_size_bytes} is one of the zone's slots");
-    is($f->{evidence}{fails}, $slot->{fails}, "fails $f->{evidence}{fails}, as the slot's");
-    like($f->{message}, qr/\b$f->{evidence}{slot_size_bytes}-byte slots\b/, 'the message names the slot size');
-}
+SKIP: {
+    skip $NO_LUA, 47 unless $LUA;
 
-# --- zone_fragmented: every other value deleted, larger ones refused ----------
-{
-    my ($failed) = $t->get($port, '/fragment')->{content} =~ /(\d+)/;
-    cmp_ok($failed, '>', 0, "safe_set of 20000 bytes failed $failed times though half the zone is free");
-    my ($j) = $t->get_json($port, '/memory_status');
-    my ($f) = findings_of($j, 'zone_fragmented');
-    ok($f, 'zone_fragmented fires') or diag explain $j->{findings};
-    is($f->{subject}, 'frag', 'for the dict frag');
-    my ($frag) = grep { $_->{name} eq 'frag' } @{ $j->{zones} };
-    is($f->{evidence}{largest_free_run_bytes}, $frag->{slab}{largest_free_run_bytes}, 'largest free run, as the zone says');
-    cmp_ok($f->{evidence}{largest_free_run_bytes}, '<', 20000, 'smaller than the values refused');
-    cmp_ok($f->{evidence}{free_bytes}, '>', 0.3 * $MiB, "free: $f->{evidence}{free_bytes}");
-    ok(!grep({ $_->{subject} eq 'small' } findings_of($j, 'zone_fragmented')), 'the full dict is not called fragmented');
-}
+    # --- a fresh server: only the oversized zone ----------------------------------
+    {
+        my ($j) = $t->get_json($port, '/memory_status');
+        is(scalar(serious($j)), 0, 'fresh: no warning or critical finding')
+            or diag explain $j->{findings};
+        my ($over) = findings_of($j, 'zone_oversized');
+        ok($over, 'zone_oversized fires for the 256m dict');
+        is($over->{subject}, 'huge', 'on the dict named huge');
+        is($over->{severity}, 'info', 'as info');
+        my ($huge) = grep { $_->{name} eq 'huge' } @{ $j->{zones} };
+        is($over->{evidence}{loaded_bytes}, $huge->{loaded_bytes}, "its evidence is the zone's loaded_bytes ($huge->{loaded_bytes})");
+        cmp_ok($over->{evidence}{size_bytes}, '>', 4 * $over->{evidence}{loaded_bytes}, 'more than four times what was loaded');
+        ok(!grep({ $_->{subject} ne 'huge' } findings_of($j, 'zone_oversized')), 'the 1m dicts are not oversized');
+        ok(!findings_of($j, $_), "fresh: no $_")
+            for qw(zone_alloc_failed zone_fragmented glibc_free_held lua_allocator_held cycle_pool_large old_generation_lingering memory_limit swap_used lua_heap_limit);
+        my $text = $t->get($port, '/memory_status?format=prometheus')->{content};
+        like($text, qr/^nginx_memory_finding\{code="zone_oversized",severity="info",subject="huge"\} 1$/m, 'Prometheus: the finding');
+        my $html = $t->get($port, '/memory_status?format=html')->{content};
+        like($html, qr{<section id="findings">.*zone_oversized}s, 'HTML: findings at the top');
+        is(unexpected_errors($j), 0, 'fresh: no source errors');
+    }
 
-# --- lua_allocator_held: Lua freed most of 64 MiB ------------------------------
-{
-    my ($live) = $t->get($port, '/lua_free')->{content} =~ /([\d.]+)/;
-    my ($j) = $t->get_json($port, '/memory_status');
-    my ($f) = findings_of($j, 'lua_allocator_held');
-    ok($f, 'lua_allocator_held fires') or diag explain [$j->{lua}{http}, $j->{findings}];
-    like($f->{subject}, qr/^worker 0 \(pid \d+\) lua http$/, "subject: $f->{subject}");
-    my $vm = $j->{lua}{http};
-    is($f->{evidence}{allocator_mapped_bytes}, $vm->{allocator}{mapped_bytes}, 'mapped, as the VM\'s allocator says');
-    cmp_ok($f->{evidence}{allocator_mapped_bytes}, '>', 2 * $f->{evidence}{gc_bytes}, 'more than twice the live heap');
-    cmp_ok(abs($f->{evidence}{gc_bytes} - $live), '<', 2 * $MiB, "gc_bytes near Lua's own count after the collection ($live)");
-}
+    # --- zone_alloc_failed: a 1m dict filled with slot-sized values ---------------
+    {
+        my ($forced) = $t->get($port, '/fill')->{content} =~ /(\d+)/;
+        cmp_ok($forced, '>', 0, "the dict evicted $forced times");
+        my ($j) = $t->get_json($port, '/memory_status');
+        my ($f) = findings_of($j, 'zone_alloc_failed');
+        ok($f, 'zone_alloc_failed fires') or diag explain $j->{findings};
+        is($f->{subject}, 'small', 'for the dict small');
+        is($f->{severity}, 'warning', 'as a warning');
+        my ($small) = grep { $_->{name} eq 'small' } @{ $j->{zones} };
+        my $slot = $small->{slab}{slots}{ $f->{evidence}{slot_size_bytes} };
+        ok($slot, "the slot size $f->{evidence}{slot_size_bytes} is one of the zone's slots");
+        is($f->{evidence}{fails}, $slot->{fails}, "fails $f->{evidence}{fails}, as the slot's");
+        like($f->{message}, qr/\b$f->{evidence}{slot_size_bytes}-byte slots\b/, 'the message names the slot size');
+    }
 
-# --- glibc_free_held: FFI malloc and free, the top pinned ----------------------
-{
-    $t->get($port, '/malloc_free');
-    my ($j) = $t->get_json($port, '/memory_status');
-    my ($f) = findings_of($j, 'glibc_free_held');
-    ok($f, 'glibc_free_held fires') or diag explain [$j->{breakdown}{glibc}, $j->{findings}];
-    cmp_ok($f->{evidence}{free_bytes}, '>', 70 * $MiB, "glibc holds $f->{evidence}{free_bytes} free");
-    is($f->{evidence}{free_bytes}, $j->{breakdown}{glibc}{free_bytes}, 'as the glibc owner says');
-    like($f->{message}, qr/malloc_trim/, 'the message points to malloc_trim');
-}
+    # --- zone_fragmented: every other value deleted, larger ones refused ----------
+    {
+        my ($failed) = $t->get($port, '/fragment')->{content} =~ /(\d+)/;
+        cmp_ok($failed, '>', 0, "safe_set of 20000 bytes failed $failed times though half the zone is free");
+        my ($j) = $t->get_json($port, '/memory_status');
+        my ($f) = findings_of($j, 'zone_fragmented');
+        ok($f, 'zone_fragmented fires') or diag explain $j->{findings};
+        is($f->{subject}, 'frag', 'for the dict frag');
+        my ($frag) = grep { $_->{name} eq 'frag' } @{ $j->{zones} };
+        is($f->{evidence}{largest_free_run_bytes}, $frag->{slab}{largest_free_run_bytes}, 'largest free run, as the zone says');
+        cmp_ok($f->{evidence}{largest_free_run_bytes}, '<', 20000, 'smaller than the values refused');
+        cmp_ok($f->{evidence}{free_bytes}, '>', 0.3 * $MiB, "free: $f->{evidence}{free_bytes}");
+        ok(!grep({ $_->{subject} eq 'small' } findings_of($j, 'zone_fragmented')), 'the full dict is not called fragmented');
+    }
 
-# --- glibc_arenas: the thread pool's threads allocate --------------------------
-{
-    my $out = $t->get($port, '/threads')->{content};
-    is(($out =~ tr/\n//), 8, 'eight calls ran in the pool');
-    my ($j) = $t->get_json($port, '/memory_status');
-    my ($f) = findings_of($j, 'glibc_arenas');
-    ok($f, 'glibc_arenas fires') or diag explain [$j->{breakdown}{glibc}, $j->{process}{threads}];
-    cmp_ok($f->{evidence}{arena_heaps_found}, '>=', 2, "arenas: $f->{evidence}{arena_heaps_found}");
-    is($f->{evidence}{threads}, $j->{process}{threads}, "threads: $f->{evidence}{threads}");
-    like($f->{message}, qr/MALLOC_ARENA_MAX/, 'the message names MALLOC_ARENA_MAX');
+    # --- lua_allocator_held: Lua freed most of 64 MiB ------------------------------
+    {
+        my ($live) = $t->get($port, '/lua_free')->{content} =~ /([\d.]+)/;
+        my ($j) = $t->get_json($port, '/memory_status');
+        my ($f) = findings_of($j, 'lua_allocator_held');
+        ok($f, 'lua_allocator_held fires') or diag explain [$j->{lua}{http}, $j->{findings}];
+        like($f->{subject}, qr/^worker 0 \(pid \d+\) lua http$/, "subject: $f->{subject}");
+        my $vm = $j->{lua}{http};
+        is($f->{evidence}{allocator_mapped_bytes}, $vm->{allocator}{mapped_bytes}, 'mapped, as the VM\'s allocator says');
+        cmp_ok($f->{evidence}{allocator_mapped_bytes}, '>', 2 * $f->{evidence}{gc_bytes}, 'more than twice the live heap');
+        cmp_ok(abs($f->{evidence}{gc_bytes} - $live), '<', 2 * $MiB, "gc_bytes near Lua's own count after the collection ($live)");
+    }
+
+    # --- glibc_free_held: FFI malloc and free, the top pinned ----------------------
+    {
+        $t->get($port, '/malloc_free');
+        my ($j) = $t->get_json($port, '/memory_status');
+        my ($f) = findings_of($j, 'glibc_free_held');
+        ok($f, 'glibc_free_held fires') or diag explain [$j->{breakdown}{glibc}, $j->{findings}];
+        cmp_ok($f->{evidence}{free_bytes}, '>', 70 * $MiB, "glibc holds $f->{evidence}{free_bytes} free");
+        is($f->{evidence}{free_bytes}, $j->{breakdown}{glibc}{free_bytes}, 'as the glibc owner says');
+        like($f->{message}, qr/malloc_trim/, 'the message points to malloc_trim');
+    }
+
+    # --- glibc_arenas: the thread pool's threads allocate --------------------------
+    {
+        my $out = $t->get($port, '/threads')->{content};
+        is(($out =~ tr/\n//), 8, 'eight calls ran in the pool');
+        my ($j) = $t->get_json($port, '/memory_status');
+        my ($f) = findings_of($j, 'glibc_arenas');
+        ok($f, 'glibc_arenas fires') or diag explain [$j->{breakdown}{glibc}, $j->{process}{threads}];
+        cmp_ok($f->{evidence}{arena_heaps_found}, '>=', 2, "arenas: $f->{evidence}{arena_heaps_found}");
+        is($f->{evidence}{threads}, $j->{process}{threads}, "threads: $f->{evidence}{threads}");
+        like($f->{message}, qr/MALLOC_ARENA_MAX/, 'the message names MALLOC_ARENA_MAX');
+    }
 }
 
 # --- old_generation_lingering: a reload with a download in flight --------------
@@ -276,22 +278,10 @@ $t->done_file(allow => [qr/ngx_slab_alloc\(\) failed: no memory/]);
     my $c = NginxTest->new;
     $c->write_file('map.conf', join '', "map \$uri \$mapped {\n    default 0;\n",
         map({ "    /path/number/$_/with/some/length $_;\n" } 1 .. 200_000), "}\n");
-    $c->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 64; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    map_hash_max_size 1048576;
-    map_hash_bucket_size 256;
-    include map.conf;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
-    }
-}
-EOF
+    $c->write_standard_conf(
+        connections => 64,
+        http => ['map_hash_max_size 1048576;', 'map_hash_bucket_size 256;', 'include map.conf;'],
+    );
     $c->run;
     my ($j) = $c->get_json($c->port(1), '/memory_status');
     my ($f) = findings_of($j, 'cycle_pool_large');
@@ -304,29 +294,23 @@ EOF
 
 # --- memory_limit: nginx moved into a memory cgroup with a tight limit ----------
 SKIP: {
+    skip $NO_LUA, 8 unless $LUA;
     my ($dir, $limit_file, $why) = make_cgroup();
     skip "no memory cgroup to create here: $why", 8 unless $dir;
     my $m = NginxTest->new;
-    $m->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_LUA%%
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 2;
-events { worker_connections 64; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    init_worker_by_lua_block {
-        held = {}
-        local pad = string.rep("m", 65500)
-        for i = 1, 256 do held[i] = pad .. i end
-    }
-    memory_status_interval 1s;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
-    }
-}
+    $m->write_standard_conf(
+        lua => 1,
+        workers => 2,
+        connections => 64,
+        http => <<'EOF',
+            init_worker_by_lua_block {
+                held = {}
+                local pad = string.rep("m", 65500)
+                for i = 1, 256 do held[i] = pad .. i end
+            }
+            memory_status_interval 1s;
 EOF
+    );
     $m->run;
     for my $pid ($m->master_pid, $m->worker_pids) {
         open my $fh, '>', "$dir/cgroup.procs" or die "$dir/cgroup.procs: $!";
@@ -360,6 +344,7 @@ EOF
 my $SWAP = "/tmp/ngx-memory-status-test-$$.swap";
 END { system("swapoff $SWAP 2>/dev/null; rm -f $SWAP") if $SWAP && -e $SWAP }
 SKIP: {
+    skip $NO_LUA, 5 unless $LUA;
     my ($dir, $limit_file, $why) = make_cgroup();
     skip "no memory cgroup to create here: $why", 5 unless $dir;
     my $on = system("fallocate -l 256M $SWAP && chmod 600 $SWAP && mkswap $SWAP >/dev/null && swapon $SWAP 2>/dev/null") == 0;
@@ -368,17 +353,7 @@ SKIP: {
         skip 'swapon is not permitted here: swap_used is proven by unit tests only', 5;
     }
     my $s = NginxTest->new;
-    $s->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_LUA%%
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 64; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
+    $s->write_standard_conf(lua => 1, connections => 64, server => <<'EOF');
         # 96 MiB of distinct strings, kept.
         location = /hold {
             content_by_lua_block {
@@ -388,8 +363,6 @@ http {
                 ngx.say("ok")
             }
         }
-    }
-}
 EOF
     $s->run;
     my ($worker) = $s->worker_pids;

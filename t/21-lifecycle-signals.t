@@ -20,8 +20,6 @@ use NginxTest;
 use Lifecycle qw(conf start_scrapers stop_scrapers signal_exits check_server wait_respawn
     running_workers);
 
-plan skip_all => "Debian's Lua module is not installed" unless NginxTest::has_lua();
-
 my $so = $ENV{TEST_NGINX_PANIC_MODULE}
     // "$NginxTest::ROOT/target/panic-test/debug/libngx_http_memory_status_module.so";
 BAIL_OUT("$so missing: scripts/test builds it") unless -f $so;

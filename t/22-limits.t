@@ -20,20 +20,7 @@ plan skip_all => 'needs root (workers as nobody, prlimit on the master)' if $>;
 plan skip_all => 'prlimit is missing' if system('command -v prlimit >/dev/null');
 
 my $t = NginxTest->new;
-$t->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-user nobody nogroup;
-worker_processes 1;
-events { worker_connections 64; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /ms { memory_status; }
-    }
-}
-EOF
+$t->write_standard_conf(main => 'user nobody nogroup;', connections => 64, status => '/ms');
 $t->run;
 my $port = $t->port(1);
 
@@ -77,23 +64,14 @@ $t->done_file(allow => [qr/measuring on the event loop: thread/]);
 SKIP: {
     skip "Debian's Lua module is not installed", 5 unless NginxTest::has_lua();
     my $h = NginxTest->new;
-    $h->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_LUA%%
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 2;
-events { worker_connections 512; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    memory_status_interval 1s;
-    lua_check_client_abort on;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /ms { memory_status; }
-        location = /hold { content_by_lua_block { ngx.sleep(120) } }
-    }
-}
-EOF
+    $h->write_standard_conf(
+        lua => 1,
+        workers => 2,
+        connections => 512,
+        http => ['memory_status_interval 1s;', 'lua_check_client_abort on;'],
+        status => '/ms',
+        server => 'location = /hold { content_by_lua_block { ngx.sleep(120) } }',
+    );
     $h->run;
     my $hport = $h->port(1);
     my @held;
@@ -145,22 +123,12 @@ EOF
 # worker respawned (and killed again) every answer.
 {
     my $a = NginxTest->new;
-    $a->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 64; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    memory_status_interval 1s;
-    limit_req_zone $binary_remote_addr zone=perip:1m rate=10r/s;
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /ms { memory_status; }
-        location = /ok { return 200 "ok\n"; }
-    }
-}
-EOF
+    $a->write_standard_conf(
+        connections => 64,
+        http => ['memory_status_interval 1s;', 'limit_req_zone $binary_remote_addr zone=perip:1m rate=10r/s;'],
+        status => '/ms',
+        server => 'location = /ok { return 200 "ok\n"; }',
+    );
     $a->run;
     my $aport = $a->port(1);
     my $master = $a->master_pid;
@@ -231,21 +199,14 @@ SKIP: {
     skip "the test-only build is missing ($so)", 11 unless -f $so;
     local $NginxTest::MODULE = $so;
     my $g = NginxTest->new;
-    $g->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 2;
-events { worker_connections 64; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    memory_status_interval 1s;
-    server {
+    $g->write_standard_conf(
+        workers => 2,
+        connections => 64,
+        http => 'memory_status_interval 1s;',
         # reuseport: the kernel spreads connections over both workers.
-        listen 127.0.0.1:%%PORT_1%% reuseport;
-        location = /ms { memory_status; }
-    }
-}
-EOF
+        listen => '%%PORT_1%% reuseport',
+        status => '/ms',
+    );
     $g->run;
     my $gport = $g->port(1);
     # An answer from a given worker.
@@ -299,19 +260,7 @@ EOF
 
     # A master killed: its workers go on, adopted by another process.
     my $o = NginxTest->new;
-    $o->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 64; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /ms { memory_status; }
-    }
-}
-EOF
+    $o->write_standard_conf(connections => 64, status => '/ms');
     $o->run;
     my $oport = $o->port(1);
     my $master = $o->master_pid;

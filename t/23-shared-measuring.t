@@ -25,19 +25,7 @@ BAIL_OUT("$so missing: build it with cargo build --features test-panic --target-
 local $NginxTest::MODULE = $so;
 
 my $t = NginxTest->new;
-$t->write_file_expand('nginx.conf', <<'EOF');
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-worker_processes 1;
-events { worker_connections 128; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location = /memory_status { memory_status; }
-    }
-}
-EOF
+$t->write_standard_conf;
 $t->run;
 my $port = $t->port(1);
 my ($worker) = $t->worker_pids;

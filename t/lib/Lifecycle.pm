@@ -30,40 +30,30 @@ sub provoked {
 # The configuration. Options: workers, interval, history, format (the default
 # one of /ms), zones (more http-level lines), extra (more server-level lines),
 # shutdown (worker_shutdown_timeout), location => 0 (no memory_status location
-# at all, the module still loaded), single => 1 (master_process off).
+# at all, the module still loaded), single => 1 (master_process off). The
+# scrapers' zone "sessions" is a Lua dict, or a limit_req zone without Lua;
+# the status subrequests of Lua's threads are there only with Lua.
 sub conf {
     my (%o) = @_;
-    my $workers = $o{workers} // 2;
-    my $globals = join "\n", grep { $_ }
-        ($o{shutdown} ? "worker_shutdown_timeout $o{shutdown};" : ''),
-        ($o{single} ? "master_process off;" : '');
-    my $http = join "\n", grep { $_ }
-        ($o{interval} ? "memory_status_interval $o{interval};" : ''),
-        ($o{history} ? "memory_status_history $o{history};" : ''),
-        $o{zones} // '';
-    my $format = $o{format} ? "memory_status_format $o{format};" : '';
-    my $status = ($o{location} // 1)
-        ? "location = /ms { memory_status; $format }\n"
-          . "        location = /internal-ms { internal; memory_status; }"
-        : '';
-    my $extra = $o{extra} // '';
-    return <<"EOF";
-%%LOAD_LUA%%
-%%LOAD_MODULE%%
-%%TEST_GLOBALS%%
-$globals
-worker_processes $workers;
-events { worker_connections 1024; }
-http {
-    %%TEST_GLOBALS_HTTP%%
-    lua_shared_dict sessions 1m;
-    $http
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        listen 127.0.0.1:%%PORT_2%% http2;
-        $extra
-        $status
-        location = /hello { return 200 "hello\\n"; }
+    my $format = $o{format} ? " memory_status_format $o{format};" : '';
+    return NginxTest::standard_conf(
+        lua => NginxTest::has_lua(),
+        main => [($o{shutdown} ? "worker_shutdown_timeout $o{shutdown};" : ()),
+            ($o{single} ? 'master_process off;' : ())],
+        workers => $o{workers} // 2,
+        connections => 1024,
+        http => [NginxTest::zone_line('sessions', '1m'),
+            ($o{interval} ? "memory_status_interval $o{interval};" : ()),
+            ($o{history} ? "memory_status_history $o{history};" : ()),
+            $o{zones} // ()],
+        listen => ['%%PORT_1%%', '%%PORT_2%% http2'],
+        status => 0,
+        server => [$o{extra} // (),
+            (($o{location} // 1)
+                ? ("location = /ms { memory_status;$format }", 'location = /internal-ms { internal; memory_status; }')
+                : ()),
+            'location = /hello { return 200 "hello\n"; }'],
+        lua_server => <<'EOF',
         location = /parent-errors {
             content_by_lua_block {
                 ngx.thread.spawn(function() ngx.location.capture('/internal-ms?detail=full') end)
@@ -87,9 +77,8 @@ http {
                 error('boom')
             }
         }
-    }
-}
 EOF
+    );
 }
 
 # h2load asking the status location over HTTP/2 (cleartext) until stopped,

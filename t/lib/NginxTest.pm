@@ -101,6 +101,92 @@ sub write_file_expand {
     return $self->write_file($name, $self->expand($content));
 }
 
+# The configuration most tests run, with placeholders (write it with
+# write_file_expand, or use write_standard_conf): what is loaded, the test
+# globals, worker_processes, events, and an http block with one server whose
+# first location is the status location. A test states only what differs:
+#
+#   workers      worker_processes (1); connections: worker_connections (128)
+#   main         more main-level lines (before worker_processes)
+#   http         more http-level lines (before the server)
+#   listen       the server's listen arguments, a string or a list
+#                ('%%PORT_1%%'); each becomes listen 127.0.0.1:ARG;
+#   status       the status location's path ('/memory_status'); 0: none
+#   server       more server-level lines (after the status location)
+#   servers      more server blocks, after that one (a string or a list)
+#   stream       the body of a stream block (loads the stream module)
+#   lua          load Debian's Lua module (and NDK) before ours: pass
+#                NginxTest::has_lua() where Lua is optional
+#   lua_http, lua_server
+#                lines that need Lua (dicts, Lua locations): written where
+#                http and server lines go, only when Lua is loaded
+#   load         what is loaded, in order, instead of the default (lua,
+#                stream, module): 'lua', 'stream', 'module' or a literal line
+sub standard_conf {
+    my (%o) = @_;
+    my %known = map { $_ => 1 } qw(workers connections main http listen status server servers
+        stream lua lua_http lua_server load);
+    my @unknown = grep { !$known{$_} } sort keys %o;
+    die "standard_conf: unknown option(s) @unknown\n" if @unknown;
+    my @load = $o{load}
+        ? @{ $o{load} }
+        : (($o{lua} ? 'lua' : ()), (defined $o{stream} ? 'stream' : ()), 'module');
+    my %placeholder = (lua => '%%LOAD_LUA%%', stream => '%%LOAD_STREAM%%', module => '%%LOAD_MODULE%%');
+    my $lua = grep { $_ eq 'lua' } @load;
+    my $status = $o{status} // '/memory_status';
+    my @listen = ref $o{listen} ? @{ $o{listen} } : ($o{listen} // '%%PORT_1%%');
+    my @servers = ref $o{servers} ? @{ $o{servers} } : ($o{servers} // ());
+    my $conf = join '',
+        map({ ($placeholder{$_} // $_) . "\n" } @load),
+        "%%TEST_GLOBALS%%\n",
+        conf_lines(0, $o{main}),
+        'worker_processes ' . ($o{workers} // 1) . ";\n",
+        'events { worker_connections ' . ($o{connections} // 128) . "; }\n",
+        "http {\n",
+        "    %%TEST_GLOBALS_HTTP%%\n",
+        conf_lines(1, $lua ? $o{lua_http} : undef),
+        conf_lines(1, $o{http}),
+        "    server {\n",
+        map({ "        listen 127.0.0.1:$_;\n" } @listen),
+        ($status ? "        location = $status { memory_status; }\n" : ''),
+        conf_lines(2, $o{server}),
+        conf_lines(2, $lua ? $o{lua_server} : undef),
+        "    }\n",
+        map({ conf_lines(1, $_) } @servers),
+        "}\n",
+        (defined $o{stream} ? ("stream {\n", conf_lines(1, $o{stream}), "}\n") : ());
+    return $conf;
+}
+
+# Lines given as a string (a heredoc, any indentation) or a list of them,
+# each indented to the block's depth.
+sub conf_lines {
+    my ($depth, $text) = @_;
+    return '' unless defined $text;
+    return join '', map { conf_lines($depth, $_) } @$text if ref $text;
+    my @lines = split /\n/, $text;
+    my ($common) = sort { length $a <=> length $b } map { /^([ \t]*)\S/ ? $1 : () } @lines;
+    $common //= '';
+    my $indent = '    ' x $depth;
+    return join '', map { /\S/ ? $indent . s/^\Q$common\E//r . "\n" : "\n" } @lines;
+}
+
+# An http-level line for a shared zone a test needs by name, not for Lua: a
+# Lua dict where Debian's Lua module is (load it then: lua => has_lua()),
+# else a limit_req zone.
+sub zone_line {
+    my ($name, $size) = @_;
+    return has_lua()
+        ? "lua_shared_dict $name $size;"
+        : "limit_req_zone \$binary_remote_addr zone=$name:$size rate=1r/s;";
+}
+
+# Writes nginx.conf: standard_conf(%o), placeholders expanded.
+sub write_standard_conf {
+    my ($self, %o) = @_;
+    return $self->write_file_expand('nginx.conf', standard_conf(%o));
+}
+
 sub nginx_cmd {
     my ($self, @extra) = @_;
     my $p = $self->{prefix};
