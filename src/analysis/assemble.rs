@@ -107,14 +107,13 @@ pub struct RingView {
 }
 
 /// The answer, from the loop's part and what was measured, and this worker's
-/// summary as the answer lists it. No I/O: `now` is the
-/// answer's time.
+/// summary as the answer lists it. No I/O: `now` is the answer's time.
 pub fn assemble(part: LoopPart, measured: Measured, now: u64) -> (Report, Published) {
     let LoopPart {
         depth,
-        mut zones,
-        mut http,
-        mut stream,
+        zones,
+        http,
+        stream,
         pools,
         registry,
         own_walk,
@@ -129,52 +128,13 @@ pub fn assemble(part: LoopPart, measured: Measured, now: u64) -> (Report, Publis
         mut errors,
         alloc_failures_at_begin: _,
     } = part;
-    for (zone, (pages, age_ms)) in zones.iter_mut().zip(measured.zone_pages) {
-        zone.resident_pages = pages;
-        zone.resident_age_ms = age_ms;
-    }
-    let zones: Vec<Zone> = zones.iter().map(|z| z.to_zone(&mut errors)).collect();
-    for (vm, resident) in [&mut http, &mut stream]
-        .into_iter()
-        .zip(measured.lua_resident)
-    {
-        if let (Ok(vm), Some((resident, age_ms))) = (vm, resident) {
-            if let Ok(a) = &mut vm.allocator {
-                a.resident_bytes = resident;
-                a.resident_age_ms = age_ms;
-            }
-        }
-    }
-    let lua = Lua::from_samples(http, stream, &mut errors);
-    let samples = measured.samples;
-    let process = crate::analysis::assemble::process_memory(measured.status, &mut errors);
-    let breakdown = Breakdown::build(
-        Inputs {
-            depth,
-            process: &process,
-            maps: &samples.maps,
-            smaps: samples.smaps.as_ref(),
-            glibc: samples.glibc,
-            zones: &zones,
-            lua: &lua,
-            stacks: samples.stacks,
-            other_allocators: samples.other_allocators,
-            mapped_chunks: &samples.mapped_chunks,
-            program_data: samples.program_data,
-            program_ranges: &samples.program_ranges,
-        },
-        &mut errors,
-    );
+    let zones = measured_zones(zones, measured.zone_pages, &mut errors);
+    let lua = measured_lua([http, stream], measured.lua_resident, &mut errors);
+    let process = process_memory(measured.status, &mut errors);
+    let breakdown = breakdown_of(depth, &process, measured.samples, &zones, &lua, &mut errors);
     if let Some(reason) = &pools.http2_unavailable {
         errors.push(SourceError::new("pools.requests.http2", reason.clone()));
     }
-    let (generation, master_started_at_ms) = registry.unwrap_or_else(|| {
-        errors.push(SourceError::new(
-            "processes",
-            "no process registry in this process: only the master and this worker are listed",
-        ));
-        (0, 0)
-    });
     let mut report = Report {
         schema: SCHEMA_VERSION,
         nginx,
@@ -193,23 +153,8 @@ pub fn assemble(part: LoopPart, measured: Measured, now: u64) -> (Report, Publis
         findings: Vec::new(),
         errors: Vec::new(),
     };
-    // This worker's own summary: published for the others, and its entry in
-    // this answer's list is this answer's.
-    let mut mine = Published::from_report(&report, now);
-    let mut samples = measured.processes;
-    match &mut mine.pss {
-        Some(walk) => walk.others = server::others_pss(&samples),
-        None => mine.pss = own_walk,
-    }
-    for s in &mut samples {
-        if let Some(e) = s.entry.as_mut().filter(|e| e.pid == report.nginx.pid) {
-            e.published = Some(mine.clone());
-        }
-    }
-    let (processes, server) =
-        server::build(samples, generation, master_started_at_ms, now, &mut errors);
-    report.processes = processes;
-    report.server = server;
+    let listing = (measured.processes, registry, own_walk);
+    let mine = list_processes(&mut report, listing, now, &mut errors);
     if let Some((rings, capacity)) = rings {
         let window = (capacity, interval_ms, history_since_ms, reloads_at_ms);
         let (trends, mut history) = history_of(&report, rings, window, &mut errors);
@@ -231,6 +176,100 @@ pub fn assemble(part: LoopPart, measured: Measured, now: u64) -> (Report, Publis
     );
     report.errors = errors;
     (report, mine)
+}
+
+/// The zones the loop copied, with the residency the thread measured.
+fn measured_zones(
+    mut zones: Vec<ZoneSample>,
+    pages: Vec<(Result<u64, String>, u64)>,
+    errors: &mut Vec<SourceError>,
+) -> Vec<Zone> {
+    for (zone, (pages, age_ms)) in zones.iter_mut().zip(pages) {
+        zone.resident_pages = pages;
+        zone.resident_age_ms = age_ms;
+    }
+    zones.iter().map(|z| z.to_zone(errors)).collect()
+}
+
+/// The Lua VMs the loop copied (http, stream), with their allocators'
+/// residency as the thread measured it.
+fn measured_lua(
+    vms: [Result<LuaVmSample, String>; 2],
+    resident: [Option<(Result<u64, String>, u64)>; 2],
+    errors: &mut Vec<SourceError>,
+) -> Lua {
+    let [mut http, mut stream] = vms;
+    for (vm, resident) in [&mut http, &mut stream].into_iter().zip(resident) {
+        if let (Ok(vm), Some((resident, age_ms))) = (vm, resident) {
+            if let Ok(a) = &mut vm.allocator {
+                a.resident_bytes = resident;
+                a.resident_age_ms = age_ms;
+            }
+        }
+    }
+    Lua::from_samples(http, stream, errors)
+}
+
+fn breakdown_of(
+    depth: Depth,
+    process: &ProcessMemory,
+    samples: ProcessSamples,
+    zones: &[Zone],
+    lua: &Lua,
+    errors: &mut Vec<SourceError>,
+) -> Breakdown {
+    let inputs = Inputs {
+        depth,
+        process,
+        maps: &samples.maps,
+        smaps: samples.smaps.as_ref(),
+        glibc: samples.glibc,
+        zones,
+        lua,
+        stacks: samples.stacks,
+        other_allocators: samples.other_allocators,
+        mapped_chunks: &samples.mapped_chunks,
+        program_data: samples.program_data,
+        program_ranges: &samples.program_ranges,
+    };
+    Breakdown::build(inputs, errors)
+}
+
+/// The processes list and the server's totals, and this worker's own
+/// summary: published for the others, and its entry in this answer's list
+/// is this answer's. `(samples, registry, own_walk)`: the processes read, the
+/// registry's generation and master start, this worker's last walk.
+fn list_processes(
+    report: &mut Report,
+    (mut samples, registry, own_walk): (
+        Vec<ProcessSample>,
+        Option<(u64, u64)>,
+        Option<PublishedPss>,
+    ),
+    now: u64,
+    errors: &mut Vec<SourceError>,
+) -> Published {
+    let (generation, master_started_at_ms) = registry.unwrap_or_else(|| {
+        errors.push(SourceError::new(
+            "processes",
+            "no process registry in this process: only the master and this worker are listed",
+        ));
+        (0, 0)
+    });
+    let mut mine = Published::from_report(report, now);
+    match &mut mine.pss {
+        Some(walk) => walk.others = server::others_pss(&samples),
+        None => mine.pss = own_walk,
+    }
+    for s in &mut samples {
+        if let Some(e) = s.entry.as_mut().filter(|e| e.pid == report.nginx.pid) {
+            e.published = Some(mine.clone());
+        }
+    }
+    let (processes, server) = server::build(samples, generation, master_started_at_ms, now, errors);
+    report.processes = processes;
+    report.server = server;
+    mine
 }
 
 /// The trends of every listed process, and its samples where they were read.

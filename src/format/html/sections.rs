@@ -1,109 +1,15 @@
-//! One self-contained page (no external assets, no script): the article's two
-//! pies as inline SVG, the zones with fill bars, the Lua VMs, the sources that
-//! could not be read. Sizes for people, exact bytes on hover.
+//! The page's sections, each written into the page from the report.
 
-use std::f64::consts::PI;
 use std::fmt::Write;
 
-use super::human_bytes;
+use super::svg::{legend, pie, sparkline, SPARK_POINTS};
+use super::{esc, size, size_opt};
+use crate::model::findings::Finding;
 use crate::model::labels::Label;
 use crate::model::report::Report;
 
-pub const CONTENT_TYPE: &[u8] = b"text/html; charset=utf-8";
-
-const COLORS: [&str; 8] = [
-    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#9c755f",
-];
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// A size for people with the exact bytes on hover.
-fn size(bytes: u64) -> String {
-    format!(
-        "<span class=\"size\" title=\"{bytes} bytes\">{}</span>",
-        human_bytes(bytes)
-    )
-}
-
-fn size_opt(bytes: Option<u64>) -> String {
-    bytes.map_or_else(|| "<span class=\"na\">n/a</span>".to_string(), size)
-}
-
-/// An SVG pie of `(name, bytes)`; slices with nothing in them are left out.
-pub fn pie(id: &str, slices: &[(&str, u64)]) -> String {
-    let total: u64 = slices.iter().map(|(_, b)| b).sum();
-    let mut svg = format!("<svg id=\"{id}\" class=\"pie\" viewBox=\"-1.05 -1.05 2.1 2.1\" width=\"220\" height=\"220\" role=\"img\">");
-    let mut angle = -PI / 2.0;
-    for (i, (name, bytes)) in slices.iter().enumerate().filter(|(_, (_, b))| *b > 0) {
-        let color = COLORS[i % COLORS.len()];
-        let title = format!(
-            "<title>{}: {} ({bytes} bytes)</title>",
-            esc(name),
-            human_bytes(*bytes)
-        );
-        let attrs = format!(
-            "class=\"slice\" data-name=\"{}\" data-bytes=\"{bytes}\" fill=\"{color}\"",
-            esc(name)
-        );
-        if *bytes == total {
-            let _ = write!(svg, "<circle {attrs} r=\"1\">{title}</circle>");
-            continue;
-        }
-        let sweep = 2.0 * PI * (*bytes as f64) / (total as f64);
-        let (x0, y0) = (angle.cos(), angle.sin());
-        angle += sweep;
-        let (x1, y1) = (angle.cos(), angle.sin());
-        let large = u8::from(sweep > PI);
-        let _ = write!(
-            svg,
-            "<path {attrs} d=\"M0,0 L{x0:.5},{y0:.5} A1,1 0 {large} 1 {x1:.5},{y1:.5} Z\">{title}</path>"
-        );
-    }
-    svg.push_str("</svg>");
-    svg
-}
-
-fn legend(slices: &[(&str, u64)]) -> String {
-    let total: u64 = slices.iter().map(|(_, b)| b).sum::<u64>().max(1);
-    let mut out = String::from("<table class=\"legend\">");
-    for (i, (name, bytes)) in slices.iter().enumerate() {
-        let _ = write!(
-            out,
-            "<tr><td><span class=\"swatch\" style=\"background:{}\"></span>{}</td><td class=\"num\">{}</td><td class=\"num\">{:.1}%</td></tr>",
-            COLORS[i % COLORS.len()],
-            esc(name),
-            size(*bytes),
-            100.0 * (*bytes as f64) / (total as f64)
-        );
-    }
-    out.push_str("</table>");
-    out
-}
-
-pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
-    let mut h = String::new();
-    let refresh = refresh_seconds
-        .map(|n| format!("<meta http-equiv=\"refresh\" content=\"{n}\">"))
-        .unwrap_or_default();
-    let _ = write!(
-        h,
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}\
-         <title>nginx memory: pid {pid}</title><style>{STYLE}</style></head><body>\
-         <h1>nginx worker {pid} <small>(worker {worker}, {role}, nginx {version}, module {module})</small></h1>",
-        pid = r.nginx.pid,
-        worker = r.nginx.worker,
-        role = r.nginx.role.label(),
-        version = esc(&r.nginx.version),
-        module = r.nginx.module_version,
-    );
-    findings_section(&mut h, &r.findings);
-
-    // The virtual pie.
+/// The virtual pie: resident, swapped, untouched.
+pub fn virtual_memory(h: &mut String, r: &Report) {
     let v = &r.virtual_split;
     let virt = [
         ("resident", v.resident_bytes.unwrap_or(0)),
@@ -118,8 +24,10 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
         pie("virtual-pie", &virt),
         legend(&virt)
     );
+}
 
-    // The resident pie, owner by owner.
+/// The resident pie, owner by owner, and the owners' table.
+pub fn resident(h: &mut String, r: &Report) {
     let b = &r.breakdown;
     let owners = b.owners();
     let mut slices: Vec<(&str, u64)> = owners
@@ -171,8 +79,10 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
         }
     }
     h.push_str("</section>");
+}
 
-    // Zones.
+/// The shared memory zones with their fill bars.
+pub fn zones(h: &mut String, r: &Report) {
     h.push_str(
         "<section id=\"zones\"><h2>Shared memory zones</h2><table><tr><th>zone</th><th>owner</th><th>kind</th>\
          <th>size</th><th>loaded</th><th>pages used</th><th>free runs</th><th>largest free run</th><th>failed allocations</th></tr>",
@@ -207,8 +117,10 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
         );
     }
     h.push_str("</table></section>");
+}
 
-    // Lua VMs.
+/// The Lua VMs and, when asked, their GC objects.
+pub fn lua(h: &mut String, r: &Report) {
     h.push_str("<section id=\"lua\"><h2>Lua VMs</h2><table><tr><th>VM</th><th>GC live</th><th>allocator mapped</th><th>resident</th><th>free, kept</th><th>JIT</th><th>version</th></tr>");
     for (name, vm) in [("http", &r.lua.http), ("stream", &r.lua.stream)] {
         match vm {
@@ -258,8 +170,10 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
         );
     }
     h.push_str("</section>");
+}
 
-    // Pools.
+/// nginx's pools.
+pub fn pools(h: &mut String, r: &Report) {
     let p = &r.pools;
     let _ = write!(
         h,
@@ -290,9 +204,10 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
         );
     }
     h.push_str("</table></section>");
-    server_section(&mut h, r);
-    history_section(&mut h, r);
+}
 
+/// The sources that could not be read.
+pub fn errors(h: &mut String, r: &Report) {
     if !r.errors.is_empty() {
         h.push_str("<section id=\"errors\"><h2>Not read</h2><ul>");
         for e in &r.errors {
@@ -305,12 +220,10 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
         }
         h.push_str("</ul></section>");
     }
-    h.push_str("</body></html>\n");
-    h
 }
 
 /// What the figures mean, at the top: most severe first.
-fn findings_section(h: &mut String, findings: &[crate::model::findings::Finding]) {
+pub fn findings(h: &mut String, findings: &[Finding]) {
     if findings.is_empty() {
         h.push_str("<section id=\"findings\"><h2>Findings</h2><p>Every rule was checked; none fired.</p></section>");
         return;
@@ -329,38 +242,9 @@ fn findings_section(h: &mut String, findings: &[crate::model::findings::Finding]
     h.push_str("</ul></section>");
 }
 
-/// Points a history line draws at most (the page reads no more per ring).
-pub const SPARK_POINTS: usize = 160;
-
-/// A small line of (time, bytes) points, no script: the last value beside it.
-fn sparkline(points: &[(u64, f64)]) -> String {
-    let (w, h) = (160.0, 28.0);
-    if points.len() < 2 {
-        return "<span class=\"na\">not enough samples</span>".into();
-    }
-    let (t0, t1) = (points[0].0, points[points.len() - 1].0);
-    let lo = points.iter().map(|p| p.1).fold(f64::MAX, f64::min);
-    let hi = points.iter().map(|p| p.1).fold(f64::MIN, f64::max);
-    let span_t = (t1 - t0).max(1) as f64;
-    let span_v = if hi > lo { hi - lo } else { 1.0 };
-    let coords: Vec<String> = points
-        .iter()
-        .map(|&(t, v)| {
-            let x = (t - t0) as f64 / span_t * w;
-            let y = h - (v - lo) / span_v * (h - 2.0) - 1.0;
-            format!("{x:.1},{y:.1}")
-        })
-        .collect();
-    format!(
-        "<svg class=\"spark\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\"><polyline fill=\"none\" stroke=\"#4e79a7\" stroke-width=\"1.5\" points=\"{}\"/></svg> {}",
-        coords.join(" "),
-        size(points[points.len() - 1].1.max(0.0) as u64)
-    )
-}
-
 /// The history: the serving worker's owners over time, and the server's
 /// memory counted once (each process's PSS, summed per interval).
-fn history_section(h: &mut String, r: &Report) {
+pub fn history(h: &mut String, r: &Report) {
     let Some(history) = &r.history else { return };
     let mine = history.processes.iter().find(|p| p.pid == r.nginx.pid);
     let _ = write!(
@@ -440,7 +324,7 @@ fn history_section(h: &mut String, r: &Report) {
 }
 
 /// Every process of the server: the old generation marked, ages shown.
-fn server_section(h: &mut String, r: &Report) {
+pub fn server(h: &mut String, r: &Report) {
     let s = &r.server;
     let server_slices: Vec<(&str, u64)> = s.breakdown.iter().map(|(&n, &b)| (n, b)).collect();
     let _ = write!(
@@ -497,41 +381,4 @@ fn server_section(h: &mut String, r: &Report) {
         );
     }
     h.push_str("</table></section>");
-}
-
-const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
-h1 small{font-weight:normal;color:#666;font-size:60%}\
-section{margin-bottom:2em}.pair{display:flex;gap:2em;align-items:center}\
-table{border-collapse:collapse}td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}\
-.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}.na{color:#999}tr.old td{background:#fff3e0}\
-.swatch{display:inline-block;width:.9em;height:.9em;margin-right:.4em;vertical-align:middle}\
-.bar{display:inline-block;width:8em;height:.8em;background:#eee;vertical-align:middle}\
-.fill{height:100%;background:#4e79a7}li.warning b{color:#b35c00}li.critical b{color:#c00}.note{color:#666}.size{border-bottom:1px dotted #999}";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pie_has_a_slice_per_nonzero_value() {
-        let svg = pie("p", &[("a", 3), ("b", 0), ("c", 1)]);
-        assert_eq!(svg.matches("class=\"slice\"").count(), 2);
-        assert!(svg.contains("data-name=\"a\" data-bytes=\"3\""));
-        assert!(!svg.contains("data-name=\"b\""));
-        // A slice of three quarters takes the large arc.
-        assert!(svg.contains(" 0 1 1 "));
-    }
-
-    #[test]
-    fn a_whole_pie_is_a_circle() {
-        let svg = pie("p", &[("only", 5), ("none", 0)]);
-        assert!(svg.contains("<circle class=\"slice\" data-name=\"only\""));
-    }
-
-    #[test]
-    fn names_are_escaped() {
-        let svg = pie("p", &[("<zone>\"", 1), ("x", 1)]);
-        assert!(svg.contains("&lt;zone&gt;&quot;"));
-        assert!(!svg.contains("<zone>"));
-    }
 }
