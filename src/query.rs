@@ -177,6 +177,8 @@ fn flag(name: &'static str, value: &[u8]) -> Result<(), QueryError> {
 }
 
 impl Query {
+    // Long, not deep: one block per argument, in the README's order; the
+    // checks that tie arguments together (zone=, lua_objects=) stay side by side.
     /// Parses `r->args` (the part after `?`, still percent-encoded).
     pub fn parse(args: &[u8]) -> Result<Query, QueryError> {
         let raw = Raw::split(args)?;

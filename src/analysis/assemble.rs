@@ -272,6 +272,7 @@ fn list_processes(
     mine
 }
 
+// Long, not deep: the rings' trends and samples are read in one pass over them.
 /// The trends of every listed process, and its samples where they were read.
 /// `(capacity, interval_ms, since_ms, reloads_at_ms)`: the rings' length and
 /// spacing, the page asked for, and the last reloads.

@@ -729,34 +729,41 @@ fn text_owner(
         ),
     ]);
     if let Some(entries) = &entries {
-        let exec_rss = |list: &[&SmapsEntry]| -> u64 {
-            list.iter()
-                .filter(|e| e.mapping.exec)
-                .map(|e| e.rss_bytes)
-                .sum()
-        };
-        let per_file: Vec<serde_json::Value> = files
-            .iter()
-            .map(|f| {
-                let mine: Vec<&SmapsEntry> = entries
-                    .iter()
-                    .copied()
-                    .filter(|e| e.mapping.path == *f)
-                    .collect();
-                serde_json::json!({
-                    "path": f,
-                    "mapped_bytes": mine.iter().filter(|e| e.mapping.exec).map(|e| e.mapping.size_bytes()).sum::<u64>(),
-                    "resident_bytes": rss_sum(&mine),
-                    "exec_resident_bytes": exec_rss(&mine),
-                    "pss_bytes": mine.iter().map(|e| e.pss_bytes).sum::<u64>(),
-                })
-            })
-            .collect();
         o.details
             .insert("exec_resident_bytes", exec_rss(entries).into());
-        o.details.insert("per_file", per_file.into());
+        o.details
+            .insert("per_file", per_file(files, entries).into());
     }
     Some(cx.with_mappings(o, OwnerId::Text))
+}
+
+/// Resident bytes of the executable mappings among `list`.
+fn exec_rss(list: &[&SmapsEntry]) -> u64 {
+    list.iter()
+        .filter(|e| e.mapping.exec)
+        .map(|e| e.rss_bytes)
+        .sum()
+}
+
+/// Detail depth: each program file's mapped, resident and PSS bytes.
+fn per_file(files: &[&str], entries: &[&SmapsEntry]) -> Vec<serde_json::Value> {
+    files
+        .iter()
+        .map(|f| {
+            let mine: Vec<&SmapsEntry> = entries
+                .iter()
+                .copied()
+                .filter(|e| e.mapping.path == *f)
+                .collect();
+            serde_json::json!({
+                "path": f,
+                "mapped_bytes": mine.iter().filter(|e| e.mapping.exec).map(|e| e.mapping.size_bytes()).sum::<u64>(),
+                "resident_bytes": rss_sum(&mine),
+                "exec_resident_bytes": exec_rss(&mine),
+                "pss_bytes": mine.iter().map(|e| e.pss_bytes).sum::<u64>(),
+            })
+        })
+        .collect()
 }
 
 fn stacks_owner(

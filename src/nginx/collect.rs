@@ -11,7 +11,7 @@ use super::pools::sample_pools;
 use super::process;
 use super::registry;
 use super::residency::{lua_resident_bytes, resident_pages_of, zones_resident_pages, ZoneRange};
-use super::zones::sample_zones;
+use super::zones::{sample_zones, SampledZone};
 use crate::analysis::assemble::{assemble, LoopPart, Measured};
 use crate::analysis::history::SampleWindow;
 use crate::analysis::lua::LuaVmSample;
@@ -20,7 +20,7 @@ use crate::format::Rendering;
 use crate::model::breakdown::Depth;
 use crate::model::history::Sample;
 use crate::model::report::{NginxInfo, Role, SourceError, ZoneReport};
-use crate::model::server::Published;
+use crate::model::server::{Published, PublishedPss};
 use crate::shm::samples::ZonesSample;
 
 /// The census's time bound: it walks the Lua heap inside the event loop.
@@ -71,59 +71,24 @@ pub fn begin(measuring: Measuring) -> (LoopPart, Job) {
     registry::ensure_registered();
     super::history::ensure_claimed();
     let zones = sample_zones(None);
-    let zone_ranges = zones
-        .iter()
-        .map(|z| ZoneRange {
-            range: z.range,
-            signature: z.sample.slab.as_ref().ok().map(|s| s.signature()),
-        })
-        .collect();
     let census = lua_objects_limit.map(|max_objects| CensusLimits {
         max_objects,
         max_time: LUA_OBJECTS_MAX_TIME,
     });
     let (http, stream) = sample_vms(census);
-    let heap = |vm: &Result<LuaVmSample, String>| {
-        let vm = vm.as_ref().ok()?;
-        let a = vm.allocator.as_ref().ok()?;
-        Some((a.segment_ranges.clone(), vm.gc_bytes))
-    };
     let registry = registry::read(super::clock::now_ms());
-    // SAFETY: a plain integer nginx sets when the process starts.
-    let own_pid = unsafe { ngx_pid } as u32;
-    let own_walk = registry.as_ref().and_then(|read| {
-        let mine = read.entries.iter().find(|e| e.pid == own_pid)?;
-        mine.published.as_ref()?.pss.clone()
-    });
     let mut errors = Vec::new();
-    let mut processes: Vec<(u32, Option<RegistryEntry>)> = Vec::new();
-    if let Some(master) = master_pid(&mut errors) {
-        processes.push((master, None));
-    }
-    if let Some(read) = &registry {
-        processes.extend(read.entries.iter().map(|e| (e.pid, Some(e.clone()))));
-        let registered = read.entries.iter().any(|e| e.pid == own_pid);
-        if !registered {
-            let me = registry::entry_without_slot(read.generation);
-            processes.extend(me.map(|e| (e.pid, Some(e))));
-        }
-        errors.extend(registry_error(read.full, registered));
-    }
+    let (processes, own_walk) = processes_to_read(registry.as_ref(), &mut errors);
     let job = Job {
         depth,
-        zones: zone_ranges,
-        lua_heaps: [heap(&http), heap(&stream)],
+        zones: zones.iter().map(zone_range).collect(),
+        lua_heaps: [lua_heap(&http), lua_heap(&stream)],
         lua_gc64: cfg!(target_endian = "little")
             && [&http, &stream]
                 .iter()
                 .any(|vm| vm.as_ref().is_ok_and(|vm| vm.jit_enabled.is_ok())),
         processes,
-        // SAFETY: a plain integer nginx sets on the loop's thread, read there.
-        own_title: if unsafe { ngx_exiting } != 0 {
-            "nginx: worker process is shutting down"
-        } else {
-            "nginx: worker process"
-        },
+        own_title: own_title(),
         walk: depth == Depth::Full,
     };
     let part = LoopPart {
@@ -147,6 +112,60 @@ pub fn begin(measuring: Measuring) -> (LoopPart, Job) {
         alloc_failures_at_begin,
     };
     (part, job)
+}
+
+/// A zone to measure: its mapping, and its slab signature when it was read.
+fn zone_range(z: &SampledZone) -> ZoneRange {
+    ZoneRange {
+        range: z.range,
+        signature: z.sample.slab.as_ref().ok().map(|s| s.signature()),
+    }
+}
+
+/// A VM's allocator segments and `gc_bytes`, when its allocator was read.
+fn lua_heap(vm: &Result<LuaVmSample, String>) -> Option<LuaHeap> {
+    let vm = vm.as_ref().ok()?;
+    let a = vm.allocator.as_ref().ok()?;
+    Some((a.segment_ranges.clone(), vm.gc_bytes))
+}
+
+/// The title nginx gives this process now.
+fn own_title() -> &'static str {
+    // SAFETY: a plain integer nginx sets on the loop's thread, read there.
+    if unsafe { ngx_exiting } != 0 {
+        "nginx: worker process is shutting down"
+    } else {
+        "nginx: worker process"
+    }
+}
+
+/// The server's processes to read: the master (no entry), every registered
+/// process, and this one when it has no slot; and this process's last
+/// published walk, kept for an answer that makes none.
+fn processes_to_read(
+    registry: Option<&registry::RegistryRead>,
+    errors: &mut Vec<SourceError>,
+) -> (Vec<(u32, Option<RegistryEntry>)>, Option<PublishedPss>) {
+    // SAFETY: a plain integer nginx sets when the process starts.
+    let own_pid = unsafe { ngx_pid } as u32;
+    let own_walk = registry.and_then(|read| {
+        let mine = read.entries.iter().find(|e| e.pid == own_pid)?;
+        mine.published.as_ref()?.pss.clone()
+    });
+    let mut processes: Vec<(u32, Option<RegistryEntry>)> = Vec::new();
+    if let Some(master) = master_pid(errors) {
+        processes.push((master, None));
+    }
+    if let Some(read) = registry {
+        processes.extend(read.entries.iter().map(|e| (e.pid, Some(e.clone()))));
+        let registered = read.entries.iter().any(|e| e.pid == own_pid);
+        if !registered {
+            let me = registry::entry_without_slot(read.generation);
+            processes.extend(me.map(|e| (e.pid, Some(e))));
+        }
+        errors.extend(registry_error(read.full, registered));
+    }
+    (processes, own_walk)
 }
 
 /// The master to list: this process's parent while it is nginx's master.
@@ -225,30 +244,11 @@ impl Job {
         } else {
             self.processes
         };
+        let walk = self.walk;
         let mut processes: Vec<ProcessSample> = others
             .into_iter()
             .map(|(pid, entry)| {
-                let read = |file: &str, size: usize| {
-                    crate::sources::procfs::read_proc_file(&format!("/proc/{pid}/{file}"), size)
-                };
-                // This process's own title and status are known without reading
-                // them again (its status is read last, below).
-                let own = pid == own_pid;
-                ProcessSample {
-                    pid,
-                    entry,
-                    title: if own {
-                        Ok(self.own_title.to_string())
-                    } else {
-                        read("cmdline", 512)
-                    },
-                    status: if own {
-                        Ok(String::new())
-                    } else {
-                        read("status", 4 << 10)
-                    },
-                    rollup: self.walk.then(|| read("smaps_rollup", 2 << 10)),
-                }
+                read_process(pid, entry, (pid == own_pid).then_some(self.own_title), walk)
             })
             .collect();
         // RSS last: pages the collection itself touched (its own allocations) are
@@ -268,6 +268,33 @@ impl Job {
             processes,
             cgroup: crate::sources::cgroup::read_own_recent(),
         }
+    }
+}
+
+/// What is read of one process of the server: its title and status (this
+/// process's own are known without reading them: its status is read last,
+/// by `measure`), and its PSS when `walk`.
+fn read_process(
+    pid: u32,
+    entry: Option<RegistryEntry>,
+    own_title: Option<&str>,
+    walk: bool,
+) -> ProcessSample {
+    let read = |file: &str, size: usize| {
+        crate::sources::procfs::read_proc_file(&format!("/proc/{pid}/{file}"), size)
+    };
+    ProcessSample {
+        pid,
+        entry,
+        title: match own_title {
+            Some(title) => Ok(title.to_string()),
+            None => read("cmdline", 512),
+        },
+        status: match own_title {
+            Some(_) => Ok(String::new()),
+            None => read("status", 4 << 10),
+        },
+        rollup: walk.then(|| read("smaps_rollup", 2 << 10)),
     }
 }
 

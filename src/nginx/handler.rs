@@ -64,38 +64,50 @@ fn serve(r: &mut ngx_http_request_t) -> ngx_int_t {
             Err(err) => return send_reason(r, NGX_HTTP_BAD_REQUEST, &err.to_string()),
         };
 
-    let Some(name) = &query.zone else {
-        // The whole answer: the loop copies nginx's and the VMs' figures, a
-        // thread measures the rest while the worker goes on serving.
-        // `?history=1` answers at most `HISTORY_POINTS` samples per ring in
-        // JSON, spread over all kept or a page from `history_since=`; the
-        // HTML page draws lines of at most `SPARK_POINTS` each, with or
-        // without it; Prometheus shows no sample (only the trends, read
-        // apart): none is read for it.
-        let window = match (query.history, format) {
-            (_, Format::Html) => Some(SampleWindow::spread(crate::format::html::SPARK_POINTS)),
-            (true, Format::Json) => Some(SampleWindow {
-                points: HISTORY_POINTS,
-                since_ms: query.history_since_ms,
-            }),
-            _ => None,
-        };
-        let ask = Ask {
-            measuring: Measuring {
-                depth: query.depth,
-                lua_objects_limit: query.lua_objects_limit,
-                history_window: window,
-            },
-            rendering: Rendering {
-                format,
-                refresh_seconds: query.refresh_seconds,
-            },
-        };
-        return match offloop::submit(r, ask) {
-            Ok(()) => NGX_DONE as ngx_int_t,
-            Err(error) => offloop::answer_now(r, ask, error),
-        };
+    match &query.zone {
+        Some(name) => serve_zone(r, name, format, mark),
+        None => {
+            // The whole answer: the loop copies nginx's and the VMs' figures, a
+            // thread measures the rest while the worker goes on serving.
+            let ask = ask_of(&query, format);
+            match offloop::submit(r, ask) {
+                Ok(()) => NGX_DONE as ngx_int_t,
+                Err(error) => offloop::answer_now(r, ask, error),
+            }
+        }
+    }
+}
+
+/// What a whole answer asks: `?history=1` answers at most `HISTORY_POINTS`
+/// samples per ring in JSON, spread over all kept or a page from
+/// `history_since=`; the HTML page draws lines of at most `SPARK_POINTS`
+/// each, with or without it; Prometheus shows no sample (only the trends,
+/// read apart): none is read for it.
+fn ask_of(query: &Query, format: Format) -> Ask {
+    let window = match (query.history, format) {
+        (_, Format::Html) => Some(SampleWindow::spread(crate::format::html::SPARK_POINTS)),
+        (true, Format::Json) => Some(SampleWindow {
+            points: HISTORY_POINTS,
+            since_ms: query.history_since_ms,
+        }),
+        _ => None,
     };
+    Ask {
+        measuring: Measuring {
+            depth: query.depth,
+            lua_objects_limit: query.lua_objects_limit,
+            history_window: window,
+        },
+        rendering: Rendering {
+            format,
+            refresh_seconds: query.refresh_seconds,
+        },
+    }
+}
+
+/// `?zone=NAME`: that zone alone, read on the loop (one zone's lock and
+/// residency), in JSON or Prometheus.
+fn serve_zone(r: &mut ngx_http_request_t, name: &[u8], format: Format, mark: u64) -> ngx_int_t {
     let (content_type, body) = match collect::zone_report(name) {
         Some(zone) if format == Format::Prometheus => (
             prometheus::CONTENT_TYPE,

@@ -321,73 +321,79 @@ type TcmallocProperty = unsafe extern "C" fn(*const c_char, *mut libc::size_t) -
 /// jemalloc (`mallctl`) or tcmalloc (`MallocExtension_GetNumericProperty`), found
 /// at run time; `Ok(None)` when neither is in the process.
 fn sample_other_allocators() -> Result<Option<OtherAllocatorSample>, String> {
-    // SAFETY: symbols looked up by name and called with their documented signatures.
-    unsafe {
-        let mallctl = symbol(c"mallctl");
-        if !mallctl.is_null() {
-            let mallctl: Mallctl = std::mem::transmute(mallctl);
-            // Statistics are cached until the epoch advances.
-            let mut epoch: u64 = 1;
-            let mut len = std::mem::size_of::<u64>();
-            let epoch_ptr = (&mut epoch as *mut u64).cast::<c_void>();
-            if mallctl(c"epoch".as_ptr(), epoch_ptr, &mut len, epoch_ptr, len) != 0 {
-                return Err("jemalloc: mallctl(\"epoch\") failed".into());
-            }
-            let mut stats = BTreeMap::new();
-            for name in [
-                c"stats.allocated",
-                c"stats.active",
-                c"stats.resident",
-                c"stats.mapped",
-                c"stats.retained",
-                c"stats.metadata",
-            ] {
-                let mut value: libc::size_t = 0;
-                let mut len = std::mem::size_of::<libc::size_t>();
-                if mallctl(
-                    name.as_ptr(),
-                    (&mut value as *mut libc::size_t).cast(),
-                    &mut len,
-                    std::ptr::null_mut(),
-                    0,
-                ) == 0
-                {
-                    stats.insert(name.to_string_lossy().into_owned(), value as u64);
-                }
-            }
-            let Some(&allocated) = stats.get("stats.allocated") else {
-                return Err("jemalloc without statistics (built with --disable-stats)".into());
-            };
-            return Ok(Some(OtherAllocatorSample {
-                name: "jemalloc",
-                allocated_bytes: allocated,
-                stats,
-            }));
-        }
-        let property = symbol(c"MallocExtension_GetNumericProperty");
-        if !property.is_null() {
-            let property: TcmallocProperty = std::mem::transmute(property);
-            let mut stats = BTreeMap::new();
-            for name in [
-                c"generic.current_allocated_bytes",
-                c"generic.heap_size",
-                c"tcmalloc.pageheap_free_bytes",
-                c"tcmalloc.pageheap_unmapped_bytes",
-            ] {
-                let mut value: libc::size_t = 0;
-                if property(name.as_ptr(), &mut value) != 0 {
-                    stats.insert(name.to_string_lossy().into_owned(), value as u64);
-                }
-            }
-            let Some(&allocated) = stats.get("generic.current_allocated_bytes") else {
-                return Err("tcmalloc: generic.current_allocated_bytes not available".into());
-            };
-            return Ok(Some(OtherAllocatorSample {
-                name: "tcmalloc",
-                allocated_bytes: allocated,
-                stats,
-            }));
-        }
-        Ok(None)
+    let mallctl = symbol(c"mallctl");
+    if !mallctl.is_null() {
+        // SAFETY: jemalloc's `mallctl`, found by its name, has this signature.
+        let mallctl: Mallctl = unsafe { std::mem::transmute(mallctl) };
+        return jemalloc_stats(mallctl).map(Some);
     }
+    let property = symbol(c"MallocExtension_GetNumericProperty");
+    if !property.is_null() {
+        // SAFETY: tcmalloc's C entry point, found by its name, has this signature.
+        let property: TcmallocProperty = unsafe { std::mem::transmute(property) };
+        return tcmalloc_stats(property).map(Some);
+    }
+    Ok(None)
+}
+
+/// jemalloc's statistics, after advancing its epoch (they are cached until
+/// then).
+fn jemalloc_stats(mallctl: Mallctl) -> Result<OtherAllocatorSample, String> {
+    let mut epoch: u64 = 1;
+    let mut len = std::mem::size_of::<u64>();
+    let epoch_ptr = (&mut epoch as *mut u64).cast::<c_void>();
+    // SAFETY: "epoch" reads and writes a u64 of `len` bytes.
+    if unsafe { mallctl(c"epoch".as_ptr(), epoch_ptr, &mut len, epoch_ptr, len) } != 0 {
+        return Err("jemalloc: mallctl(\"epoch\") failed".into());
+    }
+    let mut stats = BTreeMap::new();
+    for name in [
+        c"stats.allocated",
+        c"stats.active",
+        c"stats.resident",
+        c"stats.mapped",
+        c"stats.retained",
+        c"stats.metadata",
+    ] {
+        let mut value: libc::size_t = 0;
+        let mut len = std::mem::size_of::<libc::size_t>();
+        let out = (&mut value as *mut libc::size_t).cast();
+        // SAFETY: each of these statistics reads a size_t of `len` bytes.
+        if unsafe { mallctl(name.as_ptr(), out, &mut len, std::ptr::null_mut(), 0) } == 0 {
+            stats.insert(name.to_string_lossy().into_owned(), value as u64);
+        }
+    }
+    let Some(&allocated) = stats.get("stats.allocated") else {
+        return Err("jemalloc without statistics (built with --disable-stats)".into());
+    };
+    Ok(OtherAllocatorSample {
+        name: "jemalloc",
+        allocated_bytes: allocated,
+        stats,
+    })
+}
+
+/// tcmalloc's numeric properties.
+fn tcmalloc_stats(property: TcmallocProperty) -> Result<OtherAllocatorSample, String> {
+    let mut stats = BTreeMap::new();
+    for name in [
+        c"generic.current_allocated_bytes",
+        c"generic.heap_size",
+        c"tcmalloc.pageheap_free_bytes",
+        c"tcmalloc.pageheap_unmapped_bytes",
+    ] {
+        let mut value: libc::size_t = 0;
+        // SAFETY: a NUL-terminated property name and a size_t to write.
+        if unsafe { property(name.as_ptr(), &mut value) } != 0 {
+            stats.insert(name.to_string_lossy().into_owned(), value as u64);
+        }
+    }
+    let Some(&allocated) = stats.get("generic.current_allocated_bytes") else {
+        return Err("tcmalloc: generic.current_allocated_bytes not available".into());
+    };
+    Ok(OtherAllocatorSample {
+        name: "tcmalloc",
+        allocated_bytes: allocated,
+        stats,
+    })
 }

@@ -5,6 +5,7 @@ use std::fmt::Write;
 use super::svg::{legend, pie, sparkline, SPARK_POINTS};
 use super::{esc, size, size_opt};
 use crate::model::findings::Finding;
+use crate::model::history::{History, ProcessHistory};
 use crate::model::labels::Label;
 use crate::model::report::Report;
 
@@ -254,58 +255,12 @@ pub fn history(h: &mut String, r: &Report) {
         history.capacity
     );
     if let Some(mine) = mine {
-        let resident: Vec<(u64, f64)> = mine
-            .samples
-            .iter()
-            .map(|s| (s.at_ms, s.resident_bytes as f64))
-            .collect();
-        let _ = write!(
-            h,
-            "<tr><td>this worker: resident</td><td>{}</td></tr>",
-            sparkline(&resident)
-        );
-        for owner in crate::model::server::PUBLISHED_OWNERS {
-            let points: Vec<(u64, f64)> = mine
-                .samples
-                .iter()
-                .filter_map(|s| Some((s.at_ms, *s.owners.get(owner)? as f64)))
-                .collect();
-            if !points.is_empty() {
-                let _ = write!(
-                    h,
-                    "<tr><td>this worker: {owner}</td><td>{}</td></tr>",
-                    sparkline(&points)
-                );
-            }
-        }
+        own_lines(h, mine);
     }
-    // Each process's samples by time bucket (as wide as the spacing of the
-    // samples read), one per process and bucket, summed.
-    let step = (history.capacity as usize).div_ceil(SPARK_POINTS).max(1) as u64;
-    let width = history.interval_ms.max(1) * step;
-    let mut buckets: std::collections::BTreeMap<u64, std::collections::BTreeMap<u32, u64>> =
-        std::collections::BTreeMap::new();
-    for p in &history.processes {
-        for s in &p.samples {
-            let bytes = s.pss_bytes.unwrap_or(s.resident_bytes);
-            buckets
-                .entry(s.at_ms / width * width)
-                .or_default()
-                .insert(p.pid, bytes);
-        }
-    }
-    // The newest bucket is still filling in: left out.
-    let total: Vec<(u64, f64)> = buckets
-        .into_iter()
-        .map(|(at, by_pid)| (at, by_pid.values().sum::<u64>() as f64))
-        .rev()
-        .skip(1)
-        .rev()
-        .collect();
     let _ = write!(
         h,
         "<tr><td>the workers, counted once (PSS)</td><td>{}</td></tr>",
-        sparkline(&total)
+        sparkline(&counted_once(history))
     );
     for z in &history.zones {
         let used: Vec<(u64, f64)> = z
@@ -321,6 +276,61 @@ pub fn history(h: &mut String, r: &Report) {
         );
     }
     h.push_str("</table></section>");
+}
+
+/// The serving worker's resident memory and owners over time.
+fn own_lines(h: &mut String, mine: &ProcessHistory) {
+    let resident: Vec<(u64, f64)> = mine
+        .samples
+        .iter()
+        .map(|s| (s.at_ms, s.resident_bytes as f64))
+        .collect();
+    let _ = write!(
+        h,
+        "<tr><td>this worker: resident</td><td>{}</td></tr>",
+        sparkline(&resident)
+    );
+    for owner in crate::model::server::PUBLISHED_OWNERS {
+        let points: Vec<(u64, f64)> = mine
+            .samples
+            .iter()
+            .filter_map(|s| Some((s.at_ms, *s.owners.get(owner)? as f64)))
+            .collect();
+        if !points.is_empty() {
+            let _ = write!(
+                h,
+                "<tr><td>this worker: {owner}</td><td>{}</td></tr>",
+                sparkline(&points)
+            );
+        }
+    }
+}
+
+/// The workers' memory counted once: each process's samples by time bucket
+/// (as wide as the spacing of the samples read), one per process and
+/// bucket, summed.
+fn counted_once(history: &History) -> Vec<(u64, f64)> {
+    let step = (history.capacity as usize).div_ceil(SPARK_POINTS).max(1) as u64;
+    let width = history.interval_ms.max(1) * step;
+    let mut buckets: std::collections::BTreeMap<u64, std::collections::BTreeMap<u32, u64>> =
+        std::collections::BTreeMap::new();
+    for p in &history.processes {
+        for s in &p.samples {
+            let bytes = s.pss_bytes.unwrap_or(s.resident_bytes);
+            buckets
+                .entry(s.at_ms / width * width)
+                .or_default()
+                .insert(p.pid, bytes);
+        }
+    }
+    // The newest bucket is still filling in: left out.
+    buckets
+        .into_iter()
+        .map(|(at, by_pid)| (at, by_pid.values().sum::<u64>() as f64))
+        .rev()
+        .skip(1)
+        .rev()
+        .collect()
 }
 
 /// Every process of the server: the old generation marked, ages shown.

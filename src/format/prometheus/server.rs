@@ -18,6 +18,7 @@ pub fn server(m: &mut Metrics, processes: &[ServerProcess], s: &Server) {
     totals(m, s);
 }
 
+// Long, not deep: one declaration per series, in the order they are written.
 /// One process's figures, labelled by its pid, role, worker number and
 /// generation.
 fn process(m: &mut Metrics, p: &ServerProcess) {
@@ -100,6 +101,7 @@ fn process(m: &mut Metrics, p: &ServerProcess) {
     );
 }
 
+// Long, not deep: one declaration per series, in the order they are written.
 /// The server's totals, every page counted once.
 fn totals(m: &mut Metrics, s: &Server) {
     let totals = [

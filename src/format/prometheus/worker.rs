@@ -133,6 +133,7 @@ pub fn owner(m: &mut Metrics, name: &str, o: &Owner) {
     );
 }
 
+// Long, not deep: one declaration per series, in the order they are written.
 /// Each Lua VM: its GC, its allocator and, when asked, its census.
 pub fn lua(m: &mut Metrics, lua: &Lua) {
     for (vm, v) in [("http", &lua.http), ("stream", &lua.stream)] {
