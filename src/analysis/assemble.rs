@@ -135,24 +135,8 @@ pub fn assemble(part: LoopPart, measured: Measured, now: u64) -> (Report, Publis
     if let Some(reason) = &pools.http2_unavailable {
         errors.push(SourceError::new("pools.requests.http2", reason.clone()));
     }
-    let mut report = Report {
-        schema: SCHEMA_VERSION,
-        nginx,
-        collected_at_ms: now,
-        virtual_split: VirtualSplit::from_process(&process),
-        process,
-        breakdown,
-        zones,
-        lua,
-        pools: Pools::from_sample(&pools),
-        processes: Vec::new(),
-        server: Default::default(),
-        trends: Vec::new(),
-        zone_trends: Vec::new(),
-        history: None,
-        findings: Vec::new(),
-        errors: Vec::new(),
-    };
+    let pools = Pools::from_sample(&pools);
+    let mut report = own_report(nginx, now, process, breakdown, (zones, lua, pools));
     let listing = (measured.processes, registry, own_walk);
     let mine = list_processes(&mut report, listing, now, &mut errors);
     if let Some((rings, capacity)) = rings {
@@ -176,6 +160,35 @@ pub fn assemble(part: LoopPart, measured: Measured, now: u64) -> (Report, Publis
     );
     report.errors = errors;
     (report, mine)
+}
+
+/// The report of this worker's own figures, the server's parts still
+/// empty.
+fn own_report(
+    nginx: NginxInfo,
+    now: u64,
+    process: ProcessMemory,
+    breakdown: Breakdown,
+    (zones, lua, pools): (Vec<Zone>, Lua, Pools),
+) -> Report {
+    Report {
+        schema: SCHEMA_VERSION,
+        nginx,
+        collected_at_ms: now,
+        virtual_split: VirtualSplit::from_process(&process),
+        process,
+        breakdown,
+        zones,
+        lua,
+        pools,
+        processes: Vec::new(),
+        server: Default::default(),
+        trends: Vec::new(),
+        zone_trends: Vec::new(),
+        history: None,
+        findings: Vec::new(),
+        errors: Vec::new(),
+    }
 }
 
 /// The zones the loop copied, with the residency the thread measured.
@@ -390,11 +403,11 @@ impl ZoneReport {
 pub(crate) mod tests {
     use super::*;
     use crate::analysis::breakdown::Inputs;
+    use crate::model::breakdown::Breakdown;
     use crate::model::breakdown::Depth;
-    use crate::model::breakdown::{Breakdown, VirtualSplit};
     use crate::model::lua::Lua;
     use crate::model::pools::Pools;
-    use crate::model::report::{NginxInfo, Report, Role, SCHEMA_VERSION};
+    use crate::model::report::{NginxInfo, Report, Role};
     use serde_json::Value;
 
     pub(crate) fn nginx() -> NginxInfo {
@@ -424,24 +437,16 @@ pub(crate) mod tests {
             program_ranges: &Default::default(),
         };
         let breakdown = Breakdown::build(inputs, &mut Vec::new());
-        Report {
-            schema: SCHEMA_VERSION,
-            nginx: nginx(),
-            collected_at_ms: 1_700_000_000_000,
-            virtual_split: VirtualSplit::from_process(&process),
-            breakdown,
+        let pools = Pools::from_sample(&Default::default());
+        let mut report = own_report(
+            nginx(),
+            1_700_000_000_000,
             process,
-            zones: Vec::new(),
-            lua,
-            pools: Pools::from_sample(&Default::default()),
-            processes: Vec::new(),
-            server: Default::default(),
-            trends: Vec::new(),
-            zone_trends: Vec::new(),
-            history: None,
-            findings: Vec::new(),
-            errors,
-        }
+            breakdown,
+            (Vec::new(), lua, pools),
+        );
+        report.errors = errors;
+        report
     }
 
     #[test]
