@@ -10,7 +10,7 @@ use crate::analysis::breakdown::ProgramDataRanges;
 use crate::analysis::breakdown::ProgramDataSample;
 use crate::analysis::breakdown::StackSample;
 use crate::analysis::history::series_name;
-use crate::analysis::lua::LuaVmSample;
+use crate::analysis::lua::{LuaError, LuaVmSample};
 use crate::analysis::pools::PoolsSample;
 use crate::analysis::server::{self, ProcessSample};
 use crate::analysis::zones::ZoneSample;
@@ -40,8 +40,8 @@ use crate::sources::procfs::SmapsEntry;
 pub struct LoopPart {
     pub depth: Depth,
     pub zones: Vec<ZoneSample>,
-    pub http: Result<LuaVmSample, String>,
-    pub stream: Result<LuaVmSample, String>,
+    pub http: Result<LuaVmSample, LuaError>,
+    pub stream: Result<LuaVmSample, LuaError>,
     pub pools: PoolsSample,
     /// The registry's generation and master start, when this process has one.
     pub registry: Option<(u64, u64)>,
@@ -207,7 +207,7 @@ fn measured_zones(
 /// The Lua VMs the loop copied (http, stream), with their allocators'
 /// residency as the thread measured it.
 fn measured_lua(
-    vms: [Result<LuaVmSample, String>; 2],
+    vms: [Result<LuaVmSample, LuaError>; 2],
     resident: [Option<(Result<u64, String>, u64)>; 2],
     errors: &mut Vec<SourceError>,
 ) -> Lua {
@@ -498,8 +498,8 @@ pub(crate) mod tests {
                     free_runs_truncated: false,
                 }),
             }],
-            http: Err("ngx_http_lua_module is not loaded".into()),
-            stream: Err("ngx_stream_lua_module is not loaded".into()),
+            http: Err(LuaError::NotLoaded("ngx_http_lua_module")),
+            stream: Err(LuaError::NotLoaded("ngx_stream_lua_module")),
             pools: Default::default(),
             registry: Some((3, 1_600_000_000_000)),
             own_walk: None,

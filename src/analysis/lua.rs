@@ -9,6 +9,73 @@ use crate::model::lua::TypeCount;
 use crate::model::lua::OBJECT_TYPES;
 use crate::model::source_error::SourceError;
 
+/// Why a Lua VM, or a part of it, could not be read. Said in the answer's
+/// `errors` as its `Display` text, converted once (`Lua::from_samples`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LuaError {
+    /// Memory ran out while LuaJIT was looked up.
+    OutOfMemory,
+    /// A reload without a master process loaded LuaJIT again elsewhere.
+    LoadedElsewhere,
+    NoLuaJit,
+    /// A module (the Lua module or its subsystem's core) is not loaded.
+    NotLoaded(&'static str),
+    /// No `http` or `stream` block.
+    NoBlock(&'static str),
+    /// The Lua module's configuration holds no VM.
+    NoVm(&'static str),
+    /// The census needs the allocator's segments.
+    AllocatorUnknown(Box<LuaError>),
+    StateLayout,
+    GlobalLayout,
+    GlobalLayoutPastGc,
+    SystemAllocator,
+    ForeignAllocator,
+    /// lj_alloc's state is not as expected: which part.
+    AllocatorLayout(&'static str),
+    /// A GC object is not as expected: which one.
+    ObjectLayout(&'static str),
+}
+
+impl std::fmt::Display for LuaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LuaError::OutOfMemory => f.write_str(crate::alloc_guard::OUT_OF_MEMORY),
+            LuaError::LoadedElsewhere => f.write_str(
+                "LuaJIT was loaded again elsewhere since it was first found \
+                 (a reload without a master process): not read",
+            ),
+            LuaError::NoLuaJit => {
+                f.write_str("LuaJIT's lua_gc/lua_getallocf not found in the process")
+            }
+            LuaError::NotLoaded(module) => write!(f, "{module} is not loaded"),
+            LuaError::NoBlock(block) => write!(f, "no {block} block"),
+            LuaError::NoVm(module) => write!(f, "{module} has no Lua VM"),
+            LuaError::AllocatorUnknown(e) => write!(f, "allocator unknown: {e}"),
+            LuaError::StateLayout => {
+                f.write_str("unrecognized lua_State layout (not LuaJIT 2.1 GC64)")
+            }
+            LuaError::GlobalLayout => {
+                f.write_str("unrecognized global_State layout (not LuaJIT 2.1 GC64)")
+            }
+            LuaError::GlobalLayoutPastGc => {
+                f.write_str("unrecognized global_State layout past the GC state")
+            }
+            LuaError::SystemAllocator => f.write_str(
+                "LuaJIT uses the system allocator (LUAJIT_USE_SYSMALLOC): \
+                 its memory is counted in glibc's",
+            ),
+            LuaError::ForeignAllocator => f.write_str(
+                "the VM's allocator is not LuaJIT's own (lua_setallocf): layout unknown",
+            ),
+            LuaError::AllocatorLayout(what) => {
+                write!(f, "unrecognized LuaJIT allocator layout: {what}")
+            }
+            LuaError::ObjectLayout(what) => write!(f, "unrecognized LuaJIT object layout: {what}"),
+        }
+    }
+}
+
 /// A walk of one VM's GC objects: the string table and the GC root list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CensusSample {
@@ -27,11 +94,11 @@ pub struct CensusSample {
 pub struct LuaVmSample {
     /// `lua_gc(L, LUA_GCCOUNT) * 1024 + lua_gc(L, LUA_GCCOUNTB)`.
     pub gc_bytes: u64,
-    pub allocator: Result<AllocatorSample, String>,
-    pub jit_enabled: Result<bool, String>,
+    pub allocator: Result<AllocatorSample, LuaError>,
+    pub jit_enabled: Result<bool, LuaError>,
     pub runtime: LuaRuntime,
     /// `lua_objects=1` only: the census of GC objects.
-    pub census: Option<Result<CensusSample, String>>,
+    pub census: Option<Result<CensusSample, LuaError>>,
 }
 
 impl From<&CensusSample> for Census {
@@ -84,8 +151,8 @@ pub struct AllocatorSample {
 
 impl Lua {
     pub fn from_samples(
-        http: Result<LuaVmSample, String>,
-        stream: Result<LuaVmSample, String>,
+        http: Result<LuaVmSample, LuaError>,
+        stream: Result<LuaVmSample, LuaError>,
         errors: &mut Vec<SourceError>,
     ) -> Lua {
         Lua {
@@ -97,13 +164,13 @@ impl Lua {
 
 fn vm(
     source: &str,
-    sample: Result<LuaVmSample, String>,
+    sample: Result<LuaVmSample, LuaError>,
     errors: &mut Vec<SourceError>,
 ) -> Option<LuaVm> {
     let sample = match sample {
         Ok(s) => s,
         Err(e) => {
-            errors.push(SourceError::new(source, e));
+            errors.push(SourceError::new(source, e.to_string()));
             return None;
         }
     };
@@ -122,15 +189,18 @@ fn vm(
             segment_ranges: a.segment_ranges,
         }),
         Err(e) => {
-            note("allocator", e);
+            note("allocator", e.to_string());
             None
         }
     };
-    let jit_enabled = sample.jit_enabled.map_err(|e| note("jit", e)).ok();
+    let jit_enabled = sample
+        .jit_enabled
+        .map_err(|e| note("jit", e.to_string()))
+        .ok();
     let objects = match sample.census {
         Some(Ok(c)) => Some(Census::from(&c)),
         Some(Err(e)) => {
-            note("objects", e);
+            note("objects", e.to_string());
             None
         }
         None => None,
@@ -277,11 +347,32 @@ mod tests {
     }
 
     #[test]
+    fn lua_errors_read_as_the_answer_says_them() {
+        let e = LuaError::AllocatorUnknown(Box::new(LuaError::AllocatorLayout("top chunk")));
+        assert_eq!(
+            e.to_string(),
+            "allocator unknown: unrecognized LuaJIT allocator layout: top chunk"
+        );
+        assert_eq!(
+            LuaError::SystemAllocator.to_string(),
+            "LuaJIT uses the system allocator (LUAJIT_USE_SYSMALLOC): its memory is counted in glibc's"
+        );
+        assert_eq!(
+            LuaError::NoVm("ngx_http_lua_module").to_string(),
+            "ngx_http_lua_module has no Lua VM"
+        );
+        assert_eq!(
+            LuaError::OutOfMemory.to_string(),
+            crate::alloc_guard::OUT_OF_MEMORY
+        );
+    }
+
+    #[test]
     fn a_vm_and_an_absent_one() {
         let mut errors = Vec::new();
         let lua = Lua::from_samples(
             Ok(sample()),
-            Err("ngx_stream_lua_module is not loaded".into()),
+            Err(LuaError::NotLoaded("ngx_stream_lua_module")),
             &mut errors,
         );
         let v: Value = serde_json::to_value(&lua).unwrap();
@@ -305,10 +396,10 @@ mod tests {
     #[test]
     fn unknown_allocator_and_jit_are_null_with_reasons() {
         let mut s = sample();
-        s.allocator = Err("LuaJIT uses the system allocator".into());
-        s.jit_enabled = Err("unrecognized global_State layout".into());
+        s.allocator = Err(LuaError::SystemAllocator);
+        s.jit_enabled = Err(LuaError::GlobalLayoutPastGc);
         let mut errors = Vec::new();
-        let lua = Lua::from_samples(Ok(s), Err("x".into()), &mut errors);
+        let lua = Lua::from_samples(Ok(s), Err(LuaError::NoBlock("stream")), &mut errors);
         let v: Value = serde_json::to_value(&lua).unwrap();
         assert!(v["http"]["allocator"].is_null());
         assert!(v["http"]["jit_enabled"].is_null());
@@ -333,7 +424,7 @@ mod tests {
         c.counts[7] = 2;
         c.bytes[7] = 128;
         s.census = Some(Ok(c));
-        let lua = Lua::from_samples(Ok(s), Err("x".into()), &mut Vec::new());
+        let lua = Lua::from_samples(Ok(s), Err(LuaError::NoBlock("stream")), &mut Vec::new());
         let v: Value = serde_json::to_value(&lua).unwrap();
         let o = &v["http"]["objects"];
         assert_eq!(
@@ -345,7 +436,11 @@ mod tests {
         assert_eq!(o["bytes"], 528);
         assert_eq!(o["truncated"], false);
         // Not asked for: not in the answer at all.
-        let lua = Lua::from_samples(Ok(sample()), Err("x".into()), &mut Vec::new());
+        let lua = Lua::from_samples(
+            Ok(sample()),
+            Err(LuaError::NoBlock("stream")),
+            &mut Vec::new(),
+        );
         assert!(serde_json::to_value(&lua).unwrap()["http"]
             .get("objects")
             .is_none());

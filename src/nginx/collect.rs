@@ -14,7 +14,7 @@ use super::residency::{lua_resident_bytes, resident_pages_of, zones_resident_pag
 use super::zones::{sample_zones, SampledZone};
 use crate::analysis::assemble::{assemble, LoopPart, Measured};
 use crate::analysis::history::SampleWindow;
-use crate::analysis::lua::LuaVmSample;
+use crate::analysis::lua::{LuaError, LuaVmSample};
 use crate::analysis::server::{self, ProcessSample, RegistryEntry};
 use crate::format::Rendering;
 use crate::model::breakdown::Depth;
@@ -123,7 +123,7 @@ fn zone_range(z: &SampledZone) -> ZoneRange {
 }
 
 /// A VM's allocator segments and `gc_bytes`, when its allocator was read.
-fn lua_heap(vm: &Result<LuaVmSample, String>) -> Option<LuaHeap> {
+fn lua_heap(vm: &Result<LuaVmSample, LuaError>) -> Option<LuaHeap> {
     let vm = vm.as_ref().ok()?;
     let a = vm.allocator.as_ref().ok()?;
     Some((a.segment_ranges.clone(), vm.gc_bytes))

@@ -15,7 +15,7 @@ use ngx::ffi::{ngx_cycle_t, ngx_pagesize};
 
 use super::cycle;
 use crate::analysis::lua::{
-    find_version_banner, AllocatorSample, CensusSample, LuaRuntime, LuaVmSample,
+    find_version_banner, AllocatorSample, CensusSample, LuaError, LuaRuntime, LuaVmSample,
 };
 use crate::sources::procfs::Mapping;
 
@@ -37,38 +37,38 @@ struct LuaJit {
 /// Looked up once per process: loaded modules do not change in a worker's
 /// life. In single-process mode a reload can unload the Lua module and load it
 /// again elsewhere: a LuaJIT no longer where it was found is not called.
-fn luajit() -> Result<&'static LuaJit, String> {
-    static LUAJIT: OnceLock<Result<LuaJit, String>> = OnceLock::new();
+fn luajit() -> Result<&'static LuaJit, LuaError> {
+    static LUAJIT: OnceLock<Result<LuaJit, LuaError>> = OnceLock::new();
     if LUAJIT.get().is_none() {
         // Looked up while memory ran short, its facts may be cut short: not
         // kept, looked up again next time.
         let mark = crate::alloc_guard::failures();
         let looked_up = find_luajit();
         if crate::alloc_guard::failures() != mark {
-            return Err(crate::alloc_guard::OUT_OF_MEMORY.into());
+            return Err(LuaError::OutOfMemory);
         }
         let _ = LUAJIT.set(looked_up);
     }
     let found = LUAJIT
         .get()
-        .ok_or_else(|| crate::alloc_guard::OUT_OF_MEMORY.to_string())?
+        .ok_or(LuaError::OutOfMemory)?
         .as_ref()
         .map_err(Clone::clone)?;
     // SAFETY: dlsym on a NUL-terminated name.
     let now = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"lua_gc".as_ptr()) };
     if now != found.gc as *mut c_void {
-        return Err("LuaJIT was loaded again elsewhere since it was first found (a reload without a master process): not read".into());
+        return Err(LuaError::LoadedElsewhere);
     }
     Ok(found)
 }
 
-fn find_luajit() -> Result<LuaJit, String> {
+fn find_luajit() -> Result<LuaJit, LuaError> {
     // SAFETY: dlsym on NUL-terminated names; the symbols have these C signatures.
     unsafe {
         let gc = libc::dlsym(libc::RTLD_DEFAULT, c"lua_gc".as_ptr());
         let getallocf = libc::dlsym(libc::RTLD_DEFAULT, c"lua_getallocf".as_ptr());
         if gc.is_null() || getallocf.is_null() {
-            return Err("LuaJIT's lua_gc/lua_getallocf not found in the process".into());
+            return Err(LuaError::NoLuaJit);
         }
         let library_path = library_of(gc);
         let runtime = runtime_of(library_path.as_deref());
@@ -136,7 +136,7 @@ pub struct CensusLimits {
 /// with `census`, each VM's GC objects counted too.
 pub fn sample_vms(
     census: Option<CensusLimits>,
-) -> (Result<LuaVmSample, String>, Result<LuaVmSample, String>) {
+) -> (Result<LuaVmSample, LuaError>, Result<LuaVmSample, LuaError>) {
     let cycle = cycle::current();
     (
         sample_vm(
@@ -158,14 +158,13 @@ pub fn sample_vms(
 
 fn sample_vm(
     cycle: &ngx_cycle_t,
-    block: &str,
-    core: &str,
-    lua_module: &str,
+    block: &'static str,
+    core: &'static str,
+    lua_module: &'static str,
     census: Option<CensusLimits>,
-) -> Result<LuaVmSample, String> {
-    let lua = cycle::module_by_name(cycle, lua_module)
-        .ok_or_else(|| format!("{lua_module} is not loaded"))?;
-    let core = cycle::module_by_name(cycle, core).ok_or_else(|| format!("{core} is not loaded"))?;
+) -> Result<LuaVmSample, LuaError> {
+    let lua = cycle::module_by_name(cycle, lua_module).ok_or(LuaError::NotLoaded(lua_module))?;
+    let core = cycle::module_by_name(cycle, core).ok_or(LuaError::NotLoaded(core))?;
     let luajit = luajit()?;
     // SAFETY: the cycle's configuration contexts live as long as the cycle; each
     // pointer is checked before it is followed.
@@ -175,11 +174,11 @@ fn sample_vm(
         // its `lua_State *` (lua-nginx-module and stream-lua-nginx-module alike).
         let ctx = *cycle.conf_ctx.add(core.index) as *const *const *const *mut c_void;
         if ctx.is_null() || (*ctx).is_null() {
-            return Err(format!("no {block} block"));
+            return Err(LuaError::NoBlock(block));
         }
         let lmcf = *(*ctx).add(lua.ctx_index);
         if lmcf.is_null() || (*lmcf).is_null() {
-            return Err(format!("{lua_module} has no Lua VM"));
+            return Err(LuaError::NoVm(lua_module));
         }
         let l = *lmcf;
         let total =
@@ -196,7 +195,7 @@ fn sample_vm(
                     .iter()
                     .map(|&(s, e)| (s as usize, e as usize))
                     .collect(),
-                Err(e) => return Err(format!("allocator unknown: {e}")),
+                Err(e) => return Err(LuaError::AllocatorUnknown(Box::new(e.clone()))),
             };
             census_of(g, &Segments(segments), limits)
         });
@@ -238,14 +237,14 @@ unsafe fn global_state(
     allocf: *mut c_void,
     ud: *mut c_void,
     gc_total: u64,
-) -> Result<*const u8, String> {
+) -> Result<*const u8, LuaError> {
     // SAFETY: `glref` lies within the lua_State's fixed header, whatever the
     // build's layout (the caller's contract).
     let g: *const u8 = unsafe { read(l as *const u8, GLREF_OFFSET) };
     // The main thread and its global_State sit side by side in GG_State.
     let distance = (g as usize).wrapping_sub(l as usize);
     if g.is_null() || distance == 0 || distance > 4096 {
-        return Err("unrecognized lua_State layout (not LuaJIT 2.1 GC64)".into());
+        return Err(LuaError::StateLayout);
     }
     // SAFETY: `g` is within 4 KiB past the lua_State, inside GG_State, whose
     // global_State spans more than these first three words.
@@ -257,7 +256,7 @@ unsafe fn global_state(
         )
     };
     if g_allocf != allocf || g_ud != ud || g_total != gc_total {
-        return Err("unrecognized global_State layout (not LuaJIT 2.1 GC64)".into());
+        return Err(LuaError::GlobalLayout);
     }
     Ok(g)
 }
@@ -267,7 +266,7 @@ unsafe fn global_state(
 ///
 /// # Safety
 /// `g` is a `global_State` that `global_state` accepted.
-unsafe fn jit_enabled(g: *const u8) -> Result<bool, String> {
+unsafe fn jit_enabled(g: *const u8) -> Result<bool, LuaError> {
     // SAFETY: every offset lies within global_State's first 160 bytes (the
     // caller's contract: its layout was checked to be GC64's).
     let (gct, len, z, dispatch) = unsafe {
@@ -279,7 +278,7 @@ unsafe fn jit_enabled(g: *const u8) -> Result<bool, String> {
         )
     };
     if gct != GCT_STRING || len != 0 || z != 0 {
-        return Err("unrecognized global_State layout past the GC state".into());
+        return Err(LuaError::GlobalLayoutPastGc);
     }
     Ok(dispatch & DISPMODE_JIT != 0)
 }
@@ -398,8 +397,8 @@ impl FreeTally {
     }
 }
 
-fn unknown_allocator(what: &str) -> String {
-    format!("unrecognized LuaJIT allocator layout: {what}")
+fn unknown_allocator(what: &'static str) -> LuaError {
+    LuaError::AllocatorLayout(what)
 }
 
 /// LuaJIT's own allocator (`lj_alloc`): its segments and its free chunks.
@@ -411,16 +410,12 @@ unsafe fn sample_allocator(
     allocf: *mut c_void,
     ud: *mut c_void,
     luajit_path: Option<&str>,
-) -> Result<AllocatorSample, String> {
+) -> Result<AllocatorSample, LuaError> {
     if ud.is_null() {
-        return Err("LuaJIT uses the system allocator (LUAJIT_USE_SYSMALLOC): \
-                    its memory is counted in glibc's"
-            .into());
+        return Err(LuaError::SystemAllocator);
     }
     if library_of(allocf).as_deref() != luajit_path {
-        return Err(
-            "the VM's allocator is not LuaJIT's own (lua_setallocf): layout unknown".into(),
-        );
+        return Err(LuaError::ForeignAllocator);
     }
     let m = ud as *const MallocState;
     // SAFETY: `m` is lj_alloc's state, LuaJIT's own allocator being the VM's
@@ -462,7 +457,7 @@ unsafe fn sample_allocator(
 ///
 /// # Safety
 /// `m` is lj_alloc's `malloc_state` (see `sample_allocator`).
-unsafe fn segment_list(m: *const MallocState) -> Result<Segments, String> {
+unsafe fn segment_list(m: *const MallocState) -> Result<Segments, LuaError> {
     // SAFETY: a plain integer nginx sets at start.
     let page = unsafe { ngx_pagesize };
     let mut list = Vec::new();
@@ -508,7 +503,7 @@ unsafe fn segment_list(m: *const MallocState) -> Result<Segments, String> {
 ///
 /// # Safety
 /// `m` is lj_alloc's `malloc_state` (see `sample_allocator`).
-unsafe fn check_state_and_top(m: *const MallocState, segments: &Segments) -> Result<(), String> {
+unsafe fn check_state_and_top(m: *const MallocState, segments: &Segments) -> Result<(), LuaError> {
     if !segments.holds(m as usize - CHUNK_HEADER, STATE_CHUNK_SIZE) {
         return Err(unknown_allocator("state chunk"));
     }
@@ -538,7 +533,7 @@ unsafe fn count_small_bins(
     m: *const MallocState,
     segments: &Segments,
     free: &mut FreeTally,
-) -> Result<(), String> {
+) -> Result<(), LuaError> {
     // SAFETY: a field of the state.
     let smallmap = unsafe { (*m).smallmap };
     for i in (0..NSMALLBINS).filter(|i| smallmap & (1 << i) != 0) {
@@ -571,7 +566,7 @@ unsafe fn count_tree_bins(
     m: *const MallocState,
     segments: &Segments,
     free: &mut FreeTally,
-) -> Result<(), String> {
+) -> Result<(), LuaError> {
     // SAFETY: fields of the state.
     let (treemap, bins) = unsafe { ((*m).treemap, (*m).treebins) };
     let mut stack: Vec<*const TreeChunk> = (0..NTREEBINS)
@@ -672,8 +667,8 @@ unsafe fn read<T: Copy>(base: *const u8, offset: usize) -> T {
     unsafe { std::ptr::read_unaligned(base.add(offset).cast::<T>()) }
 }
 
-fn unknown_object(what: &str) -> String {
-    format!("unrecognized LuaJIT object layout: {what}")
+fn unknown_object(what: &'static str) -> LuaError {
+    LuaError::ObjectLayout(what)
 }
 
 /// One walk of a VM's GC objects: what may be read, the bounds, the tally.
@@ -700,7 +695,7 @@ unsafe fn census_of(
     g: *const u8,
     segments: &Segments,
     limits: CensusLimits,
-) -> Result<CensusSample, String> {
+) -> Result<CensusSample, LuaError> {
     // SAFETY: `nilnode`'s two words lie within global_State (GC64 layout,
     // the caller's contract).
     let nil = unsafe { [read::<u64>(g, G_NILNODE), read::<u64>(g, G_NILNODE + 8)] };
@@ -754,7 +749,7 @@ impl CensusWalk<'_> {
     ///
     /// # Safety
     /// As `census_of`.
-    unsafe fn strings(&mut self) -> Result<(), String> {
+    unsafe fn strings(&mut self) -> Result<(), LuaError> {
         // SAFETY: fields of global_State (the caller's contract).
         let (tab, mask, num) = unsafe {
             (
@@ -799,7 +794,7 @@ impl CensusWalk<'_> {
     ///
     /// # Safety
     /// As `census_of`.
-    unsafe fn roots(&mut self) -> Result<(), String> {
+    unsafe fn roots(&mut self) -> Result<(), LuaError> {
         // SAFETY: a field of global_State (the caller's contract).
         let mut o: *const u8 = unsafe { read(self.g, G_GC_ROOT) };
         while !o.is_null() {
@@ -823,7 +818,7 @@ impl CensusWalk<'_> {
     ///
     /// # Safety
     /// `o`'s first 16 bytes are readable; it is an object of the root list.
-    unsafe fn object_size(&self, o: *const u8, gct: u8) -> Result<(usize, u64), String> {
+    unsafe fn object_size(&self, o: *const u8, gct: u8) -> Result<(usize, u64), LuaError> {
         // SAFETY: in every arm, an object of type `gct` has at least the fields
         // read for it (lj_obj.h, GC64), and those past the first 16 bytes are
         // read only where they were checked readable or lie within the
@@ -878,7 +873,7 @@ impl CensusWalk<'_> {
     ///
     /// # Safety
     /// `o` is a table of the root list whose first 16 bytes are readable.
-    unsafe fn table_size(&self, o: *const u8) -> Result<u64, String> {
+    unsafe fn table_size(&self, o: *const u8) -> Result<u64, LuaError> {
         if !self.readable(o, TAB_SIZE as usize) {
             return Err(unknown_object("table"));
         }
