@@ -107,8 +107,14 @@ pub struct RingView {
 }
 
 /// The answer, from the loop's part and what was measured, and this worker's
-/// summary as the answer lists it. No I/O: `now` is the answer's time.
-pub fn assemble(part: LoopPart, measured: Measured, now: u64) -> (Report, Published) {
+/// summary as the answer lists it. No I/O: `clock` gives the answer's time,
+/// asked once the worker's own figures are assembled (its ages are then the
+/// freshest).
+pub fn assemble(
+    part: LoopPart,
+    measured: Measured,
+    clock: impl FnOnce() -> u64,
+) -> (Report, Published) {
     let LoopPart {
         depth,
         zones,
@@ -136,6 +142,7 @@ pub fn assemble(part: LoopPart, measured: Measured, now: u64) -> (Report, Publis
         errors.push(SourceError::new("pools.requests.http2", reason.clone()));
     }
     let pools = Pools::from_sample(&pools);
+    let now = clock();
     let mut report = own_report(nginx, now, process, breakdown, (zones, lua, pools));
     let listing = (measured.processes, registry, own_walk);
     let mine = list_processes(&mut report, listing, now, &mut errors);
@@ -558,7 +565,7 @@ pub(crate) mod tests {
     #[test]
     fn the_answer_is_assembled_from_the_copies_and_the_reads() {
         let now = 1_700_000_000_000;
-        let (report, mine) = assemble(loop_part(), measured(vec![worker_sample(4242, 3)]), now);
+        let (report, mine) = assemble(loop_part(), measured(vec![worker_sample(4242, 3)]), || now);
         assert_eq!(report.collected_at_ms, now);
         assert_eq!(report.nginx.pid, 4242);
         // The thread's residency lands in the zone the loop copied.
@@ -582,7 +589,7 @@ pub(crate) mod tests {
     fn without_a_registry_the_answer_says_so() {
         let mut part = loop_part();
         part.registry = None;
-        let (report, _) = assemble(part, measured(Vec::new()), 1);
+        let (report, _) = assemble(part, measured(Vec::new()), || 1);
         assert!(report
             .errors
             .iter()

@@ -328,7 +328,7 @@ pub fn answer_work(part: LoopPart, job: Job, renderings: &[Rendering]) -> Finish
     if failed() {
         return Finished::FAILED;
     }
-    let (report, summary) = assemble(part, measured, super::clock::now_ms());
+    let (report, summary) = assemble(part, measured, super::clock::now_ms);
     let mut bodies = Vec::new();
     for rendering in renderings {
         match rendering.render(&report) {
@@ -351,7 +351,7 @@ pub fn summary_work(part: LoopPart, job: Job) -> Finished {
     if crate::alloc_guard::failures() != mark {
         return Finished::FAILED;
     }
-    let (report, summary) = assemble(part, measured, super::clock::now_ms());
+    let (report, summary) = assemble(part, measured, super::clock::now_ms);
     let sample = Sample::of(&summary, report.process.resident_bytes.unwrap_or(0));
     let zones = ZonesSample::of(report.collected_at_ms, &report.zones);
     if crate::alloc_guard::failures() != mark {

@@ -166,8 +166,12 @@ fn sample_vm(
     let lua = cycle::module_by_name(cycle, lua_module).ok_or(LuaError::NotLoaded(lua_module))?;
     let core = cycle::module_by_name(cycle, core).ok_or(LuaError::NotLoaded(core))?;
     let luajit = luajit()?;
-    // SAFETY: the cycle's configuration contexts live as long as the cycle; each
-    // pointer is checked before it is followed.
+    // SAFETY: the cycle's configuration contexts live as long as the cycle;
+    // each pointer is checked before it is followed. The VM found is live and
+    // does not run meanwhile: this is the loop's thread, between events, so
+    // LuaJIT's API, its global_State, allocator and heap may be read (the
+    // contracts of `global_state`, `sample_allocator`, `census_of` and
+    // `jit_enabled`), each of which checks the layout before it trusts it.
     unsafe {
         // cycle->conf_ctx[core.index] is the subsystem's conf ctx, whose first
         // field is its main_conf array; the Lua module's main conf starts with
@@ -247,15 +251,14 @@ unsafe fn global_state(
         return Err(LuaError::StateLayout);
     }
     // SAFETY: `g` is within 4 KiB past the lua_State, inside GG_State, whose
-    // global_State spans more than these first three words.
-    let (g_allocf, g_ud, g_total) = unsafe {
-        (
-            read::<*mut c_void>(g, G_ALLOCF),
-            read::<*mut c_void>(g, G_ALLOCD),
-            read::<u64>(g, G_GC_TOTAL),
-        )
+    // global_State spans more than its first three words; each is read only
+    // once the one before it matched, as the API's figures say it should.
+    let matches = unsafe {
+        read::<*mut c_void>(g, G_ALLOCF) == allocf
+            && read::<*mut c_void>(g, G_ALLOCD) == ud
+            && read::<u64>(g, G_GC_TOTAL) == gc_total
     };
-    if g_allocf != allocf || g_ud != ud || g_total != gc_total {
+    if !matches {
         return Err(LuaError::GlobalLayout);
     }
     Ok(g)
@@ -267,19 +270,20 @@ unsafe fn global_state(
 /// # Safety
 /// `g` is a `global_State` that `global_state` accepted.
 unsafe fn jit_enabled(g: *const u8) -> Result<bool, LuaError> {
-    // SAFETY: every offset lies within global_State's first 160 bytes (the
-    // caller's contract: its layout was checked to be GC64's).
-    let (gct, len, z, dispatch) = unsafe {
+    // SAFETY: the empty string's fields lie within global_State's first 160
+    // bytes (the caller's contract: its layout was checked to be GC64's).
+    let (gct, len, z) = unsafe {
         (
             read::<u8>(g, G_STREMPTY_GCT),
             read::<u32>(g, G_STREMPTY_LEN),
             read::<u8>(g, G_STREMPTYZ),
-            read::<u8>(g, G_DISPATCHMODE),
         )
     };
     if gct != GCT_STRING || len != 0 || z != 0 {
         return Err(LuaError::GlobalLayoutPastGc);
     }
+    // SAFETY: `dispatchmode`, where the layout just checked puts it.
+    let dispatch = unsafe { read::<u8>(g, G_DISPATCHMODE) };
     Ok(dispatch & DISPMODE_JIT != 0)
 }
 
@@ -819,10 +823,14 @@ impl CensusWalk<'_> {
     /// # Safety
     /// `o`'s first 16 bytes are readable; it is an object of the root list.
     unsafe fn object_size(&self, o: *const u8, gct: u8) -> Result<(usize, u64), LuaError> {
-        // SAFETY: in every arm, an object of type `gct` has at least the fields
-        // read for it (lj_obj.h, GC64), and those past the first 16 bytes are
-        // read only where they were checked readable or lie within the
-        // allocator chunk the object starts.
+        // SAFETY: `o` is a live object of the root list, in an allocator
+        // chunk of the VM's heap (the caller's contract). A thread and a
+        // table are checked readable whole before their fields are read; an
+        // upvalue, proto, function or userdata is read within the fixed
+        // header its type has (lj_obj.h, GC64), inside its own chunk; a
+        // trace's and a fixed cdata's sizes come from the chunk header 8
+        // bytes before them, a variable cdata's from the `GCcdataVar` that
+        // LuaJIT puts right before it in the same chunk.
         unsafe {
             Ok(match gct {
                 5 => (1, UPVAL_SIZE),

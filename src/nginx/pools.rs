@@ -316,8 +316,9 @@ unsafe fn walk_pool(pool: *const ngx_pool_t) -> PoolSample {
     if pool.is_null() {
         return s;
     }
-    // SAFETY: the pool's list of large allocations, each a live malloc'ed
-    // block (nginx frees and unlinks them together).
+    // SAFETY: the pool's list of large allocations: a link's `alloc` is a
+    // live malloc'ed block, or null once `ngx_pfree` freed it (the link
+    // stays), checked before it is measured.
     unsafe {
         let mut large = (*pool).large;
         let mut links = 0;

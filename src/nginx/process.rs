@@ -325,20 +325,25 @@ fn sample_other_allocators() -> Result<Option<OtherAllocatorSample>, String> {
     if !mallctl.is_null() {
         // SAFETY: jemalloc's `mallctl`, found by its name, has this signature.
         let mallctl: Mallctl = unsafe { std::mem::transmute(mallctl) };
-        return jemalloc_stats(mallctl).map(Some);
+        // SAFETY: jemalloc's, as just found.
+        return unsafe { jemalloc_stats(mallctl) }.map(Some);
     }
     let property = symbol(c"MallocExtension_GetNumericProperty");
     if !property.is_null() {
         // SAFETY: tcmalloc's C entry point, found by its name, has this signature.
         let property: TcmallocProperty = unsafe { std::mem::transmute(property) };
-        return tcmalloc_stats(property).map(Some);
+        // SAFETY: tcmalloc's, as just found.
+        return unsafe { tcmalloc_stats(property) }.map(Some);
     }
     Ok(None)
 }
 
 /// jemalloc's statistics, after advancing its epoch (they are cached until
 /// then).
-fn jemalloc_stats(mallctl: Mallctl) -> Result<OtherAllocatorSample, String> {
+///
+/// # Safety
+/// `mallctl` is jemalloc's `mallctl` of this process.
+unsafe fn jemalloc_stats(mallctl: Mallctl) -> Result<OtherAllocatorSample, String> {
     let mut epoch: u64 = 1;
     let mut len = std::mem::size_of::<u64>();
     let epoch_ptr = (&mut epoch as *mut u64).cast::<c_void>();
@@ -374,7 +379,10 @@ fn jemalloc_stats(mallctl: Mallctl) -> Result<OtherAllocatorSample, String> {
 }
 
 /// tcmalloc's numeric properties.
-fn tcmalloc_stats(property: TcmallocProperty) -> Result<OtherAllocatorSample, String> {
+///
+/// # Safety
+/// `property` is tcmalloc's `MallocExtension_GetNumericProperty`.
+unsafe fn tcmalloc_stats(property: TcmallocProperty) -> Result<OtherAllocatorSample, String> {
     let mut stats = BTreeMap::new();
     for name in [
         c"generic.current_allocated_bytes",

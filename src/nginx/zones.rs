@@ -199,10 +199,11 @@ unsafe fn sample_slab(addr: *mut c_void, budget: &mut LockBudget) -> Result<Slab
     let sp = addr.cast::<ngx_slab_pool_t>();
     // nginx puts a slab pool at the start of every zone and records its address.
     // SAFETY: the zone is mapped and larger than a slab pool header.
-    let (own_addr, min_shift) = unsafe { ((*sp).addr, (*sp).min_shift) };
-    if own_addr != addr {
+    if unsafe { (*sp).addr } != addr {
         return Err("no slab pool at the start of the zone".into());
     }
+    // SAFETY: as above, a slab pool's header.
+    let min_shift = unsafe { (*sp).min_shift };
     // SAFETY: a plain integer nginx sets at start.
     let slot_count = unsafe { ngx_pagesize_shift }.saturating_sub(min_shift);
     // Allocate before taking the lock: the lock is shared by all workers.
