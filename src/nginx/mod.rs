@@ -21,6 +21,7 @@ mod registry;
 mod request_bits;
 mod residency;
 mod respond;
+mod runner;
 #[cfg(feature = "test-panic")]
 mod test_hooks;
 mod zones;

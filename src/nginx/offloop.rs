@@ -11,32 +11,24 @@
 //! time per worker.
 //!
 //! The thread touches no nginx structure: it gets plain data and returns
-//! `collect::Finished`. It tells the loop through an eventfd that nginx
-//! watches like any connection (one connection slot per worker, marked as a
-//! channel so a graceful exit does not wait for it or complain about it). The
-//! only lock is the module's own queue mutex, held for a push or a pop, never
-//! while measuring.
+//! `collect::Finished`. The thread, its queue and the loop's wake-up channel
+//! are `runner`'s; this file is what the requests make of them.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::ptr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ngx::ffi::{
-    ngx_add_timer, ngx_connection_t, ngx_current_msec, ngx_cycle, ngx_del_timer, ngx_event_t,
-    ngx_free_connection, ngx_get_connection, ngx_handle_read_event, ngx_http_finalize_request,
-    ngx_http_request_t, ngx_http_run_posted_requests, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_OK, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT,
-    NGX_OK,
+    ngx_cycle, ngx_http_finalize_request, ngx_http_request_t, ngx_http_run_posted_requests,
+    ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_OK,
+    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT,
 };
 use ngx::ngx_log_error;
 
 use super::collect::{self, Finished, Measuring};
-use super::{registry, request_bits, respond};
+use super::{registry, request_bits, respond, runner};
 use crate::alloc_guard;
 use crate::format::Rendering;
 use crate::model::source_error::SourceError;
@@ -91,6 +83,11 @@ struct Answers {
     background: Vec<BackgroundJob>,
 }
 
+/// While requests wait, the wake-up channel also carries a timer: nginx's
+/// graceful exit waits for timers, so a worker that is shutting down answers
+/// its waiting requests before it exits.
+const WAITING_TIMER_MS: ngx_msec_t = 1000;
+
 /// How long a request waits for its measuring at most: past it, it is answered
 /// 503 and the measuring's result, if it ever comes, is dropped. Measuring takes
 /// milliseconds; this bounds the wait should the thread ever stall.
@@ -100,38 +97,8 @@ const MEASURING_TIMEOUT: Duration = Duration::from_secs(10);
 #[cfg(feature = "test-panic")]
 const MEASURING_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Between the loop and the thread.
-struct Queue {
-    jobs: VecDeque<(u64, Work)>,
-    /// `None`: the measuring panicked (the thread goes on).
-    done: Vec<(u64, Option<Finished>)>,
-}
-
-static QUEUE: Mutex<Queue> = Mutex::new(Queue {
-    jobs: VecDeque::new(),
-    done: Vec::new(),
-});
-static WORK: Condvar = Condvar::new();
-/// The eventfd the thread writes when it is done with a job.
-static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
-/// The process whose thread and wake-up channel these are (0: none yet).
-static STARTED_IN: AtomicU32 = AtomicU32::new(0);
-/// The process whose measuring thread runs (it may run before the channel is).
-static THREAD_IN: AtomicU32 = AtomicU32::new(0);
-/// The wake-up channel's read event (loop thread only). While requests wait it
-/// also carries a timer: nginx's graceful exit waits for timers, so a worker
-/// that is shutting down answers its waiting requests before it exits.
-static WAKE_EVENT: AtomicPtr<ngx_event_t> = AtomicPtr::new(ptr::null_mut());
-const WAITING_TIMER_MS: ngx_msec_t = 1000;
-
 thread_local! {
     static ANSWERS: RefCell<Answers> = RefCell::new(Answers::default());
-}
-
-fn queue() -> MutexGuard<'static, Queue> {
-    QUEUE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn next_id() -> u64 {
@@ -142,9 +109,9 @@ fn next_id() -> u64 {
     })
 }
 
+/// Hands a measuring to the thread.
 fn push_work(id: u64, work: Work) {
-    queue().jobs.push_back((id, work));
-    WORK.notify_one();
+    runner::push(id, Box::new(move || Box::new(work()) as runner::Output));
 }
 
 /// Without the thread: measured, assembled and rendered here, on the loop,
@@ -166,7 +133,7 @@ pub fn answer_now(r: &mut ngx_http_request_t, ask: Ask, error: Option<SourceErro
 /// when the thread cannot be had: the caller then answers `answer_now`, with
 /// the error if there is one to say.
 pub fn submit(r: &mut ngx_http_request_t, ask: Ask) -> Result<(), Option<SourceError>> {
-    if let Err(failed) = ensure_started() {
+    if let Err(failed) = runner::ensure_started(on_done) {
         let message = format!("measuring on the event loop: {}", failed.reason);
         if failed.log {
             log_alert(r, &format!("memory_status: {message}"));
@@ -259,8 +226,7 @@ fn begin_next() {
             // SAFETY: the cycle's log lives as long as the cycle.
             let log = unsafe { (*ngx_cycle).log };
             ngx_log_error!(NGX_LOG_ALERT, log, "memory_status: panic: {message}");
-            queue().done.push((id, None));
-            wake();
+            runner::fail(id);
         }
     }
     ANSWERS.with(|a| {
@@ -277,7 +243,7 @@ fn begin_next() {
 /// with the result. It keeps no worker alive: a worker that exits first drops
 /// it. `Err` gives it back when the thread cannot be had.
 pub fn submit_background(work: Work, done: Background) -> Result<(), Box<(Work, Background)>> {
-    if ensure_started().is_err() {
+    if runner::ensure_started(on_done).is_err() {
         return Err(Box::new((work, done)));
     }
     let id = next_id();
@@ -399,173 +365,6 @@ fn log_alert(r: &ngx_http_request_t, message: &str) {
     ngx_log_error!(NGX_LOG_ALERT, log, "{message}");
 }
 
-/// Why the thread or its channel cannot be had now, and whether to log it.
-struct StartFailed {
-    reason: String,
-    log: bool,
-}
-
-/// After a failed start: the next try, the wait after it (1 s, doubling up to
-/// a minute), and the last alert (one a minute at most, and one again after
-/// a success in between).
-struct Retry {
-    next_at: Instant,
-    wait: Duration,
-    reason: String,
-    alerted_at: Instant,
-}
-
-const RETRY_FIRST: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(60);
-const ALERT_EVERY: Duration = Duration::from_secs(60);
-
-thread_local! {
-    /// Loop thread only: set while the thread or channel cannot be started.
-    static RETRY: RefCell<Option<Retry>> = const { RefCell::new(None) };
-}
-
-/// The thread and its channel, started once per process, tried again with a
-/// backoff after a failure; each failure is logged at most once a minute.
-fn ensure_started() -> Result<(), StartFailed> {
-    if STARTED_IN.load(Ordering::Relaxed) == std::process::id() {
-        return Ok(());
-    }
-    let now = Instant::now();
-    let waiting = RETRY.with(|r| {
-        r.borrow()
-            .as_ref()
-            .filter(|r| now < r.next_at)
-            .map(|r| r.reason.clone())
-    });
-    if let Some(reason) = waiting {
-        return Err(StartFailed { reason, log: false });
-    }
-    let Err(reason) = start() else {
-        RETRY.with(|r| *r.borrow_mut() = None);
-        return Ok(());
-    };
-    RETRY.with(|r| {
-        let mut r = r.borrow_mut();
-        let (wait, log) = match r.as_ref() {
-            None => (RETRY_FIRST, true),
-            Some(last) => (
-                (last.wait * 2).min(RETRY_MAX),
-                now.duration_since(last.alerted_at) >= ALERT_EVERY,
-            ),
-        };
-        let alerted_at = match (log, r.as_ref()) {
-            (false, Some(last)) => last.alerted_at,
-            _ => now,
-        };
-        *r = Some(Retry {
-            next_at: now + wait,
-            wait,
-            reason: reason.clone(),
-            alerted_at,
-        });
-        Err(StartFailed { reason, log })
-    })
-}
-
-/// Starts the thread, then the wake-up channel. A step that fails leaves
-/// nothing behind (no descriptor, no connection slot), so a worker short of
-/// threads or connections is not made shorter by retrying.
-fn start() -> Result<(), String> {
-    let pid = std::process::id();
-    if THREAD_IN.load(Ordering::Relaxed) != pid {
-        spawn_thread()?;
-        THREAD_IN.store(pid, Ordering::Relaxed);
-    }
-    open_channel()?;
-    STARTED_IN.store(pid, Ordering::Relaxed);
-    Ok(())
-}
-
-fn spawn_thread() -> Result<(), String> {
-    // SAFETY: signal masks of this thread only, restored right after.
-    unsafe {
-        // The thread takes no signal: nginx's signals must reach the loop.
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let spawned = std::thread::Builder::new()
-            .name("memory_status".into())
-            .stack_size(256 << 10)
-            .spawn(measure_forever);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
-        spawned.map(drop).map_err(|e| format!("thread: {e}"))
-    }
-}
-
-fn open_channel() -> Result<(), String> {
-    // SAFETY: plain system calls; the connection is nginx's, set up as nginx's
-    // own notification channel is, and given back if it cannot be watched.
-    unsafe {
-        // A cycle reloaded in single-process mode has no connections of its
-        // own: asking nginx for one would log an [alert] at every try.
-        if (*ngx_cycle).free_connections.is_null() {
-            return Err("no free connection for the wake-up channel".into());
-        }
-        let fd = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
-        if fd == -1 {
-            return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
-        }
-        let c: *mut ngx_connection_t = ngx_get_connection(fd, (*ngx_cycle).log);
-        if c.is_null() {
-            libc::close(fd);
-            return Err("no free connection for the wake-up channel".into());
-        }
-        let rev: *mut ngx_event_t = (*c).read;
-        (*rev).handler = Some(on_wake);
-        (*rev).log = (*c).log;
-        // A channel: a graceful exit neither waits for it nor reports it open.
-        (*rev).set_channel(1);
-        (*(*c).write).set_channel(1);
-        if ngx_handle_read_event(rev, 0) != NGX_OK as ngx_int_t {
-            ngx_free_connection(c);
-            libc::close(fd);
-            return Err("cannot watch the wake-up channel".into());
-        }
-        WAKE_FD.store(fd, Ordering::Relaxed);
-        WAKE_EVENT.store(rev, Ordering::Relaxed);
-    }
-    Ok(())
-}
-
-fn measure_forever() {
-    loop {
-        let (id, work) = {
-            let mut q = queue();
-            loop {
-                if let Some(next) = q.jobs.pop_front() {
-                    break next;
-                }
-                q = WORK
-                    .wait(q)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-        };
-        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).ok();
-        queue().done.push((id, finished));
-        wake();
-    }
-}
-
-/// Wakes the loop: its `on_wake` runs at its next turn.
-fn wake() {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes to the eventfd; a full counter (EAGAIN) still
-    // leaves the loop woken.
-    unsafe {
-        libc::write(
-            WAKE_FD.load(Ordering::Relaxed),
-            (&one as *const u64).cast::<c_void>(),
-            8,
-        );
-    }
-}
-
 /// A timer on the wake-up event while any request waits, none otherwise: it
 /// fires at the oldest request's deadline (`MEASURING_TIMEOUT` after it
 /// arrived), or within `WAITING_TIMER_MS`, whichever comes first. Requests
@@ -588,10 +387,6 @@ fn keep_worker_while_waiting() {
         // the timer is the safe side.
         Err(_) => None,
     });
-    let ev = WAKE_EVENT.load(Ordering::Relaxed);
-    if ev.is_null() {
-        return;
-    }
     let delay_ms = match oldest {
         Some(None) => None,
         Some(Some(since)) => {
@@ -600,42 +395,17 @@ fn keep_worker_while_waiting() {
         }
         None => Some(WAITING_TIMER_MS),
     };
-    // SAFETY: the event of the wake-up connection, on the loop's thread.
-    unsafe {
-        match delay_ms {
-            Some(ms) => {
-                // nginx keeps a timer it is asked to move by less than 300 ms
-                // (NGX_TIMER_LAZY_DELAY): one that must fire sooner is
-                // deleted first, so no deadline is missed by that much.
-                let key = ngx_current_msec.wrapping_add(ms);
-                if (*ev).timer_set() != 0 && ((*ev).timer.key.wrapping_sub(key) as i64) > 0 {
-                    ngx_del_timer(ev);
-                }
-                ngx_add_timer(ev, ms);
-            }
-            None if (*ev).timer_set() != 0 => ngx_del_timer(ev),
-            None => {}
-        }
-    }
+    runner::set_timer(delay_ms);
 }
 
 /// On the loop: answers every request whose measuring is done (woken by the
 /// thread, or by the waiting timer), and begins the next measuring.
-extern "C" fn on_wake(ev: *mut ngx_event_t) {
-    // SAFETY: nginx calls the handler with the event set up in ensure_started.
-    unsafe {
-        (*ev).set_timedout(0);
-        let mut counter: u64 = 0;
-        while libc::read(
-            WAKE_FD.load(Ordering::Relaxed),
-            (&mut counter as *mut u64).cast::<c_void>(),
-            8,
-        ) == 8
-        {}
-        (*ev).set_ready(0);
-    }
-    let done = std::mem::take(&mut queue().done);
-    for (id, mut finished) in done {
+fn on_done() {
+    for (id, output) in runner::take_done() {
+        // A job of ours gives a `Finished`; anything else counts as failed.
+        let mut finished = output
+            .and_then(|o| o.downcast::<Finished>().ok())
+            .map(|b| *b);
         if finish_background(id, &mut finished) {
             continue;
         }
