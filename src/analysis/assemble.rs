@@ -12,6 +12,7 @@ use crate::analysis::breakdown::StackSample;
 use crate::analysis::history::series_name;
 use crate::analysis::lua::{LuaError, LuaVmSample};
 use crate::analysis::pools::PoolsSample;
+use crate::analysis::residency::ResidencyError;
 use crate::analysis::server::{self, ProcessSample};
 use crate::analysis::zones::ZoneSample;
 use crate::model::breakdown::Breakdown;
@@ -77,8 +78,8 @@ impl LoopPart {
 /// What the measuring thread read, off the loop.
 pub struct Measured {
     pub samples: ProcessSamples,
-    pub zone_pages: Vec<(Result<u64, String>, u64)>,
-    pub lua_resident: [Option<(Result<u64, String>, u64)>; 2],
+    pub zone_pages: Vec<(Result<u64, ResidencyError>, u64)>,
+    pub lua_resident: [Option<(Result<u64, ResidencyError>, u64)>; 2],
     pub status: std::io::Result<String>,
     pub processes: Vec<ProcessSample>,
     pub cgroup: Result<Option<crate::sources::cgroup::CgroupMemory>, String>,
@@ -201,7 +202,7 @@ fn own_report(
 /// The zones the loop copied, with the residency the thread measured.
 fn measured_zones(
     mut zones: Vec<ZoneSample>,
-    pages: Vec<(Result<u64, String>, u64)>,
+    pages: Vec<(Result<u64, ResidencyError>, u64)>,
     errors: &mut Vec<SourceError>,
 ) -> Vec<Zone> {
     for (zone, (pages, age_ms)) in zones.iter_mut().zip(pages) {
@@ -215,7 +216,7 @@ fn measured_zones(
 /// residency as the thread measured it.
 fn measured_lua(
     vms: [Result<LuaVmSample, LuaError>; 2],
-    resident: [Option<(Result<u64, String>, u64)>; 2],
+    resident: [Option<(Result<u64, ResidencyError>, u64)>; 2],
     errors: &mut Vec<SourceError>,
 ) -> Lua {
     let [mut http, mut stream] = vms;
@@ -494,7 +495,7 @@ pub(crate) mod tests {
                 owner: Some("ngx_http_limit_req_module".into()),
                 size_bytes: 1 << 20,
                 page_size_bytes: 4096,
-                resident_pages: Err("not measured".into()),
+                resident_pages: Err(ResidencyError::NotMeasured),
                 resident_age_ms: 0,
                 slab: Ok(SlabSample {
                     pages_total: 250,

@@ -1,6 +1,7 @@
 //! The LuaJIT VMs of the http and stream Lua modules: what the nginx layer
 //! copies out of each VM, and the answer built from it.
 
+use crate::analysis::residency::ResidencyError;
 use crate::model::lua::Census;
 use crate::model::lua::Lua;
 use crate::model::lua::LuaAllocator;
@@ -138,7 +139,7 @@ pub struct LuaRuntime {
 pub struct AllocatorSample {
     pub segments: u64,
     pub mapped_bytes: u64,
-    pub resident_bytes: Result<u64, String>,
+    pub resident_bytes: Result<u64, ResidencyError>,
     /// How old `resident_bytes` is (0: measured for this answer).
     pub resident_age_ms: u64,
     /// Free chunks in the segments: freed by the GC, kept by the allocator.
@@ -182,7 +183,10 @@ fn vm(
             segments: a.segments,
             mapped_bytes: a.mapped_bytes,
             resident_age_ms: a.resident_bytes.is_ok().then_some(a.resident_age_ms),
-            resident_bytes: a.resident_bytes.map_err(|e| note("allocator", e)).ok(),
+            resident_bytes: a
+                .resident_bytes
+                .map_err(|e| note("allocator", e.to_string()))
+                .ok(),
             free_bytes: a.free_bytes,
             free_chunks: a.free_chunks,
             walk_truncated: a.walk_truncated,

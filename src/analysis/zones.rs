@@ -4,6 +4,7 @@
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
+use crate::analysis::residency::ResidencyError;
 use crate::model::source_error::SourceError;
 use crate::model::zones::PageCounts;
 use crate::model::zones::Slab;
@@ -21,10 +22,35 @@ pub struct ZoneSample {
     pub size_bytes: u64,
     pub page_size_bytes: u64,
     /// Pages of the mapping resident in memory (`mincore`), or why not known.
-    pub resident_pages: Result<u64, String>,
+    pub resident_pages: Result<u64, ResidencyError>,
     /// How old the residency figure is: 0 when measured for this answer.
     pub resident_age_ms: u64,
-    pub slab: Result<SlabSample, String>,
+    pub slab: Result<SlabSample, SlabError>,
+}
+
+/// Why a zone's slab pool was not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlabError {
+    NotMapped,
+    /// nginx puts a slab pool at the start of every zone: not this one.
+    NoSlabPool,
+    /// Its mutex was not free within the wait, in microseconds.
+    LockHeld {
+        wait_us: u128,
+    },
+}
+
+impl std::fmt::Display for SlabError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SlabError::NotMapped => f.write_str("zone is not mapped"),
+            SlabError::NoSlabPool => f.write_str("no slab pool at the start of the zone"),
+            SlabError::LockHeld { wait_us } => write!(
+                f,
+                "lock held by another process (not free within {wait_us} µs)"
+            ),
+        }
+    }
 }
 
 /// A slab pool's counters, copied under its mutex.
@@ -304,8 +330,8 @@ mod tests {
     #[test]
     fn unreadable_parts_are_null_and_reported() {
         let mut sample = dict_sample();
-        sample.resident_pages = Err("mincore: Cannot allocate memory".into());
-        sample.slab = Err("no slab pool at the start of the zone".into());
+        sample.resident_pages = Err(ResidencyError::Mincore("Cannot allocate memory".into()));
+        sample.slab = Err(SlabError::NoSlabPool);
         let mut errors = Vec::new();
         let v = serde_json::to_value(sample.to_zone(&mut errors)).unwrap();
         assert!(v["loaded_bytes"].is_null());

@@ -34,6 +34,8 @@ fn to_json(value: &impl Serialize) -> Option<Vec<u8>> {
 mod tests {
     use crate::analysis::assemble::process_memory;
     use crate::analysis::assemble::tests::{nginx, sample_report};
+    use crate::analysis::residency::ResidencyError;
+    use crate::analysis::zones::SlabError;
     use crate::model::report::ZoneReport;
     use serde_json::Value;
 
@@ -76,9 +78,9 @@ mod tests {
             owner: None,
             size_bytes: 8192,
             page_size_bytes: 4096,
-            resident_pages: Err("no".into()),
+            resident_pages: Err(ResidencyError::NotMeasured),
             resident_age_ms: 0,
-            slab: Err("lock held by another process".into()),
+            slab: Err(SlabError::LockHeld { wait_us: 200 }),
         };
         let mut errors = Vec::new();
         let zone = sample.to_zone(&mut errors);

@@ -17,6 +17,7 @@ use super::cycle;
 use crate::analysis::lua::{
     find_version_banner, AllocatorSample, CensusSample, LuaError, LuaRuntime, LuaVmSample,
 };
+use crate::analysis::residency::ResidencyError;
 use crate::sources::procfs::Mapping;
 
 const LUA_GCCOUNT: c_int = 3;
@@ -441,7 +442,7 @@ unsafe fn sample_allocator(
         segments: segments.0.len() as u64,
         mapped_bytes,
         // Residency grows with the heap: measured apart (`measure`), off the loop.
-        resident_bytes: Err("not measured".to_string()),
+        resident_bytes: Err(ResidencyError::NotMeasured),
         resident_age_ms: 0,
         free_bytes: free.bytes,
         free_chunks: free.chunks,

@@ -138,7 +138,9 @@ fn load_segments() -> Vec<LoadSegment> {
 fn resident_bytes_of(m: &Mapping) -> Result<u64, String> {
     // SAFETY: a plain integer nginx sets at start.
     let page = unsafe { ngx_pagesize };
-    resident_pages(m.start as usize, m.size_bytes() as usize, page).map(|pages| pages * page as u64)
+    resident_pages(m.start as usize, m.size_bytes() as usize, page)
+        .map(|pages| pages * page as u64)
+        .map_err(|e| e.to_string())
 }
 
 /// The address of a symbol of the process by name; null when none has it.

@@ -3,6 +3,7 @@
 use std::ffi::c_void;
 
 use crate::analysis::lua::{residency_reusable, ResidencyMeasurement};
+use crate::analysis::residency::ResidencyError;
 
 /// The one `mincore` call: one byte per page of `[start, start + len)`
 /// into `vec` (bit 0: resident). `start` is rounded down to its page; `vec`
@@ -27,19 +28,19 @@ pub fn mincore(start: usize, len: usize, page: usize, vec: &mut [u8]) -> std::io
 
 /// Pages of `[addr, addr + size)` resident in memory, by `mincore`. For shared
 /// memory that is pages any process has touched, not only this one.
-pub fn resident_pages(addr: usize, size: usize, page_size: usize) -> Result<u64, String> {
+pub fn resident_pages(addr: usize, size: usize, page_size: usize) -> Result<u64, ResidencyError> {
     if addr == 0 || size == 0 || page_size == 0 {
         return Ok(0);
     }
     let mut vec = vec![0u8; size.div_ceil(page_size)];
-    mincore(addr, size, page_size, &mut vec).map_err(|e| format!("mincore: {e}"))?;
+    mincore(addr, size, page_size, &mut vec).map_err(|e| ResidencyError::Mincore(e.to_string()))?;
     Ok(vec.iter().filter(|&&b| b & 1 != 0).count() as u64)
 }
 
 /// Resident pages of each range (address, length) of this process's mappings
 /// that stay mapped for the worker's life (zones), by `mincore`. Safe to call
 /// from any thread.
-pub fn resident_pages_of(ranges: &[(usize, usize)]) -> Vec<Result<u64, String>> {
+pub fn resident_pages_of(ranges: &[(usize, usize)]) -> Vec<Result<u64, ResidencyError>> {
     // SAFETY: a plain integer nginx sets at start.
     let page = unsafe { ngx::ffi::ngx_pagesize };
     ranges
@@ -51,13 +52,13 @@ pub fn resident_pages_of(ranges: &[(usize, usize)]) -> Vec<Result<u64, String>> 
 /// Resident bytes of a Lua VM's allocator segments. The VM may release a
 /// segment while this runs on another thread: `mincore` then fails, and so
 /// does this, saying so.
-fn segments_resident_bytes(segments: &[(u64, u64)]) -> Result<u64, String> {
+fn segments_resident_bytes(segments: &[(u64, u64)]) -> Result<u64, ResidencyError> {
     // SAFETY: a plain integer nginx sets at start.
     let page = unsafe { ngx::ffi::ngx_pagesize };
     segments.iter().try_fold(0u64, |sum, &(start, end)| {
         resident_pages(start as usize, (end - start) as usize, page)
             .map(|pages| sum + pages * page as u64)
-            .map_err(|e| format!("{e} (segment released while measuring?)"))
+            .map_err(|e| ResidencyError::SegmentReleased(Box::new(e)))
     })
 }
 
@@ -68,7 +69,7 @@ pub fn lua_resident_bytes(
     vm: usize,
     segments: &[(u64, u64)],
     gc_bytes: u64,
-) -> (Result<u64, String>, u64) {
+) -> (Result<u64, ResidencyError>, u64) {
     type Last = [Option<(ResidencyMeasurement, std::time::Instant)>; 2];
     static LAST: std::sync::Mutex<Last> = std::sync::Mutex::new([None, None]);
     let now = std::time::Instant::now();
@@ -119,7 +120,7 @@ struct Measurement {
 /// `ZONE_RESIDENCY_MAX_AGE` ago, is not measured again: `mincore` costs per page
 /// of the zone (most for pages this worker never touched), an unchanged zone
 /// has no newly touched page.
-pub fn zones_resident_pages(zones: &[ZoneRange]) -> Vec<(Result<u64, String>, u64)> {
+pub fn zones_resident_pages(zones: &[ZoneRange]) -> Vec<(Result<u64, ResidencyError>, u64)> {
     static LAST: std::sync::Mutex<Vec<Measurement>> = std::sync::Mutex::new(Vec::new());
     let now = std::time::Instant::now();
     let reusable = |z: &ZoneRange, last: &[Measurement]| {
@@ -134,7 +135,7 @@ pub fn zones_resident_pages(zones: &[ZoneRange]) -> Vec<(Result<u64, String>, u6
         let last = LAST.lock().unwrap_or_else(|p| p.into_inner());
         zones.iter().map(|z| reusable(z, &last)).collect()
     };
-    let results: Vec<(Result<u64, String>, u64)> = zones
+    let results: Vec<(Result<u64, ResidencyError>, u64)> = zones
         .iter()
         .zip(&known)
         .map(|(z, known)| match known {
@@ -216,14 +217,14 @@ impl PageWindow {
 
     /// Resident bytes of `[start, end)`, page-aligned; `Err` when a page of
     /// it is not mapped (released while measured).
-    pub fn resident_bytes(&mut self, start: u64, end: u64) -> Result<u64, String> {
+    pub fn resident_bytes(&mut self, start: u64, end: u64) -> Result<u64, ResidencyError> {
         let mut bytes = 0;
         let mut at = start;
         while at < end {
             match self.present(at) {
                 Some(true) => bytes += self.page,
                 Some(false) => {}
-                None => return Err("mincore: a page was released while measured".into()),
+                None => return Err(ResidencyError::PageReleased),
             }
             at += self.page;
         }

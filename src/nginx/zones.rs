@@ -12,7 +12,8 @@ use ngx::ffi::{
 };
 
 use super::cycle;
-use crate::analysis::zones::{SlabSample, SlotSample, ZoneSample};
+use crate::analysis::residency::ResidencyError;
+use crate::analysis::zones::{SlabError, SlabSample, SlotSample, ZoneSample};
 use crate::sources::escape::{escape, name_matches};
 
 /// How long one zone's lock is tried before its slab figures are given up: a
@@ -133,10 +134,10 @@ unsafe fn sample_zone(
             .map(str::to_string),
         size_bytes: size as u64,
         page_size_bytes: page_size,
-        resident_pages: Err("not measured".into()),
+        resident_pages: Err(ResidencyError::NotMeasured),
         resident_age_ms: 0,
         slab: if addr.is_null() {
-            Err("zone is not mapped".into())
+            Err(SlabError::NotMapped)
         } else {
             // SAFETY: a mapped zone of the cycle starts with its slab pool
             // (checked there), shared with the other processes.
@@ -195,12 +196,12 @@ const MAX_FREE_RUNS: u64 = 1 << 20;
 ///
 /// # Safety
 /// `addr` is the start of a mapped shared memory zone of the running cycle.
-unsafe fn sample_slab(addr: *mut c_void, budget: &mut LockBudget) -> Result<SlabSample, String> {
+unsafe fn sample_slab(addr: *mut c_void, budget: &mut LockBudget) -> Result<SlabSample, SlabError> {
     let sp = addr.cast::<ngx_slab_pool_t>();
     // nginx puts a slab pool at the start of every zone and records its address.
     // SAFETY: the zone is mapped and larger than a slab pool header.
     if unsafe { (*sp).addr } != addr {
-        return Err("no slab pool at the start of the zone".into());
+        return Err(SlabError::NoSlabPool);
     }
     // SAFETY: as above, a slab pool's header.
     let min_shift = unsafe { (*sp).min_shift };
@@ -212,10 +213,9 @@ unsafe fn sample_slab(addr: *mut c_void, budget: &mut LockBudget) -> Result<Slab
     // SAFETY: the pool's own mutex, initialized by nginx with the zone.
     let Some(locked) = (unsafe { ShmtxGuard::try_lock(ptr::addr_of_mut!((*sp).mutex), budget) })
     else {
-        return Err(format!(
-            "lock held by another process (not free within {} µs)",
-            LOCK_WAIT.as_micros()
-        ));
+        return Err(SlabError::LockHeld {
+            wait_us: LOCK_WAIT.as_micros(),
+        });
     };
     // SAFETY: under the pool's lock, the pool's fields, its `stats` array of
     // `slot_count` entries and its free list are consistent and in the zone.
