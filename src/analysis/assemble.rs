@@ -12,7 +12,6 @@ use crate::analysis::breakdown::StackSample;
 use crate::analysis::history::series_name;
 use crate::analysis::lua::{LuaError, LuaVmSample};
 use crate::analysis::pools::PoolsSample;
-use crate::analysis::residency::ResidencyError;
 use crate::analysis::server::{self, ProcessSample};
 use crate::analysis::zones::ZoneSample;
 use crate::model::breakdown::Breakdown;
@@ -33,6 +32,7 @@ use crate::model::server::Published;
 use crate::model::server::PublishedPss;
 use crate::model::source_error::SourceError;
 use crate::model::zones::Zone;
+use crate::sources::errors::{ResidencyError, SampleError};
 use crate::sources::procfs::Mapping;
 use crate::sources::procfs::SmapsEntry;
 
@@ -82,18 +82,18 @@ pub struct Measured {
     pub lua_resident: [Option<(Result<u64, ResidencyError>, u64)>; 2],
     pub status: std::io::Result<String>,
     pub processes: Vec<ProcessSample>,
-    pub cgroup: Result<Option<crate::sources::cgroup::CgroupMemory>, String>,
+    pub cgroup: Result<Option<crate::sources::cgroup::CgroupMemory>, SampleError>,
 }
 
 /// What the process-wide reads found: mappings, glibc, stacks, chunks.
 pub struct ProcessSamples {
-    pub maps: Result<Vec<Mapping>, String>,
-    pub smaps: Option<Result<Vec<SmapsEntry>, String>>,
-    pub glibc: Result<GlibcSample, String>,
-    pub stacks: Result<Vec<StackSample>, String>,
-    pub other_allocators: Result<Option<OtherAllocatorSample>, String>,
+    pub maps: Result<Vec<Mapping>, SampleError>,
+    pub smaps: Option<Result<Vec<SmapsEntry>, SampleError>>,
+    pub glibc: Result<GlibcSample, SampleError>,
+    pub stacks: Result<Vec<StackSample>, SampleError>,
+    pub other_allocators: Result<Option<OtherAllocatorSample>, SampleError>,
     pub mapped_chunks: Vec<MappedChunk>,
-    pub program_data: Result<ProgramDataSample, String>,
+    pub program_data: Result<ProgramDataSample, SampleError>,
     pub program_ranges: ProgramDataRanges,
 }
 
@@ -140,7 +140,7 @@ pub fn assemble(
     let process = process_memory(measured.status, &mut errors);
     let breakdown = breakdown_of(depth, &process, measured.samples, &zones, &lua, &mut errors);
     if let Some(reason) = &pools.http2_unavailable {
-        errors.push(SourceError::new("pools.requests.http2", reason.clone()));
+        errors.push(SourceError::new("pools.requests.http2", reason.to_string()));
     }
     let pools = Pools::from_sample(&pools);
     let now = clock();
@@ -435,7 +435,7 @@ pub(crate) mod tests {
             process: &process,
             maps: &Ok(Vec::new()),
             smaps: None,
-            glibc: Err("not glibc".into()),
+            glibc: Err(SampleError::NotGlibc),
             zones: &[],
             lua: &lua,
             stacks: Ok(Vec::new()),
@@ -530,7 +530,7 @@ pub(crate) mod tests {
             samples: ProcessSamples {
                 maps: Ok(Mapping::parse_all(maps).0),
                 smaps: None,
-                glibc: Err("not glibc".into()),
+                glibc: Err(SampleError::NotGlibc),
                 stacks: Ok(Vec::new()),
                 other_allocators: Ok(None),
                 mapped_chunks: Vec::new(),

@@ -17,6 +17,7 @@ use crate::model::lua::{Lua, LuaVm};
 use crate::model::process::ProcessMemory;
 use crate::model::source_error::SourceError;
 use crate::model::zones::Zone;
+use crate::sources::errors::SampleError;
 use crate::sources::procfs::{Mapping, SmapsEntry};
 
 /// glibc's allocator, from `mallinfo2()` and `mincore` over the main heap.
@@ -34,7 +35,7 @@ pub struct GlibcSample {
     /// `<heap nr=...>` entries of `malloc_info()`: detail depth only.
     pub arenas: Option<u64>,
     /// The heaps of every arena, as found in the address space.
-    pub heaps: Result<GlibcHeaps, String>,
+    pub heaps: Result<GlibcHeaps, SampleError>,
 }
 
 /// glibc's heaps: the main arena's `[heap]` pieces and other arenas' heaps.
@@ -148,17 +149,17 @@ pub struct OtherAllocatorSample {
 pub struct Inputs<'a> {
     pub depth: Depth,
     pub process: &'a ProcessMemory,
-    pub maps: &'a Result<Vec<Mapping>, String>,
-    pub smaps: Option<&'a Result<Vec<SmapsEntry>, String>>,
-    pub glibc: Result<GlibcSample, String>,
+    pub maps: &'a Result<Vec<Mapping>, SampleError>,
+    pub smaps: Option<&'a Result<Vec<SmapsEntry>, SampleError>>,
+    pub glibc: Result<GlibcSample, SampleError>,
     pub zones: &'a [Zone],
     pub lua: &'a Lua,
-    pub stacks: Result<Vec<StackSample>, String>,
-    pub other_allocators: Result<Option<OtherAllocatorSample>, String>,
+    pub stacks: Result<Vec<StackSample>, SampleError>,
+    pub other_allocators: Result<Option<OtherAllocatorSample>, SampleError>,
     /// Chunks glibc and LuaJIT mapped directly, found in anonymous mappings.
     pub mapped_chunks: &'a [MappedChunk],
     /// The program's data outside its files' pages (default depth).
-    pub program_data: Result<ProgramDataSample, String>,
+    pub program_data: Result<ProgramDataSample, SampleError>,
     /// Where that data lies.
     pub program_ranges: &'a ProgramDataRanges,
 }
@@ -485,14 +486,14 @@ impl Breakdown {
         let maps: &[Mapping] = match inputs.maps {
             Ok(maps) => maps,
             Err(e) => {
-                errors.push(SourceError::new("/proc/self/maps", e.clone()));
+                errors.push(SourceError::new("/proc/self/maps", e.to_string()));
                 &[]
             }
         };
         let smaps: Option<&[SmapsEntry]> = match inputs.smaps {
             Some(Ok(s)) => Some(s),
             Some(Err(e)) => {
-                errors.push(SourceError::new("/proc/self/smaps", e.clone()));
+                errors.push(SourceError::new("/proc/self/smaps", e.to_string()));
                 None
             }
             None => None,
@@ -579,13 +580,13 @@ fn unattributed_lua_chunks(cx: &Context<'_>, errors: &mut Vec<SourceError>) -> (
 /// every directly mapped chunk.
 fn glibc_owner(
     cx: &Context<'_>,
-    glibc: &Result<GlibcSample, String>,
+    glibc: &Result<GlibcSample, SampleError>,
     errors: &mut Vec<SourceError>,
 ) -> Option<Owner> {
     let g = match glibc {
         Ok(g) => g,
         Err(e) => {
-            errors.push(SourceError::new("breakdown.glibc", e.clone()));
+            errors.push(SourceError::new("breakdown.glibc", e.to_string()));
             return None;
         }
     };
@@ -682,7 +683,7 @@ fn lua_owner(cx: &Context<'_>, vm: &Option<LuaVm>, id: OwnerId) -> Option<Owner>
 /// files (code and read-only data) and of its data that became anonymous.
 fn text_owner(
     cx: &Context<'_>,
-    program_data: &Result<ProgramDataSample, String>,
+    program_data: &Result<ProgramDataSample, SampleError>,
     errors: &mut Vec<SourceError>,
 ) -> Option<Owner> {
     if cx.maps.is_empty() {
@@ -768,13 +769,13 @@ fn per_file(files: &[&str], entries: &[&SmapsEntry]) -> Vec<serde_json::Value> {
 
 fn stacks_owner(
     cx: &Context<'_>,
-    stacks: &Result<Vec<StackSample>, String>,
+    stacks: &Result<Vec<StackSample>, SampleError>,
     errors: &mut Vec<SourceError>,
 ) -> Option<Owner> {
     let stacks = match stacks {
         Ok(stacks) => stacks,
         Err(e) => {
-            errors.push(SourceError::new("breakdown.stacks", e.clone()));
+            errors.push(SourceError::new("breakdown.stacks", e.to_string()));
             return None;
         }
     };
@@ -800,7 +801,7 @@ fn stacks_owner(
 }
 
 fn other_allocators_owner(
-    sample: Result<Option<OtherAllocatorSample>, String>,
+    sample: Result<Option<OtherAllocatorSample>, SampleError>,
     errors: &mut Vec<SourceError>,
 ) -> Option<Owner> {
     match sample {
@@ -822,7 +823,10 @@ fn other_allocators_owner(
             None
         }
         Err(e) => {
-            errors.push(SourceError::new("breakdown.other_allocators", e));
+            errors.push(SourceError::new(
+                "breakdown.other_allocators",
+                e.to_string(),
+            ));
             None
         }
     }
@@ -1077,15 +1081,15 @@ mod tests {
             Inputs {
                 depth: Depth::Default,
                 process: &p,
-                maps: &Err("Permission denied".into()),
+                maps: &Err(SampleError::Os("Permission denied".into())),
                 smaps: None,
-                glibc: Err("the C library is not glibc".into()),
+                glibc: Err(SampleError::NotGlibc),
                 zones: &[],
                 lua: &lua,
-                stacks: Err("no maps".into()),
+                stacks: Err(SampleError::Os("Permission denied".into())),
                 other_allocators: Ok(None),
                 mapped_chunks: &[],
-                program_data: Err("no maps".into()),
+                program_data: Err(SampleError::Os("Permission denied".into())),
                 program_ranges: &ProgramDataRanges::default(),
             },
             &mut errors,
@@ -1093,14 +1097,23 @@ mod tests {
         assert!(
             b.glibc.is_none() && b.text.is_none() && b.stacks.is_none() && b.lua_http.is_none()
         );
-        let sources: Vec<&str> = errors.iter().map(|e| e.source.as_str()).collect();
+        let said: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.source.as_str(), e.error.as_str()))
+            .collect();
         assert_eq!(
-            sources,
+            said,
             [
-                "/proc/self/maps",
-                "breakdown.glibc",
-                "breakdown.stacks",
-                "breakdown.other_allocators"
+                ("/proc/self/maps", "Permission denied"),
+                (
+                    "breakdown.glibc",
+                    "the C library is not glibc (musl?): no mallinfo2"
+                ),
+                ("breakdown.stacks", "Permission denied"),
+                (
+                    "breakdown.other_allocators",
+                    "not present (neither jemalloc nor tcmalloc is loaded)"
+                )
             ]
         );
         // Still adds up: what no owner could claim is unattributed.

@@ -14,6 +14,7 @@ use crate::model::server::{ProcessRole, ServerProcess};
 use crate::model::source_error::SourceError;
 use crate::model::zones::Zone;
 use crate::sources::cgroup::CgroupMemory;
+use crate::sources::errors::SampleError;
 
 const MIB: u64 = 1 << 20;
 
@@ -59,7 +60,7 @@ pub const CYCLE_POOL_LARGE_MIN_BYTES: u64 = 16 * MIB;
 /// What the rules need beyond the answer.
 pub struct Inputs<'a> {
     pub report: &'a Report,
-    pub cgroup: &'a Result<Option<CgroupMemory>, String>,
+    pub cgroup: &'a Result<Option<CgroupMemory>, SampleError>,
     /// `worker_shutdown_timeout`; `None` when not set.
     pub shutdown_timeout_ms: Option<u64>,
     pub now_ms: u64,
@@ -292,7 +293,7 @@ fn memory_limit(inputs: &Inputs<'_>, errors: &mut Vec<SourceError>, out: &mut Ve
         Ok(Some(cg)) => cg,
         Ok(None) => return,
         Err(e) => {
-            errors.push(SourceError::new("findings.memory_limit", e.clone()));
+            errors.push(SourceError::new("findings.memory_limit", e.to_string()));
             return;
         }
     };
@@ -437,7 +438,7 @@ mod tests {
 
     fn run(
         r: &Report,
-        cgroup: Result<Option<CgroupMemory>, String>,
+        cgroup: Result<Option<CgroupMemory>, SampleError>,
     ) -> (Vec<Finding>, Vec<SourceError>) {
         let mut errors = Vec::new();
         let inputs = Inputs {
@@ -620,9 +621,16 @@ mod tests {
         assert_eq!(f[0].evidence["projected_bytes"], 82 << 20);
         assert_eq!(run(&r, cg(85 << 20)).0[0].severity, Severity::Critical);
         assert!(run(&r, cg(200 << 20)).0.is_empty());
-        let (f, errors) = run(&r, Err("/proc/self/cgroup: denied".into()));
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        let (f, errors) = run(&r, Err(SampleError::file("/proc/self/cgroup", &denied)));
         assert!(f.is_empty());
-        assert_eq!(errors[0].source, "findings.memory_limit");
+        assert_eq!(
+            (errors[0].source.as_str(), errors[0].error.as_str()),
+            (
+                "findings.memory_limit",
+                "/proc/self/cgroup: Permission denied (os error 13)"
+            )
+        );
     }
 
     #[test]

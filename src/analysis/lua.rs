@@ -1,7 +1,6 @@
 //! The LuaJIT VMs of the http and stream Lua modules: what the nginx layer
 //! copies out of each VM, and the answer built from it.
 
-use crate::analysis::residency::ResidencyError;
 use crate::model::lua::Census;
 use crate::model::lua::Lua;
 use crate::model::lua::LuaAllocator;
@@ -9,6 +8,7 @@ use crate::model::lua::LuaVm;
 use crate::model::lua::TypeCount;
 use crate::model::lua::OBJECT_TYPES;
 use crate::model::source_error::SourceError;
+use crate::sources::errors::ResidencyError;
 
 /// Why a Lua VM, or a part of it, could not be read. Said in the answer's
 /// `errors` as its `Display` text, converted once (`Lua::from_samples`).

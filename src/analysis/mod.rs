@@ -9,6 +9,5 @@ pub mod findings;
 pub mod history;
 pub mod lua;
 pub mod pools;
-pub mod residency;
 pub mod server;
 pub mod zones;

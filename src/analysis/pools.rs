@@ -50,7 +50,25 @@ pub struct PoolsSample {
     pub connections: Vec<ConnectionSample>,
     pub requests: Vec<RequestSample>,
     /// Why HTTP/2 streams could not be walked, if they could not.
-    pub http2_unavailable: Option<String>,
+    pub http2_unavailable: Option<Http2Unavailable>,
+}
+
+/// Why the requests of HTTP/2 connections are not walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http2Unavailable {
+    /// The nginx the module was built against has no HTTP/2.
+    NotBuilt,
+    /// The running nginx has no `ngx_http_v2_module`.
+    ModuleMissing,
+}
+
+impl std::fmt::Display for Http2Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Http2Unavailable::NotBuilt => "this nginx is built without HTTP/2",
+            Http2Unavailable::ModuleMissing => "ngx_http_v2_module is not in this nginx",
+        })
+    }
 }
 
 impl Group {

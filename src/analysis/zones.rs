@@ -4,13 +4,13 @@
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use crate::analysis::residency::ResidencyError;
 use crate::model::source_error::SourceError;
 use crate::model::zones::PageCounts;
 use crate::model::zones::Slab;
 use crate::model::zones::SlotCounts;
 use crate::model::zones::Slots;
 use crate::model::zones::Zone;
+use crate::sources::errors::ResidencyError;
 
 /// One zone as copied out of nginx, before any arithmetic.
 #[derive(Debug, Clone, PartialEq, Eq)]

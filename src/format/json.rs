@@ -34,9 +34,9 @@ fn to_json(value: &impl Serialize) -> Option<Vec<u8>> {
 mod tests {
     use crate::analysis::assemble::process_memory;
     use crate::analysis::assemble::tests::{nginx, sample_report};
-    use crate::analysis::residency::ResidencyError;
     use crate::analysis::zones::SlabError;
     use crate::model::report::ZoneReport;
+    use crate::sources::errors::ResidencyError;
     use serde_json::Value;
 
     #[test]

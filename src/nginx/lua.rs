@@ -17,7 +17,7 @@ use super::cycle;
 use crate::analysis::lua::{
     find_version_banner, AllocatorSample, CensusSample, LuaError, LuaRuntime, LuaVmSample,
 };
-use crate::analysis::residency::ResidencyError;
+use crate::sources::errors::ResidencyError;
 use crate::sources::procfs::Mapping;
 
 const LUA_GCCOUNT: c_int = 3;

@@ -10,7 +10,7 @@ use ngx::ffi::{
 };
 
 use super::cycle;
-use crate::analysis::pools::{ConnectionSample, PoolsSample, RequestSample};
+use crate::analysis::pools::{ConnectionSample, Http2Unavailable, PoolsSample, RequestSample};
 use crate::model::pools::{ConnectionKind, PoolSample, RequestKind};
 
 /// `r->signature` of an HTTP request: "HTTP".
@@ -29,7 +29,7 @@ pub fn sample_pools() -> PoolsSample {
     let mut sample = PoolsSample::default();
     let h2_index = http2_module_index(cycle);
     if let Err(e) = &h2_index {
-        sample.http2_unavailable = Some(e.clone());
+        sample.http2_unavailable = Some(*e);
     }
     // SAFETY: dlsym on a NUL-terminated name; null when stream is not loaded.
     let stream_init =
@@ -54,7 +54,7 @@ pub fn sample_pools() -> PoolsSample {
 
 /// What every connection's walk needs.
 struct Walk {
-    h2_index: Result<usize, String>,
+    h2_index: Result<usize, Http2Unavailable>,
     stream_init: *mut c_void,
     now_ms: u64,
 }
@@ -165,7 +165,7 @@ impl Walk {
 /// `c` is an open HTTP connection of the running cycle, on the loop's thread.
 unsafe fn http_requests(
     c: &ngx_connection_t,
-    h2_index: &Result<usize, String>,
+    h2_index: &Result<usize, Http2Unavailable>,
     now_ms: u64,
     out: &mut Vec<RequestSample>,
 ) {
@@ -259,13 +259,13 @@ unsafe fn http2_streams(
 }
 
 /// `ngx_http_v2_module`'s index into a server's configurations.
-fn http2_module_index(cycle: &ngx_cycle_t) -> Result<usize, String> {
+fn http2_module_index(cycle: &ngx_cycle_t) -> Result<usize, Http2Unavailable> {
     if !cfg!(ngx_feature = "http_v2") {
-        return Err("this nginx is built without HTTP/2".into());
+        return Err(Http2Unavailable::NotBuilt);
     }
     cycle::module_by_name(cycle, "ngx_http_v2_module")
         .map(|m| m.ctx_index)
-        .ok_or_else(|| "ngx_http_v2_module is not in this nginx".into())
+        .ok_or(Http2Unavailable::ModuleMissing)
 }
 
 /// A request's pool, plus its HTTP/2 stream's own pool where that differs.

@@ -13,6 +13,7 @@ use crate::analysis::breakdown::{
     ProgramDataSample, StackSample,
 };
 use crate::model::breakdown::Depth;
+use crate::sources::errors::SampleError;
 use crate::sources::glibc_heaps::{
     aligned_starts, is_private_anonymous_rw, link_heaps, main_arena_ranges, main_heap, HeapHeader,
 };
@@ -29,11 +30,11 @@ pub fn sample(
 ) -> ProcessSamples {
     let maps = read_proc_file("/proc/self/maps", 64 << 10)
         .map(|text| Mapping::parse_all(&text).0)
-        .map_err(|e| e.to_string());
+        .map_err(|e| SampleError::os(&e));
     let smaps = walk.then(|| {
         read_proc_file("/proc/self/smaps", 1 << 20)
             .map(|text| SmapsEntry::parse_all(&text).0)
-            .map_err(|e| e.to_string())
+            .map_err(|e| SampleError::os(&e))
     });
     let empty = Vec::new();
     let mapped: &[Mapping] = maps.as_deref().unwrap_or(&empty);
@@ -68,11 +69,12 @@ pub fn sample(
 /// Copied-on-write pages of the program files' private mappings, by their
 /// `/proc/self/pagemap` entries (8 bytes a page, no page-table walk beyond those
 /// pages), and resident `.bss` pages by `mincore`.
-fn sample_program_data(ranges: &ProgramDataRanges) -> Result<ProgramDataSample, String> {
+fn sample_program_data(ranges: &ProgramDataRanges) -> Result<ProgramDataSample, SampleError> {
     use std::os::unix::fs::FileExt;
     // SAFETY: a plain integer nginx sets at start.
     let page = unsafe { ngx_pagesize } as u64;
-    let pagemap = std::fs::File::open("/proc/self/pagemap").map_err(|e| format!("pagemap: {e}"))?;
+    let pagemap =
+        std::fs::File::open("/proc/self/pagemap").map_err(|e| SampleError::file("pagemap", &e))?;
     let mut sample = ProgramDataSample::default();
     let mut buf = Vec::new();
     for &(start, end) in &ranges.private {
@@ -80,7 +82,7 @@ fn sample_program_data(ranges: &ProgramDataRanges) -> Result<ProgramDataSample, 
         buf.resize(pages * 8, 0u8);
         pagemap
             .read_exact_at(&mut buf, start / page * 8)
-            .map_err(|e| format!("pagemap: {e}"))?;
+            .map_err(|e| SampleError::file("pagemap", &e))?;
         let entries: Vec<u64> = buf
             .chunks_exact(8)
             .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
@@ -135,12 +137,12 @@ fn load_segments() -> Vec<LoadSegment> {
 }
 
 /// Resident bytes of a mapping of this process, by `mincore`.
-fn resident_bytes_of(m: &Mapping) -> Result<u64, String> {
+fn resident_bytes_of(m: &Mapping) -> Result<u64, SampleError> {
     // SAFETY: a plain integer nginx sets at start.
     let page = unsafe { ngx_pagesize };
     resident_pages(m.start as usize, m.size_bytes() as usize, page)
         .map(|pages| pages * page as u64)
-        .map_err(|e| e.to_string())
+        .map_err(SampleError::from)
 }
 
 /// The address of a symbol of the process by name; null when none has it.
@@ -149,15 +151,15 @@ fn symbol(name: &CStr) -> *mut c_void {
     unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }
 }
 
-fn sample_glibc(maps: &[Mapping], depth: Depth) -> Result<GlibcSample, String> {
+fn sample_glibc(maps: &[Mapping], depth: Depth) -> Result<GlibcSample, SampleError> {
     // SAFETY: symbols looked up by name and called with their C signatures.
     let mi = unsafe {
         if symbol(c"gnu_get_libc_version").is_null() {
-            return Err("the C library is not glibc (musl?): no mallinfo2".into());
+            return Err(SampleError::NotGlibc);
         }
         let mallinfo2 = symbol(c"mallinfo2");
         if mallinfo2.is_null() {
-            return Err("glibc older than 2.33: no mallinfo2".into());
+            return Err(SampleError::GlibcWithoutMallinfo2);
         }
         let mallinfo2: unsafe extern "C" fn() -> libc::mallinfo2 = std::mem::transmute(mallinfo2);
         mallinfo2()
@@ -178,7 +180,7 @@ fn sample_glibc(maps: &[Mapping], depth: Depth) -> Result<GlibcSample, String> {
 /// Every other arena's heap, then the part of the `[heap]` pieces the main
 /// arena took (`arena_bytes`, mallinfo2's `arena`, less the other arenas'
 /// heaps), with their resident pages.
-fn find_heaps(maps: &[Mapping], arena_bytes: u64) -> Result<GlibcHeaps, String> {
+fn find_heaps(maps: &[Mapping], arena_bytes: u64) -> Result<GlibcHeaps, SampleError> {
     // SAFETY: a plain integer nginx sets at start.
     let page = unsafe { ngx_pagesize } as u64;
     let mut heaps = GlibcHeaps::default();
@@ -219,7 +221,7 @@ fn find_heaps(maps: &[Mapping], arena_bytes: u64) -> Result<GlibcHeaps, String> 
     Ok(heaps)
 }
 
-fn resident_bytes_in(start: u64, end: u64) -> Result<u64, String> {
+fn resident_bytes_in(start: u64, end: u64) -> Result<u64, SampleError> {
     resident_bytes_of(&Mapping {
         start,
         end,
@@ -322,7 +324,7 @@ type TcmallocProperty = unsafe extern "C" fn(*const c_char, *mut libc::size_t) -
 
 /// jemalloc (`mallctl`) or tcmalloc (`MallocExtension_GetNumericProperty`), found
 /// at run time; `Ok(None)` when neither is in the process.
-fn sample_other_allocators() -> Result<Option<OtherAllocatorSample>, String> {
+fn sample_other_allocators() -> Result<Option<OtherAllocatorSample>, SampleError> {
     let mallctl = symbol(c"mallctl");
     if !mallctl.is_null() {
         // SAFETY: jemalloc's `mallctl`, found by its name, has this signature.
@@ -345,13 +347,13 @@ fn sample_other_allocators() -> Result<Option<OtherAllocatorSample>, String> {
 ///
 /// # Safety
 /// `mallctl` is jemalloc's `mallctl` of this process.
-unsafe fn jemalloc_stats(mallctl: Mallctl) -> Result<OtherAllocatorSample, String> {
+unsafe fn jemalloc_stats(mallctl: Mallctl) -> Result<OtherAllocatorSample, SampleError> {
     let mut epoch: u64 = 1;
     let mut len = std::mem::size_of::<u64>();
     let epoch_ptr = (&mut epoch as *mut u64).cast::<c_void>();
     // SAFETY: "epoch" reads and writes a u64 of `len` bytes.
     if unsafe { mallctl(c"epoch".as_ptr(), epoch_ptr, &mut len, epoch_ptr, len) } != 0 {
-        return Err("jemalloc: mallctl(\"epoch\") failed".into());
+        return Err(SampleError::JemallocEpoch);
     }
     let mut stats = BTreeMap::new();
     for name in [
@@ -371,7 +373,7 @@ unsafe fn jemalloc_stats(mallctl: Mallctl) -> Result<OtherAllocatorSample, Strin
         }
     }
     let Some(&allocated) = stats.get("stats.allocated") else {
-        return Err("jemalloc without statistics (built with --disable-stats)".into());
+        return Err(SampleError::JemallocWithoutStats);
     };
     Ok(OtherAllocatorSample {
         name: "jemalloc",
@@ -384,7 +386,7 @@ unsafe fn jemalloc_stats(mallctl: Mallctl) -> Result<OtherAllocatorSample, Strin
 ///
 /// # Safety
 /// `property` is tcmalloc's `MallocExtension_GetNumericProperty`.
-unsafe fn tcmalloc_stats(property: TcmallocProperty) -> Result<OtherAllocatorSample, String> {
+unsafe fn tcmalloc_stats(property: TcmallocProperty) -> Result<OtherAllocatorSample, SampleError> {
     let mut stats = BTreeMap::new();
     for name in [
         c"generic.current_allocated_bytes",
@@ -399,7 +401,7 @@ unsafe fn tcmalloc_stats(property: TcmallocProperty) -> Result<OtherAllocatorSam
         }
     }
     let Some(&allocated) = stats.get("generic.current_allocated_bytes") else {
-        return Err("tcmalloc: generic.current_allocated_bytes not available".into());
+        return Err(SampleError::TcmallocWithoutAllocatedBytes);
     };
     Ok(OtherAllocatorSample {
         name: "tcmalloc",

@@ -3,7 +3,7 @@
 use std::ffi::c_void;
 
 use crate::analysis::lua::{residency_reusable, ResidencyMeasurement};
-use crate::analysis::residency::ResidencyError;
+use crate::sources::errors::ResidencyError;
 
 /// The one `mincore` call: one byte per page of `[start, start + len)`
 /// into `vec` (bit 0: resident). `start` is rounded down to its page; `vec`

@@ -79,8 +79,34 @@ pub fn fail(id: u64) {
 
 /// Why the thread or its channel cannot be had now, and whether to log it.
 pub struct StartFailed {
-    pub reason: String,
+    pub reason: StartError,
     pub log: bool,
+}
+
+/// Why the thread or its wake-up channel could not be started.
+#[derive(Debug, Clone)]
+pub enum StartError {
+    /// The system refused a thread; its words.
+    Thread(String),
+    /// `eventfd` failed; the system's words.
+    Eventfd(String),
+    /// nginx has no free connection to watch the channel with.
+    NoFreeConnection,
+    /// nginx's event module would not watch the channel.
+    CannotWatch,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Thread(os) => write!(f, "thread: {os}"),
+            StartError::Eventfd(os) => write!(f, "eventfd: {os}"),
+            StartError::NoFreeConnection => {
+                f.write_str("no free connection for the wake-up channel")
+            }
+            StartError::CannotWatch => f.write_str("cannot watch the wake-up channel"),
+        }
+    }
 }
 
 /// After a failed start: the next try, the wait after it (1 s, doubling up to
@@ -89,7 +115,7 @@ pub struct StartFailed {
 struct Retry {
     next_at: Instant,
     wait: Duration,
-    reason: String,
+    reason: StartError,
     alerted_at: Instant,
 }
 
@@ -151,7 +177,7 @@ pub fn ensure_started(on_done: fn()) -> Result<(), StartFailed> {
 /// Starts the thread, then the wake-up channel. A step that fails leaves
 /// nothing behind (no descriptor, no connection slot), so a worker short of
 /// threads or connections is not made shorter by retrying.
-fn start() -> Result<(), String> {
+fn start() -> Result<(), StartError> {
     let pid = std::process::id();
     if THREAD_IN.load(Ordering::Relaxed) != pid {
         spawn_thread()?;
@@ -162,7 +188,7 @@ fn start() -> Result<(), String> {
     Ok(())
 }
 
-fn spawn_thread() -> Result<(), String> {
+fn spawn_thread() -> Result<(), StartError> {
     // SAFETY: signal masks of this thread only, restored right after.
     unsafe {
         // The thread takes no signal: nginx's signals must reach the loop.
@@ -175,27 +201,30 @@ fn spawn_thread() -> Result<(), String> {
             .stack_size(256 << 10)
             .spawn(run_forever);
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
-        spawned.map(drop).map_err(|e| format!("thread: {e}"))
+        spawned
+            .map(drop)
+            .map_err(|e| StartError::Thread(e.to_string()))
     }
 }
 
-fn open_channel() -> Result<(), String> {
+fn open_channel() -> Result<(), StartError> {
     // SAFETY: plain system calls; the connection is nginx's, set up as nginx's
     // own notification channel is, and given back if it cannot be watched.
     unsafe {
         // A cycle reloaded in single-process mode has no connections of its
         // own: asking nginx for one would log an [alert] at every try.
         if (*ngx_cycle).free_connections.is_null() {
-            return Err("no free connection for the wake-up channel".into());
+            return Err(StartError::NoFreeConnection);
         }
         let fd = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
         if fd == -1 {
-            return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+            let os = std::io::Error::last_os_error().to_string();
+            return Err(StartError::Eventfd(os));
         }
         let c: *mut ngx_connection_t = ngx_get_connection(fd, (*ngx_cycle).log);
         if c.is_null() {
             libc::close(fd);
-            return Err("no free connection for the wake-up channel".into());
+            return Err(StartError::NoFreeConnection);
         }
         let rev: *mut ngx_event_t = (*c).read;
         (*rev).handler = Some(on_wake);
@@ -206,7 +235,7 @@ fn open_channel() -> Result<(), String> {
         if ngx_handle_read_event(rev, 0) != NGX_OK as ngx_int_t {
             ngx_free_connection(c);
             libc::close(fd);
-            return Err("cannot watch the wake-up channel".into());
+            return Err(StartError::CannotWatch);
         }
         WAKE_FD.store(fd, Ordering::Relaxed);
         WAKE_EVENT.store(rev, Ordering::Relaxed);

@@ -12,8 +12,8 @@ use ngx::ffi::{
 };
 
 use super::cycle;
-use crate::analysis::residency::ResidencyError;
 use crate::analysis::zones::{SlabError, SlabSample, SlotSample, ZoneSample};
+use crate::sources::errors::ResidencyError;
 use crate::sources::escape::{escape, name_matches};
 
 /// How long one zone's lock is tried before its slab figures are given up: a

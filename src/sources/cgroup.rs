@@ -5,6 +5,8 @@
 
 use serde::Serialize;
 
+use super::errors::SampleError;
+
 /// What the cgroup says about memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct CgroupMemory {
@@ -64,7 +66,7 @@ pub fn ancestry(path: &str) -> Vec<String> {
 /// several files (the group's and each ancestor's).
 const REUSE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
-type Reading = Result<Option<CgroupMemory>, String>;
+type Reading = Result<Option<CgroupMemory>, SampleError>;
 
 /// `read_own`, at most once per `REUSE_FOR` (measuring threads only).
 pub fn read_own_recent() -> Reading {
@@ -83,9 +85,9 @@ pub fn read_own_recent() -> Reading {
 
 /// The limit and charge of this process's memory cgroup; `None` where no
 /// memory controller is mounted.
-pub fn read_own() -> Result<Option<CgroupMemory>, String> {
+pub fn read_own() -> Reading {
     let text = crate::sources::procfs::read_proc_file("/proc/self/cgroup", 4 << 10)
-        .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
+        .map_err(|e| SampleError::file("/proc/self/cgroup", &e))?;
     let (v2, v1) = groups_of(&text);
     let has_memory = |root: &str| {
         std::fs::read_to_string(format!("{root}/cgroup.controllers"))

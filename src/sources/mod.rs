@@ -3,6 +3,7 @@
 //! read out of them or out of nginx. Safe and unit-tested on sample text.
 
 pub mod cgroup;
+pub mod errors;
 pub mod escape;
 pub mod glibc_heaps;
 pub mod procfs;
