@@ -83,6 +83,8 @@ pub fn role_of_title(title: &str) -> Option<(ProcessRole, bool)> {
 }
 
 impl Published {
+    // Long, not deep: one field of the summary after another, as the slot
+    // layout lists them.
     /// The summary of an answer just built.
     pub fn from_report(r: &crate::model::report::Report, sampled_at_ms: u64) -> Published {
         let vm = |v: &Option<crate::model::lua::LuaVm>| {

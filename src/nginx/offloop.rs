@@ -133,7 +133,8 @@ pub fn answer_now(r: &mut ngx_http_request_t, ask: Ask, error: Option<SourceErro
 /// when the thread cannot be had: the caller then answers `answer_now`, with
 /// the error if there is one to say.
 pub fn submit(r: &mut ngx_http_request_t, ask: Ask) -> Result<(), Option<SourceError>> {
-    if let Err(failed) = runner::ensure_started(on_done) {
+    // SAFETY: a request's handler runs on the loop's thread.
+    if let Err(failed) = unsafe { runner::ensure_started(on_done) } {
         let message = format!("measuring on the event loop: {}", failed.reason);
         if failed.log {
             log_alert(r, &format!("memory_status: {message}"));
@@ -243,7 +244,8 @@ fn begin_next() {
 /// with the result. It keeps no worker alive: a worker that exits first drops
 /// it. `Err` gives it back when the thread cannot be had.
 pub fn submit_background(work: Work, done: Background) -> Result<(), Box<(Work, Background)>> {
-    if runner::ensure_started(on_done).is_err() {
+    // SAFETY: the timers that hand background work over run on the loop.
+    if unsafe { runner::ensure_started(on_done) }.is_err() {
         return Err(Box::new((work, done)));
     }
     let id = next_id();
@@ -395,7 +397,9 @@ fn keep_worker_while_waiting() {
         }
         None => Some(WAITING_TIMER_MS),
     };
-    runner::set_timer(delay_ms);
+    // SAFETY: this runs on the loop (a request's handler or the runner's
+    // wake-up).
+    unsafe { runner::set_timer(delay_ms) };
 }
 
 /// On the loop: answers every request whose measuring is done (woken by the

@@ -102,6 +102,9 @@ fn sample_program_data(ranges: &ProgramDataRanges) -> Result<ProgramDataSample, 
 
 /// Every loaded object's loadable segments, from the dynamic loader's list.
 fn load_segments() -> Vec<LoadSegment> {
+    /// # Safety
+    /// Called by `dl_iterate_phdr` only: `info` is the loader's and `data`
+    /// the vector passed to it.
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,

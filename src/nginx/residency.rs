@@ -11,6 +11,9 @@ use crate::sources::errors::ResidencyError;
 /// in the range is an error (ENOMEM), never a fault: `mincore` only reads
 /// page tables.
 pub fn mincore(start: usize, len: usize, page: usize, vec: &mut [u8]) -> std::io::Result<()> {
+    if page == 0 {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
     let base = start - start % page;
     let Some(end) = start.checked_add(len) else {
         return Err(std::io::ErrorKind::InvalidInput.into());

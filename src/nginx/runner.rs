@@ -132,7 +132,11 @@ thread_local! {
 /// backoff after a failure; each failure is logged at most once a minute.
 /// `on_done` runs on the loop whenever jobs are done (or the waiting timer
 /// fires): it takes them with `take_done`.
-pub fn ensure_started(on_done: fn()) -> Result<(), StartFailed> {
+///
+/// # Safety
+/// On nginx's event-loop thread: the channel takes a connection of the
+/// running cycle and watches it with the loop's event module.
+pub unsafe fn ensure_started(on_done: fn()) -> Result<(), StartFailed> {
     ON_DONE.with(|f| f.set(Some(on_done)));
     if STARTED_IN.load(Ordering::Relaxed) == std::process::id() {
         return Ok(());
@@ -279,7 +283,10 @@ pub fn wake() {
 /// The wake-up event's timer: `Some(ms)` to be woken within `ms` even if no
 /// job is done, `None` for no timer. nginx's graceful exit waits for timers,
 /// so a worker shutting down is kept while the timer is set.
-pub fn set_timer(delay_ms: Option<ngx_msec_t>) {
+///
+/// # Safety
+/// On nginx's event-loop thread: nginx's timer tree is the loop's.
+pub unsafe fn set_timer(delay_ms: Option<ngx_msec_t>) {
     let ev = WAKE_EVENT.load(Ordering::Relaxed);
     if ev.is_null() {
         return;
