@@ -18,6 +18,7 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 use NginxTest qw(read_file_text);
 use MemoryStatus qw(unexpected_errors);
+use Cgroup qw(make_cgroup write_text);
 
 # Without Debian's Lua module: the findings no Lua provokes (a reload with a
 # download in flight, a huge configuration).
@@ -387,38 +388,3 @@ EOF
 }
 
 done_testing;
-
-sub write_text {
-    my ($file, $text) = @_;
-    open my $fh, '>', $file or die "$file: $!";
-    print $fh $text;
-    close $fh or die "$file: $!";
-}
-
-# A child of this process's memory cgroup (v2, or v1's memory controller):
-# (directory, limit file) or (undef, undef, why not).
-sub make_cgroup {
-    my $cg = read_file_text('/proc/self/cgroup') // return (undef, undef, 'no /proc/self/cgroup');
-    my ($v2) = $cg =~ /^0::(\S+)$/m;
-    my ($v1) = $cg =~ /^\d+:(?:[^:]*,)?memory(?:,[^:]*)?:(\S+)$/m;
-    my @tries;
-    for my $root ('/sys/fs/cgroup', '/sys/fs/cgroup/unified') {
-        my $controllers = read_file_text("$root/cgroup.controllers") // next;
-        push @tries, ["$root$v2", 'memory.max'] if defined $v2 && $controllers =~ /\bmemory\b/;
-    }
-    push @tries, ["/sys/fs/cgroup/memory$v1", 'memory.limit_in_bytes'] if defined $v1;
-    my $why = 'no memory controller';
-    for my $try (@tries) {
-        my ($parent, $file) = @$try;
-        $parent =~ s{/$}{};
-        my $dir = "$parent/ngx-memory-status-test-$$";
-        if (mkdir $dir) {
-            return ($dir, $file) if -f "$dir/$file";
-            rmdir $dir;
-            $why = "$dir has no $file";
-        } else {
-            $why = "mkdir $dir: $!";
-        }
-    }
-    return (undef, undef, $why);
-}

@@ -9,6 +9,7 @@ use crate::analysis::breakdown::OtherAllocatorSample;
 use crate::analysis::breakdown::ProgramDataRanges;
 use crate::analysis::breakdown::ProgramDataSample;
 use crate::analysis::breakdown::StackSample;
+use crate::analysis::container::{self, ContainerSample};
 use crate::analysis::history::series_name;
 use crate::analysis::lua::{LuaError, LuaVmSample};
 use crate::analysis::pools::PoolsSample;
@@ -17,6 +18,7 @@ use crate::analysis::zones::ZoneSample;
 use crate::model::breakdown::Breakdown;
 use crate::model::breakdown::Depth;
 use crate::model::breakdown::VirtualSplit;
+use crate::model::container::Container;
 use crate::model::history::Fit;
 use crate::model::history::ProcessTrends;
 use crate::model::history::Sample;
@@ -46,6 +48,8 @@ pub struct LoopPart {
     pub pools: PoolsSample,
     /// The registry's generation and master start, when this process has one.
     pub registry: Option<(u64, u64)>,
+    /// The memory cgroup's OOM kills when nginx started (the registry's).
+    pub oom_kills_at_start: Option<u64>,
     /// This process's last published walk, kept when this one makes none.
     pub own_walk: Option<PublishedPss>,
     pub shutdown_timeout_ms: Option<u64>,
@@ -82,7 +86,8 @@ pub struct Measured {
     pub lua_resident: [Option<(Result<u64, ResidencyError>, u64)>; 2],
     pub status: std::io::Result<String>,
     pub processes: Vec<ProcessSample>,
-    pub cgroup: Result<Option<crate::sources::cgroup::CgroupMemory>, SampleError>,
+    /// The memory cgroup and what the container section reads beside it.
+    pub container: Result<Option<ContainerSample>, SampleError>,
 }
 
 /// What the process-wide reads found: mappings, glibc, stacks, chunks.
@@ -134,6 +139,7 @@ pub fn assemble(
         nginx,
         mut errors,
         alloc_failures_at_begin: _,
+        oom_kills_at_start,
     } = part;
     let zones = measured_zones(zones, measured.zone_pages, &mut errors);
     let lua = measured_lua([http, stream], measured.lua_resident, &mut errors);
@@ -157,10 +163,16 @@ pub fn assemble(
         report.history = history;
     }
     report.zone_trends = crate::analysis::history::zone_trends_of(&report.zones, zone_trends);
+    let cgroup = measured
+        .container
+        .as_ref()
+        .map(|c| c.as_ref().map(|s| s.cgroup.clone()))
+        .map_err(Clone::clone);
+    report.container = container_of(measured.container, oom_kills_at_start, &report, &mut errors);
     report.findings = crate::analysis::findings::evaluate(
         &crate::analysis::findings::Inputs {
             report: &report,
-            cgroup: &measured.cgroup,
+            cgroup: &cgroup,
             shutdown_timeout_ms,
             now_ms: now,
         },
@@ -168,6 +180,31 @@ pub fn assemble(
     );
     report.errors = errors;
     (report, mine)
+}
+
+/// The container section, once the server's processes are listed: nginx's
+/// share of the group's charge is theirs, counted once.
+fn container_of(
+    sample: Result<Option<ContainerSample>, SampleError>,
+    oom_kills_at_start: Option<u64>,
+    report: &Report,
+    errors: &mut Vec<SourceError>,
+) -> Option<Container> {
+    let reason = match sample {
+        Ok(Some(mut sample)) => {
+            sample.oom_kills_at_start = oom_kills_at_start;
+            let nginx = container::nginx_kinds(&report.server, &report.processes);
+            let connections = report.pools.connections.count;
+            if let Some(c) = container::reconcile(&sample, nginx, connections) {
+                return Some(c);
+            }
+            "the group's usage could not be read".to_string()
+        }
+        Ok(None) => "no memory cgroup is mounted".to_string(),
+        Err(e) => e.to_string(),
+    };
+    errors.push(SourceError::new("container", reason));
+    None
 }
 
 /// The report of this worker's own figures, the server's parts still
@@ -194,6 +231,7 @@ fn own_report(
         trends: Vec::new(),
         zone_trends: Vec::new(),
         history: None,
+        container: None,
         findings: Vec::new(),
         errors: Vec::new(),
     }
@@ -489,6 +527,7 @@ pub(crate) mod tests {
     fn loop_part() -> LoopPart {
         use crate::analysis::zones::SlabSample;
         LoopPart {
+            oom_kills_at_start: None,
             depth: Depth::Default,
             zones: vec![ZoneSample {
                 name: "one".into(),
@@ -541,7 +580,7 @@ pub(crate) mod tests {
             lua_resident: [None, None],
             status: Ok(include_str!("../../testdata/proc_status_nginx_worker.txt").into()),
             processes,
-            cgroup: Ok(None),
+            container: Ok(None),
         }
     }
 
@@ -584,6 +623,9 @@ pub(crate) mod tests {
         let sources: Vec<&str> = report.errors.iter().map(|e| e.source.as_str()).collect();
         assert!(sources.contains(&"lua.http"), "{sources:?}");
         assert!(!sources.contains(&"processes"), "{sources:?}");
+        // No memory cgroup: the container is null, and says why.
+        assert!(report.container.is_none());
+        assert!(sources.contains(&"container"), "{sources:?}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use serde_json::{json, Value};
 
+use crate::model::container::Container;
 use crate::model::findings::Finding;
 use crate::model::findings::Severity;
 use crate::model::labels::Label;
@@ -56,6 +57,22 @@ pub const STEADY_GROWTH_MIN_BYTES: f64 = 4.0 * MIB as f64;
 pub const CYCLE_POOL_LARGE_PERCENT: u64 = 25;
 /// ...and above this size.
 pub const CYCLE_POOL_LARGE_MIN_BYTES: u64 = 16 * MIB;
+/// `working_set_near_limit`: the container's working set (usage less inactive
+/// file pages, as the kubelet reads it) at this share (percent) of the limit.
+pub const WORKING_SET_WARN_PERCENT: u64 = 90;
+/// `page_cache_in_usage`: active file pages (reclaimable, yet in the working
+/// set) at this share (percent) of the limit.
+pub const PAGE_CACHE_ACTIVE_PERCENT: u64 = 20;
+/// `socket_buffers_large`: the kernel's TCP buffers at this share (percent)
+/// of the limit...
+pub const SOCKET_BUFFERS_PERCENT: u64 = 10;
+/// ...or, without a limit, this size.
+pub const SOCKET_BUFFERS_MIN_BYTES: u64 = 256 * MIB;
+/// `unexplained_container_memory`: what no part explains at this share
+/// (percent) of usage...
+pub const UNEXPLAINED_PERCENT: u64 = 10;
+/// ...and at least this size.
+pub const UNEXPLAINED_MIN_BYTES: u64 = 64 * MIB;
 
 /// What the rules need beyond the answer.
 pub struct Inputs<'a> {
@@ -96,6 +113,10 @@ pub fn evaluate(inputs: &Inputs<'_>, errors: &mut Vec<SourceError>) -> Vec<Findi
     glibc_arenas(r, &mut out);
     lua_heap_limit(r, &mut out);
     memory_limit(inputs, errors, &mut out);
+    if let Some(c) = &r.container {
+        oom_killed(c, &mut out);
+        container_share_rules(c, &mut out);
+    }
     old_generation_lingering(inputs, &mut out);
     for t in &r.trends {
         steady_growth(r, t, &mut out);
@@ -329,6 +350,102 @@ fn memory_limit(inputs: &Inputs<'_>, errors: &mut Vec<SourceError>, out: &mut Ve
         json!({"limit_bytes": limit, "usage_bytes": cg.usage_bytes, "server_resident_bytes": server,
                "lua_headroom_bytes": headroom, "projected_bytes": projected, "cgroup_version": cg.version}),
     ));
+}
+
+/// `oom_killed`: the kernel killed a process of nginx's cgroup for memory
+/// since nginx started.
+fn oom_killed(c: &Container, out: &mut Vec<Finding>) {
+    let Some(kills) = c.oom.kills_since_start.filter(|&n| n > 0) else {
+        return;
+    };
+    out.push(finding(
+        "oom_killed",
+        Severity::Critical,
+        "container",
+        format!(
+            "the kernel's OOM killer killed {kills} process(es) of nginx's cgroup since nginx started (its working set is {} of a limit of {}): the master respawns a killed worker, dropping its connections; see the container's parts for what holds the memory.",
+            c.working_set_bytes,
+            c.limit_bytes.map_or("none".to_string(), |l| l.to_string())
+        ),
+        json!({"oom_kills_since_start": kills, "oom_kills": c.oom.kills,
+               "working_set_bytes": c.working_set_bytes, "limit_bytes": c.limit_bytes}),
+    ));
+}
+
+fn part_bytes(c: &Container, name: &str) -> i64 {
+    c.parts
+        .iter()
+        .find(|p| p.part == name)
+        .map_or(0, |p| p.bytes)
+}
+
+/// `working_set_near_limit`, `page_cache_in_usage`, `socket_buffers_large`,
+/// `unexplained_container_memory`: parts of the charge against the limit.
+fn container_share_rules(c: &Container, out: &mut Vec<Finding>) {
+    let limit = c.limit_bytes;
+    let at = |bytes: u64, percent: u64| limit.is_some_and(|l| bytes * 100 >= percent * l);
+    if at(c.working_set_bytes, WORKING_SET_WARN_PERCENT) {
+        out.push(finding(
+            "working_set_near_limit",
+            Severity::Warning,
+            "container",
+            format!(
+                "the container's working set, {} bytes (usage less inactive file pages, as the kubelet and the OOM killer see it), is {}% of its limit of {}.",
+                c.working_set_bytes,
+                c.working_set_bytes * 100 / limit.unwrap_or(1).max(1),
+                limit.unwrap_or(0)
+            ),
+            json!({"working_set_bytes": c.working_set_bytes, "usage_bytes": c.usage_bytes, "limit_bytes": limit}),
+        ));
+    }
+    let active = part_bytes(c, "page_cache_active").max(0) as u64;
+    if at(active, PAGE_CACHE_ACTIVE_PERCENT) {
+        out.push(finding(
+            "page_cache_in_usage",
+            Severity::Info,
+            "container",
+            format!(
+                "{active} bytes of the container's charge are active page cache (files nginx or others read or wrote): the kernel can reclaim them, but they count toward the working set until it does."
+            ),
+            json!({"page_cache_active_bytes": active, "limit_bytes": limit}),
+        ));
+    }
+    let sockets = c
+        .tcp_buffers_outside_usage_bytes
+        .unwrap_or(part_bytes(c, "socket_buffers").max(0) as u64);
+    let large = match limit {
+        Some(_) => at(sockets, SOCKET_BUFFERS_PERCENT),
+        None => sockets >= SOCKET_BUFFERS_MIN_BYTES,
+    };
+    if large {
+        out.push(finding(
+            "socket_buffers_large",
+            Severity::Warning,
+            "container",
+            format!(
+                "the kernel holds {sockets} bytes of TCP buffers for the container ({} connections in nginx's worker, {} TCP sockets in its network namespace): clients that do not read, or large buffers, hold memory no process's RSS shows.",
+                c.sockets.nginx_connections,
+                c.sockets.tcp_in_use.map_or("unknown".to_string(), |n| n.to_string())
+            ),
+            json!({"socket_buffers_bytes": sockets, "nginx_connections": c.sockets.nginx_connections,
+                   "tcp_in_use": c.sockets.tcp_in_use, "limit_bytes": limit}),
+        ));
+    }
+    let unexplained = part_bytes(c, "unexplained").unsigned_abs();
+    if unexplained >= UNEXPLAINED_MIN_BYTES
+        && unexplained * 100 >= UNEXPLAINED_PERCENT * c.usage_bytes
+    {
+        out.push(finding(
+            "unexplained_container_memory",
+            Severity::Info,
+            "container",
+            format!(
+                "{unexplained} bytes of the container's usage of {} are explained by no part (nginx, other processes, page cache, shmem, kernel).",
+                c.usage_bytes
+            ),
+            json!({"unexplained_bytes": part_bytes(c, "unexplained"), "usage_bytes": c.usage_bytes}),
+        ));
+    }
 }
 
 /// `steady_growth`: a series of a process that grew in a straight line over
@@ -610,6 +727,7 @@ mod tests {
                 limit_bytes: Some(limit),
                 usage_bytes: Some(1),
                 version: 2,
+                ..CgroupMemory::default()
             }))
         };
         // 70 + 12 = 82 MiB of 100: warning; of 85: critical; of 200: none.
@@ -657,5 +775,59 @@ mod tests {
         assert!(f[0].message.contains("up to worker_shutdown_timeout"));
         r.processes[1].started_at_ms = 80_000;
         assert!(run(&r, Ok(None)).0.is_empty(), "20 s: not yet");
+    }
+
+    fn container(parts: &[(&'static str, i64)]) -> crate::model::container::Container {
+        use crate::model::container::{Container, ContainerPart};
+        Container {
+            usage_bytes: 900 * MIB,
+            limit_bytes: Some(1000 * MIB),
+            working_set_bytes: 500 * MIB,
+            parts: parts
+                .iter()
+                .map(|&(part, bytes)| ContainerPart {
+                    part,
+                    bytes,
+                    source: "",
+                })
+                .collect(),
+            ..Container::default()
+        }
+    }
+
+    #[test]
+    fn container_rules_fire_at_their_thresholds() {
+        let mut r = report();
+        let quiet = container(&[
+            ("page_cache_active", 199 * MIB as i64),
+            ("unexplained", 63 * MIB as i64),
+        ]);
+        r.container = Some(quiet);
+        assert!(run(&r, Ok(None)).0.is_empty());
+        let mut c = container(&[
+            ("page_cache_active", 200 * MIB as i64),
+            ("unexplained", -(90 * MIB as i64)),
+        ]);
+        c.working_set_bytes = 900 * MIB;
+        c.oom.kills_since_start = Some(1);
+        c.tcp_buffers_outside_usage_bytes = Some(100 * MIB);
+        r.container = Some(c);
+        let (f, _) = run(&r, Ok(None));
+        assert_eq!(
+            codes(&f),
+            [
+                "oom_killed",
+                "working_set_near_limit",
+                "socket_buffers_large",
+                "page_cache_in_usage",
+                "unexplained_container_memory"
+            ]
+        );
+        // Without a limit, only the socket buffers' own floor applies.
+        let mut c = container(&[("socket_buffers", 256 * MIB as i64)]);
+        c.limit_bytes = None;
+        c.working_set_bytes = 10_000 * MIB;
+        r.container = Some(c);
+        assert_eq!(codes(&run(&r, Ok(None)).0), ["socket_buffers_large"]);
     }
 }

@@ -5,6 +5,7 @@
 pub mod assemble;
 pub mod breakdown;
 pub mod chunk_words;
+pub mod container;
 pub mod findings;
 pub mod history;
 pub mod lua;

@@ -2,6 +2,7 @@
 //! describes. Data only (serde derives, no logic); imports nothing of ours.
 
 pub mod breakdown;
+pub mod container;
 pub mod findings;
 pub mod history;
 pub mod labels;

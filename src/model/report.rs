@@ -37,6 +37,9 @@ pub struct Report {
     /// `?history=1` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<crate::model::history::History>,
+    /// The memory cgroup's charge beside nginx's own; `null` where the
+    /// group cannot be read (see `errors`).
+    pub container: Option<crate::model::container::Container>,
     /// What the figures mean, most severe first (empty: no rule fired).
     pub findings: Vec<crate::model::findings::Finding>,
     pub errors: Vec<SourceError>,

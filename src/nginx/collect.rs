@@ -97,6 +97,7 @@ pub fn begin(measuring: Measuring) -> (LoopPart, Job) {
         http,
         stream,
         pools: sample_pools(),
+        oom_kills_at_start: registry.as_ref().and_then(|read| read.oom_kills_at_start),
         registry: registry.map(|read| (read.generation, read.master_started_at_ms)),
         own_walk,
         shutdown_timeout_ms: super::cycle::shutdown_timeout_ms(super::cycle::current()),
@@ -251,6 +252,10 @@ impl Job {
                 read_process(pid, entry, (pid == own_pid).then_some(self.own_title), walk)
             })
             .collect();
+        // SAFETY: getppid cannot fail.
+        let mut nginx_pids = vec![own_pid, unsafe { libc::getppid() } as u32];
+        nginx_pids.extend(processes.iter().map(|p| p.pid));
+        let container = super::container::read(&nginx_pids);
         // RSS last: pages the collection itself touched (its own allocations) are
         // then in RSS as well as in the owners' ranges, never only in the latter.
         let status = crate::sources::procfs::read_proc_file("/proc/self/status", 4 << 10);
@@ -265,8 +270,8 @@ impl Job {
             zone_pages,
             lua_resident,
             status,
+            container,
             processes,
-            cgroup: crate::sources::cgroup::read_own_recent(),
         }
     }
 }

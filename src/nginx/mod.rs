@@ -7,6 +7,7 @@ mod chunks;
 mod clock;
 mod collect;
 mod conf;
+mod container;
 mod cycle;
 mod directives;
 mod handler;

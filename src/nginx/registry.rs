@@ -40,6 +40,9 @@ struct Registry {
     /// Configuration loads: 1 at start, +1 per reload (the zone lives on).
     generation: AtomicU64,
     master_started_at_ms: AtomicU64,
+    /// The memory cgroup's OOM kills when nginx started (`u64::MAX`: not
+    /// known), so an answer counts the kills since then.
+    oom_kills_at_start: AtomicU64,
     /// Slots ever claimed: readers look no further, so the pages of slots
     /// never used stay untouched (not resident in any process).
     used: AtomicU32,
@@ -85,6 +88,11 @@ pub fn add_zone(cf: *mut ngx_conf_t, tag: *mut c_void) -> Result<(), ()> {
     Ok(())
 }
 
+/// The memory cgroup's OOM kills now (the master, as nginx starts).
+fn oom_kills_now() -> Option<u64> {
+    crate::sources::cgroup::read_own().ok()??.events.oom_kill
+}
+
 /// nginx's zone init, in the master at every configuration load: a new zone
 /// gets a zeroed registry; a zone kept across a reload counts the new load.
 extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
@@ -94,6 +102,8 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int
             (*r).magic = MAGIC;
             (*r).master_started_at_ms
                 .store(super::clock::now_ms(), Ordering::Relaxed);
+            (*r).oom_kills_at_start
+                .store(oom_kills_now().unwrap_or(u64::MAX), Ordering::Relaxed);
         }
     };
     // SAFETY: nginx passes the zone being initialized and the previous
@@ -278,6 +288,7 @@ pub(super) fn alive(pid: i32) -> bool {
 pub struct RegistryRead {
     pub generation: u64,
     pub master_started_at_ms: u64,
+    pub oom_kills_at_start: Option<u64>,
     /// Every slot with an owner (a dead one's until its slot is taken again:
     /// the process list checks who still runs).
     pub entries: Vec<RegistryEntry>,
@@ -319,6 +330,8 @@ pub fn read(now_ms: u64) -> Option<RegistryRead> {
     Some(RegistryRead {
         generation: r.generation.load(Ordering::Acquire),
         master_started_at_ms: r.master_started_at_ms.load(Ordering::Relaxed),
+        oom_kills_at_start: Some(r.oom_kills_at_start.load(Ordering::Relaxed))
+            .filter(|&n| n != u64::MAX),
         entries,
         full: used == SLOTS
             && !r

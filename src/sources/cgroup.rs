@@ -1,22 +1,76 @@
-//! The memory limit of the cgroup nginx runs in: `/proc/self/cgroup` names the
-//! group, and the group's files (v2 `memory.max`/`memory.current`, v1
-//! `memory.limit_in_bytes`/`memory.usage_in_bytes`) hold the limit. The
-//! tightest limit of the group and its ancestors is the one that binds.
+//! The memory cgroup nginx runs in: `/proc/self/cgroup` names the group, and
+//! the group's files hold its charge, limit, peak, OOM events and the
+//! kernel's split of the charge (`memory.stat`). v2 and v1 name them
+//! differently; each is parsed here into one shape. The tightest limit of
+//! the group and its ancestors is the one that binds.
 
 use serde::Serialize;
 
 use super::errors::SampleError;
 
 /// What the cgroup says about memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CgroupMemory {
+    /// 1 or 2.
+    pub version: u8,
+    /// The group, as `/proc/self/cgroup` names it.
+    pub path: String,
     /// The tightest limit on the group and its ancestors; `None`: no limit.
     pub limit_bytes: Option<u64>,
     /// The group's own charge (it counts page cache too).
     pub usage_bytes: Option<u64>,
-    /// 1 or 2.
-    pub version: u8,
+    /// v2 `memory.peak`, v1 `memory.max_usage_in_bytes`.
+    pub peak_bytes: Option<u64>,
+    /// v2 `memory.swap.current`, v1 `memory.stat` `total_swap`.
+    pub swap_bytes: Option<u64>,
+    /// The kernel's split of the charge.
+    pub stat: MemoryStat,
+    pub events: MemoryEvents,
+    /// v1 only, `memory.kmem.usage_in_bytes`: kernel memory inside usage
+    /// (v2 splits it in `memory.stat`).
+    pub kmem_bytes: Option<u64>,
+    /// v1 only, `memory.kmem.tcp.usage_in_bytes`: TCP buffers, counted apart
+    /// from usage once the group's TCP accounting is on (`None` while off).
+    pub tcp_outside_usage_bytes: Option<u64>,
+    /// The processes in the group (`cgroup.procs`), at most `MAX_PIDS`.
+    pub pids: Vec<u32>,
+    /// More processes were in the group than `pids` lists.
+    pub pids_truncated: bool,
 }
+
+/// The figures of `memory.stat` the reconciliation uses, in bytes; v1's
+/// hierarchical `total_` names, v2's own. `None`: not in this kernel's file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryStat {
+    pub anon: Option<u64>,
+    pub file: Option<u64>,
+    pub active_file: Option<u64>,
+    pub inactive_file: Option<u64>,
+    pub shmem: Option<u64>,
+    pub file_mapped: Option<u64>,
+    pub kernel: Option<u64>,
+    pub kernel_stack: Option<u64>,
+    pub pagetables: Option<u64>,
+    pub slab_reclaimable: Option<u64>,
+    pub slab_unreclaimable: Option<u64>,
+    pub sock: Option<u64>,
+    pub swap: Option<u64>,
+}
+
+/// OOM and limit events: v2 `memory.events`; v1 `memory.oom_control`'s
+/// `oom_kill` and `memory.failcnt` (times usage hit the limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryEvents {
+    pub oom_kill: Option<u64>,
+    pub oom: Option<u64>,
+    pub max: Option<u64>,
+    pub high: Option<u64>,
+    pub failcnt: Option<u64>,
+}
+
+/// Processes listed at most: a group holds nginx and a few helpers; the
+/// bound keeps an answer's cost flat whatever runs beside it.
+pub const MAX_PIDS: usize = 256;
 
 /// v1 writes "no limit" as the largest page-aligned counter, about 2^63.
 const V1_UNLIMITED_FROM: u64 = 1 << 62;
@@ -62,33 +116,93 @@ pub fn ancestry(path: &str) -> Vec<String> {
     dirs
 }
 
-/// How long a reading is reused: a limit changes rarely, and a reading is
-/// several files (the group's and each ancestor's).
+/// The `key number` lines of a cgroup file (`memory.stat`, `memory.events`,
+/// `memory.oom_control`); others are skipped.
+fn key_values(text: &str) -> impl Iterator<Item = (&str, u64)> {
+    text.lines().filter_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        Some((key, value.trim().parse().ok()?))
+    })
+}
+
+/// A `memory.stat`'s figures. v1 counts pages of this group only in its
+/// plain names and of the group with its children in `total_` ones; usage
+/// counts the children too, so the `total_` ones are read.
+pub fn parse_stat(text: &str, version: u8) -> MemoryStat {
+    let mut stat = MemoryStat::default();
+    for (key, value) in key_values(text) {
+        let slot = match (version, key) {
+            (1, "total_rss") | (2, "anon") => &mut stat.anon,
+            (1, "total_cache") | (2, "file") => &mut stat.file,
+            (1, "total_active_file") | (2, "active_file") => &mut stat.active_file,
+            (1, "total_inactive_file") | (2, "inactive_file") => &mut stat.inactive_file,
+            (1, "total_shmem") | (2, "shmem") => &mut stat.shmem,
+            (1, "total_mapped_file") | (2, "file_mapped") => &mut stat.file_mapped,
+            (1, "total_swap") => &mut stat.swap,
+            (2, "kernel") => &mut stat.kernel,
+            (2, "kernel_stack") => &mut stat.kernel_stack,
+            (2, "pagetables") => &mut stat.pagetables,
+            (2, "slab_reclaimable") => &mut stat.slab_reclaimable,
+            (2, "slab_unreclaimable") => &mut stat.slab_unreclaimable,
+            (2, "sock") => &mut stat.sock,
+            _ => continue,
+        };
+        *slot = Some(value);
+    }
+    stat
+}
+
+/// v2 `memory.events` (`oom_kill 3`, one per line) or v1 `memory.oom_control`
+/// (the same shape; only `oom_kill` is an event there).
+pub fn parse_events(text: &str, version: u8) -> MemoryEvents {
+    let mut events = MemoryEvents::default();
+    for (key, value) in key_values(text) {
+        let slot = match (version, key) {
+            (_, "oom_kill") => &mut events.oom_kill,
+            (2, "oom") => &mut events.oom,
+            (2, "max") => &mut events.max,
+            (2, "high") => &mut events.high,
+            _ => continue,
+        };
+        *slot = Some(value);
+    }
+    events
+}
+
+/// `cgroup.procs`: one pid a line; at most `MAX_PIDS`, and whether more were.
+pub fn parse_pids(text: &str) -> (Vec<u32>, bool) {
+    let mut pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let truncated = pids.len() > MAX_PIDS;
+    pids.truncate(MAX_PIDS);
+    (pids, truncated)
+}
+
+/// How long a reading is reused: a reading is a dozen files (the group's and
+/// each ancestor's limit), and a burst of answers needs it once.
 const REUSE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 type Reading = Result<Option<CgroupMemory>, SampleError>;
 
-/// `read_own`, at most once per `REUSE_FOR` (measuring threads only).
-pub fn read_own_recent() -> Reading {
+/// `read_own`, at most once per `REUSE_FOR` (measuring threads only), with
+/// how long ago it was read.
+pub fn read_own_recent() -> (Reading, std::time::Duration) {
     static LAST: std::sync::Mutex<Option<(std::time::Instant, Reading)>> =
         std::sync::Mutex::new(None);
     let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((at, reading)) = &*last {
         if at.elapsed() < REUSE_FOR {
-            return reading.clone();
+            return (reading.clone(), at.elapsed());
         }
     }
     let reading = read_own();
     *last = Some((std::time::Instant::now(), reading.clone()));
-    reading
+    (reading, std::time::Duration::ZERO)
 }
 
-/// The limit and charge of this process's memory cgroup; `None` where no
-/// memory controller is mounted.
-pub fn read_own() -> Reading {
-    let text = crate::sources::procfs::read_proc_file("/proc/self/cgroup", 4 << 10)
-        .map_err(|e| SampleError::file("/proc/self/cgroup", &e))?;
-    let (v2, v1) = groups_of(&text);
+/// Where the group's files are: the hierarchy's mount, the group's path and
+/// the version.
+fn locate(cgroup_text: &str) -> Option<(&'static str, String, u8)> {
+    let (v2, v1) = groups_of(cgroup_text);
     let has_memory = |root: &str| {
         std::fs::read_to_string(format!("{root}/cgroup.controllers"))
             .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
@@ -96,29 +210,70 @@ pub fn read_own() -> Reading {
     let v2_root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
         .into_iter()
         .find(|root| has_memory(root));
-    let (root, path, limit_file, usage_file, version) = match (v2_root, v2, v1) {
-        (Some(root), Some(path), _) => (root, path, "memory.max", "memory.current", 2),
-        (_, _, Some(path)) => (
-            "/sys/fs/cgroup/memory",
-            path,
-            "memory.limit_in_bytes",
-            "memory.usage_in_bytes",
-            1,
-        ),
-        _ => return Ok(None),
+    match (v2_root, v2, v1) {
+        (Some(root), Some(path), _) => Some((root, path.to_string(), 2)),
+        (_, _, Some(path)) => Some(("/sys/fs/cgroup/memory", path.to_string(), 1)),
+        _ => None,
+    }
+}
+
+/// This process's memory cgroup; `None` where no memory controller is
+/// mounted. A file the kernel does not have leaves its figure `None`.
+pub fn read_own() -> Reading {
+    let text = crate::sources::procfs::read_proc_file("/proc/self/cgroup", 4 << 10)
+        .map_err(|e| SampleError::file("/proc/self/cgroup", &e))?;
+    let Some((root, path, version)) = locate(&text) else {
+        return Ok(None);
     };
-    let read = |dir: &str, file: &str| std::fs::read_to_string(format!("{root}{dir}/{file}")).ok();
-    let limit_bytes = ancestry(path)
+    let dir = format!("{root}{}", path.trim_end_matches('/'));
+    let read_in = |dir: &str, file: &str| std::fs::read_to_string(format!("{dir}/{file}")).ok();
+    let read = |file: &str| read_in(&dir, file);
+    let number = |file: &str| read(file).and_then(|t| t.trim().parse::<u64>().ok());
+    let limit_file = if version == 2 {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    let limit_bytes = ancestry(&path)
         .iter()
-        .filter_map(|dir| parse_limit(&read(dir, limit_file)?))
+        .filter_map(|d| parse_limit(&read_in(&format!("{root}{d}"), limit_file)?))
         .min();
-    let usage_bytes =
-        read(path.trim_end_matches('/'), usage_file).and_then(|t| t.trim().parse().ok());
-    Ok(Some(CgroupMemory {
-        limit_bytes,
-        usage_bytes,
+    // Usage is read last of the charge's files, so the parts read before it
+    // are at most as old as it.
+    let stat = parse_stat(&read("memory.stat").unwrap_or_default(), version);
+    let (pids, pids_truncated) = parse_pids(&read("cgroup.procs").unwrap_or_default());
+    let mut cg = CgroupMemory {
         version,
-    }))
+        limit_bytes,
+        stat,
+        pids,
+        pids_truncated,
+        ..CgroupMemory::default()
+    };
+    if version == 2 {
+        cg.events = parse_events(&read("memory.events").unwrap_or_default(), 2);
+        cg.peak_bytes = number("memory.peak");
+        cg.swap_bytes = number("memory.swap.current");
+        cg.usage_bytes = number("memory.current");
+    } else {
+        cg.events = parse_events(&read("memory.oom_control").unwrap_or_default(), 1);
+        cg.events.failcnt = number("memory.failcnt");
+        cg.peak_bytes = number("memory.max_usage_in_bytes");
+        cg.swap_bytes = stat.swap;
+        cg.kmem_bytes = number("memory.kmem.usage_in_bytes");
+        // Accounting is on once a limit was written: before, the kernel
+        // counts nothing there and the figure would read as a true zero.
+        let tcp_on = read("memory.kmem.tcp.limit_in_bytes")
+            .and_then(|t| parse_limit(&t))
+            .is_some()
+            || number("memory.kmem.tcp.max_usage_in_bytes").is_some_and(|n| n > 0);
+        cg.tcp_outside_usage_bytes = tcp_on
+            .then(|| number("memory.kmem.tcp.usage_in_bytes"))
+            .flatten();
+        cg.usage_bytes = number("memory.usage_in_bytes");
+    }
+    cg.path = path;
+    Ok(Some(cg))
 }
 
 #[cfg(test)]
@@ -145,5 +300,81 @@ mod tests {
     fn ancestors_up_to_the_root() {
         assert_eq!(ancestry("/a/b"), ["/a/b", "/a", ""]);
         assert_eq!(ancestry("/"), [""]);
+    }
+
+    /// Recorded from a v1 group of this machine (kernel 6.18), shortened.
+    const V1_STAT: &str = "cache 1149857792\nrss 1990656\nshmem 0\nmapped_file 413696\n\
+        inactive_file 756543488\nactive_file 393310208\nhierarchical_memory_limit 9223372036854771712\n\
+        total_cache 1149857793\ntotal_rss 1990657\ntotal_shmem 4096\ntotal_mapped_file 413697\n\
+        total_swap 0\ntotal_inactive_anon 1806336\ntotal_inactive_file 756543489\n\
+        total_active_file 393310209\ntotal_unevictable 0\n";
+
+    /// In the format of the kernel's cgroup-v2 documentation (6.x field set).
+    const V2_STAT: &str = "anon 110592000\nfile 209715200\nkernel 12582912\n\
+        kernel_stack 1048576\npagetables 2097152\nsec_pagetables 0\npercpu 262144\n\
+        sock 4194304\nvmalloc 0\nshmem 8388608\nzswap 0\nfile_mapped 16777216\n\
+        file_dirty 0\nfile_writeback 0\nanon_thp 0\ninactive_anon 110592000\n\
+        active_anon 0\ninactive_file 104857600\nactive_file 104857600\nunevictable 0\n\
+        slab_reclaimable 6291456\nslab_unreclaimable 2097152\nslab 8388608\n";
+
+    #[test]
+    fn v1_stat_reads_the_hierarchical_totals() {
+        let s = parse_stat(V1_STAT, 1);
+        assert_eq!(s.anon, Some(1990657));
+        assert_eq!(s.file, Some(1149857793));
+        assert_eq!(s.shmem, Some(4096));
+        assert_eq!(s.file_mapped, Some(413697));
+        assert_eq!(s.inactive_file, Some(756543489));
+        assert_eq!(s.active_file, Some(393310209));
+        assert_eq!(s.swap, Some(0));
+        assert_eq!((s.kernel, s.sock, s.slab_reclaimable), (None, None, None));
+    }
+
+    #[test]
+    fn v2_stat_reads_its_own_names() {
+        let s = parse_stat(V2_STAT, 2);
+        assert_eq!(s.anon, Some(110592000));
+        assert_eq!(s.file, Some(209715200));
+        assert_eq!(s.kernel, Some(12582912));
+        assert_eq!(s.kernel_stack, Some(1 << 20));
+        assert_eq!(s.pagetables, Some(2 << 20));
+        assert_eq!(s.sock, Some(4 << 20));
+        assert_eq!(s.shmem, Some(8 << 20));
+        assert_eq!(s.file_mapped, Some(16 << 20));
+        assert_eq!(
+            (s.slab_reclaimable, s.slab_unreclaimable),
+            (Some(6 << 20), Some(2 << 20))
+        );
+        assert_eq!(
+            (s.active_file, s.inactive_file),
+            (Some(100 << 20), Some(100 << 20))
+        );
+        // A v1 name in a v2 file is not read, nor the other way round.
+        assert_eq!(parse_stat("total_rss 5\n", 2).anon, None);
+        assert_eq!(parse_stat("anon 5\n", 1).anon, None);
+    }
+
+    #[test]
+    fn events_of_both_versions() {
+        let v2 = parse_events(
+            "low 0\nhigh 7\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n",
+            2,
+        );
+        assert_eq!(
+            (v2.high, v2.max, v2.oom, v2.oom_kill),
+            (Some(7), Some(12), Some(2), Some(1))
+        );
+        let v1 = parse_events("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n", 1);
+        assert_eq!((v1.oom_kill, v1.oom, v1.max), (Some(3), None, None));
+    }
+
+    #[test]
+    fn pids_are_bounded() {
+        assert_eq!(parse_pids("12\n34\n"), (vec![12, 34], false));
+        let many: String = (1..=MAX_PIDS as u32 + 5)
+            .map(|p| format!("{p}\n"))
+            .collect();
+        let (pids, truncated) = parse_pids(&many);
+        assert_eq!((pids.len(), truncated), (MAX_PIDS, true));
     }
 }

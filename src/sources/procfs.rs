@@ -245,6 +245,20 @@ impl SmapsEntry {
     }
 }
 
+/// `/proc/net/sockstat`'s TCP line (`TCP: inuse 5 orphan 0 tw 2 alloc 7 mem 3`):
+/// sockets in use and TCP buffer memory in pages.
+pub fn parse_sockstat_tcp(text: &str) -> (Option<u64>, Option<u64>) {
+    let Some(line) = text.lines().find_map(|l| l.strip_prefix("TCP:")) else {
+        return (None, None);
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let value = |key: &str| {
+        let i = words.iter().position(|w| *w == key)?;
+        words.get(i + 1)?.parse().ok()
+    };
+    (value("inuse"), value("mem"))
+}
+
 /// The stack pointer of a thread blocked in a system call, from
 /// `/proc/PID/task/TID/syscall` (`NR args... SP PC`); `None` while it runs.
 pub fn parse_syscall_stack_pointer(text: &str) -> Option<u64> {
@@ -448,5 +462,13 @@ mod tests {
         );
         assert_eq!(parse_syscall_stack_pointer(""), None);
         assert_eq!(parse_syscall_stack_pointer("232 zz 0xq 0x1"), None);
+    }
+
+    #[test]
+    fn sockstat_tcp_line() {
+        let text =
+            "sockets: used 10\nTCP: inuse 1 orphan 0 tw 839 alloc 1 mem 7\nUDP: inuse 0 mem 0\n";
+        assert_eq!(parse_sockstat_tcp(text), (Some(1), Some(7)));
+        assert_eq!(parse_sockstat_tcp("sockets: used 1\n"), (None, None));
     }
 }

@@ -229,9 +229,11 @@ sub try_run {
 # Starts nginx (daemonized) and waits for its processes and ports.
 # single => 1: master_process off, so there are no workers to wait for.
 # env => {...}: environment for nginx (LD_PRELOAD reaches the workers too).
+# prefix => [...]: a command nginx is started under (a cgroup's, say).
 sub run {
     my ($self, %opt) = @_;
-    my @cmd = ($self->valgrind_prefix, $self->nginx_cmd());
+    my @cmd = (@{ $opt{prefix} // [] }, $self->valgrind_prefix, $self->nginx_cmd());
+    @cmd = map { my $a = $_; $a =~ s/'/'\\''/g; "'$a'" } @cmd if $opt{prefix};
     local %ENV = (%ENV, %{ $opt{env} // {} });
     my $out = qx{@cmd 2>&1};
     die "nginx failed to start:\n$out\n" . $self->error_log_tail if $?;

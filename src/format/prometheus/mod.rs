@@ -4,6 +4,7 @@
 //! `writer`, the answering worker's families in `worker`, the server's in
 //! `server`.
 
+mod container;
 mod server;
 mod worker;
 mod writer;
@@ -25,6 +26,9 @@ pub fn render(r: &Report) -> String {
     worker::zones(&mut m, &r.zones);
     server::server(&mut m, &r.processes, &r.server);
     server::trends(&mut m, &r.trends);
+    if let Some(c) = &r.container {
+        container::container(&mut m, c);
+    }
     server::findings(&mut m, &r.findings);
     worker::errors(&mut m, r.errors.iter().map(|e| e.source.as_str()));
     m.render()

@@ -1,0 +1,258 @@
+#!/usr/bin/perl
+
+# The container's memory, reconciled: nginx started inside a memory cgroup of
+# the test's own, each part of the group's charge provoked for real (page
+# cache from a 200 MB static file served three times, a process in the group
+# that is not nginx, 1,000 connections that do not read their responses, an
+# OOM kill) and checked against the group's own files, read by the test. The
+# parts add up to the group's usage exactly; an unreadable group is null with
+# its errors entry while the rest answers.
+
+use warnings;
+use strict;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use IO::Socket::INET;
+use JSON::PP ();
+use Test::More;
+use Time::HiRes qw(sleep time);
+use NginxTest qw(read_file_text);
+use Cgroup qw(make_cgroup write_text in_cgroup cgroup_number cgroup_stat);
+
+my $MiB = 1024 * 1024;
+
+plan skip_all => 'the container tests move processes between cgroups: root only' if $> != 0;
+my ($dir, $limit_file, $why) = make_cgroup();
+plan skip_all => "no memory cgroup to create here: $why" unless $dir;
+my $v1 = $limit_file eq 'memory.limit_in_bytes';
+my @made = ($dir);
+END { for my $d (@made) { rmdir $d if $d && -d $d } }
+
+# Within 5% of what the test read itself, or 1 MiB.
+sub near {
+    my ($got, $want, $name) = @_;
+    my $slack = abs($want) * 0.05;
+    $slack = $MiB if $slack < $MiB;
+    ok(defined $got && abs($got - $want) <= $slack, "$name: $got, the group's files say $want")
+        or diag "off by " . (($got // 0) - $want);
+}
+
+sub part {
+    my ($c, $name) = @_;
+    my ($p) = grep { $_->{part} eq $name } @{ $c->{parts} };
+    return $p ? $p->{bytes} : undef;
+}
+
+sub parts_add_up {
+    my ($c, $when) = @_;
+    my $sum = 0;
+    $sum += $_->{bytes} for @{ $c->{parts} };
+    is($sum, $c->{usage_bytes}, "$when: the parts add up to usage exactly ($c->{usage_bytes})");
+}
+
+# An answer fresher than the group's one-second reuse, and the group's own
+# stat read right after it.
+sub fresh_answer {
+    my ($t) = @_;
+    sleep 1.1;
+    my ($j) = $t->get_json($t->port(1), '/memory_status');
+    return ($j, $j->{container}, cgroup_stat($dir));
+}
+
+# A whole response read and dropped: its body's length.
+sub download {
+    my ($port, $path) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 30) or die "connect: $!";
+    print $s "GET $path HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    my ($bytes, $head, $buf) = (0, '', '');
+    while (sysread($s, $buf, 1 << 20)) {
+        if (defined $head) {
+            $head .= $buf;
+            my $end = index($head, "\r\n\r\n");
+            next if $end < 0;
+            $bytes = length($head) - $end - 4;
+            undef $head;
+        } else {
+            $bytes += length $buf;
+        }
+    }
+    return $bytes;
+}
+
+write_text("$dir/$limit_file", 1024 * $MiB);
+# v1 counts TCP buffers once the group's TCP accounting is on.
+write_text("$dir/memory.kmem.tcp.limit_in_bytes", 2048 * $MiB) if $v1;
+
+my $t = NginxTest->new;
+$t->write_file('www/small.html', "ok\n");
+$t->write_standard_conf(
+    connections => 4096,
+    main => 'worker_rlimit_nofile 8192;',
+    http => 'memory_status_interval 1s;',
+    server => <<'EOF',
+        location /files/ { alias %%PREFIX%%/www/; }
+EOF
+);
+# The big file is written past the page cache, so the group is charged for
+# it only when nginx reads it.
+my $big = $t->prefix . '/www/big.bin';
+system("dd if=/dev/zero of=$big bs=1M count=200 oflag=direct status=none") == 0 or die "dd: $?";
+system("dd if=/dev/urandom of=" . $t->prefix . "/www/one.bin bs=1M count=1 status=none") == 0 or die "dd: $?";
+$t->run(prefix => [in_cgroup($dir)]);
+my ($worker) = $t->worker_pids;
+
+# --- the section and its sums ---------------------------------------------------
+{
+    my ($j, $c, $stat) = fresh_answer($t);
+    ok($c, 'container is in the answer') or diag explain $j->{errors};
+    is($c->{cgroup_version}, $v1 ? 1 : 2, 'the cgroup version');
+    my ($base) = $dir =~ m{([^/]+)$};
+    like($c->{path}, qr{/\Q$base\E$}, "the group nginx runs in: $c->{path}");
+    is($c->{limit_bytes}, 1024 * $MiB, 'the limit, as written');
+    parts_add_up($c, 'at start');
+    near($c->{usage_bytes}, cgroup_number($dir, $v1 ? 'memory.usage_in_bytes' : 'memory.current'), 'usage');
+    my $inactive = $stat->{$v1 ? 'total_inactive_file' : 'inactive_file'};
+    near($c->{working_set_bytes}, $c->{usage_bytes} - $inactive, 'working set: usage less inactive file');
+    ok(!grep({ $_->{source} eq 'container' } @{ $j->{errors} }), 'no container error');
+    is($c->{oom}{kills_since_start}, 0, 'no OOM kill since nginx started');
+    cmp_ok(part($c, 'nginx_anonymous'), '>', 0, 'nginx holds anonymous memory in the group');
+}
+
+# --- page cache: a 200 MB static file served three times -------------------------
+{
+    my (undef, $before) = fresh_answer($t);
+    my $cache_before = part($before, 'page_cache_active') + part($before, 'page_cache_inactive');
+    is(download($t->port(1), '/files/big.bin'), 200 * $MiB, 'the 200 MB file, served') for 1 .. 3;
+    my ($j, $c, $stat) = fresh_answer($t);
+    my $cache = part($c, 'page_cache_active') + part($c, 'page_cache_inactive');
+    cmp_ok($cache - $cache_before, '>=', 190 * $MiB, "page cache grew by " . ($cache - $cache_before) . " bytes");
+    my ($active, $inactive) = $v1 ? @$stat{qw(total_active_file total_inactive_file)} : @$stat{qw(active_file inactive_file)};
+    near($cache, $active + $inactive - part($c, 'nginx_files'), 'page cache: active and inactive file less nginx_files');
+    parts_add_up($c, 'with the page cache');
+
+    # A limit just above usage: the working set is near it.
+    my $tight = int($c->{usage_bytes} / 0.95 / 4096) * 4096;
+    write_text("$dir/$limit_file", $tight);
+    ($j, $c) = fresh_answer($t);
+    my ($near) = grep { $_->{code} eq 'working_set_near_limit' } @{ $j->{findings} };
+    ok($near, "working_set_near_limit fires under a limit of $tight") or diag explain $j->{findings};
+    is($near->{evidence}{working_set_bytes}, $c->{working_set_bytes}, "its evidence: the working set");
+    # A roomier one: the active page cache is still a fifth of it.
+    write_text("$dir/$limit_file", 768 * $MiB);
+    ($j, $c) = fresh_answer($t);
+    ok(!grep({ $_->{code} eq 'working_set_near_limit' } @{ $j->{findings} }), 'not under a roomy limit');
+    my ($cached) = grep { $_->{code} eq 'page_cache_in_usage' } @{ $j->{findings} };
+    ok($cached, 'page_cache_in_usage fires: active page cache over 20% of the limit') or diag explain $j->{findings};
+    is($cached->{evidence}{page_cache_active_bytes}, part($c, 'page_cache_active'), 'its evidence: the active page cache');
+}
+
+# --- a process in the group that is not nginx ------------------------------------
+{
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        exec(in_cgroup($dir), 'perl', '-e', '$x = "a" x 60e6; sleep 60') or exit 1;
+    }
+    my $anon;
+    for (1 .. 100) {
+        my $status = read_file_text("/proc/$pid/status") // '';
+        ($anon) = $status =~ /^RssAnon:\s+(\d+) kB/m;
+        last if $anon && $anon * 1024 >= 60e6;
+        sleep 0.1;
+    }
+    my ($j, $c) = fresh_answer($t);
+    my ($other) = grep { $_->{pid} == $pid } @{ $c->{other_processes} };
+    ok($other, "the perl process ($pid) is listed") or diag explain $c->{other_processes};
+    is($other->{comm}, 'perl', 'by its name');
+    my ($now) = (read_file_text("/proc/$pid/status") // '') =~ /^RssAnon:\s+(\d+) kB/m;
+    near($other->{resident_anon_bytes}, $now * 1024, 'its anonymous memory');
+    cmp_ok(part($c, 'other_processes'), '>=', 60e6, 'in the other_processes part');
+    ok(!grep({ $_->{pid} == $worker } @{ $c->{other_processes} }), 'nginx is not among them');
+    parts_add_up($c, 'with another process');
+    kill 'KILL', $pid;
+    waitpid $pid, 0;
+}
+
+# --- socket buffers: 1,000 connections that do not read ---------------------------
+{
+    my @held;
+    for (1 .. 1000) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1:' . $t->port(1), Timeout => 10) or last;
+        print $s "GET /files/one.bin HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        push @held, $s;
+    }
+    is(scalar @held, 1000, '1,000 connections open');
+    sleep 1;
+    my ($j, $c, $stat) = fresh_answer($t);
+    cmp_ok($c->{sockets}{nginx_connections}, '>=', 1000, "nginx holds $c->{sockets}{nginx_connections} connections");
+    cmp_ok($c->{sockets}{tcp_in_use}, '>=', 2000, "TCP sockets in use in the namespace: $c->{sockets}{tcp_in_use}");
+    my $buffers = $v1 ? $c->{tcp_buffers_outside_usage_bytes} : part($c, 'socket_buffers');
+    my $own = $v1 ? cgroup_number($dir, 'memory.kmem.tcp.usage_in_bytes') : $stat->{sock};
+    near($buffers, $own, $v1 ? 'TCP buffers beside usage (v1)' : 'socket buffers (v2 sock)');
+    cmp_ok($buffers, '>', 16 * $MiB, "the kernel buffers $buffers bytes for the connections");
+    my ($large) = grep { $_->{code} eq 'socket_buffers_large' } @{ $j->{findings} };
+    ok($large, 'socket_buffers_large fires') or diag explain $j->{findings};
+    is($large->{evidence}{socket_buffers_bytes}, $buffers, 'its evidence: the buffers');
+    note('the container section the README walks through: ' . JSON::PP->new->canonical->encode($c));
+    my $text = $t->get($t->port(1), '/memory_status?format=prometheus')->{content};
+    like($text, qr/^nginx_memory_container_part_bytes\{part="page_cache_active"\} -?\d+$/m, 'Prometheus: the parts');
+    like($text, qr/^nginx_memory_container_usage_bytes\{cgroup_version="[12]"\} \d+$/m, 'Prometheus: usage');
+    like($text, qr/^# TYPE nginx_memory_container_oom_kills_total counter$/m, 'Prometheus: OOM kills, a counter');
+    close $_ for @held;
+}
+
+$t->done_file;
+
+# --- an unreadable group: null, with its errors entry ------------------------------
+{
+    my $u = NginxTest->new;
+    $u->write_standard_conf;
+    # A mount namespace of its own without the memory hierarchy: /proc says
+    # which group, and its files cannot be read.
+    my @hide = ('unshare', '-m', 'sh', '-c', 'umount -l /sys/fs/cgroup/memory 2>/dev/null; umount -l /sys/fs/cgroup 2>/dev/null; exec "$@"', 'sh');
+    $u->run(prefix => \@hide);
+    my ($j) = $u->get_json($u->port(1), '/memory_status');
+    is($j->{container}, undef, 'an unreadable group: container is null');
+    my ($e) = grep { $_->{source} eq 'container' } @{ $j->{errors} };
+    ok($e, "with its errors entry: " . ($e ? $e->{error} : 'none'));
+    ok($j->{process}{resident_bytes} && $j->{breakdown}, 'the rest answers');
+    $u->done_file;
+}
+
+# --- an OOM kill: a Lua location past a tight limit ------------------------------
+SKIP: {
+    skip "Debian's Lua module is not installed", 5 unless NginxTest::has_lua();
+    my ($oom_dir, $file, $no) = make_cgroup();
+    skip "no second memory cgroup: $no", 5 unless $oom_dir;
+    push @made, $oom_dir;
+    write_text("$oom_dir/$file", 128 * $MiB);
+    my $o = NginxTest->new;
+    $o->write_standard_conf(lua => 1, server => <<'EOF');
+        location = /grow {
+            content_by_lua_block {
+                local held = {}
+                local pad = string.rep("o", 65500)
+                for i = 1, 8192 do held[i] = pad .. i end
+                ngx.say(#held)
+            }
+        }
+EOF
+    $o->run(prefix => [in_cgroup($oom_dir)]);
+    my ($victim) = $o->worker_pids;
+    my $res = eval { $o->get($o->port(1), '/grow') };
+    $o->wait_for(sub { my @w = $o->worker_pids; @w && $w[0] != $victim }, 'the worker respawned');
+    sleep 1.1;
+    my ($j) = $o->get_json($o->port(1), '/memory_status');
+    my $c = $j->{container};
+    cmp_ok($c->{oom}{kills_since_start}, '>=', 1, "the kill is counted: $c->{oom}{kills_since_start}");
+    my $own = (read_file_text("$oom_dir/" . ($v1 ? 'memory.oom_control' : 'memory.events')) // '') =~ /^oom_kill (\d+)/m ? $1 : undef;
+    is($c->{oom}{kills}, $own, "as the group's own file says ($own)");
+    my ($f) = grep { $_->{code} eq 'oom_killed' } @{ $j->{findings} };
+    ok($f, 'oom_killed fires') or diag explain $j->{findings};
+    is($f->{severity}, 'critical', 'critical');
+    is($f->{evidence}{oom_kills_since_start}, $c->{oom}{kills_since_start}, 'its evidence: the kills since start');
+    $o->done_file(allow => [qr/exited on signal 9/]);
+}
+
+done_testing;
