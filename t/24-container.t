@@ -202,6 +202,20 @@ my ($worker) = $t->worker_pids;
     close $_ for @held;
 }
 
+# --- history: the group's usage and working set sampled with the rest --------------
+{
+    my ($j) = $t->get_json($t->port(1), '/memory_status?history=1');
+    my ($ring) = grep { $_->{pid} == $worker } @{ $j->{history}{processes} };
+    my @usage = grep { defined } map { $_->{container_usage_bytes} } @{ $ring->{samples} };
+    cmp_ok(scalar @usage, '>=', 5, scalar(@usage) . ' samples of the container usage in the worker\'s ring');
+    ok(defined $ring->{samples}[-1]{container_working_set_bytes}, 'and of its working set');
+    my ($trends) = grep { $_->{pid} == $worker } @{ $j->{trends} };
+    my ($fit) = grep { $_->{series} eq 'container_usage' } @{ $trends->{trends} };
+    ok($fit && $fit->{samples} >= 3, 'container_usage is fitted') or diag explain $trends;
+    ok(!grep({ $_->{code} eq 'steady_growth' && $_->{message} =~ /container/ } @{ $j->{findings} }),
+        'the page cache growing is no steady_growth');
+}
+
 $t->done_file;
 
 # --- an unreadable group: null, with its errors entry ------------------------------

@@ -467,7 +467,12 @@ fn steady_growth(r: &Report, t: &crate::model::history::ProcessTrends, out: &mut
     let fired: Vec<&crate::model::history::Trend> = t
         .trends
         .iter()
-        .filter(|s| !matches!(s.series, "shm" | "resident"))
+        .filter(|s| {
+            !matches!(
+                s.series,
+                "shm" | "resident" | "container_usage" | "container_working_set"
+            )
+        })
         .filter(|s| steady(s))
         .collect();
     for s in &fired {

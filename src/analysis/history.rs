@@ -13,8 +13,13 @@ use crate::shm::samples::ZonesSample;
 use crate::shm::samples::ZONES_MAX;
 
 impl Sample {
-    /// A worker's summary, as a sample of its history.
-    pub fn of(p: &Published, resident_bytes: u64) -> Sample {
+    /// A worker's summary, as a sample of its history, with its answer's
+    /// container figures.
+    pub fn of(
+        p: &Published,
+        resident_bytes: u64,
+        container: Option<&crate::model::container::Container>,
+    ) -> Sample {
         let vm = |v: &Option<crate::model::server::VmFigures>| {
             (
                 v.map(|v| v.gc_bytes),
@@ -38,6 +43,8 @@ impl Sample {
             lua_stream_allocator_bytes: stream_alloc,
             glibc_in_use_bytes: p.glibc.map(|g| g.in_use_bytes),
             glibc_free_bytes: p.glibc.map(|g| g.free_bytes),
+            container_usage_bytes: container.map(|c| c.usage_bytes),
+            container_working_set_bytes: container.map(|c| c.working_set_bytes),
         }
     }
 }
@@ -263,7 +270,14 @@ pub fn troughs(points: &[(u64, f64)]) -> Vec<(u64, f64)> {
 
 /// The series fitted besides the owners' `resident_bytes`, which follow them
 /// in the order a ring keeps its trends.
-const HEAP_SERIES: [&str; 4] = ["resident", "lua_http_gc", "lua_stream_gc", "glibc_in_use"];
+const HEAP_SERIES: [&str; 6] = [
+    "resident",
+    "lua_http_gc",
+    "lua_stream_gc",
+    "glibc_in_use",
+    "container_usage",
+    "container_working_set",
+];
 pub const SERIES_COUNT: usize = HEAP_SERIES.len() + PUBLISHED_OWNERS.len();
 
 pub fn series_name(i: usize) -> Option<&'static str> {
@@ -284,6 +298,8 @@ fn value(s: &Sample, i: usize) -> Option<f64> {
         1 => s.lua_http_gc_bytes.map(|v| v as f64),
         2 => s.lua_stream_gc_bytes.map(|v| v as f64),
         3 => s.glibc_in_use_bytes.map(|v| v as f64),
+        4 => s.container_usage_bytes.map(|v| v as f64),
+        5 => s.container_working_set_bytes.map(|v| v as f64),
         _ => s.owners.get(series_name(i)?).map(|&v| v as f64),
     }
 }
@@ -376,10 +392,12 @@ mod tests {
     #[test]
     fn the_series_are_the_owners_and_the_heaps() {
         assert_eq!(series_name(0), Some("resident"));
-        assert_eq!(series_name(4), Some("glibc"));
+        assert_eq!(series_name(4), Some("container_usage"));
+        assert_eq!(series_name(5), Some("container_working_set"));
+        assert_eq!(series_name(6), Some("glibc"));
         assert_eq!(series_name(SERIES_COUNT - 1), Some("unattributed"));
         assert_eq!(series_name(SERIES_COUNT), None);
-        assert_eq!(series_index("shm"), Some(5));
+        assert_eq!(series_index("shm"), Some(7));
     }
 
     #[test]

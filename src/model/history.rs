@@ -18,6 +18,10 @@ pub struct Sample {
     pub lua_stream_allocator_bytes: Option<u64>,
     pub glibc_in_use_bytes: Option<u64>,
     pub glibc_free_bytes: Option<u64>,
+    /// The memory cgroup's usage and working set (the same group for every
+    /// worker; `None` where it cannot be read).
+    pub container_usage_bytes: Option<u64>,
+    pub container_working_set_bytes: Option<u64>,
 }
 
 /// A zone's growth: it stops at the zone's size (`cap_bytes`), never a leak.

@@ -357,7 +357,11 @@ pub fn summary_work(part: LoopPart, job: Job) -> Finished {
         return Finished::FAILED;
     }
     let (report, summary) = assemble(part, measured, super::clock::now_ms);
-    let sample = Sample::of(&summary, report.process.resident_bytes.unwrap_or(0));
+    let sample = Sample::of(
+        &summary,
+        report.process.resident_bytes.unwrap_or(0),
+        report.container.as_ref(),
+    );
     let zones = ZonesSample::of(report.collected_at_ms, &report.zones);
     if crate::alloc_guard::failures() != mark {
         return Finished::FAILED;

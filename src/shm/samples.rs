@@ -5,7 +5,7 @@ use crate::model::history::Sample;
 use crate::model::server::PUBLISHED_OWNERS;
 use crate::shm::summary::{get, put, NONE, NONE_SIGNED};
 
-pub const SAMPLE_WORDS: usize = 3 + PUBLISHED_OWNERS.len() + 6;
+pub const SAMPLE_WORDS: usize = 3 + PUBLISHED_OWNERS.len() + 8;
 
 impl Sample {
     pub fn to_words(&self) -> [u64; SAMPLE_WORDS] {
@@ -23,6 +23,8 @@ impl Sample {
             self.lua_stream_allocator_bytes,
             self.glibc_in_use_bytes,
             self.glibc_free_bytes,
+            self.container_usage_bytes,
+            self.container_working_set_bytes,
         ];
         for (i, v) in rest.into_iter().enumerate() {
             w[3 + PUBLISHED_OWNERS.len() + i] = put(v);
@@ -48,6 +50,8 @@ impl Sample {
             lua_stream_allocator_bytes: get(w[at + 3]),
             glibc_in_use_bytes: get(w[at + 4]),
             glibc_free_bytes: get(w[at + 5]),
+            container_usage_bytes: get(w[at + 6]),
+            container_working_set_bytes: get(w[at + 7]),
         }
     }
 }
