@@ -199,6 +199,11 @@ my ($worker) = $t->worker_pids;
     like($text, qr/^nginx_memory_container_part_bytes\{part="page_cache_active"\} -?\d+$/m, 'Prometheus: the parts');
     like($text, qr/^nginx_memory_container_usage_bytes\{cgroup_version="[12]"\} \d+$/m, 'Prometheus: usage');
     like($text, qr/^# TYPE nginx_memory_container_oom_kills_total counter$/m, 'Prometheus: OOM kills, a counter');
+    my $html = $t->get($t->port(1), '/memory_status?format=html')->{content};
+    like($html, qr{<section id="container"><h2>The container: <span class="size"[^>]*>[^<]+</span> charged of a limit of }, 'HTML: the container section, with its limit');
+    like($html, qr/<svg[^>]*id="container-pie"/, 'HTML: the pie of its parts');
+    like($html, qr/headroom to the limit/, 'HTML: the headroom drawn as the last slice');
+    like($html, qr/TCP buffers beside its usage \(v1\)|socket_buffers/, 'HTML: the socket buffers');
     close $_ for @held;
 }
 

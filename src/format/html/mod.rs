@@ -7,6 +7,7 @@
 #[cfg_attr(test, allow(unused_imports))]
 pub use svg::SPARK_POINTS;
 
+mod container;
 mod sections;
 mod svg;
 
@@ -60,6 +61,9 @@ pub fn render(r: &Report, refresh_seconds: Option<u32>) -> String {
     sections::lua(&mut h, r);
     sections::pools(&mut h, r);
     sections::server(&mut h, r);
+    if let Some(c) = &r.container {
+        container::container(&mut h, c);
+    }
     sections::history(&mut h, r);
     sections::errors(&mut h, r);
     h.push_str("</body></html>\n");

@@ -7,8 +7,11 @@ use std::fmt::Write;
 use super::{esc, size};
 use crate::format::human_bytes;
 
-const COLORS: [&str; 8] = [
+/// Sixteen colours, so the container's pie (up to fifteen parts with the
+/// headroom) never paints two slices alike.
+const COLORS: [&str; 16] = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#9c755f",
+    "#ff9da7", "#bab0ac", "#a0cbe8", "#ffbe7d", "#8cd17d", "#86bcb6", "#d4a6c8", "#d7b5a6",
 ];
 
 /// An SVG pie of `(name, bytes)`; slices with nothing in them are left out.
