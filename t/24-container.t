@@ -2,9 +2,10 @@
 
 # The container's memory, reconciled: nginx started inside a memory cgroup of
 # the test's own, each part of the group's charge provoked for real (page
-# cache from a 200 MB static file served three times, a process in the group
-# that is not nginx, 1,000 connections that do not read their responses, an
-# OOM kill) and checked against the group's own files, read by the test. The
+# cache from a 200 MB static file served three times and from a proxy_cache
+# filled from a local upstream, a proxy_cache on a tmpfs, a process in the
+# group that is not nginx, 2,000 connections that do not read their
+# responses, an OOM kill) and checked against the group's own files, read by the test. The
 # parts add up to the group's usage exactly; an unreadable group is null with
 # its errors entry while the rest answers.
 
@@ -14,7 +15,9 @@ use strict;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use File::Find ();
 use IO::Socket::INET;
+use Socket ();
 use JSON::PP ();
 use Test::More;
 use Time::HiRes qw(sleep time);
@@ -90,16 +93,48 @@ $t->write_file('www/small.html', "ok\n");
 $t->write_standard_conf(
     connections => 4096,
     main => 'worker_rlimit_nofile 8192;',
-    http => 'memory_status_interval 1s;',
+    http => [
+        'memory_status_interval 1s;',
+        'proxy_cache_path %%PREFIX%%/cache keys_zone=disk_cache:1m max_size=1g use_temp_path=off;',
+        'proxy_cache_path %%PREFIX%%/tmpfs keys_zone=tmpfs_cache:1m max_size=1g use_temp_path=off;',
+    ],
     server => <<'EOF',
         location /files/ { alias %%PREFIX%%/www/; }
+        location /cached/ {
+            proxy_pass http://127.0.0.1:%%PORT_2%%/origin/;
+            proxy_cache disk_cache;
+            proxy_cache_valid 200 1h;
+        }
+        location /tmpfs-cached/ {
+            proxy_pass http://127.0.0.1:%%PORT_2%%/origin/;
+            proxy_cache tmpfs_cache;
+            proxy_cache_valid 200 1h;
+        }
+EOF
+    servers => <<'EOF',
+        server {
+            listen 127.0.0.1:%%PORT_2%%;
+            location /origin/ { alias %%PREFIX%%/origin/; }
+        }
 EOF
 );
 # The big file is written past the page cache, so the group is charged for
 # it only when nginx reads it.
 my $big = $t->prefix . '/www/big.bin';
 system("dd if=/dev/zero of=$big bs=1M count=200 oflag=direct status=none") == 0 or die "dd: $?";
-system("dd if=/dev/urandom of=" . $t->prefix . "/www/one.bin bs=1M count=1 status=none") == 0 or die "dd: $?";
+system("dd if=/dev/urandom of=" . $t->prefix . "/www/reply.bin bs=64K count=1 status=none") == 0 or die "dd: $?";
+# The upstream's files, 20 of 4 MiB, written past the page cache too.
+my $origin = $t->prefix . '/origin';
+mkdir $origin or die "$origin: $!";
+for my $n (1 .. 20) {
+    system("dd if=/dev/zero of=$origin/$n.bin bs=1M count=4 oflag=direct status=none") == 0 or die "dd: $?";
+}
+# A proxy_cache on a tmpfs mounted for the test: its files are shmem charged
+# to the group of the worker that writes them.
+my $tmpfs = $t->prefix . '/tmpfs';
+mkdir $tmpfs or die "$tmpfs: $!";
+my $mounted = system('mount', '-t', 'tmpfs', '-o', 'size=256m', 'tmpfs', $tmpfs) == 0;
+END { system('umount', '-l', $tmpfs) if $mounted }
 $t->run(prefix => [in_cgroup($dir)]);
 my ($worker) = $t->worker_pids;
 
@@ -148,6 +183,52 @@ my ($worker) = $t->worker_pids;
     is($cached->{evidence}{page_cache_active_bytes}, part($c, 'page_cache_active'), 'its evidence: the active page cache');
 }
 
+# The bytes of the files under $dir, each rounded up to whole pages.
+sub bytes_under {
+    my ($dir) = @_;
+    my $bytes = 0;
+    File::Find::find(sub { $bytes += (int(((-s $_) + 4095) / 4096) * 4096) if -f $_ }, $dir);
+    return $bytes;
+}
+
+# Each of the upstream's 20 files fetched through a cache: how many came whole.
+sub fill_cache {
+    my ($location) = @_;
+    return scalar grep { download($t->port(1), "$location$_.bin") == 4 * $MiB } 1 .. 20;
+}
+
+# --- page cache: a proxy_cache filled from a local upstream ----------------------
+{
+    my (undef, $before) = fresh_answer($t);
+    my $cache_before = part($before, 'page_cache_active') + part($before, 'page_cache_inactive');
+    is(fill_cache('/cached/'), 20, 'the upstream\'s 20 files of 4 MiB, served through the disk cache');
+    my $on_disk = bytes_under($t->prefix . '/cache');
+    cmp_ok($on_disk, '>=', 80 * $MiB, "the cache holds them: $on_disk bytes");
+    my ($j, $c, $stat) = fresh_answer($t);
+    my $cache = part($c, 'page_cache_active') + part($c, 'page_cache_inactive');
+    # The upstream's reads and the cache's writes both go through the page cache.
+    my $want = 80 * $MiB + $on_disk;
+    cmp_ok($cache - $cache_before, '>=', 0.9 * $want,
+        'page cache grew by ' . ($cache - $cache_before) . " bytes: the upstream's files and the cache's, $want");
+    my ($active, $inactive) = $v1 ? @$stat{qw(total_active_file total_inactive_file)} : @$stat{qw(active_file inactive_file)};
+    near($cache, $active + $inactive - part($c, 'nginx_files'), 'page cache with the proxy_cache');
+    parts_add_up($c, 'with the proxy_cache');
+}
+
+# --- shmem: a proxy_cache on a tmpfs ----------------------------------------------
+SKIP: {
+    skip 'no tmpfs could be mounted here', 5 unless $mounted;
+    my (undef, $before) = fresh_answer($t);
+    is(fill_cache('/tmpfs-cached/'), 20, 'the same 20 files, served through the tmpfs cache');
+    my $on_tmpfs = bytes_under($tmpfs);
+    cmp_ok($on_tmpfs, '>=', 80 * $MiB, "the tmpfs holds them: $on_tmpfs bytes");
+    my ($j, $c, $stat) = fresh_answer($t);
+    near(part($c, 'shmem_other') - part($before, 'shmem_other'), $on_tmpfs, 'shmem_other grew by the tmpfs cache');
+    near(part($c, 'shmem_other'), $stat->{$v1 ? 'total_shmem' : 'shmem'} - part($c, 'nginx_shared_memory'),
+        "shmem_other: the group's shmem less nginx's zones");
+    parts_add_up($c, 'with the tmpfs cache');
+}
+
 # --- a process in the group that is not nginx ------------------------------------
 {
     my $pid = fork // die "fork: $!";
@@ -174,19 +255,24 @@ my ($worker) = $t->worker_pids;
     waitpid $pid, 0;
 }
 
-# --- socket buffers: 1,000 connections that do not read ---------------------------
+# --- socket buffers: 2,000 connections that do not read their 64 KiB ---------------
 {
     my @held;
-    for (1 .. 1000) {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1:' . $t->port(1), Timeout => 10) or last;
-        print $s "GET /files/one.bin HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    # A client's small receive buffer, as a slow client far away: on loopback a
+    # default one would take the whole 64 KiB and leave nginx's socket empty.
+    my $peer = Socket::pack_sockaddr_in($t->port(1), Socket::inet_aton('127.0.0.1'));
+    for (1 .. 2000) {
+        my $s = IO::Socket::INET->new(Proto => 'tcp') or last;
+        $s->setsockopt(Socket::SOL_SOCKET(), Socket::SO_RCVBUF(), 4096) or last;
+        $s->connect($peer) or last;
+        print $s "GET /files/reply.bin HTTP/1.1\r\nHost: localhost\r\n\r\n";
         push @held, $s;
     }
-    is(scalar @held, 1000, '1,000 connections open');
+    is(scalar @held, 2000, '2,000 connections open');
     sleep 1;
     my ($j, $c, $stat) = fresh_answer($t);
-    cmp_ok($c->{sockets}{nginx_connections}, '>=', 1000, "nginx holds $c->{sockets}{nginx_connections} connections");
-    cmp_ok($c->{sockets}{tcp_in_use}, '>=', 2000, "TCP sockets in use in the namespace: $c->{sockets}{tcp_in_use}");
+    cmp_ok($c->{sockets}{nginx_connections}, '>=', 2000, "nginx holds $c->{sockets}{nginx_connections} connections");
+    cmp_ok($c->{sockets}{tcp_in_use}, '>=', 4000, "TCP sockets in use in the namespace: $c->{sockets}{tcp_in_use}");
     my $buffers = $v1 ? $c->{tcp_buffers_outside_usage_bytes} : part($c, 'socket_buffers');
     my $own = $v1 ? cgroup_number($dir, 'memory.kmem.tcp.usage_in_bytes') : $stat->{sock};
     near($buffers, $own, $v1 ? 'TCP buffers beside usage (v1)' : 'socket buffers (v2 sock)');
