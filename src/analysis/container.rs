@@ -6,9 +6,9 @@
 //! charge exactly.
 
 use crate::model::container::{Container, ContainerPart, OomEvents, OtherProcess, Sockets};
-use crate::model::process::ProcessMemory;
 use crate::model::server::{Server, ServerProcess};
 use crate::sources::cgroup::CgroupMemory;
+use crate::sources::procfs::StatmPages;
 
 /// What the measuring thread read for the container section.
 #[derive(Debug, Clone, Default)]
@@ -29,7 +29,7 @@ pub struct ContainerSample {
 pub struct OtherProcessSample {
     pub pid: u32,
     pub comm: Option<String>,
-    pub status: Option<ProcessMemory>,
+    pub statm: Option<StatmPages>,
 }
 
 /// nginx's resident memory counted once, by the kind the cgroup charges it as.
@@ -90,7 +90,7 @@ pub fn reconcile(
 ) -> Option<Container> {
     let cg = &sample.cgroup;
     let usage = cg.usage_bytes?;
-    let others = other_processes(&sample.others);
+    let others = other_processes(&sample.others, sample.page_bytes);
     let parts = parts(cg, nginx, &others, usage);
     let kills = cg.events.oom_kill;
     Some(Container {
@@ -124,7 +124,7 @@ pub fn reconcile(
     })
 }
 
-fn other_processes(samples: &[OtherProcessSample]) -> Vec<OtherProcess> {
+fn other_processes(samples: &[OtherProcessSample], page_bytes: u64) -> Vec<OtherProcess> {
     samples
         .iter()
         .map(|s| OtherProcess {
@@ -133,8 +133,8 @@ fn other_processes(samples: &[OtherProcessSample]) -> Vec<OtherProcess> {
                 .comm
                 .as_deref()
                 .map(|c| crate::sources::escape::escape(c.trim_end().as_bytes())),
-            resident_anon_bytes: s.status.as_ref().and_then(|m| m.resident_anon_bytes),
-            resident_bytes: s.status.as_ref().and_then(|m| m.resident_bytes),
+            resident_anon_bytes: s.statm.map(|m| (m.resident - m.shared) * page_bytes),
+            resident_bytes: s.statm.map(|m| m.resident * page_bytes),
         })
         .collect()
 }
@@ -182,7 +182,7 @@ fn parts(
         part(
             "other_processes",
             others_anon,
-            "RssAnon of the group's other processes (/proc/PID/status)",
+            "RssAnon of the group's other processes (/proc/PID/statm: resident less shared)",
         ),
         part(
             "page_cache_active",
@@ -259,6 +259,7 @@ fn part(name: &'static str, bytes: u64, source: &'static str) -> ContainerPart {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::process::ProcessMemory;
     use crate::sources::cgroup::{MemoryEvents, MemoryStat};
 
     const MIB: u64 = 1 << 20;
@@ -297,10 +298,9 @@ mod tests {
             others: vec![OtherProcessSample {
                 pid: 77,
                 comm: Some("sidecar\n".into()),
-                status: Some(ProcessMemory {
-                    resident_anon_bytes: Some(50 * MIB),
-                    resident_bytes: Some(60 * MIB),
-                    ..ProcessMemory::default()
+                statm: Some(StatmPages {
+                    resident: 60 * MIB / 4096,
+                    shared: 10 * MIB / 4096,
                 }),
             }],
             oom_kills_at_start: Some(1),

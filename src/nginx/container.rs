@@ -1,19 +1,58 @@
 //! What the measuring thread reads for the container section: the memory
-//! cgroup (at most once a second), the group's processes that are not
-//! nginx's, and the TCP line of `/proc/net/sockstat`.
+//! cgroup, the group's processes that are not nginx's, and the TCP line of
+//! `/proc/net/sockstat`; at most once a second.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use ngx::ffi::ngx_pagesize;
 
 use crate::analysis::container::{ContainerSample, OtherProcessSample};
-use crate::model::process::ProcessMemory;
 use crate::sources::errors::SampleError;
-use crate::sources::procfs::{parse_sockstat_tcp, read_proc_file};
+use crate::sources::procfs::{parse_sockstat_tcp, parse_statm, read_proc_file};
+
+/// How long a reading is reused: the group's files, its other processes'
+/// status and the sockstat line are read once for a burst of answers and the
+/// history's samples, whatever the group's size.
+const REUSE_FOR: Duration = Duration::from_secs(1);
+
+type Reading = Result<Option<ContainerSample>, SampleError>;
+
+/// The last reading, with when and for which nginx processes it was made.
+struct Recent {
+    at: Instant,
+    nginx_pids: Vec<u32>,
+    reading: Reading,
+}
 
 /// Measuring thread only. `nginx_pids`: this nginx's processes, which are
-/// not listed as others.
-pub fn read(nginx_pids: &[u32]) -> Result<Option<ContainerSample>, SampleError> {
-    let (reading, age) = crate::sources::cgroup::read_own_recent();
-    let Some(cgroup) = reading? else {
+/// not listed as others. A reading younger than `REUSE_FOR`, made for the
+/// same processes, is reused with its age.
+pub fn read(nginx_pids: &[u32]) -> Reading {
+    static LAST: Mutex<Option<Recent>> = Mutex::new(None);
+    let mut pids = nginx_pids.to_vec();
+    pids.sort_unstable();
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(recent) = &*last {
+        if recent.at.elapsed() < REUSE_FOR && recent.nginx_pids == pids {
+            let age_ms = recent.at.elapsed().as_millis() as u64;
+            return recent
+                .reading
+                .clone()
+                .map(|sample| sample.map(|s| ContainerSample { age_ms, ..s }));
+        }
+    }
+    let reading = read_now(nginx_pids);
+    *last = Some(Recent {
+        at: Instant::now(),
+        nginx_pids: pids,
+        reading: reading.clone(),
+    });
+    reading
+}
+
+fn read_now(nginx_pids: &[u32]) -> Reading {
+    let Some(cgroup) = crate::sources::cgroup::read_own()? else {
         return Ok(None);
     };
     let others = cgroup
@@ -27,7 +66,7 @@ pub fn read(nginx_pids: &[u32]) -> Result<Option<ContainerSample>, SampleError> 
         .unwrap_or((None, None));
     Ok(Some(ContainerSample {
         cgroup,
-        age_ms: age.as_millis() as u64,
+        age_ms: 0,
         others,
         tcp_in_use,
         tcp_memory_pages,
@@ -42,6 +81,6 @@ pub fn read(nginx_pids: &[u32]) -> Result<Option<ContainerSample>, SampleError> 
 fn other_process(pid: u32) -> Option<OtherProcessSample> {
     let read = |file: &str, size: usize| read_proc_file(&format!("/proc/{pid}/{file}"), size).ok();
     let comm = read("comm", 64);
-    let status = read("status", 4 << 10).map(|text| ProcessMemory::parse(&text).0);
-    (comm.is_some() || status.is_some()).then_some(OtherProcessSample { pid, comm, status })
+    let statm = read("statm", 256).and_then(|text| parse_statm(&text));
+    (comm.is_some() || statm.is_some()).then_some(OtherProcessSample { pid, comm, statm })
 }

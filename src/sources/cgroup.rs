@@ -177,27 +177,7 @@ pub fn parse_pids(text: &str) -> (Vec<u32>, bool) {
     (pids, truncated)
 }
 
-/// How long a reading is reused: a reading is a dozen files (the group's and
-/// each ancestor's limit), and a burst of answers needs it once.
-const REUSE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
-
 type Reading = Result<Option<CgroupMemory>, SampleError>;
-
-/// `read_own`, at most once per `REUSE_FOR` (measuring threads only), with
-/// how long ago it was read.
-pub fn read_own_recent() -> (Reading, std::time::Duration) {
-    static LAST: std::sync::Mutex<Option<(std::time::Instant, Reading)>> =
-        std::sync::Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((at, reading)) = &*last {
-        if at.elapsed() < REUSE_FOR {
-            return (reading.clone(), at.elapsed());
-        }
-    }
-    let reading = read_own();
-    *last = Some((std::time::Instant::now(), reading.clone()));
-    (reading, std::time::Duration::ZERO)
-}
 
 /// Where the group's files are: the hierarchy's mount, the group's path and
 /// the version.
