@@ -11,11 +11,10 @@ use lib "$FindBin::Bin/lib";
 
 use File::Path qw(make_path);
 use File::Temp qw(tempdir);
-use HTTP::Tiny;
-use JSON::PP qw(decode_json);
 use Test::More;
 use Time::HiRes qw(sleep time);
 use NginxTest qw(read_file_text);
+use Prometheus;
 
 # Without Debian's Lua module: no dict named cache, and nothing said of it or
 # of the Lua VM.
@@ -115,44 +114,24 @@ is($t->get($port, '/page?zone=cache')->{status}, 400, 'html with zone=: 400');
 # --- a real Prometheus scrapes it ------------------------------------------------------
 
 SKIP: {
-    skip 'prometheus not installed', 3 unless -x '/usr/bin/prometheus';
-    my $dir = tempdir(CLEANUP => 1);
-    my $web = NginxTest->new->port(9);
-    open my $cf, '>', "$dir/prometheus.yml" or die $!;
-    print $cf <<"EOF";
+    skip 'prometheus not installed', 3 unless Prometheus::installed();
+    my $prometheus = Prometheus->start(port => NginxTest->new->port(9), config => <<"EOF");
 global: { scrape_interval: 1s, scrape_timeout: 1s }
 scrape_configs:
   - job_name: nginx_memory
     metrics_path: /metrics
     static_configs: [ { targets: ['127.0.0.1:$port'] } ]
 EOF
-    close $cf;
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        open STDOUT, '>', "$dir/prometheus.log";
-        open STDERR, '>&', \*STDOUT;
-        exec '/usr/bin/prometheus', "--config.file=$dir/prometheus.yml", "--storage.tsdb.path=$dir/data",
-            "--web.listen-address=127.0.0.1:$web";
-        exit 127;
-    }
-    my $ua = HTTP::Tiny->new(timeout => 5);
-    my ($result, $up);
-    my $deadline = time + 60;
-    while (time < $deadline) {
-        my $r = $ua->get("http://127.0.0.1:$web/api/v1/query?query=nginx_memory_process_resident_bytes");
-        if ($r->{success}) {
-            my $data = eval { decode_json($r->{content}) };
-            if ($data && @{ $data->{data}{result} // [] }) { $result = $data->{data}{result}; last }
-        }
-        sleep 0.5;
-    }
+    my $result = $prometheus->wait_for(60, sub {
+        my @r = $prometheus->query('nginx_memory_process_resident_bytes');
+        @r ? \@r : undef;
+    });
     ok($result, 'Prometheus scraped the location and its query API returns the series')
-        or diag read_file_text("$dir/prometheus.log");
+        or diag $prometheus->log;
     is($result && $result->[0]{metric}{job}, 'nginx_memory', 'the series comes from the nginx job');
-    my $slots = $ua->get("http://127.0.0.1:$web/api/v1/query?query=nginx_memory_slabs_pages_slots_reqs_total");
-    like($slots->{content}, qr/"slot":"8"/, 'slot series are queryable too');
-    kill 'TERM', $pid;
-    waitpid $pid, 0;
+    my @slots = $prometheus->query('nginx_memory_slabs_pages_slots_reqs_total');
+    ok(grep({ $_->{metric}{slot} eq '8' } @slots), 'slot series are queryable too');
+    $prometheus->stop;
 }
 
 # --- HTML in a real headless browser -----------------------------------------------------

@@ -1,0 +1,193 @@
+#!/usr/bin/perl
+
+# Dashboards and alerts (monitoring/): the rules linted and unit-tested by
+# promtool, the alerts' conventions, the dashboard's JSON; then a real
+# Prometheus scraping a real nginx (two workers, a reload during the run)
+# with our rules loaded: every metric name monitoring/ uses is in the
+# module's answer, every recording rule has samples, every panel's query
+# returns data with the dashboard's variables substituted.
+
+use warnings;
+use strict;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use JSON::PP qw(decode_json);
+use Test::More;
+use Time::HiRes qw(sleep);
+use NginxTest qw(read_file_text);
+use Cgroup qw(make_cgroup write_text in_cgroup);
+use Prometheus;
+
+my $MON = "$FindBin::Bin/../monitoring";
+my $LUA = NginxTest::has_lua();
+my $NO_LUA = "Debian's Lua module is not installed";
+
+plan skip_all => 'prometheus (promtool and the server) is not installed' unless Prometheus::installed();
+
+# A YAML file as Perl data, read by python3-yaml.
+sub yaml_file {
+    my ($file) = @_;
+    my $json = qx{python3 -c 'import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))' '$file'};
+    die "cannot read $file as YAML" if $?;
+    return decode_json($json);
+}
+
+# GitHub's anchors of the README's headings.
+my %anchor = map {
+    my $h = lc s/^#+\s+//r;
+    $h =~ s/[^\w\- ]//g;
+    $h =~ tr/ /-/;
+    ($h => 1);
+} grep { /^#{1,4} / } split /\n/, read_file_text("$FindBin::Bin/../README.md");
+
+# --- promtool: lint and unit tests -----------------------------------------------
+{
+    my $out = qx{cd '$MON' && /usr/bin/promtool check rules rules.yml alerts.yml 2>&1};
+    is($?, 0, 'promtool check rules: rules.yml and alerts.yml') or diag $out;
+    $out = qx{cd '$MON' && /usr/bin/promtool test rules tests/alerts_test.yml 2>&1};
+    is($?, 0, 'promtool test rules: every alert fires on its input series and the demo fires none') or diag $out;
+}
+
+# --- the alerts' conventions ---------------------------------------------------------
+my @alerts = map { @{ $_->{rules} } } @{ yaml_file("$MON/alerts.yml")->{groups} };
+my @records = map { @{ $_->{rules} } } @{ yaml_file("$MON/rules.yml")->{groups} };
+cmp_ok(scalar @alerts, '>=', 10, scalar(@alerts) . ' alerts');
+my $tests = read_file_text("$MON/tests/alerts_test.yml");
+for my $a (@alerts) {
+    my $name = $a->{alert};
+    like($name, qr/^NginxMemory[A-Z][A-Za-z0-9]+$/, "$name: CamelCase, one prefix");
+    like($a->{labels}{severity} // '', qr/^(critical|warning|info)$/, "$name: severity $a->{labels}{severity}");
+    ok($a->{annotations}{$_}, "$name: $_ annotation") for qw(summary description);
+    my ($anchor) = ($a->{annotations}{runbook_url} // '') =~ /^README\.md#(.+)$/;
+    ok($anchor && $anchor{$anchor}, "$name: runbook_url names a README section ($anchor)");
+    # A gauge's condition must hold for a while; a counter's increase over a
+    # window is already immune to a lost scrape.
+    ok($a->{for} || $a->{expr} =~ /\bincrease\(/, "$name: a for (" . ($a->{for} // 'none') . ") or a counter's increase");
+    like($tests, qr/alertname: \Q$name\E\n\s+exp_alerts:\n\s+- exp_labels/, "$name: a unit test where it fires");
+}
+
+# --- the dashboard -------------------------------------------------------------------
+my $dashboard_text = read_file_text("$MON/dashboard.json");
+my $dashboard = eval { decode_json($dashboard_text) };
+ok($dashboard, 'dashboard.json is JSON') or diag $@;
+is(scalar qx{python3 '$MON/dashboard.py'}, $dashboard_text, 'dashboard.json is what dashboard.py writes');
+my %variable = map { $_->{name} => $_ } @{ $dashboard->{templating}{list} };
+is($variable{datasource}{type}, 'datasource', 'a datasource variable');
+is($variable{datasource}{query}, 'prometheus', 'of Prometheus');
+like($variable{instance}{definition}, qr/label_values\(nginx_memory_info, instance\)/, 'an instance variable');
+my @panels = grep { $_->{type} ne 'row' } @{ $dashboard->{panels} };
+my @targets;
+for my $p (@panels) {
+    is($p->{datasource}{uid}, '${datasource}', "panel \"$p->{title}\": the datasource variable");
+    for my $target (@{ $p->{targets} }) {
+        like($target->{expr}, qr/instance=~"\$instance"/, "panel \"$p->{title}\" $target->{refId}: filtered by \$instance");
+        push @targets, [$p->{title}, $target];
+    }
+}
+my %types = map { $_->{type} => 1 } @panels;
+ok(!grep({ !/^(timeseries|stat|table)$/ } keys %types), 'only Grafana\'s own panel types: ' . join(', ', sort keys %types));
+
+# --- a real Prometheus scraping a real nginx -----------------------------------------------
+my ($group, $limit_file) = $> == 0 ? make_cgroup() : ();
+END { rmdir $group if $group && -d $group }
+write_text("$group/$limit_file", 4 << 30) if $group;
+
+my $t = NginxTest->new;
+$t->write_standard_conf(
+    workers => 2,
+    lua => $LUA,
+    lua_http => 'lua_shared_dict small 1m;',
+    # A zone far larger than it holds: zone_oversized, a finding without Lua.
+    http => ['memory_status_interval 1s;', 'limit_req_zone $binary_remote_addr zone=huge:128m rate=1r/s;'],
+    lua_server => <<'EOF',
+        location = /fill {
+            content_by_lua_block {
+                local d = ngx.shared.small
+                local v = string.rep("v", 100)
+                for i = 1, 20000 do d:set("k" .. i, v) end
+                ngx.say("filled")
+            }
+        }
+EOF
+);
+$t->run($group ? (prefix => [in_cgroup($group)]) : ());
+my $target = '127.0.0.1:' . $t->port(1);
+$t->get($t->port(1), '/fill') if $LUA;
+
+my $rules = join ', ', map { "'$MON/$_'" } qw(rules.yml alerts.yml);
+my $prometheus = Prometheus->start(port => $t->port(9), config => <<"EOF");
+global: { scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s }
+rule_files: [ $rules ]
+scrape_configs:
+  - job_name: nginx_memory
+    metrics_path: /memory_status
+    params: { format: [prometheus] }
+    static_configs: [ { targets: ['$target'] } ]
+EOF
+ok($prometheus->wait_for(30, sub { $prometheus->query('up{job="nginx_memory"} == 1') }), 'Prometheus scrapes nginx')
+    or diag $prometheus->log;
+
+# The families of the module's answer: the union of scrapes (each answered by
+# one worker) until the trends are fitted, before the reload restarts them.
+my %family;
+ok($prometheus->wait_for(60, sub {
+    my $text = $t->get($t->port(1), '/memory_status?format=prometheus')->{content};
+    $family{$1} = 1 while $text =~ /^# TYPE (\S+) /mg;
+    $family{nginx_memory_trend_bytes_per_hour};
+}), 'the trends are fitted');
+my @old = $t->worker_pids;
+$t->reload;
+note("reloaded: workers @old became " . join(' ', $t->worker_pids));
+ok($prometheus->wait_for(30, sub {
+    my %pids = map { $_->{metric}{pid} => 1 } $prometheus->query('nginx_memory_info');
+    grep { $pids{$_} } $t->worker_pids;
+}), 'the new workers answer the scrapes after the reload');
+
+# Every metric name monitoring/ reads is a family of the module's answer, in
+# the union of a few scrapes (each answered by one worker).
+{
+    my %used;
+    for my $file (qw(rules.yml alerts.yml dashboard.json)) {
+        my $text = read_file_text("$MON/$file");
+        $used{$1}{$file} = 1 while $text =~ /(?<![\w:])(nginx_memory_[a-z0-9_]+)(?![\w:])/g;
+    }
+    cmp_ok(scalar keys %used, '>=', 15, scalar(keys %used) . ' metric names used by monitoring/');
+    for my $name (sort keys %used) {
+        SKIP: {
+            skip "$name: the Lua VMs' series; $NO_LUA", 1 if !$LUA && $name =~ /_lua_/;
+            skip "$name: the container's limit; no memory cgroup of the test's own here", 1
+                if !$group && $name eq 'nginx_memory_container_limit_bytes';
+            ok($family{$name}, "$name (" . join(', ', sort keys %{ $used{$name} }) . ') is in the answer');
+        }
+    }
+}
+
+# Every recording rule has samples.
+for my $record (map { $_->{record} } @records) {
+    SKIP: {
+        skip "$record: $NO_LUA", 1 if !$LUA && $record =~ /_lua_/;
+        ok($prometheus->wait_for(30, sub { $prometheus->query($record) }), "recorded: $record");
+    }
+}
+
+# Every panel's query returns data, the dashboard's variables substituted.
+for my $pair (@targets) {
+    my ($title, $target_of) = @$pair;
+    (my $expr = $target_of->{expr}) =~ s/\$instance/\Q$target\E/g;
+    $expr =~ s/\\/\\\\/g;
+    $expr =~ s/\$__rate_interval/1m/g;
+    SKIP: {
+        skip "\"$title\" $target_of->{refId}: $NO_LUA", 1 if !$LUA && $expr =~ /_lua_/;
+        skip "\"$title\" $target_of->{refId}: no memory cgroup of the test's own here", 1
+            if !$group && $expr =~ /container_limit_bytes/;
+        my $got = $prometheus->wait_for(30, sub { scalar $prometheus->query($expr) });
+        ok($got, "panel \"$title\" $target_of->{refId} returns $got series") or diag $expr;
+    }
+}
+
+$prometheus->stop;
+unlike($t->error_log, qr/\[(alert|crit|emerg)\]/, 'error.log: no alert, crit or emerg');
+$t->stop;
+done_testing();
