@@ -13,6 +13,7 @@ use strict;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use IO::Socket::INET;
 use JSON::PP qw(decode_json);
 use Test::More;
 use Time::HiRes qw(sleep);
@@ -89,7 +90,7 @@ for my $p (@panels) {
 my %types = map { $_->{type} => 1 } @panels;
 ok(!grep({ !/^(timeseries|stat|table)$/ } keys %types), 'only Grafana\'s own panel types: ' . join(', ', sort keys %types));
 
-# --- a real Prometheus scraping a real nginx -----------------------------------------------
+# --- a real Prometheus scraping a real nginx, alerting a real Alertmanager --------------
 my ($group, $limit_file) = $> == 0 ? make_cgroup() : ();
 END { rmdir $group if $group && -d $group }
 write_text("$group/$limit_file", 4 << 30) if $group;
@@ -101,7 +102,9 @@ $t->write_standard_conf(
     lua_http => 'lua_shared_dict small 1m;',
     # A zone far larger than it holds: zone_oversized, a finding without Lua.
     http => ['memory_status_interval 1s;', 'limit_req_zone $binary_remote_addr zone=huge:128m rate=1r/s;'],
+    server => 'location /files/ { alias %%PREFIX%%/www/; limit_rate 64k; }',
     lua_server => <<'EOF',
+        # A 1m dict filled with small values: its slab allocations fail.
         location = /fill {
             content_by_lua_block {
                 local d = ngx.shared.small
@@ -110,16 +113,44 @@ $t->write_standard_conf(
                 ngx.say("filled")
             }
         }
+        # A Lua heap that grows by 160 KiB a request, never freed.
+        location = /grow {
+            content_by_lua_block {
+                grown = grown or {}
+                grown[#grown + 1] = string.rep(tostring(#grown) .. "x", 32768)
+                ngx.say(#grown)
+            }
+        }
 EOF
 );
+$t->write_file('www/small.html', "ok\n");
+system('dd if=/dev/zero of=' . $t->prefix . '/www/big.bin bs=1M count=32 status=none') == 0 or die "dd: $?";
 $t->run($group ? (prefix => [in_cgroup($group)]) : ());
 my $target = '127.0.0.1:' . $t->port(1);
-$t->get($t->port(1), '/fill') if $LUA;
 
-my $rules = join ', ', map { "'$MON/$_'" } qw(rules.yml alerts.yml);
+my $alertmanager;
+SKIP: {
+    skip 'prometheus-alertmanager is not installed', 1 unless Prometheus::alertmanager_installed();
+    $alertmanager = Prometheus->start_alertmanager(port => $t->port(8), config => <<'EOF');
+route: { receiver: operators, group_by: [alertname, instance], group_wait: 1s, group_interval: 1s, repeat_interval: 1h }
+receivers: [ { name: operators } ]
+EOF
+    ok($alertmanager, 'Alertmanager started');
+}
+
+# The alerts as shipped, each "for" read in seconds instead of minutes, so
+# that what the test provokes fires within the run (promtool's tests above
+# hold the real durations).
+my $scaled = read_file_text("$MON/alerts.yml") =~ s/^(\s+for: \d+)m$/${1}s/mgr;
+$t->write_file('alerts-scaled.yml', $scaled);
+my $rules = join ', ', map { "'$_'" } "$MON/rules.yml", $t->prefix . '/alerts-scaled.yml';
+my $alerting = $alertmanager
+    ? "alerting: { alertmanagers: [ { static_configs: [ { targets: ['127.0.0.1:" . $t->port(8) . "'] } ] } ] }"
+    : '';
 my $prometheus = Prometheus->start(port => $t->port(9), config => <<"EOF");
 global: { scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s }
 rule_files: [ $rules ]
+$alerting
 scrape_configs:
   - job_name: nginx_memory
     metrics_path: /memory_status
@@ -137,13 +168,75 @@ ok($prometheus->wait_for(60, sub {
     $family{$1} = 1 while $text =~ /^# TYPE (\S+) /mg;
     $family{nginx_memory_trend_bytes_per_hour};
 }), 'the trends are fitted');
-my @old = $t->worker_pids;
-$t->reload;
-note("reloaded: workers @old became " . join(' ', $t->worker_pids));
+
+# Quiet: the server as configured, nothing provoked, for longer than the
+# longest scaled "for" (30 s): no alert pending or firing.
+sleep 32;
+my @quiet = $prometheus->query('ALERTS');
+is(scalar @quiet, 0, 'quiet: no alert pending or firing after 32 s')
+    or diag explain [map { $_->{metric} } @quiet];
+
+# Provoked: slab allocation failures, a download slower than the reload (an
+# old generation), a Lua heap growing in a straight line after the reload.
+$t->get($t->port(1), '/fill') if $LUA;
+my $slow = IO::Socket::INET->new(PeerAddr => $target, Timeout => 10) or die "connect: $!";
+print $slow "GET /files/big.bin HTTP/1.0\r\nHost: localhost\r\n\r\n";
+sysread($slow, my $head, 4096);
+# Reloaded by hand: the old worker serving the download stays (the helper's
+# reload waits for every old worker to leave).
+my %old = map { $_ => 1 } $t->worker_pids;
+kill 'HUP', $t->master_pid;
+my @new;
 ok($prometheus->wait_for(30, sub {
+    @new = grep { !$old{$_} } $t->worker_pids;
     my %pids = map { $_->{metric}{pid} => 1 } $prometheus->query('nginx_memory_info');
-    grep { $pids{$_} } $t->worker_pids;
+    @new == 2 && grep { $pids{$_} } @new;
 }), 'the new workers answer the scrapes after the reload');
+note('reloaded: workers ' . join(' ', sort keys %old) . " became @new");
+if ($LUA) {
+    $t->get($t->port(1), '/grow'), sleep 0.1 for 1 .. 150;
+}
+# A dict filled to failures is full, too.
+my @provoked = ('NginxMemoryOldGenerationLingering',
+    $LUA ? qw(NginxMemoryZoneAllocFailures NginxMemoryZoneNearlyFull NginxMemorySteadyGrowth) : ());
+my %firing;
+$prometheus->wait_for(90, sub {
+    %firing = map { $_->{labels}{alertname} => $_ } grep { $_->{state} eq 'firing' }
+        @{ ($prometheus->api('/api/v1/alerts') // {})->{alerts} // [] };
+    !grep { !$firing{$_} } @provoked;
+});
+for my $name (@provoked) {
+    ok($firing{$name}, "provoked: $name fires") or diag explain [values %firing];
+}
+SKIP: {
+    skip "the Lua provocations: $NO_LUA", 4 unless $LUA;
+    is($firing{NginxMemoryZoneAllocFailures}{labels}{zone}, 'small', 'the failing zone, by name');
+    is($firing{NginxMemoryZoneNearlyFull}{labels}{zone}, 'small', 'the full zone, by name');
+    like($firing{NginxMemorySteadyGrowth}{annotations}{description} // '',
+        qr/grew steadily since the last reload: [\d.]+[KMG]iB per hour/, 'steady growth: its fitted rate, said');
+    like($firing{NginxMemorySteadyGrowth}{labels}{subject} // '', qr/^worker \d+ \(pid \d+\) lua_http_gc$/,
+        'steady growth: the worker and the series');
+}
+like($firing{NginxMemoryOldGenerationLingering}{annotations}{description} // '',
+    qr/^1 old workers on \Q$target\E hold [\d.]+[KMG]iB resident/, 'old generation: its workers and their memory');
+ok(!grep({ my $n = $_; !grep { $_ eq $n } @provoked } keys %firing), 'nothing else fires: ' . join(', ', sort keys %firing));
+
+SKIP: {
+    skip 'no Alertmanager', 2 unless $alertmanager;
+    my %groups;
+    $alertmanager->wait_for(30, sub {
+        %groups = map { $_->{labels}{alertname} => $_ } @{ $alertmanager->get_json('/api/v2/alerts/groups') // [] };
+        !grep { !$groups{$_} } @provoked;
+    });
+    for my $name (@provoked) {
+        my $g = $groups{$name};
+        ok($g && $g->{labels}{instance} eq $target && @{ $g->{alerts} } >= 1
+            && $g->{alerts}[0]{labels}{severity} eq $firing{$name}{labels}{severity},
+            "Alertmanager: $name arrived, grouped by alertname and instance, with its labels")
+            or diag explain $g;
+    }
+}
+close $slow;
 
 # Every metric name monitoring/ reads is a family of the module's answer, in
 # the union of a few scrapes (each answered by one worker).
