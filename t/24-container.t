@@ -325,6 +325,31 @@ $t->done_file;
     $u->done_file;
 }
 
+# --- a container's layout: only its own group mounted at the top -----------------
+SKIP: {
+    my ($own, $file, $no) = make_cgroup();
+    skip "no second memory cgroup: $no", 5 unless $own;
+    skip 'the bind-mounted layout is cgroup v1\'s here', 5 unless $file eq 'memory.limit_in_bytes';
+    push @made, $own;
+    write_text("$own/$file", 512 * $MiB);
+    my $d = NginxTest->new;
+    $d->write_standard_conf;
+    # As Docker and Kubernetes do on v1: /proc/self/cgroup names the host's
+    # path, and the memory hierarchy's mount shows that group as its top.
+    $d->run(prefix => ['unshare', '-m', '--propagation', 'private', 'sh', '-c',
+        qq{echo \$\$ > '$own/cgroup.procs' && mount --bind '$own' /sys/fs/cgroup/memory && exec "\$@"}, 'sh']);
+    sleep 1.1;
+    my ($j) = $d->get_json($d->port(1), '/memory_status');
+    my $c = $j->{container};
+    ok($c, 'the group is found below its mount\'s top') or diag explain $j->{errors};
+    my ($base) = $own =~ m{([^/]+)$};
+    like($c->{path} // '', qr{/\Q$base\E$}, "named as /proc/self/cgroup names it: " . ($c->{path} // 'none'));
+    is($c->{limit_bytes}, 512 * $MiB, 'its limit');
+    near($c->{usage_bytes}, cgroup_number($own, 'memory.usage_in_bytes'), 'its usage');
+    parts_add_up($c, 'in the container layout') if $c;
+    $d->done_file;
+}
+
 # --- an OOM kill: a Lua location past a tight limit ------------------------------
 SKIP: {
     skip "Debian's Lua module is not installed", 5 unless NginxTest::has_lua();

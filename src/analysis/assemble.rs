@@ -198,9 +198,12 @@ fn container_of(
             if let Some(c) = container::reconcile(&sample, nginx, connections) {
                 return Some(c);
             }
-            "the group's usage could not be read".to_string()
+            format!(
+                "the group's usage could not be read in {}",
+                sample.cgroup.dir
+            )
         }
-        Ok(None) => "no memory cgroup is mounted".to_string(),
+        Ok(None) => "no memory cgroup hierarchy this process can see holds its group".to_string(),
         Err(e) => e.to_string(),
     };
     errors.push(SourceError::new("container", reason));

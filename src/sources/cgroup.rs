@@ -15,6 +15,8 @@ pub struct CgroupMemory {
     pub version: u8,
     /// The group, as `/proc/self/cgroup` names it.
     pub path: String,
+    /// The directory its files were read from.
+    pub dir: String,
     /// The tightest limit on the group and its ancestors; `None`: no limit.
     pub limit_bytes: Option<u64>,
     /// The group's own charge (it counts page cache too).
@@ -55,6 +57,9 @@ pub struct MemoryStat {
     pub slab_unreclaimable: Option<u64>,
     pub sock: Option<u64>,
     pub swap: Option<u64>,
+    /// v1 `hierarchical_memory_limit`: the tightest limit of the group and
+    /// every ancestor, those above a container's mount too; `None`: none.
+    pub hierarchical_limit: Option<u64>,
 }
 
 /// OOM and limit events: v2 `memory.events`; v1 `memory.oom_control`'s
@@ -139,6 +144,10 @@ pub fn parse_stat(text: &str, version: u8) -> MemoryStat {
             (1, "total_shmem") | (2, "shmem") => &mut stat.shmem,
             (1, "total_mapped_file") | (2, "file_mapped") => &mut stat.file_mapped,
             (1, "total_swap") => &mut stat.swap,
+            (1, "hierarchical_memory_limit") => {
+                stat.hierarchical_limit = (value < V1_UNLIMITED_FROM).then_some(value);
+                continue;
+            }
             (2, "kernel") => &mut stat.kernel,
             (2, "kernel_stack") => &mut stat.kernel_stack,
             (2, "pagetables") => &mut stat.pagetables,
@@ -179,30 +188,117 @@ pub fn parse_pids(text: &str) -> (Vec<u32>, bool) {
 
 type Reading = Result<Option<CgroupMemory>, SampleError>;
 
-/// Where the group's files are: the hierarchy's mount, the group's path and
-/// the version.
-fn locate(cgroup_text: &str) -> Option<(&'static str, String, u8)> {
+/// Where a memory hierarchy is mounted: its mount point, and the group of
+/// the hierarchy that mount shows at its top (`/` on a host; a container's
+/// own group where the runtime mounted only that, as Docker and Kubernetes
+/// do on cgroup v1, or v2 without a cgroup namespace).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HierarchyMount {
+    pub version: u8,
+    pub mount_point: String,
+    pub root: String,
+}
+
+/// The memory hierarchies of `/proc/self/mountinfo`: `cgroup2` mounts, and
+/// `cgroup` mounts with the memory controller (`ID PARENT DEV ROOT POINT
+/// OPTIONS [TAGS] - TYPE SOURCE SUPER_OPTIONS`). Octal escapes (`\040` for a
+/// space) in the paths are decoded.
+pub fn memory_mounts(mountinfo: &str) -> Vec<HierarchyMount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fields: Vec<&str> = left.split(' ').collect();
+            let mut tail = right.split(' ');
+            let (fs_type, _source, options) = (tail.next()?, tail.next()?, tail.next()?);
+            let version = match fs_type {
+                "cgroup2" => 2,
+                "cgroup" if options.split(',').any(|o| o == "memory") => 1,
+                _ => return None,
+            };
+            Some(HierarchyMount {
+                version,
+                root: unescape_octal(fields.get(3)?),
+                mount_point: unescape_octal(fields.get(4)?),
+            })
+        })
+        .collect()
+}
+
+fn unescape_octal(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The group's directory: the mount of its hierarchy whose top holds it (the
+/// deepest such top), and the group's path below that top. `None`: no
+/// mount shows the group (it lies above what this mount namespace sees).
+pub fn group_dir(mounts: &[HierarchyMount], version: u8, path: &str) -> Option<(String, String)> {
+    mounts
+        .iter()
+        .filter(|m| m.version == version)
+        .filter_map(|m| {
+            let root = m.root.trim_end_matches('/');
+            let below = path.strip_prefix(root)?;
+            (below.is_empty() || below.starts_with('/')).then(|| (m, below))
+        })
+        .max_by_key(|(m, _)| m.root.len())
+        .map(|(m, below)| {
+            (
+                m.mount_point.trim_end_matches('/').to_string(),
+                below.to_string(),
+            )
+        })
+}
+
+/// Where the group's files are: the mount point, the group's path below it,
+/// the version (v2 where the memory controller is on a v2 hierarchy) and
+/// the group's path as `/proc/self/cgroup` names it.
+fn locate(cgroup_text: &str, mountinfo: &str) -> Option<(String, String, u8, String)> {
     let (v2, v1) = groups_of(cgroup_text);
-    let has_memory = |root: &str| {
-        std::fs::read_to_string(format!("{root}/cgroup.controllers"))
+    let mounts = memory_mounts(mountinfo);
+    let has_memory = |point: &str| {
+        std::fs::read_to_string(format!("{point}/cgroup.controllers"))
             .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
     };
-    let v2_root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .into_iter()
-        .find(|root| has_memory(root));
-    match (v2_root, v2, v1) {
-        (Some(root), Some(path), _) => Some((root, path.to_string(), 2)),
-        (_, _, Some(path)) => Some(("/sys/fs/cgroup/memory", path.to_string(), 1)),
-        _ => None,
+    if let Some(path) = v2 {
+        if let Some((point, below)) = group_dir(&mounts, 2, path) {
+            if has_memory(&point) {
+                return Some((point, below, 2, path.to_string()));
+            }
+        }
     }
+    let (point, below) = group_dir(&mounts, 1, v1?)?;
+    Some((point, below, 1, v1?.to_string()))
 }
 
 /// This process's memory cgroup; `None` where no memory controller is
 /// mounted. A file the kernel does not have leaves its figure `None`.
 pub fn read_own() -> Reading {
-    let text = crate::sources::procfs::read_proc_file("/proc/self/cgroup", 4 << 10)
-        .map_err(|e| SampleError::file("/proc/self/cgroup", &e))?;
-    let Some((root, path, version)) = locate(&text) else {
+    let read_proc = |file: &'static str| {
+        crate::sources::procfs::read_proc_file(file, 4 << 10)
+            .map_err(|e| SampleError::file(file, &e))
+    };
+    let text = read_proc("/proc/self/cgroup")?;
+    let mountinfo = read_proc("/proc/self/mountinfo")?;
+    let Some((root, path, version, named)) = locate(&text, &mountinfo) else {
         return Ok(None);
     };
     let dir = format!("{root}{}", path.trim_end_matches('/'));
@@ -221,6 +317,7 @@ pub fn read_own() -> Reading {
     // Usage is read last of the charge's files, so the parts read before it
     // are at most as old as it.
     let stat = parse_stat(&read("memory.stat").unwrap_or_default(), version);
+    let limit_bytes = limit_bytes.into_iter().chain(stat.hierarchical_limit).min();
     let (pids, pids_truncated) = parse_pids(&read("cgroup.procs").unwrap_or_default());
     let mut cg = CgroupMemory {
         version,
@@ -252,7 +349,8 @@ pub fn read_own() -> Reading {
             .flatten();
         cg.usage_bytes = number("memory.usage_in_bytes");
     }
-    cg.path = path;
+    cg.path = named;
+    cg.dir = dir;
     Ok(Some(cg))
 }
 
@@ -307,7 +405,10 @@ mod tests {
         assert_eq!(s.inactive_file, Some(756543489));
         assert_eq!(s.active_file, Some(393310209));
         assert_eq!(s.swap, Some(0));
+        assert_eq!(s.hierarchical_limit, None, "v1's no limit");
         assert_eq!((s.kernel, s.sock, s.slab_reclaimable), (None, None, None));
+        let limited = parse_stat("hierarchical_memory_limit 536870912\n", 1);
+        assert_eq!(limited.hierarchical_limit, Some(512 << 20));
     }
 
     #[test]
@@ -346,6 +447,63 @@ mod tests {
         );
         let v1 = parse_events("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n", 1);
         assert_eq!((v1.oom_kill, v1.oom, v1.max), (Some(3), None, None));
+    }
+
+    /// A host's v1 hierarchies, and a container's where the runtime mounted
+    /// only its own group at the top (Docker, Kubernetes on v1).
+    const HOST_MOUNTS: &str = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+        32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+        35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n";
+    const DOCKER_MOUNTS: &str = "612 603 0:32 /docker/4f1e /sys/fs/cgroup/memory ro,nosuid master:15 - cgroup cgroup rw,memory\n\
+        613 603 0:33 /docker/4f1e /sys/fs/cgroup/cpu,cpuacct ro,nosuid master:16 - cgroup cgroup rw,cpu,cpuacct\n";
+    const V2_MOUNTS: &str =
+        "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n\
+        40 29 0:40 /kubepods.slice /mnt/with\\040space rw - cgroup2 cgroup2 rw\n";
+
+    #[test]
+    fn mounts_of_the_memory_hierarchies() {
+        let host = memory_mounts(HOST_MOUNTS);
+        assert_eq!(host.len(), 1);
+        assert_eq!((host[0].version, host[0].root.as_str()), (1, "/"));
+        assert_eq!(host[0].mount_point, "/sys/fs/cgroup/memory");
+        let v2 = memory_mounts(V2_MOUNTS);
+        assert_eq!(v2.len(), 2);
+        assert_eq!(v2[1].mount_point, "/mnt/with space");
+        assert_eq!(v2[1].root, "/kubepods.slice");
+    }
+
+    #[test]
+    fn the_group_below_its_mount() {
+        let host = memory_mounts(HOST_MOUNTS);
+        assert_eq!(
+            group_dir(&host, 1, "/docker/4f1e"),
+            Some(("/sys/fs/cgroup/memory".into(), "/docker/4f1e".into()))
+        );
+        // In the container, /proc/self/cgroup names the host's path, and the
+        // mount's top is that very group.
+        let docker = memory_mounts(DOCKER_MOUNTS);
+        assert_eq!(
+            group_dir(&docker, 1, "/docker/4f1e"),
+            Some(("/sys/fs/cgroup/memory".into(), "".into()))
+        );
+        assert_eq!(
+            group_dir(&docker, 1, "/docker/4f1e/sub"),
+            Some(("/sys/fs/cgroup/memory".into(), "/sub".into()))
+        );
+        // Not below the top: neither a sibling nor a name that only begins alike.
+        assert_eq!(group_dir(&docker, 1, "/docker/other"), None);
+        assert_eq!(group_dir(&docker, 1, "/docker/4f1e2"), None);
+        assert_eq!(group_dir(&docker, 2, "/docker/4f1e"), None);
+        // The deepest top that holds the group wins.
+        let v2 = memory_mounts(V2_MOUNTS);
+        assert_eq!(
+            group_dir(&v2, 2, "/kubepods.slice/pod1"),
+            Some(("/mnt/with space".into(), "/pod1".into()))
+        );
+        assert_eq!(
+            group_dir(&v2, 2, "/system.slice"),
+            Some(("/sys/fs/cgroup".into(), "/system.slice".into()))
+        );
     }
 
     #[test]
