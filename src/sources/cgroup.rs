@@ -257,7 +257,7 @@ pub fn group_dir(mounts: &[HierarchyMount], version: u8, path: &str) -> Option<(
         .filter_map(|m| {
             let root = m.root.trim_end_matches('/');
             let below = path.strip_prefix(root)?;
-            (below.is_empty() || below.starts_with('/')).then(|| (m, below))
+            (below.is_empty() || below.starts_with('/')).then_some((m, below))
         })
         .max_by_key(|(m, _)| m.root.len())
         .map(|(m, below)| {
