@@ -100,7 +100,7 @@ panel("The container's usage by part, against its limit", "timeseries", [
 panel("Working set, usage, TCP buffers", "timeseries", [
     {"expr": f'max(nginx_memory_container_working_set_bytes{{{I}}})', "legendFormat": "working set"},
     {"expr": f'max(nginx_memory_container_usage_bytes{{{I}}})', "legendFormat": "usage"},
-    {"expr": f'max(nginx_memory_container_tcp_memory_bytes{{{I}}})', "legendFormat": "TCP memory (namespace)"},
+    {"expr": f'max(nginx_memory_container_tcp_memory_bytes{{{I}}})', "legendFormat": "TCP buffers (the whole machine)"},
 ], 16, 47, 8, 9)
 
 dash = {

@@ -31,7 +31,7 @@ my ($dir, $limit_file, $why) = make_cgroup();
 plan skip_all => "no memory cgroup to create here: $why" unless $dir;
 my $v1 = $limit_file eq 'memory.limit_in_bytes';
 my @made = ($dir);
-END { for my $d (@made) { rmdir $d if $d && -d $d } }
+END { for my $d (reverse @made) { rmdir $d if $d && -d $d } }
 
 # Within 5% of what the test read itself, or 1 MiB.
 sub near {
@@ -253,6 +253,30 @@ SKIP: {
     parts_add_up($c, 'with another process');
     kill 'KILL', $pid;
     waitpid $pid, 0;
+}
+
+# --- a process in a group below nginx's: its charge is in the group's too --------
+{
+    my $sub = "$dir/sub";
+    mkdir $sub or die "$sub: $!";
+    push @made, $sub;
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        exec(in_cgroup($sub), 'perl', '-e', '$x = "b" x 40e6; sleep 60') or exit 1;
+    }
+    for (1 .. 100) {
+        my ($anon) = (read_file_text("/proc/$pid/status") // '') =~ /^RssAnon:\s+(\d+) kB/m;
+        last if $anon && $anon * 1024 >= 40e6;
+        sleep 0.1;
+    }
+    my ($j, $c) = fresh_answer($t);
+    my ($other) = grep { $_->{pid} == $pid } @{ $c->{other_processes} };
+    ok($other, "the perl process in $sub ($pid) is listed") or diag explain $c->{other_processes};
+    cmp_ok(part($c, 'other_processes'), '>=', 40e6, 'in the other_processes part');
+    parts_add_up($c, 'with a process in a child group');
+    kill 'KILL', $pid;
+    waitpid $pid, 0;
+    for (1 .. 50) { last if rmdir $sub; sleep 0.1 }
 }
 
 # --- socket buffers: 2,000 connections that do not read their 64 KiB ---------------

@@ -17,6 +17,8 @@ pub struct ContainerSample {
     pub age_ms: u64,
     /// The group's processes that are not nginx's, as read.
     pub others: Vec<OtherProcessSample>,
+    /// Some were not read (more than the bound).
+    pub others_truncated: bool,
     /// `/proc/net/sockstat`: TCP sockets in use and TCP memory in pages.
     pub tcp_in_use: Option<u64>,
     pub tcp_memory_pages: Option<u64>,
@@ -114,7 +116,7 @@ pub fn reconcile(
         },
         parts,
         other_processes: others,
-        other_processes_truncated: cg.pids_truncated,
+        other_processes_truncated: sample.others_truncated,
         tcp_buffers_outside_usage_bytes: cg.tcp_outside_usage_bytes,
         sockets: Sockets {
             nginx_connections: connections,
@@ -155,7 +157,12 @@ fn parts(
     let file = s.file.unwrap_or(0).saturating_sub(shmem);
     let nginx_anon = nginx.anon_bytes.min(anon);
     let nginx_shmem = nginx.shmem_bytes.min(shmem);
-    let nginx_file = nginx.file_bytes.min(file);
+    // nginx's file pages are mapped: at most the group's mapped file pages
+    // (less nginx's zones, mapped shmem), never the cache nobody maps.
+    let mapped = s
+        .file_mapped
+        .map_or(file, |m| m.saturating_sub(nginx_shmem));
+    let nginx_file = nginx.file_bytes.min(file).min(mapped);
     let others_anon: u64 = others.iter().filter_map(|o| o.resident_anon_bytes).sum();
     let others_anon = others_anon.min(anon - nginx_anon);
     // nginx's file pages are mapped, so on the active list first.
@@ -177,7 +184,7 @@ fn parts(
         part(
             "nginx_files",
             nginx_file,
-            "the server's text owner counted once (PSS), at most memory.stat's file pages",
+            "the server's text owner counted once (PSS), at most memory.stat's mapped file pages",
         ),
         part(
             "other_processes",
@@ -201,10 +208,12 @@ fn parts(
         ),
     ];
     list.extend(kernel_parts(cg));
-    let explained: i64 = list.iter().map(|p| p.bytes).sum();
+    let explained = list.iter().fold(0i64, |sum, p| sum.saturating_add(p.bytes));
     list.push(ContainerPart {
         part: "unexplained",
-        bytes: usage as i64 - explained,
+        bytes: i64::try_from(usage)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(explained),
         source: "usage less every other part",
     });
     list
@@ -363,6 +372,45 @@ mod tests {
         assert_eq!(bytes(&c, "page_cache_inactive"), 0);
         let sum: i64 = c.parts.iter().map(|p| p.bytes).sum();
         assert_eq!(sum, 600 * MIB as i64);
+    }
+
+    #[test]
+    fn nginx_files_at_most_the_groups_mapped_pages() {
+        // 12 MiB of the group's file pages are mapped, 10 of them nginx's
+        // zones (mapped shmem): nginx's libraries are at most the other 2,
+        // whatever cache another process left.
+        let mut cg = v2_group();
+        cg.stat.file_mapped = Some(12 * MIB);
+        let nginx = NginxKinds {
+            anon_bytes: 140 * MIB,
+            shmem_bytes: 10 * MIB,
+            file_bytes: 30 * MIB,
+        };
+        let c = reconcile(&sample(cg), nginx, 0).unwrap();
+        assert_eq!(bytes(&c, "nginx_files"), 2 * MIB as i64);
+        assert_eq!(bytes(&c, "page_cache_active"), 118 * MIB as i64);
+        let sum: i64 = c.parts.iter().map(|p| p.bytes).sum();
+        assert_eq!(sum, 600 * MIB as i64);
+    }
+
+    #[test]
+    fn nonsense_figures_do_not_overflow() {
+        let mut cg = v2_group();
+        cg.usage_bytes = Some(u64::MAX);
+        cg.stat.anon = Some(u64::MAX);
+        cg.stat.file = Some(u64::MAX);
+        cg.stat.active_file = Some(u64::MAX);
+        cg.stat.kernel = Some(u64::MAX);
+        let nginx = NginxKinds {
+            anon_bytes: u64::MAX,
+            shmem_bytes: u64::MAX,
+            file_bytes: u64::MAX,
+        };
+        let c = reconcile(&sample(cg), nginx, 0).unwrap();
+        assert!(c
+            .parts
+            .iter()
+            .all(|p| p.bytes >= 0 || p.part == "unexplained"));
     }
 
     #[test]

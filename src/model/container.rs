@@ -67,12 +67,14 @@ pub struct OtherProcess {
 }
 
 /// Beside the socket buffers: the connections nginx holds and the TCP
-/// figures of its network namespace (`/proc/net/sockstat`).
+/// figures of `/proc/net/sockstat`.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Sockets {
     /// The answering worker's open connections (its pools).
     pub nginx_connections: u64,
+    /// TCP sockets in use in nginx's network namespace (`inuse`).
     pub tcp_in_use: Option<u64>,
-    /// TCP buffer memory of the whole namespace (`mem`, in pages).
+    /// TCP buffer memory of the whole machine (`mem`: the kernel keeps one
+    /// count for every namespace).
     pub tcp_memory_bytes: Option<u64>,
 }

@@ -169,20 +169,31 @@ fn processes_to_read(
     (processes, own_walk)
 }
 
-/// The master to list: this process's parent while it is nginx's master.
-/// A worker whose master was killed is adopted by another process (init, a
-/// container's init): that one is not nginx's and is not listed.
-fn master_pid(errors: &mut Vec<SourceError>) -> Option<u32> {
+/// This process's parent while it is nginx's master (`Err`: the master
+/// nginx started with, and the parent now); `Ok(None)` with no master
+/// (`master_process off`). A worker whose master was killed is adopted by
+/// another process (init, a container's init): that one is not nginx's.
+/// Any thread: the integers are set before the worker runs.
+fn nginx_master() -> Result<Option<u32>, (u32, u32)> {
     // SAFETY: plain integers nginx sets when the process starts.
     let (process, master) = unsafe { (ngx_process as u32, ngx_parent as u32) };
     if process == NGX_PROCESS_SINGLE {
-        return None;
+        return Ok(None);
     }
     // SAFETY: getppid has no preconditions.
     let parent = unsafe { libc::getppid() } as u32;
     if parent == master {
-        return Some(master);
+        return Ok(Some(master));
     }
+    Err((master, parent))
+}
+
+/// The master to list, saying why none is when it is gone.
+fn master_pid(errors: &mut Vec<SourceError>) -> Option<u32> {
+    let (master, parent) = match nginx_master() {
+        Ok(master) => return master,
+        Err(pids) => pids,
+    };
     errors.push(SourceError::new(
         "processes",
         format!(
@@ -252,8 +263,11 @@ impl Job {
                 read_process(pid, entry, (pid == own_pid).then_some(self.own_title), walk)
             })
             .collect();
-        // SAFETY: getppid cannot fail.
-        let mut nginx_pids = vec![own_pid, unsafe { libc::getppid() } as u32];
+        // The parent only while it is nginx's master: a supervisor that runs
+        // nginx with master_process off is one of the group's others.
+        let mut nginx_pids: Vec<u32> = std::iter::once(own_pid)
+            .chain(nginx_master().ok().flatten())
+            .collect();
         nginx_pids.extend(processes.iter().map(|p| p.pid));
         let container = super::container::read(&nginx_pids);
         // RSS last: pages the collection itself touched (its own allocations) are

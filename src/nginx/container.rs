@@ -18,6 +18,10 @@ const REUSE_FOR: Duration = Duration::from_secs(1);
 
 type Reading = Result<Option<ContainerSample>, SampleError>;
 
+/// Other processes read at most: their cost is two small `/proc` files each
+/// (about 20 µs), once a second.
+const MAX_OTHERS: usize = 256;
+
 /// The last reading, with when and for which nginx processes it was made.
 struct Recent {
     at: Instant,
@@ -55,12 +59,18 @@ fn read_now(nginx_pids: &[u32]) -> Reading {
     let Some(cgroup) = crate::sources::cgroup::read_own()? else {
         return Ok(None);
     };
-    let others = cgroup
-        .pids
-        .iter()
-        .filter(|pid| !nginx_pids.contains(pid))
-        .filter_map(|&pid| other_process(pid))
-        .collect();
+    let mut others = Vec::new();
+    let mut others_truncated = cgroup.pids_truncated;
+    for &pid in cgroup.pids.iter().filter(|pid| !nginx_pids.contains(pid)) {
+        if others.len() == MAX_OTHERS
+            || crate::alloc_guard::short()
+            || others.try_reserve(1).is_err()
+        {
+            others_truncated = true;
+            break;
+        }
+        others.extend(other_process(pid));
+    }
     let (tcp_in_use, tcp_memory_pages) = read_proc_file("/proc/net/sockstat", 1 << 10)
         .map(|text| parse_sockstat_tcp(&text))
         .unwrap_or((None, None));
@@ -68,6 +78,7 @@ fn read_now(nginx_pids: &[u32]) -> Reading {
         cgroup,
         age_ms: 0,
         others,
+        others_truncated,
         tcp_in_use,
         tcp_memory_pages,
         // SAFETY: a plain integer nginx sets at start.

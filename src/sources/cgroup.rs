@@ -34,9 +34,11 @@ pub struct CgroupMemory {
     /// v1 only, `memory.kmem.tcp.usage_in_bytes`: TCP buffers, counted apart
     /// from usage once the group's TCP accounting is on (`None` while off).
     pub tcp_outside_usage_bytes: Option<u64>,
-    /// The processes in the group (`cgroup.procs`), at most `MAX_PIDS`.
+    /// The processes in the group and its descendants (each one's
+    /// `cgroup.procs`: usage and `memory.stat` count theirs too), at most
+    /// `MAX_PIDS` from at most `MAX_GROUPS` groups.
     pub pids: Vec<u32>,
-    /// More processes were in the group than `pids` lists.
+    /// More processes, or groups, were there than `pids` lists.
     pub pids_truncated: bool,
 }
 
@@ -73,9 +75,12 @@ pub struct MemoryEvents {
     pub failcnt: Option<u64>,
 }
 
-/// Processes listed at most: a group holds nginx and a few helpers; the
-/// bound keeps an answer's cost flat whatever runs beside it.
-pub const MAX_PIDS: usize = 256;
+/// Pids read at most, and groups (the group and its descendants) walked at
+/// most: a group holds nginx and a few helpers; the bounds keep a reading's
+/// cost flat whatever runs beside it. nginx's own are among them, so more
+/// pids are read than others are listed (`nginx::container`).
+pub const MAX_PIDS: usize = 4096;
+pub const MAX_GROUPS: usize = 64;
 
 /// v1 writes "no limit" as the largest page-aligned counter, about 2^63.
 const V1_UNLIMITED_FROM: u64 = 1 << 62;
@@ -178,11 +183,41 @@ pub fn parse_events(text: &str, version: u8) -> MemoryEvents {
     events
 }
 
-/// `cgroup.procs`: one pid a line; at most `MAX_PIDS`, and whether more were.
-pub fn parse_pids(text: &str) -> (Vec<u32>, bool) {
-    let mut pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    let truncated = pids.len() > MAX_PIDS;
-    pids.truncate(MAX_PIDS);
+/// `cgroup.procs`: one pid a line, added to `pids` up to `MAX_PIDS`; whether
+/// some were left out.
+pub fn parse_pids(text: &str, pids: &mut Vec<u32>) -> bool {
+    for pid in text.lines().filter_map(|l| l.trim().parse().ok()) {
+        if pids.len() == MAX_PIDS || pids.try_reserve(1).is_err() {
+            return true;
+        }
+        pids.push(pid);
+    }
+    false
+}
+
+/// The pids of the group in `dir` and of its descendants, breadth first, at
+/// most `MAX_GROUPS` groups and `MAX_PIDS` pids; whether some were left out.
+fn group_pids(dir: &str) -> (Vec<u32>, bool) {
+    let mut pids = Vec::new();
+    let mut groups = std::collections::VecDeque::from([dir.to_string()]);
+    let mut walked = 0;
+    let mut truncated = false;
+    while let Some(group) = groups.pop_front() {
+        if walked == MAX_GROUPS || crate::alloc_guard::short() {
+            return (pids, true);
+        }
+        walked += 1;
+        let procs =
+            crate::sources::procfs::read_proc_file(&format!("{group}/cgroup.procs"), 4 << 10);
+        truncated |= parse_pids(&procs.unwrap_or_default(), &mut pids);
+        let children = std::fs::read_dir(&group).into_iter().flatten().flatten();
+        groups.extend(
+            children
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path().to_string_lossy().into_owned())
+                .take(MAX_GROUPS),
+        );
+    }
     (pids, truncated)
 }
 
@@ -302,7 +337,9 @@ pub fn read_own() -> Reading {
         return Ok(None);
     };
     let dir = format!("{root}{}", path.trim_end_matches('/'));
-    let read_in = |dir: &str, file: &str| std::fs::read_to_string(format!("{dir}/{file}")).ok();
+    let read_in = |dir: &str, file: &str| {
+        crate::sources::procfs::read_proc_file(&format!("{dir}/{file}"), 4 << 10).ok()
+    };
     let read = |file: &str| read_in(&dir, file);
     let number = |file: &str| read(file).and_then(|t| t.trim().parse::<u64>().ok());
     let limit_file = if version == 2 {
@@ -318,7 +355,7 @@ pub fn read_own() -> Reading {
     // are at most as old as it.
     let stat = parse_stat(&read("memory.stat").unwrap_or_default(), version);
     let limit_bytes = limit_bytes.into_iter().chain(stat.hierarchical_limit).min();
-    let (pids, pids_truncated) = parse_pids(&read("cgroup.procs").unwrap_or_default());
+    let (pids, pids_truncated) = group_pids(&dir);
     let mut cg = CgroupMemory {
         version,
         limit_bytes,
@@ -508,11 +545,13 @@ mod tests {
 
     #[test]
     fn pids_are_bounded() {
-        assert_eq!(parse_pids("12\n34\n"), (vec![12, 34], false));
+        let mut pids = vec![1];
+        assert!(!parse_pids("12\n34\n", &mut pids));
+        assert_eq!(pids, [1, 12, 34]);
         let many: String = (1..=MAX_PIDS as u32 + 5)
             .map(|p| format!("{p}\n"))
             .collect();
-        let (pids, truncated) = parse_pids(&many);
-        assert_eq!((pids.len(), truncated), (MAX_PIDS, true));
+        assert!(parse_pids(&many, &mut pids));
+        assert_eq!(pids.len(), MAX_PIDS);
     }
 }

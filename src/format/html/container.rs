@@ -62,7 +62,7 @@ fn sockets_and_others(h: &mut String, c: &Container) {
     let _ = write!(
         h,
         "<p>Sockets: {} connections in this worker, {} TCP sockets in use in its network \
-         namespace holding {} of buffers{}.</p>",
+         namespace; the machine's TCP buffers: {}{}.</p>",
         c.sockets.nginx_connections,
         count(c.sockets.tcp_in_use),
         size_opt(c.sockets.tcp_memory_bytes),

@@ -15,7 +15,7 @@ pub fn container(m: &mut Metrics, c: &Container) {
         ("container_swap_bytes", "The cgroup's swap.", c.swap_bytes),
         ("container_tcp_buffers_outside_usage_bytes", "cgroup v1: TCP buffers counted apart from usage (memory.kmem.tcp.usage_in_bytes), once TCP accounting is on.", c.tcp_buffers_outside_usage_bytes),
         ("container_tcp_sockets_in_use", "TCP sockets in use in nginx's network namespace (/proc/net/sockstat).", c.sockets.tcp_in_use),
-        ("container_tcp_memory_bytes", "TCP buffer memory of nginx's network namespace (/proc/net/sockstat mem).", c.sockets.tcp_memory_bytes),
+        ("container_tcp_memory_bytes", "TCP buffer memory of the whole machine (/proc/net/sockstat mem: one count for every network namespace).", c.sockets.tcp_memory_bytes),
     ];
     for (name, help, value) in gauges {
         if let Some(v) = value {
