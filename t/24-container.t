@@ -306,7 +306,7 @@ SKIP: {
     is($large->{evidence}{socket_buffers_bytes}, $buffers, 'its evidence: the buffers');
     note('the container section the README walks through: ' . JSON::PP->new->canonical->encode($c));
     my $text = $t->get($t->port(1), '/memory_status?format=prometheus')->{content};
-    like($text, qr/^nginx_memory_container_part_bytes\{part="page_cache_active"\} -?\d+$/m, 'Prometheus: the parts');
+    like($text, qr/^nginx_memory_container_part_bytes\{cgroup_version="[12]",part="page_cache_active"\} -?\d+$/m, 'Prometheus: the parts');
     like($text, qr/^nginx_memory_container_usage_bytes\{cgroup_version="[12]"\} \d+$/m, 'Prometheus: usage');
     like($text, qr/^# TYPE nginx_memory_container_oom_kills_total counter$/m, 'Prometheus: OOM kills, a counter');
     my $html = $t->get($t->port(1), '/memory_status?format=html')->{content};
@@ -372,6 +372,44 @@ SKIP: {
     near($c->{usage_bytes}, cgroup_number($own, 'memory.usage_in_bytes'), 'its usage');
     parts_add_up($c, 'in the container layout') if $c;
     $d->done_file;
+}
+
+# --- a limit on the parent, shared with a sibling ---------------------------------
+SKIP: {
+    my ($parent, $file, $no) = make_cgroup();
+    skip "no second memory cgroup: $no", 6 unless $parent;
+    push @made, $parent, "$parent/nginx", "$parent/side";
+    mkdir "$parent/$_" or die "$parent/$_: $!" for qw(nginx side);
+    write_text("$parent/$file", 256 * $MiB);
+    my $side = fork // die "fork: $!";
+    if (!$side) {
+        exec(in_cgroup("$parent/side"), 'perl', '-e', '$x = "s" x 100e6; sleep 60') or exit 1;
+    }
+    my $p = NginxTest->new;
+    $p->write_standard_conf;
+    $p->run(prefix => [in_cgroup("$parent/nginx")]);
+    for (1 .. 100) {
+        my ($anon) = (read_file_text("/proc/$side/status") // '') =~ /^RssAnon:\s+(\d+) kB/m;
+        last if $anon && $anon * 1024 >= 100e6;
+        sleep 0.1;
+    }
+    sleep 1.1;
+    my ($j) = $p->get_json($p->port(1), '/memory_status');
+    my $c = $j->{container};
+    is($c->{limit_bytes}, 256 * $MiB, 'the parent\'s limit binds');
+    my ($base) = $parent =~ m{([^/]+)$};
+    like($c->{limit_group}{path} // '', qr{/\Q$base\E$}, 'on the parent: ' . ($c->{limit_group}{path} // 'none'));
+    near($c->{limit_group}{usage_bytes}, cgroup_number($parent, $v1 ? 'memory.usage_in_bytes' : 'memory.current'),
+        'the parent\'s usage, with the sibling');
+    cmp_ok($c->{limit_group}{working_set_bytes}, '>', $c->{working_set_bytes} + 90e6, 'its working set counts the sibling\'s 100 MB');
+    my $text = $p->get($p->port(1), '/memory_status?format=prometheus')->{content};
+    like($text, qr/^nginx_memory_container_limit_group_working_set_bytes\{cgroup_version="[12]"\} \d+$/m, 'Prometheus: the parent\'s working set');
+    my $html = $p->get($p->port(1), '/memory_status?format=html')->{content};
+    like($html, qr/the limiting group&#39;s other members|the limiting group's other members/, 'HTML: the sibling\'s share drawn');
+    $p->done_file;
+    kill 'KILL', $side;
+    waitpid $side, 0;
+    for my $d ("$parent/side", "$parent/nginx") { for (1 .. 50) { last if rmdir $d; sleep 0.1 } }
 }
 
 # --- an OOM kill: a Lua location past a tight limit ------------------------------

@@ -5,7 +5,9 @@
 //! Whatever no part explains is `unexplained`, so the parts add up to the
 //! charge exactly.
 
-use crate::model::container::{Container, ContainerPart, OomEvents, OtherProcess, Sockets};
+use crate::model::container::{
+    Container, ContainerPart, LimitGroup, OomEvents, OtherProcess, Sockets,
+};
 use crate::model::server::{Server, ServerProcess};
 use crate::sources::cgroup::CgroupMemory;
 use crate::sources::procfs::StatmPages;
@@ -101,6 +103,16 @@ pub fn reconcile(
         age_ms: sample.age_ms,
         usage_bytes: usage,
         limit_bytes: cg.limit_bytes,
+        limit_group: cg.limit_group.as_ref().map(|g| LimitGroup {
+            path: g
+                .path
+                .as_deref()
+                .map(|p| crate::sources::escape::escape(p.as_bytes())),
+            usage_bytes: g.usage_bytes,
+            working_set_bytes: g
+                .usage_bytes
+                .map(|u| u.saturating_sub(g.inactive_file_bytes.unwrap_or(0))),
+        }),
         peak_bytes: cg.peak_bytes,
         working_set_bytes: usage.saturating_sub(cg.stat.inactive_file.unwrap_or(0)),
         swap_bytes: cg.swap_bytes,

@@ -363,8 +363,8 @@ fn oom_killed(c: &Container, out: &mut Vec<Finding>) {
         Severity::Critical,
         "container",
         format!(
-            "the kernel's OOM killer killed {kills} process(es) of nginx's cgroup since nginx started (its working set is {} of a limit of {}): the master respawns a killed worker, dropping its connections; see the container's parts for what holds the memory.",
-            c.working_set_bytes,
+            "the kernel's OOM killer killed {kills} process(es) in nginx's memory cgroup since nginx started (a worker, which error.log shows as \"exited on signal 9\" and the master respawns, dropping its connections, or another process of the group); the working set is now {} of a limit of {}: see the container's parts for what holds the memory.",
+            c.limited_working_set_bytes(),
             c.limit_bytes.map_or("none".to_string(), |l| l.to_string())
         ),
         json!({"oom_kills_since_start": kills, "oom_kills": c.oom.kills,
@@ -383,19 +383,25 @@ fn part_bytes(c: &Container, name: &str) -> i64 {
 /// `unexplained_container_memory`: parts of the charge against the limit.
 fn container_share_rules(c: &Container, out: &mut Vec<Finding>) {
     let limit = c.limit_bytes;
-    let at = |bytes: u64, percent: u64| limit.is_some_and(|l| bytes * 100 >= percent * l);
-    if at(c.working_set_bytes, WORKING_SET_WARN_PERCENT) {
+    let at = |bytes: u64, percent: u64| {
+        limit.is_some_and(|l| u128::from(bytes) * 100 >= u128::from(percent) * u128::from(l))
+    };
+    let working_set = c.limited_working_set_bytes();
+    if at(working_set, WORKING_SET_WARN_PERCENT) {
+        let whose = match c.limit_group.as_ref().and_then(|g| g.path.as_deref()) {
+            Some(path) => format!("the group whose limit binds ({path}, with its other members)"),
+            None => "the container".to_string(),
+        };
         out.push(finding(
             "working_set_near_limit",
             Severity::Warning,
             "container",
             format!(
-                "the container's working set, {} bytes (usage less inactive file pages, as the kubelet and the OOM killer see it), is {}% of its limit of {}.",
-                c.working_set_bytes,
-                c.working_set_bytes * 100 / limit.unwrap_or(1).max(1),
+                "the working set of {whose}, {working_set} bytes (usage less inactive file pages, as the kubelet and the OOM killer see it), is {}% of its limit of {}.",
+                u128::from(working_set) * 100 / u128::from(limit.unwrap_or(1).max(1)),
                 limit.unwrap_or(0)
             ),
-            json!({"working_set_bytes": c.working_set_bytes, "usage_bytes": c.usage_bytes, "limit_bytes": limit}),
+            json!({"working_set_bytes": working_set, "usage_bytes": c.limited_usage_bytes(), "limit_bytes": limit}),
         ));
     }
     let active = part_bytes(c, "page_cache_active").max(0) as u64;
@@ -433,7 +439,8 @@ fn container_share_rules(c: &Container, out: &mut Vec<Finding>) {
     }
     let unexplained = part_bytes(c, "unexplained").unsigned_abs();
     if unexplained >= UNEXPLAINED_MIN_BYTES
-        && unexplained * 100 >= UNEXPLAINED_PERCENT * c.usage_bytes
+        && u128::from(unexplained) * 100
+            >= u128::from(UNEXPLAINED_PERCENT) * u128::from(c.usage_bytes)
     {
         out.push(finding(
             "unexplained_container_memory",
@@ -834,5 +841,29 @@ mod tests {
         c.working_set_bytes = 10_000 * MIB;
         r.container = Some(c);
         assert_eq!(codes(&run(&r, Ok(None)).0), ["socket_buffers_large"]);
+    }
+
+    #[test]
+    fn a_limiting_ancestors_working_set_is_measured_against_its_limit() {
+        use crate::model::container::LimitGroup;
+        let mut r = report();
+        // nginx's group holds 500 MiB, its parent (with a sidecar) 950 of
+        // the parent's limit of 1000.
+        let mut c = container(&[]);
+        c.limit_group = Some(LimitGroup {
+            path: Some("/kubepods/pod1".into()),
+            usage_bytes: Some(980 * MIB),
+            working_set_bytes: Some(950 * MIB),
+        });
+        r.container = Some(c);
+        let (f, _) = run(&r, Ok(None));
+        assert_eq!(codes(&f), ["working_set_near_limit"]);
+        assert!(f[0]
+            .message
+            .contains("(/kubepods/pod1, with its other members)"));
+        assert_eq!(f[0].evidence["working_set_bytes"], 950 * MIB);
+        // Above the mount namespace: its charge unknown, the group's own counts.
+        r.container.as_mut().unwrap().limit_group = Some(LimitGroup::default());
+        assert!(run(&r, Ok(None)).0.is_empty());
     }
 }

@@ -14,6 +14,9 @@ pub struct Container {
     pub usage_bytes: u64,
     /// The tightest limit of the group and its ancestors; `null`: none.
     pub limit_bytes: Option<u64>,
+    /// The ancestor that limit is on, when it is not the group's own; `null`
+    /// otherwise.
+    pub limit_group: Option<LimitGroup>,
     pub peak_bytes: Option<u64>,
     /// As the kubelet computes it: usage less inactive file pages.
     pub working_set_bytes: u64,
@@ -30,6 +33,38 @@ pub struct Container {
     /// the `socket_buffers` part).
     pub tcp_buffers_outside_usage_bytes: Option<u64>,
     pub sockets: Sockets,
+}
+
+/// An ancestor whose limit binds: its charge counts its other descendants
+/// (a pod's other containers, a slice's other services), and it is what the
+/// limit is measured against.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LimitGroup {
+    /// `null`: above what nginx's mount namespace shows (cgroup v1 said its
+    /// limit, not its charge).
+    pub path: Option<String>,
+    pub usage_bytes: Option<u64>,
+    /// Its usage less its inactive file pages.
+    pub working_set_bytes: Option<u64>,
+}
+
+impl Container {
+    /// The working set the limit is measured against: the limiting
+    /// ancestor's where it is known, else the group's own.
+    pub fn limited_working_set_bytes(&self) -> u64 {
+        self.limit_group
+            .as_ref()
+            .and_then(|g| g.working_set_bytes)
+            .unwrap_or(self.working_set_bytes)
+    }
+
+    /// The charge the limit is measured against, likewise.
+    pub fn limited_usage_bytes(&self) -> u64 {
+        self.limit_group
+            .as_ref()
+            .and_then(|g| g.usage_bytes)
+            .unwrap_or(self.usage_bytes)
+    }
 }
 
 /// OOM and limit events of the group since it was made; `kills_since_start`:

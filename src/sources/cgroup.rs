@@ -19,6 +19,9 @@ pub struct CgroupMemory {
     pub dir: String,
     /// The tightest limit on the group and its ancestors; `None`: no limit.
     pub limit_bytes: Option<u64>,
+    /// The group that limit is on, when it is an ancestor: its usage counts
+    /// its other descendants too (`None`: the group's own limit, or none).
+    pub limit_group: Option<LimitGroup>,
     /// The group's own charge (it counts page cache too).
     pub usage_bytes: Option<u64>,
     /// v2 `memory.peak`, v1 `memory.max_usage_in_bytes`.
@@ -62,6 +65,17 @@ pub struct MemoryStat {
     /// v1 `hierarchical_memory_limit`: the tightest limit of the group and
     /// every ancestor, those above a container's mount too; `None`: none.
     pub hierarchical_limit: Option<u64>,
+}
+
+/// An ancestor whose limit binds the group, and its own charge.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LimitGroup {
+    /// As `/proc/self/cgroup` would name it; `None`: above what this mount
+    /// namespace shows (v1's `hierarchical_memory_limit` said it), its
+    /// figures unknown.
+    pub path: Option<String>,
+    pub usage_bytes: Option<u64>,
+    pub inactive_file_bytes: Option<u64>,
 }
 
 /// OOM and limit events: v2 `memory.events`; v1 `memory.oom_control`'s
@@ -324,6 +338,47 @@ fn locate(cgroup_text: &str, mountinfo: &str) -> Option<(String, String, u8, Str
     Some((point, below, 1, v1?.to_string()))
 }
 
+/// The tightest limit of the group (`below` its mount `root`) and its
+/// ancestors, and the ancestor it is on when it is not the group's own.
+/// v1's `hierarchical_memory_limit` also sees ancestors above the mount.
+fn binding_limit(
+    root: &str,
+    below: &str,
+    named: &str,
+    version: u8,
+    hierarchical: Option<u64>,
+) -> (Option<u64>, Option<LimitGroup>) {
+    let (limit_file, usage_file) = match version {
+        2 => ("memory.max", "memory.current"),
+        _ => ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+    };
+    let read = |dir: &str, file: &str| {
+        crate::sources::procfs::read_proc_file(&format!("{root}{dir}/{file}"), 4 << 10).ok()
+    };
+    let own = below.trim_end_matches('/');
+    let visible = ancestry(own)
+        .into_iter()
+        .filter_map(|dir| Some((parse_limit(&read(&dir, limit_file)?)?, dir)))
+        .min_by_key(|(limit, _)| *limit);
+    match (visible, hierarchical) {
+        (None, None) => (None, None),
+        (Some((limit, dir)), h) if h.map_or(true, |h| h >= limit) => {
+            if dir == own {
+                return (Some(limit), None);
+            }
+            let prefix = named.trim_end_matches('/').strip_suffix(own).unwrap_or("");
+            let stat = parse_stat(&read(&dir, "memory.stat").unwrap_or_default(), version);
+            let group = LimitGroup {
+                path: Some(format!("{prefix}{dir}")),
+                usage_bytes: read(&dir, usage_file).and_then(|t| t.trim().parse().ok()),
+                inactive_file_bytes: stat.inactive_file,
+            };
+            (Some(limit), Some(group))
+        }
+        (_, h) => (h, Some(LimitGroup::default())),
+    }
+}
+
 /// This process's memory cgroup; `None` where no memory controller is
 /// mounted. A file the kernel does not have leaves its figure `None`.
 pub fn read_own() -> Reading {
@@ -342,23 +397,17 @@ pub fn read_own() -> Reading {
     };
     let read = |file: &str| read_in(&dir, file);
     let number = |file: &str| read(file).and_then(|t| t.trim().parse::<u64>().ok());
-    let limit_file = if version == 2 {
-        "memory.max"
-    } else {
-        "memory.limit_in_bytes"
-    };
-    let limit_bytes = ancestry(&path)
-        .iter()
-        .filter_map(|d| parse_limit(&read_in(&format!("{root}{d}"), limit_file)?))
-        .min();
+
     // Usage is read last of the charge's files, so the parts read before it
     // are at most as old as it.
     let stat = parse_stat(&read("memory.stat").unwrap_or_default(), version);
-    let limit_bytes = limit_bytes.into_iter().chain(stat.hierarchical_limit).min();
+    let (limit_bytes, limit_group) =
+        binding_limit(&root, &path, &named, version, stat.hierarchical_limit);
     let (pids, pids_truncated) = group_pids(&dir);
     let mut cg = CgroupMemory {
         version,
         limit_bytes,
+        limit_group,
         stat,
         pids,
         pids_truncated,

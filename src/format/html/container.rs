@@ -10,6 +10,8 @@ use crate::model::container::Container;
 
 /// The slice that draws the limit: what is left below it.
 const HEADROOM: &str = "headroom to the limit";
+/// What the limiting ancestor's other members hold.
+const OTHER_MEMBERS: &str = "the limiting group's other members";
 
 pub fn container(h: &mut String, c: &Container) {
     let mut slices: Vec<(&str, u64)> = c
@@ -17,12 +19,26 @@ pub fn container(h: &mut String, c: &Container) {
         .iter()
         .map(|p| (p.part, p.bytes.max(0) as u64))
         .collect();
-    if let Some(limit) = c.limit_bytes {
-        slices.push((HEADROOM, limit.saturating_sub(c.usage_bytes)));
+    if let Some(members) = c.limit_group.as_ref().and_then(|g| g.usage_bytes) {
+        slices.push((OTHER_MEMBERS, members.saturating_sub(c.usage_bytes)));
     }
-    let limit = match c.limit_bytes {
-        Some(l) => format!("of a limit of {}", size(l)),
-        None => "with no limit".to_string(),
+    if let Some(limit) = c.limit_bytes {
+        // What the slices leave of the limit, so that the whole is the limit
+        // (a negative unexplained is drawn as none).
+        let drawn = slices.iter().fold(0u64, |sum, s| sum.saturating_add(s.1));
+        slices.push((HEADROOM, limit.saturating_sub(drawn)));
+    }
+    let limit = match (c.limit_bytes, &c.limit_group) {
+        (Some(l), None) => format!("of a limit of {}", size(l)),
+        (Some(l), Some(g)) => format!(
+            "of a limit of {} on {}",
+            size(l),
+            g.path.as_deref().map_or(
+                "an ancestor this mount namespace does not show".to_string(),
+                |p| format!("the group <code>{}</code>", esc(p))
+            )
+        ),
+        (None, _) => "with no limit".to_string(),
     };
     let _ = write!(
         h,

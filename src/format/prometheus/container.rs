@@ -16,6 +16,8 @@ pub fn container(m: &mut Metrics, c: &Container) {
         ("container_tcp_buffers_outside_usage_bytes", "cgroup v1: TCP buffers counted apart from usage (memory.kmem.tcp.usage_in_bytes), once TCP accounting is on.", c.tcp_buffers_outside_usage_bytes),
         ("container_tcp_sockets_in_use", "TCP sockets in use in nginx's network namespace (/proc/net/sockstat).", c.sockets.tcp_in_use),
         ("container_tcp_memory_bytes", "TCP buffer memory of the whole machine (/proc/net/sockstat mem: one count for every network namespace).", c.sockets.tcp_memory_bytes),
+        ("container_limit_group_usage_bytes", "The charge of the ancestor whose limit binds nginx's cgroup, with its other members (absent when the group's own limit binds).", c.limit_group.as_ref().and_then(|g| g.usage_bytes)),
+        ("container_limit_group_working_set_bytes", "That ancestor's working set: usage less inactive file pages.", c.limit_group.as_ref().and_then(|g| g.working_set_bytes)),
     ];
     for (name, help, value) in gauges {
         if let Some(v) = value {
@@ -28,7 +30,7 @@ pub fn container(m: &mut Metrics, c: &Container) {
             Kind::Gauge,
             "The cgroup's charge by part; the parts add up to container_usage_bytes (unexplained may be negative).",
             false,
-            &[("part", p.part)],
+            &[("cgroup_version", &version), ("part", p.part)],
             p.bytes,
         );
     }
