@@ -153,6 +153,20 @@ my ($worker) = $t->worker_pids;
     ok(!grep({ $_->{source} eq 'container' } @{ $j->{errors} }), 'no container error');
     is($c->{oom}{kills_since_start}, 0, 'no OOM kill since nginx started');
     cmp_ok(part($c, 'nginx_anonymous'), '>', 0, 'nginx holds anonymous memory in the group');
+    # nginx's parts against what the test reads of nginx's processes and the
+    # group: its anonymous pages counted once lie between the largest
+    # process's RssAnon and their sum; its files are mapped file pages.
+    my @anon = map { ((read_file_text("/proc/$_/status") // '') =~ /^RssAnon:\s+(\d+) kB/m)[0] * 1024 }
+        ($t->master_pid, $t->worker_pids);
+    my ($largest) = sort { $b <=> $a } @anon;
+    my $sum = 0;
+    $sum += $_ for @anon;
+    cmp_ok(part($c, 'nginx_anonymous'), '>=', $largest * 0.95, "nginx_anonymous: at least the largest process's RssAnon ($largest)");
+    cmp_ok(part($c, 'nginx_anonymous'), '<=', $sum * 1.05, "nginx_anonymous: at most the processes' RssAnon summed ($sum)");
+    cmp_ok(part($c, 'nginx_files'), '<=', $stat->{$v1 ? 'total_mapped_file' : 'file_mapped'},
+        "nginx_files: at most the group's mapped file pages");
+    near(part($c, $v1 ? 'kernel' : 'kernel_stacks'), $v1 ? cgroup_number($dir, 'memory.kmem.usage_in_bytes') : $stat->{kernel_stack},
+        $v1 ? 'kernel: memory.kmem.usage_in_bytes' : 'kernel_stacks: memory.stat kernel_stack');
 }
 
 # --- page cache: a 200 MB static file served three times -------------------------
@@ -372,6 +386,36 @@ SKIP: {
     near($c->{usage_bytes}, cgroup_number($own, 'memory.usage_in_bytes'), 'its usage');
     parts_add_up($c, 'in the container layout') if $c;
     $d->done_file;
+}
+
+# --- master_process off under a supervisor: the supervisor is not nginx's ---------
+SKIP: {
+    my ($sup, $file, $no) = make_cgroup();
+    skip "no second memory cgroup: $no", 3 unless $sup;
+    push @made, $sup;
+    my $s = NginxTest->new;
+    $s->write_standard_conf(main => "master_process off;\ndaemon off;");
+    # A supervisor (an entrypoint script, say) holding 80 MB, with nginx its child.
+    my $supervisor = fork // die "fork: $!";
+    if (!$supervisor) {
+        exec(in_cgroup($sup), 'perl', '-e', '$x = "p" x 80e6; my $n = fork // die; if (!$n) { exec @ARGV } waitpid $n, 0',
+            $s->nginx_cmd) or exit 1;
+    }
+    my $ok = eval { $s->wait_for_ports; 1 };
+    ok($ok, 'nginx runs in the foreground under its supervisor') or diag $@;
+    for (1 .. 100) {
+        my ($anon) = (read_file_text("/proc/$supervisor/status") // '') =~ /^RssAnon:\s+(\d+) kB/m;
+        last if $anon && $anon * 1024 >= 80e6;
+        sleep 0.1;
+    }
+    sleep 1.1;
+    my ($j) = $ok ? $s->get_json($s->port(1), '/memory_status') : ();
+    my ($listed) = grep { $_->{pid} == $supervisor } @{ $j->{container}{other_processes} // [] };
+    ok($listed, "the supervisor ($supervisor) is one of the group's others") or diag explain $j->{container};
+    cmp_ok(part($j->{container}, 'other_processes') // 0, '>=', 80e6, 'its 80 MB in other_processes, not unexplained');
+    $s->{running} = 1;    # started here, not by run: stop QUITs the pid file's process
+    $s->stop;
+    waitpid $supervisor, 0;
 }
 
 # --- a limit on the parent, shared with a sibling ---------------------------------

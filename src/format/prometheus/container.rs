@@ -50,6 +50,16 @@ pub fn container(m: &mut Metrics, c: &Container) {
             "Times the cgroup's charge hit its limit (v2 memory.events max, v1 memory.failcnt).",
             c.oom.max.or(c.oom.failcnt),
         ),
+        (
+            "container_oom_events_total",
+            "cgroup v2: times the cgroup's OOM killer was invoked (memory.events oom), whether or not it killed.",
+            c.oom.ooms,
+        ),
+        (
+            "container_high_events_total",
+            "cgroup v2: times the cgroup's charge went past memory.high and was throttled (memory.events high).",
+            c.oom.high,
+        ),
     ];
     for (name, help, value) in counters {
         if let Some(v) = value {

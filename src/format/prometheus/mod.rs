@@ -104,6 +104,43 @@ mod tests {
         r
     }
 
+    #[test]
+    fn the_containers_series_without_worker_labels() {
+        use crate::model::container::{Container, ContainerPart, LimitGroup};
+        let mut r = report();
+        let mut c = Container {
+            cgroup_version: 2,
+            usage_bytes: 500,
+            limit_bytes: Some(1000),
+            limit_group: Some(LimitGroup {
+                path: Some("/pod".into()),
+                usage_bytes: Some(900),
+                working_set_bytes: Some(800),
+            }),
+            parts: vec![ContainerPart {
+                part: "unexplained",
+                bytes: -3,
+                source: "",
+            }],
+            ..Container::default()
+        };
+        c.oom.kills = Some(2);
+        c.oom.ooms = Some(5);
+        c.oom.high = Some(7);
+        r.container = Some(c);
+        let text = render(&r);
+        for line in [
+            r#"nginx_memory_container_limit_bytes{cgroup_version="2"} 1000"#,
+            r#"nginx_memory_container_limit_group_working_set_bytes{cgroup_version="2"} 800"#,
+            r#"nginx_memory_container_part_bytes{cgroup_version="2",part="unexplained"} -3"#,
+            "nginx_memory_container_oom_kills_total 2",
+            "nginx_memory_container_oom_events_total 5",
+            "nginx_memory_container_high_events_total 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing");
+        }
+    }
+
     /// The metric name of a sample line.
     fn name_of(line: &str) -> &str {
         line.split(['{', ' ']).next().unwrap_or("")
