@@ -13,31 +13,36 @@ pub enum Format {
     Json,
     Prometheus,
     Html,
+    Text,
 }
 
 impl Format {
-    pub const NAMES: &'static str = "json, prometheus, html";
+    pub const NAMES: &'static str = "json, prometheus, html, text";
 
     pub fn from_name(name: &str) -> Option<Format> {
         match name {
             "json" => Some(Format::Json),
             "prometheus" => Some(Format::Prometheus),
             "html" => Some(Format::Html),
+            "text" => Some(Format::Text),
             _ => None,
         }
     }
 
-    /// Prometheus asks for its text exposition format (or OpenMetrics) in `Accept`.
+    /// Prometheus asks for its text exposition format (or OpenMetrics) in
+    /// `Accept`; a person's `text/plain` without its version asks for text.
     pub fn from_accept(accept: &str) -> Option<Format> {
-        let wants = |media: &str| {
-            accept.split(',').any(|part| {
-                part.replace(' ', "")
-                    .to_ascii_lowercase()
-                    .starts_with(media)
-            })
-        };
-        (wants("application/openmetrics-text") || wants("text/plain;version=0.0.4"))
-            .then_some(Format::Prometheus)
+        let media: Vec<String> = accept
+            .split(',')
+            .map(|part| part.replace(' ', "").to_ascii_lowercase())
+            .collect();
+        let plain = |m: &String| m == "text/plain" || m.starts_with("text/plain;");
+        let versioned = |m: &String| plain(m) && m.split(';').any(|p| p.starts_with("version="));
+        let openmetrics = |m: &String| m.starts_with("application/openmetrics-text");
+        if media.iter().any(|m| openmetrics(m) || versioned(m)) {
+            return Some(Format::Prometheus);
+        }
+        media.iter().any(plain).then_some(Format::Text)
     }
 }
 
@@ -265,6 +270,11 @@ impl Query {
                 "the html format shows every zone, not zone=",
             ));
         }
+        if self.zone.is_some() && format == Format::Text {
+            return Err(QueryError::Conflict(
+                "the text format shows every zone, not zone=",
+            ));
+        }
         Ok(format)
     }
 }
@@ -460,7 +470,21 @@ mod tests {
         );
         assert_eq!(Format::from_accept("*/*"), None);
         assert_eq!(Format::from_accept("text/html,application/xhtml+xml"), None);
-        assert_eq!(Format::from_accept("text/plain"), None);
+        assert_eq!(Format::from_accept("text/plain"), Some(Format::Text));
+        assert_eq!(
+            Format::from_accept("text/plain; q=0.9, */*"),
+            Some(Format::Text)
+        );
+        assert_eq!(
+            Format::from_accept("text/plain;charset=utf-8"),
+            Some(Format::Text)
+        );
+        assert_eq!(Format::from_accept("text/plainx"), None);
+        // Prometheus 3's text format names its version too.
+        assert_eq!(
+            Format::from_accept("text/plain;version=1.0.0;escaping=allow-utf-8"),
+            Some(Format::Prometheus)
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use strict;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use Encode ();
 use File::Path qw(make_path);
 use File::Temp qw(tempdir);
 use Test::More;
@@ -25,9 +26,13 @@ my $t = NginxTest->new;
 $t->write_standard_conf(
     lua => $LUA,
     lua_http => 'lua_shared_dict cache 1m;',
-    http => 'limit_req_zone $binary_remote_addr zone=per_ip:1m rate=10r/s;',
+    # Zones named in UTF-8, and in bytes that are not: the answers escape those.
+    http => ['limit_req_zone $binary_remote_addr zone=per_ip:1m rate=10r/s;',
+        "limit_req_zone \$binary_remote_addr zone=caf\xC3\xA9:1m rate=10r/s;",
+        "limit_req_zone \$binary_remote_addr zone=b\xFFd:1m rate=10r/s;"],
     server => <<'EOF',
         location = /metrics { memory_status; memory_status_format prometheus; }
+        location = /terminal { memory_status; memory_status_format text; }
         location = /page { memory_status; memory_status_format html; }
 EOF
     servers => <<'EOF',
@@ -101,10 +106,54 @@ SKIP: {
     unlike($zone_prom, qr/zone="per_ip"|process_resident/, 'zone=cache: that zone alone');
 }
 
+# A size as the answers write it for people (format::human_bytes).
+sub human {
+    my ($bytes) = @_;
+    my @units = ('B', 'KiB', 'MiB', 'GiB', 'TiB');
+    my ($value, $unit) = ($bytes, 0);
+    ($value, $unit) = ($value / 1024, $unit + 1) while $value >= 1024 && $unit < $#units;
+    return $unit ? sprintf('%.1f %s', $value, $units[$unit]) : "$bytes B";
+}
+
+# --- Text, for a person at a terminal -----------------------------------------------
+
+my $plain = $t->get($port, '/memory_status?format=text');
+is($plain->{status}, 200, 'format=text: 200');
+is($plain->{headers}{'content-type'}, 'text/plain; charset=utf-8', 'plain text');
+my $words = $plain->{content};
+like($words, qr/^nginx 1\.\d+\.\d+ memory \(ngx-memory-status [\d.]+\), answered by worker 0 \(pid \d+\)$/m, 'who answered');
+like($words, qr/^Server: [\d.]+ (B|KiB|MiB|GiB) resident, every page counted once/m, 'the server counted once');
+like($words, qr/^Processes +pid +resident +anonymous +swap +top owners \(resident\)$/m, 'the processes, in columns');
+like($words, qr/^Findings(: none)?$/m, 'the findings');
+like($words, qr/^More: \?format=json, \?format=prometheus, \?format=html$/m, 'where the other formats are');
+# Figures that do not move between two answers, as the JSON has them (the
+# moving ones are checked against the same report in the unit tests).
+($j) = $t->get_json($port, '/memory_status');
+for my $p (@{ $j->{processes} }) {
+    my $name = defined $p->{worker} ? "worker $p->{worker}" : $p->{role};
+    like($words, qr/^  \Q$name\E +$p->{pid} /m, "process $name, pid $p->{pid}");
+}
+# The text's bytes are UTF-8, the JSON's names decoded characters.
+for my $z (@{ $j->{zones} }) {
+    my $size = human($z->{size_bytes});
+    my $name = Encode::encode('UTF-8', $z->{name});
+    like($words, qr/^  \Q$name\E +\Q$size\E /m, "zone $name: its size, $size");
+}
+my ($escaped) = grep { /^b.*d$/ && $_ ne 'b' } map { $_->{name} } @{ $j->{zones} };
+ok($escaped && $escaped !~ /\xFF/, 'the JSON escapes a name that is not UTF-8: ' . ($escaped // 'none'));
+like($words, qr/^  \Q$escaped\E /m, 'the text shows it escaped by the same rule') if $escaped;
+my $lines = () = $words =~ /\n/g;
+cmp_ok($lines, '<=', 60, "short: $lines lines");
+like($t->http('GET', $port, '/memory_status', headers => { Accept => 'text/plain' })->{content}, qr/^nginx .* memory/,
+    'Accept: text/plain picks text');
+like($t->get($port, '/terminal')->{content}, qr/^nginx .* memory/, 'memory_status_format text');
+my $zone_text = $t->get($port, '/memory_status?format=text&zone=per_ip');
+is($zone_text->{status}, 400, 'text with zone=: 400');
+
 # Errors.
 my $bad = $t->get($port, '/memory_status?format=xml');
 is($bad->{status}, 400, 'format=xml: 400');
-is($bad->{content}, "memory_status: bad value \"xml\" for argument \"format\" (expected json, prometheus, html)\n",
+is($bad->{content}, "memory_status: bad value \"xml\" for argument \"format\" (expected json, prometheus, html, text)\n",
     'format=xml: the supported formats named');
 my $conflict = $t->get($port, '/memory_status?format=json&refresh=5');
 is($conflict->{status}, 400, 'refresh with json: 400');
@@ -172,7 +221,7 @@ $t->done_file;
 
 # --- the directive's wrong uses -------------------------------------------------------------
 
-for my $case (['memory_status_format xml;', qr/\[emerg\] invalid value "xml" in "memory_status_format" directive, it must be one of: json, prometheus, html in \S+nginx\.conf:\d+/],
+for my $case (['memory_status_format xml;', qr/\[emerg\] invalid value "xml" in "memory_status_format" directive, it must be one of: json, prometheus, html, text in \S+nginx\.conf:\d+/],
               ['memory_status_format;', qr/\[emerg\] invalid number of arguments in "memory_status_format" directive in \S+nginx\.conf:\d+/],
               ["memory_status_format json;\n    memory_status_format html;", qr/\[emerg\] "memory_status_format" directive is duplicate in \S+nginx\.conf:\d+/]) {
     my ($directive, $expect) = @$case;

@@ -3,6 +3,7 @@
 pub mod html;
 pub mod json;
 pub mod prometheus;
+pub mod text;
 
 use crate::model::report::Report;
 use crate::query::Format;
@@ -23,6 +24,7 @@ impl Rendering {
             Format::Json => JSON_CONTENT_TYPE,
             Format::Prometheus => prometheus::CONTENT_TYPE,
             Format::Html => html::CONTENT_TYPE,
+            Format::Text => text::CONTENT_TYPE,
         }
     }
 
@@ -32,6 +34,7 @@ impl Rendering {
             Format::Json => report.to_json(),
             Format::Prometheus => Some(prometheus::render(report).into_bytes()),
             Format::Html => Some(html::render(report, self.refresh_seconds).into_bytes()),
+            Format::Text => Some(text::render(report).into_bytes()),
         }
     }
 }
