@@ -214,7 +214,7 @@ fn container(t: &mut String, c: &Container) {
         c.oom.kills_since_start.map_or("n/a".to_string(), |n| n.to_string())
     );
     let mut parts: Vec<_> = c.parts.iter().filter(|p| p.bytes != 0).collect();
-    parts.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    parts.sort_by_key(|p| std::cmp::Reverse(p.bytes));
     for p in parts {
         let bytes = match p.bytes {
             b if b < 0 => format!("-{}", size(b.unsigned_abs())),
