@@ -32,7 +32,8 @@ pub struct ContainerSample {
 #[derive(Debug, Clone, Default)]
 pub struct OtherProcessSample {
     pub pid: u32,
-    pub comm: Option<String>,
+    /// `/proc/PID/comm`'s bytes (any bytes: a name need not be UTF-8).
+    pub comm: Option<Vec<u8>>,
     pub statm: Option<StatmPages>,
 }
 
@@ -146,7 +147,7 @@ fn other_processes(samples: &[OtherProcessSample], page_bytes: u64) -> Vec<Other
             comm: s
                 .comm
                 .as_deref()
-                .map(|c| crate::sources::escape::escape(c.trim_end().as_bytes())),
+                .map(|c| crate::sources::escape::escape(c.strip_suffix(b"\n").unwrap_or(c))),
             resident_anon_bytes: s.statm.map(|m| (m.resident - m.shared) * page_bytes),
             resident_bytes: s.statm.map(|m| m.resident * page_bytes),
         })
@@ -318,7 +319,7 @@ mod tests {
             cgroup: cg,
             others: vec![OtherProcessSample {
                 pid: 77,
-                comm: Some("sidecar\n".into()),
+                comm: Some(b"side\xffcar\n".to_vec()),
                 statm: Some(StatmPages {
                     resident: 60 * MIB / 4096,
                     shared: 10 * MIB / 4096,
@@ -361,7 +362,7 @@ mod tests {
         assert_eq!(bytes(&c, "unexplained"), 15 * MIB as i64);
         assert_eq!(c.working_set_bytes, 420 * MIB);
         assert_eq!((c.oom.kills, c.oom.kills_since_start), (Some(3), Some(2)));
-        assert_eq!(c.other_processes[0].comm.as_deref(), Some("sidecar"));
+        assert_eq!(c.other_processes[0].comm.as_deref(), Some("side\\xffcar"));
         assert_eq!(c.sockets.tcp_memory_bytes, Some(MIB));
         assert_eq!(c.sockets.nginx_connections, 12);
     }

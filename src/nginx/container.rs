@@ -9,7 +9,7 @@ use ngx::ffi::ngx_pagesize;
 
 use crate::analysis::container::{ContainerSample, OtherProcessSample};
 use crate::sources::errors::SampleError;
-use crate::sources::procfs::{parse_sockstat_tcp, parse_statm, read_proc_file};
+use crate::sources::procfs::{parse_sockstat_tcp, parse_statm, read_proc_bytes, read_proc_file};
 
 /// How long a reading is reused: the group's files, its other processes'
 /// status and the sockstat line are read once for a burst of answers and the
@@ -91,7 +91,8 @@ fn read_now(nginx_pids: &[u32]) -> Reading {
 /// counters, each `None` where it cannot be read; `None` once it has left.
 fn other_process(pid: u32) -> Option<OtherProcessSample> {
     let read = |file: &str, size: usize| read_proc_file(&format!("/proc/{pid}/{file}"), size).ok();
-    let comm = read("comm", 64);
+    // A name is any bytes: escaped by the one rule where the answer is made.
+    let comm = read_proc_bytes(&format!("/proc/{pid}/comm"), 64).ok();
     let statm = read("statm", 256).and_then(|text| parse_statm(&text));
     (comm.is_some() || statm.is_some()).then_some(OtherProcessSample { pid, comm, statm })
 }

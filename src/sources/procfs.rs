@@ -67,6 +67,13 @@ fn parse_status_value(value: &str, unit: StatusUnit) -> Option<u64> {
 /// Its buffer grows fallibly: a file as big as the process is large (smaps of
 /// a grown heap) gives an error when memory is short, never an abort.
 pub fn read_proc_file(path: &str, size_hint: usize) -> std::io::Result<String> {
+    String::from_utf8(read_proc_bytes(path, size_hint)?)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))
+}
+
+/// `read_proc_file`'s bytes, for files whose text need not be UTF-8 (a
+/// process's name).
+pub fn read_proc_bytes(path: &str, size_hint: usize) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let out_of_memory = |_| std::io::Error::from(std::io::ErrorKind::OutOfMemory);
     let mut file = std::fs::File::open(path)?;
@@ -93,7 +100,7 @@ pub fn read_proc_file(path: &str, size_hint: usize) -> std::io::Result<String> {
             Err(e) => return Err(e),
         }
     }
-    String::from_utf8(bytes).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))
+    Ok(bytes)
 }
 
 /// One line of `/proc/PID/maps`: a mapping of the address space.
