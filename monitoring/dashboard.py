@@ -69,22 +69,22 @@ row("Shared memory zones", 19)
 panel("Zone fill (slab pages used)", "timeseries", [
     {"expr": f'instance_zone:nginx_memory_zone_fill:ratio{{{I}}}', "legendFormat": "{{zone}}"},
 ], 0, 20, 12, 8, unit="percentunit")
-panel("Zone allocation failures", "timeseries", [
-    {"expr": f'increase(instance_zone:nginx_memory_slab_alloc_failures:max{{{I}}}[$__rate_interval])', "legendFormat": "{{zone}}"},
-], 12, 20, 12, 8, unit="none", desc="nginx's own count of slab allocations that found no room (ngx_slab_alloc() failed: no memory).")
+panel("Zone allocation failures, per 10 minutes", "timeseries", [
+    {"expr": f'increase(instance_zone:nginx_memory_slab_alloc_failures:max{{{I}}}[10m])', "legendFormat": "{{zone}}"},
+], 12, 20, 12, 8, unit="none", desc="nginx's own count of slab allocations that found no room (ngx_slab_alloc() failed: no memory), over the last 10 minutes (a recorded series: a window of several rule evaluations).")
 row("Lua and glibc", 28)
 panel("Lua heaps per worker: live vs allocator held", "timeseries", [
-    {"expr": f'instance_worker_vm:nginx_memory_lua_gc_bytes:last{{{I}}}', "legendFormat": "worker {{worker}} {{vm}} live (GC)"},
-    {"expr": f'instance_worker_vm:nginx_memory_lua_allocator_mapped_bytes:last{{{I}}}', "legendFormat": "worker {{worker}} {{vm}} allocator mapped"},
-], 0, 29, 12, 8)
+    {"expr": f'instance_worker_vm:nginx_memory_lua_gc_bytes:max{{{I}}}', "legendFormat": "worker {{worker}} (pid {{pid}}) {{vm}} live (GC)"},
+    {"expr": f'instance_worker_vm:nginx_memory_lua_allocator_mapped_bytes:max{{{I}}}', "legendFormat": "worker {{worker}} (pid {{pid}}) {{vm}} allocator mapped"},
+], 0, 29, 12, 8, desc="Every worker's Lua VMs as it published them (each worker publishes every memory_status_interval).")
 panel("glibc per worker: in use vs free but held", "timeseries", [
-    {"expr": f'instance_worker:nginx_memory_glibc_in_use_bytes:last{{{I}}}', "legendFormat": "worker {{worker}} in use"},
-    {"expr": f'instance_worker:nginx_memory_glibc_free_bytes:last{{{I}}}', "legendFormat": "worker {{worker}} free"},
-], 12, 29, 12, 8)
+    {"expr": f'instance_worker:nginx_memory_glibc_in_use_bytes:max{{{I}}}', "legendFormat": "worker {{worker}} (pid {{pid}}) in use"},
+    {"expr": f'instance_worker:nginx_memory_glibc_free_bytes:max{{{I}}}', "legendFormat": "worker {{worker}} (pid {{pid}}) free"},
+], 12, 29, 12, 8, desc="Every worker's glibc as it published it.")
 row("Trends and findings", 37)
-panel("Trends: growth fitted since the last reload", "timeseries", [
-    {"expr": f'nginx_memory_trend_bytes_per_hour{{{I}}}', "legendFormat": "pid {{pid}} {{series}}"},
-], 0, 38, 12, 8, unit="bytes", desc="Bytes per hour, a line fitted over each process's history ring since the last reload (see the README's History and trends).")
+panel("Trends: bytes per hour, fitted since the last reload", "timeseries", [
+    {"expr": f'nginx_memory_trend_bytes_per_hour{{{I},series!~"container_.*"}}', "legendFormat": "pid {{pid}} {{series}}"},
+], 0, 38, 12, 8, unit="bytes", desc="Bytes per hour (the unit reads as bytes: each point is a rate per hour), a line fitted over each process's history ring since the last reload (see the README's History and trends). The container's own trends are each worker's view of one group, left out.")
 def table(p):
     p["options"] = {"showHeader": True}
     p["transformations"] = [{"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True, "__name__": True}}}]
@@ -117,10 +117,12 @@ dash = {
     "templating": {"list": [
         {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
          "current": {}, "hide": 0, "refresh": 1},
+        # One instance at a time: every panel shows one nginx (its sums are
+        # that server's, its limit line that container's).
         {"name": "instance", "label": "Instance", "type": "query", "datasource": DS,
          "query": {"query": "label_values(nginx_memory_info, instance)", "refId": "instance"},
          "definition": "label_values(nginx_memory_info, instance)",
-         "multi": True, "includeAll": True, "current": {}, "refresh": 2, "sort": 1, "hide": 0},
+         "multi": False, "includeAll": False, "current": {}, "refresh": 2, "sort": 1, "hide": 0},
     ]},
     "annotations": {"list": []},
     "panels": panels,

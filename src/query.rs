@@ -29,20 +29,53 @@ impl Format {
         }
     }
 
-    /// Prometheus asks for its text exposition format (or OpenMetrics) in
-    /// `Accept`; a person's `text/plain` without its version asks for text.
+    /// What `Accept` asks for. Prometheus asks for its exposition format
+    /// (`text/plain` with a `version`, or OpenMetrics). Plain text only when
+    /// `text/plain` without a version is preferred to JSON: a higher `q`, or
+    /// the same listed first (`application/json, text/plain, */*` is JSON).
+    /// A range with `q=0` is refused, never chosen. `None`: JSON, or the
+    /// location's own format.
     pub fn from_accept(accept: &str) -> Option<Format> {
-        let media: Vec<String> = accept
+        let ranges: Vec<(String, f32)> = accept
             .split(',')
             .map(|part| part.replace(' ', "").to_ascii_lowercase())
+            .map(|m| {
+                let q = m
+                    .split(';')
+                    .find_map(|p| p.strip_prefix("q="))
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                (m, q)
+            })
+            .filter(|(_, q)| *q > 0.0)
             .collect();
-        let plain = |m: &String| m == "text/plain" || m.starts_with("text/plain;");
-        let versioned = |m: &String| plain(m) && m.split(';').any(|p| p.starts_with("version="));
-        let openmetrics = |m: &String| m.starts_with("application/openmetrics-text");
-        if media.iter().any(|m| openmetrics(m) || versioned(m)) {
+        let plain = |m: &str| m == "text/plain" || m.starts_with("text/plain;");
+        let versioned = |m: &str| plain(m) && m.split(';').any(|p| p.starts_with("version="));
+        if ranges
+            .iter()
+            .any(|(m, _)| m.starts_with("application/openmetrics-text") || versioned(m))
+        {
             return Some(Format::Prometheus);
         }
-        media.iter().any(plain).then_some(Format::Text)
+        // The best q of a kind and where it is first listed.
+        let best = |kind: &dyn Fn(&str) -> bool| {
+            ranges
+                .iter()
+                .enumerate()
+                .filter(|(_, (m, _))| kind(m))
+                .fold(None, |acc: Option<(f32, usize)>, (i, (_, q))| match acc {
+                    Some((bq, bi)) if bq >= *q => Some((bq, bi)),
+                    _ => Some((*q, i)),
+                })
+        };
+        let json = |m: &str| m.starts_with("application/json");
+        match (best(&plain), best(&json)) {
+            (Some(_), None) => Some(Format::Text),
+            (Some((tq, ti)), Some((jq, ji))) if tq > jq || (tq == jq && ti < ji) => {
+                Some(Format::Text)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -271,6 +304,10 @@ impl Query {
             ));
         }
         if self.zone.is_some() && format == Format::Text {
+            // Not asked for by format=: the zone's JSON, as before text was.
+            if self.format.is_none() {
+                return Ok(Format::Json);
+            }
             return Err(QueryError::Conflict(
                 "the text format shows every zone, not zone=",
             ));
@@ -460,6 +497,17 @@ mod tests {
     }
 
     #[test]
+    fn a_zone_asked_for_in_text_by_accept_gets_json() {
+        let text = Some(Format::Text);
+        assert_eq!(resolve(b"zone=a", text, None), Ok(Format::Json));
+        assert_eq!(resolve(b"zone=a", None, text), Ok(Format::Json));
+        assert!(matches!(
+            resolve(b"zone=a&format=text", None, None),
+            Err(QueryError::Conflict(_))
+        ));
+    }
+
+    #[test]
     fn accept_header() {
         let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
                           version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
@@ -480,6 +528,23 @@ mod tests {
             Some(Format::Text)
         );
         assert_eq!(Format::from_accept("text/plainx"), None);
+        // Clients that take JSON first (axios's default) keep JSON.
+        assert_eq!(
+            Format::from_accept("application/json, text/plain, */*"),
+            None
+        );
+        assert_eq!(
+            Format::from_accept("application/json;q=0.5, text/plain"),
+            Some(Format::Text)
+        );
+        assert_eq!(
+            Format::from_accept("text/plain, application/json"),
+            Some(Format::Text)
+        );
+        // Refused ranges are never chosen.
+        assert_eq!(Format::from_accept("text/plain;q=0"), None);
+        assert_eq!(Format::from_accept("text/plain;version=0.0.4;q=0"), None);
+        assert_eq!(Format::from_accept("text/*"), None);
         // Prometheus 3's text format names its version too.
         assert_eq!(
             Format::from_accept("text/plain;version=1.0.0;escaping=allow-utf-8"),

@@ -144,8 +144,13 @@ ok($escaped && $escaped !~ /\xFF/, 'the JSON escapes a name that is not UTF-8: '
 like($words, qr/^  \Q$escaped\E /m, 'the text shows it escaped by the same rule') if $escaped;
 my $lines = () = $words =~ /\n/g;
 cmp_ok($lines, '<=', 60, "short: $lines lines");
-like($t->http('GET', $port, '/memory_status', headers => { Accept => 'text/plain' })->{content}, qr/^nginx .* memory/,
-    'Accept: text/plain picks text');
+my $asked = $t->http('GET', $port, '/memory_status', headers => { Accept => 'text/plain' });
+like($asked->{content}, qr/^nginx .* memory/, 'Accept: text/plain picks text');
+is($asked->{headers}{vary}, 'Accept', 'Vary: Accept');
+like($t->http('GET', $port, '/memory_status', headers => { Accept => 'application/json, text/plain, */*' })->{content},
+    qr/^\{/, 'a client that lists JSON first keeps JSON');
+like($t->http('GET', $port, '/memory_status?zone=per_ip', headers => { Accept => 'text/plain' })->{content},
+    qr/^\{.*"per_ip"/s, 'Accept: text/plain with zone=: the zone\'s JSON');
 like($t->get($port, '/terminal')->{content}, qr/^nginx .* memory/, 'memory_status_format text');
 my $zone_text = $t->get($port, '/memory_status?format=text&zone=per_ip');
 is($zone_text->{status}, 400, 'text with zone=: 400');

@@ -42,7 +42,7 @@ pub fn send_reason(r: &mut ngx_http_request_t, status: u32, reason: &str) -> ngx
 }
 
 /// Sends a complete response: status, content type, `Cache-Control: no-store`,
-/// length, and the body unless this is a HEAD.
+/// `Vary: Accept`, length, and the body unless this is a HEAD.
 pub fn send(
     r: &mut ngx_http_request_t,
     status: usize,
@@ -50,6 +50,10 @@ pub fn send(
     body: &[u8],
 ) -> ngx_int_t {
     if push_header(r, b"Cache-Control", b"no-store").is_none() {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
+    // The format follows Accept when the request names none.
+    if push_header(r, b"Vary", b"Accept").is_none() {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     }
     r.headers_out.status = status as ngx_uint_t;

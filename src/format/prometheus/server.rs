@@ -215,6 +215,33 @@ fn published(m: &mut Metrics, l: &[(&str, &str)], p: &Published) {
                 &vl,
                 f.gc_bytes,
             );
+            if let Some(mapped) = f.allocator_mapped_bytes {
+                m.add_labelled(
+                    "server_worker_lua_allocator_mapped_bytes",
+                    Kind::Gauge,
+                    "Each worker's Lua VMs, as it published them: memory their allocator maps.",
+                    false,
+                    &vl,
+                    mapped,
+                );
+            }
+        }
+    }
+    if let Some(g) = &p.glibc {
+        let glibc = [
+            (
+                "server_worker_glibc_in_use_bytes",
+                "Each worker's glibc, as it published it: memory in use.",
+                g.in_use_bytes,
+            ),
+            (
+                "server_worker_glibc_free_bytes",
+                "Each worker's glibc, as it published it: free memory its arenas hold.",
+                g.free_bytes,
+            ),
+        ];
+        for (name, help, value) in glibc {
+            m.add_labelled(name, Kind::Gauge, help, false, l, value);
         }
     }
     m.add_labelled(
