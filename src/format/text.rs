@@ -8,7 +8,7 @@ use std::fmt::Write;
 use super::human_bytes;
 use crate::model::container::Container;
 use crate::model::labels::Label;
-use crate::model::report::Report;
+use crate::model::report::{Report, Role};
 use crate::model::server::ServerProcess;
 use crate::model::zones::Zone;
 
@@ -19,14 +19,14 @@ const TOP_OWNERS: usize = 3;
 
 pub fn render(r: &Report) -> String {
     let mut t = String::new();
+    let who = match r.nginx.role {
+        Role::Worker => format!("worker {}", r.nginx.worker),
+        role => format!("the {} process", role.label()),
+    };
     let _ = writeln!(
         t,
-        "nginx {} memory (ngx-memory-status {}), answered by {} {} (pid {})\n",
-        r.nginx.version,
-        r.nginx.module_version,
-        r.nginx.role.label(),
-        r.nginx.worker,
-        r.nginx.pid
+        "nginx {} memory (ngx-memory-status {}), answered by {who} (pid {})\n",
+        r.nginx.version, r.nginx.module_version, r.nginx.pid
     );
     server(&mut t, r);
     processes(&mut t, &r.processes);
@@ -51,7 +51,7 @@ fn server(t: &mut String, r: &Report) {
     let s = &r.server;
     let _ = writeln!(
         t,
-        "Server: {} resident, every page counted once ({} of it estimated); {} workers, {} processes, generation {}",
+        "Server: {} resident, every page counted once ({} of it estimated); workers: {}, processes: {}, generation {}",
         size(s.resident_bytes),
         size(s.resident_estimated_bytes),
         s.workers,
@@ -89,13 +89,13 @@ fn process_name(p: &ServerProcess) -> String {
 fn processes(t: &mut String, processes: &[ServerProcess]) {
     let _ = writeln!(
         t,
-        "{:<18} {:>8} {:>12} {:>12} {:>10}  top owners (resident)",
+        "{:<22} {:>8} {:>12} {:>12} {:>10}  top owners (resident)",
         "Processes", "pid", "resident", "anonymous", "swap"
     );
     let opt = |v: Option<u64>| v.map_or("n/a".to_string(), size);
     for p in processes {
         let line = format!(
-            "  {:<16} {:>8} {:>12} {:>12} {:>10}  {}",
+            "  {:<20} {:>8} {:>12} {:>12} {:>10}  {}",
             process_name(p),
             p.pid,
             opt(p.status.resident_bytes),
