@@ -38,7 +38,10 @@ impl Format {
     pub fn from_accept(accept: &str) -> Option<Format> {
         let ranges: Vec<(String, f32)> = accept
             .split(',')
-            .map(|part| part.replace(' ', "").to_ascii_lowercase())
+            .map(|part| {
+                let bare: String = part.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+                bare.to_ascii_lowercase()
+            })
             .map(|m| {
                 let q = m
                     .split(';')
@@ -545,6 +548,11 @@ mod tests {
         assert_eq!(Format::from_accept("text/plain;q=0"), None);
         assert_eq!(Format::from_accept("text/plain;version=0.0.4;q=0"), None);
         assert_eq!(Format::from_accept("text/*"), None);
+        // Blanks of any kind around parameters, as the fuzzer sends them.
+        assert_eq!(
+            Format::from_accept("text/plain;\tversion=0.0.4"),
+            Some(Format::Prometheus)
+        );
         // Prometheus 3's text format names its version too.
         assert_eq!(
             Format::from_accept("text/plain;version=1.0.0;escaping=allow-utf-8"),

@@ -57,11 +57,12 @@ $t->get($port, '/fill') if $LUA;
 
 srand(20261129);
 my @ARGS = qw(zone detail format refresh lua_objects lua_objects_limit);
-my @VALUES = ('sessions', 'full', 'json', 'prometheus', 'html', '1', '0', '5', '-1', '86401', 'yes',
+my @VALUES = ('sessions', 'full', 'json', 'prometheus', 'html', 'text', '1', '0', '5', '-1', '86401', 'yes',
     '', '%', '%z', '%0', '%00', '%ff%fe', '%0d%0aX', '%e2%80%ae', '<script>', '"', '\\', '%5C',
     'A' x 3000, '1' x 30, 'sessions%00', '+', '%2B', 'full&detail=full', '=', '&');
 my @ACCEPT = ('*/*', 'text/plain;version=0.0.4', 'application/openmetrics-text;version=1.0.0',
-    'text/html', 'application/json', "text/plain;\tversion=0.0.4", 'x' x 2000, ',,,;;;==');
+    'text/html', 'application/json', "text/plain;\tversion=0.0.4", 'text/plain', 'application/json, text/plain, */*',
+    'x' x 2000, ',,,;;;==');
 my @METHODS = (('GET') x 20, ('HEAD') x 4, qw(POST PUT DELETE OPTIONS PROPFIND PATCH TRACE));
 
 sub pick { $_[ int rand @_ ] }
@@ -71,7 +72,7 @@ sub random_bytes {
     return join '', map { sprintf '%%%02x', int rand 256 } 1 .. $n;
 }
 
-my @VALID = ('', 'format=json', 'format=prometheus', 'format=html', 'zone=sessions', 'detail=full',
+my @VALID = ('', 'format=json', 'format=prometheus', 'format=html', 'format=text', 'zone=sessions', 'detail=full',
     'lua_objects=1', 'lua_objects=1&lua_objects_limit=100', 'format=html&refresh=5', 'zone=sessions&format=prometheus');
 
 sub random_query {
@@ -130,7 +131,7 @@ sub split_responses {
 
 my %tally;
 my @bad;
-my ($json_ok, $prom_ok, $html_ok) = (0, 0, 0);
+my ($json_ok, $prom_ok, $html_ok, $text_ok) = (0, 0, 0, 0);
 my @prom_samples;
 for my $conn (1 .. 400) {
     my $n = 1 + int rand 8;                     # requests pipelined on one connection
@@ -157,6 +158,8 @@ for my $conn (1 .. 400) {
                 push @prom_samples, $r->{body} if @prom_samples < 20;
             } elsif ($r->{type} =~ m{^text/html}) {
                 $r->{body} =~ m{</html>\s*\z} ? $html_ok++ : push @bad, 'truncated HTML';
+            } elsif ($r->{type} eq 'text/plain; charset=utf-8') {
+                $r->{body} =~ m{\Anginx .*^More: [^\n]*\n\z}ms ? $text_ok++ : push @bad, 'truncated text';
             } else {
                 push @bad, "200 with $r->{type}";
             }
