@@ -178,6 +178,8 @@ $t->wait_for(sub {
             like($text, qr/^nginx_memory_server_workers 4$/m, 'Prometheus: server_workers 4');
             like($text, qr/^nginx_memory_server_worker_owner_resident_bytes\{pid="\d+",role="worker",worker="0",generation="1",owner="glibc"\} \d+$/m,
                 "Prometheus: a worker's published owners");
+            like($text, qr/^nginx_memory_server_worker_glibc_in_use_bytes\{pid="\d+",role="worker",worker="3",generation="1"\} \d+$/m,
+                "Prometheus: a worker's published glibc");
             like($text, qr/^nginx_memory_server_worker_published_age_seconds\{pid="\d+",role="worker",worker="3",generation="1"\} [\d.]+$/m,
                 "Prometheus: a worker's summary age");
             SKIP: {

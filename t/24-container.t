@@ -64,6 +64,22 @@ sub fresh_answer {
     return ($j, $j->{container}, cgroup_stat($dir));
 }
 
+# A process's RssAnon in bytes, as /proc/PID/status says (0 once it is gone).
+sub rss_anon {
+    my ($pid) = @_;
+    my ($kib) = (read_file_text("/proc/$pid/status") // '') =~ /^RssAnon:\s+(\d+) kB/m;
+    return ($kib // 0) * 1024;
+}
+
+# Waits (10 s at most) until a process holds BYTES of anonymous memory.
+sub wait_anon {
+    my ($pid, $bytes) = @_;
+    for (1 .. 100) {
+        last if rss_anon($pid) >= $bytes;
+        sleep 0.1;
+    }
+}
+
 # A whole response read and dropped: its body's length.
 sub download {
     my ($port, $path) = @_;
@@ -156,8 +172,7 @@ my ($worker) = $t->worker_pids;
     # nginx's parts against what the test reads of nginx's processes and the
     # group: its anonymous pages counted once lie between the largest
     # process's RssAnon and their sum; its files are mapped file pages.
-    my @anon = map { ((read_file_text("/proc/$_/status") // '') =~ /^RssAnon:\s+(\d+) kB/m)[0] * 1024 }
-        ($t->master_pid, $t->worker_pids);
+    my @anon = map { rss_anon($_) } ($t->master_pid, $t->worker_pids);
     my ($largest) = sort { $b <=> $a } @anon;
     my $sum = 0;
     $sum += $_ for @anon;
@@ -249,19 +264,12 @@ SKIP: {
     if (!$pid) {
         exec(in_cgroup($dir), 'perl', '-e', '$x = "a" x 60e6; sleep 60') or exit 1;
     }
-    my $anon;
-    for (1 .. 100) {
-        my $status = read_file_text("/proc/$pid/status") // '';
-        ($anon) = $status =~ /^RssAnon:\s+(\d+) kB/m;
-        last if $anon && $anon * 1024 >= 60e6;
-        sleep 0.1;
-    }
+    wait_anon($pid, 60e6);
     my ($j, $c) = fresh_answer($t);
     my ($other) = grep { $_->{pid} == $pid } @{ $c->{other_processes} };
     ok($other, "the perl process ($pid) is listed") or diag explain $c->{other_processes};
     is($other->{comm}, 'perl', 'by its name');
-    my ($now) = (read_file_text("/proc/$pid/status") // '') =~ /^RssAnon:\s+(\d+) kB/m;
-    near($other->{resident_anon_bytes}, $now * 1024, 'its anonymous memory');
+    near($other->{resident_anon_bytes}, rss_anon($pid), 'its anonymous memory');
     cmp_ok(part($c, 'other_processes'), '>=', 60e6, 'in the other_processes part');
     ok(!grep({ $_->{pid} == $worker } @{ $c->{other_processes} }), 'nginx is not among them');
     parts_add_up($c, 'with another process');
@@ -278,11 +286,7 @@ SKIP: {
     if (!$pid) {
         exec(in_cgroup($sub), 'perl', '-e', '$x = "b" x 40e6; sleep 60') or exit 1;
     }
-    for (1 .. 100) {
-        my ($anon) = (read_file_text("/proc/$pid/status") // '') =~ /^RssAnon:\s+(\d+) kB/m;
-        last if $anon && $anon * 1024 >= 40e6;
-        sleep 0.1;
-    }
+    wait_anon($pid, 40e6);
     my ($j, $c) = fresh_answer($t);
     my ($other) = grep { $_->{pid} == $pid } @{ $c->{other_processes} };
     ok($other, "the perl process in $sub ($pid) is listed") or diag explain $c->{other_processes};
@@ -403,11 +407,7 @@ SKIP: {
     }
     my $ok = eval { $s->wait_for_ports; 1 };
     ok($ok, 'nginx runs in the foreground under its supervisor') or diag $@;
-    for (1 .. 100) {
-        my ($anon) = (read_file_text("/proc/$supervisor/status") // '') =~ /^RssAnon:\s+(\d+) kB/m;
-        last if $anon && $anon * 1024 >= 80e6;
-        sleep 0.1;
-    }
+    wait_anon($supervisor, 80e6);
     sleep 1.1;
     my ($j) = $ok ? $s->get_json($s->port(1), '/memory_status') : ();
     my ($listed) = grep { $_->{pid} == $supervisor } @{ $j->{container}{other_processes} // [] };
@@ -432,11 +432,7 @@ SKIP: {
     my $p = NginxTest->new;
     $p->write_standard_conf;
     $p->run(prefix => [in_cgroup("$parent/nginx")]);
-    for (1 .. 100) {
-        my ($anon) = (read_file_text("/proc/$side/status") // '') =~ /^RssAnon:\s+(\d+) kB/m;
-        last if $anon && $anon * 1024 >= 100e6;
-        sleep 0.1;
-    }
+    wait_anon($side, 100e6);
     sleep 1.1;
     my ($j) = $p->get_json($p->port(1), '/memory_status');
     my $c = $j->{container};

@@ -55,6 +55,14 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// `human_bytes` of a signed figure (a part such as `unexplained`).
+pub fn human_signed_bytes(bytes: i64) -> String {
+    match bytes {
+        b if b < 0 => format!("-{}", human_bytes(b.unsigned_abs())),
+        b => human_bytes(b as u64),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::human_bytes;
+use super::{human_bytes, human_signed_bytes};
 use crate::model::container::Container;
 use crate::model::labels::Label;
 use crate::model::report::{Report, Role};
@@ -216,11 +216,7 @@ fn container(t: &mut String, c: &Container) {
     let mut parts: Vec<_> = c.parts.iter().filter(|p| p.bytes != 0).collect();
     parts.sort_by_key(|p| std::cmp::Reverse(p.bytes));
     for p in parts {
-        let bytes = match p.bytes {
-            b if b < 0 => format!("-{}", size(b.unsigned_abs())),
-            b => size(b as u64),
-        };
-        let _ = writeln!(t, "  {:<22} {bytes:>12}", p.part);
+        let _ = writeln!(t, "  {:<22} {:>12}", p.part, human_signed_bytes(p.bytes));
     }
     t.push('\n');
 }

@@ -65,7 +65,7 @@ pub fn container(h: &mut String, c: &Container) {
             "<tr><td>{}</td><td class=\"num\" title=\"{} bytes\">{}</td><td>{}</td></tr>",
             p.part,
             p.bytes,
-            signed(p.bytes),
+            super::super::human_signed_bytes(p.bytes),
             esc(p.source)
         );
     }
@@ -108,11 +108,4 @@ fn sockets_and_others(h: &mut String, c: &Container) {
 
 fn count(n: Option<u64>) -> String {
     n.map_or_else(|| "n/a".to_string(), |n| n.to_string())
-}
-
-fn signed(bytes: i64) -> String {
-    match bytes {
-        b if b < 0 => format!("-{}", super::super::human_bytes(b.unsigned_abs())),
-        b => super::super::human_bytes(b as u64),
-    }
 }
