@@ -18,7 +18,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::TryReserveError;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// The reserve, in slots, so that the measuring thread and the loop failing at
 /// the same moment each find one.
@@ -52,6 +52,9 @@ const SMALL_BYTES: usize = 64 << 10;
 // a failure only adds an `munmap` of a mapping no allocation lives in.
 unsafe impl GlobalAlloc for Guarded {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if let Some(arena) = ChildArena::active() {
+            return arena.bump(layout);
+        }
         // SAFETY: the caller's contract is System's.
         RESERVE.or_after_release(layout.size(), unsafe { System.alloc(layout) }, || unsafe {
             System.alloc(layout)
@@ -59,6 +62,10 @@ unsafe impl GlobalAlloc for Guarded {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if let Some(arena) = ChildArena::active() {
+            // Fresh anonymous pages are zero, and the arena never reuses one.
+            return arena.bump(layout);
+        }
         // SAFETY: as in `alloc`.
         RESERVE.or_after_release(
             layout.size(),
@@ -68,6 +75,11 @@ unsafe impl GlobalAlloc for Guarded {
     }
 
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if let Some(arena) = ChildArena::active() {
+            // SAFETY: `block` holds `layout.size()` bytes (the caller's
+            // contract); the new block is a fresh one of the arena.
+            return unsafe { arena.moved(block, layout, new_size) };
+        }
         // SAFETY: as in `alloc`; a failed realloc leaves the block as it was.
         RESERVE.or_after_release(
             new_size,
@@ -77,6 +89,11 @@ unsafe impl GlobalAlloc for Guarded {
     }
 
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+        if ChildArena::active().is_some() {
+            // The arena frees nothing: the child exits when it is done. A
+            // block from before the fork is left to the parent's copy.
+            return;
+        }
         // SAFETY: as in `alloc`.
         unsafe { System.dealloc(block, layout) }
     }
@@ -159,6 +176,77 @@ impl Reserve {
         }
         held
     }
+}
+
+/// The allocator of a forked child (the Lua heap's walk): a bump arena of its
+/// own mapping, so that the child never takes a lock of glibc's malloc,
+/// which a thread of the parent may have held at the fork. Only a child
+/// with no other thread switches it on; it is never switched off.
+struct ChildArena {
+    next: AtomicUsize,
+    end: AtomicUsize,
+}
+
+static CHILD_ARENA: ChildArena = ChildArena {
+    next: AtomicUsize::new(0),
+    end: AtomicUsize::new(0),
+};
+
+impl ChildArena {
+    fn active() -> Option<&'static ChildArena> {
+        (CHILD_ARENA.end.load(Ordering::Relaxed) != 0).then_some(&CHILD_ARENA)
+    }
+
+    fn bump(&self, layout: Layout) -> *mut u8 {
+        let next = self.next.load(Ordering::Relaxed);
+        let start = next.next_multiple_of(layout.align().max(16));
+        match start.checked_add(layout.size()) {
+            Some(end) if end <= self.end.load(Ordering::Relaxed) => {
+                self.next.store(end, Ordering::Relaxed);
+                start as *mut u8
+            }
+            _ => ptr::null_mut(),
+        }
+    }
+
+    /// # Safety
+    /// `block` is a live block of `layout`.
+    unsafe fn moved(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `new_size` is non-zero and within isize (realloc's contract).
+        let new = self.bump(unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) });
+        if !new.is_null() {
+            // SAFETY: both blocks hold at least the bytes copied; the new one
+            // is fresh, so they do not overlap.
+            unsafe { ptr::copy_nonoverlapping(block, new, layout.size().min(new_size)) };
+        }
+        new
+    }
+}
+
+/// Switches this process's Rust allocations to an arena of `bytes` of its
+/// own (mapped without reserve: only what is used is charged). For a forked
+/// child with a single thread, before it allocates; false when the mapping
+/// cannot be had (then the child must not allocate).
+pub fn use_child_arena(bytes: usize) -> bool {
+    // SAFETY: a new private anonymous mapping; nothing else refers to it.
+    let mapping = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if mapping == libc::MAP_FAILED {
+        return false;
+    }
+    CHILD_ARENA.next.store(mapping as usize, Ordering::Relaxed);
+    CHILD_ARENA
+        .end
+        .store(mapping as usize + bytes, Ordering::Relaxed);
+    true
 }
 
 /// A new slot of the reserve, if the address space for it can be had.

@@ -95,6 +95,9 @@ pub struct Query {
     pub refresh_seconds: Option<u32>,
     /// `lua_objects=1`: count the Lua VMs' GC objects, walking at most this many.
     pub lua_objects_limit: Option<u64>,
+    /// `lua_largest=1`: walk the Lua heaps from their roots (in a forked
+    /// copy): the largest objects with their paths, and what grew.
+    pub lua_largest: bool,
     /// `history=1`: add every process's samples (at most `HISTORY_POINTS`
     /// per ring, spread over all kept).
     pub history: bool,
@@ -156,6 +159,7 @@ const ARGUMENTS: &[&str] = &[
     "refresh",
     "lua_objects",
     "lua_objects_limit",
+    "lua_largest",
     "history",
     "history_since",
 ];
@@ -169,6 +173,7 @@ struct Raw {
     refresh: Option<Vec<u8>>,
     lua_objects: Option<Vec<u8>>,
     lua_objects_limit: Option<Vec<u8>>,
+    lua_largest: Option<Vec<u8>>,
     history: Option<Vec<u8>>,
     history_since: Option<Vec<u8>>,
 }
@@ -191,6 +196,7 @@ impl Raw {
                 b"refresh" => (&mut raw.refresh, "refresh"),
                 b"lua_objects" => (&mut raw.lua_objects, "lua_objects"),
                 b"lua_objects_limit" => (&mut raw.lua_objects_limit, "lua_objects_limit"),
+                b"lua_largest" => (&mut raw.lua_largest, "lua_largest"),
                 b"history" => (&mut raw.history, "history"),
                 b"history_since" => (&mut raw.history_since, "history_since"),
                 _ => return Err(QueryError::Unknown(echo(&name))),
@@ -248,6 +254,11 @@ impl Query {
             flag("lua_objects", value)?;
             zone_too("lua_objects=1 applies to the whole answer, not to zone=")?;
             query.lua_objects_limit = Some(LUA_OBJECTS_DEFAULT_LIMIT);
+        }
+        if let Some(value) = &raw.lua_largest {
+            flag("lua_largest", value)?;
+            zone_too("lua_largest=1 applies to the whole answer, not to zone=")?;
+            query.lua_largest = true;
         }
         if let Some(value) = &raw.history {
             flag("history", value)?;

@@ -88,6 +88,8 @@ pub struct Measured {
     pub processes: Vec<ProcessSample>,
     /// The memory cgroup and what the container section reads beside it.
     pub container: Result<Option<ContainerSample>, SampleError>,
+    /// `lua_largest=1`: the walk of the Lua heaps from their roots.
+    pub lua_walk: Option<Result<super::lua_walk::WalkOutcome, super::lua_walk::WalkError>>,
 }
 
 /// What the process-wide reads found: mappings, glibc, stacks, chunks.
@@ -142,7 +144,10 @@ pub fn assemble(
         oom_kills_at_start,
     } = part;
     let zones = measured_zones(zones, measured.zone_pages, &mut errors);
-    let lua = measured_lua([http, stream], measured.lua_resident, &mut errors);
+    let mut lua = measured_lua([http, stream], measured.lua_resident, &mut errors);
+    if let Some(outcome) = measured.lua_walk {
+        super::lua_walk::attach(&mut lua, outcome, &mut errors);
+    }
     let process = process_memory(measured.status, &mut errors);
     let breakdown = breakdown_of(depth, &process, measured.samples, &zones, &lua, &mut errors);
     if let Some(reason) = &pools.http2_unavailable {
@@ -583,6 +588,7 @@ pub(crate) mod tests {
             lua_resident: [None, None],
             status: Ok(include_str!("../../testdata/proc_status_nginx_worker.txt").into()),
             processes,
+            lua_walk: None,
             container: Ok(None),
         }
     }

@@ -889,6 +889,8 @@ mod tests {
                 library: None,
                 jit_enabled: Some(true),
                 objects: None,
+                largest: None,
+                growth: None,
             }),
             stream: None,
         }

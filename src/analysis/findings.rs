@@ -710,6 +710,8 @@ mod tests {
             library: None,
             jit_enabled: None,
             objects: None,
+            largest: None,
+            growth: None,
         };
         let mut r = report();
         r.lua.http = Some(vm(1600 << 20, 1550 << 20));

@@ -216,6 +216,8 @@ fn vm(
         library: sample.runtime.library,
         jit_enabled,
         objects,
+        largest: None,
+        growth: None,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod container;
 pub mod findings;
 pub mod history;
 pub mod lua;
+pub mod lua_walk;
 pub mod pools;
 pub mod server;
 pub mod zones;

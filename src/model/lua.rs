@@ -39,6 +39,65 @@ pub struct LuaVm {
     /// `lua_objects=1` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub objects: Option<Census>,
+    /// `lua_largest=1` only: the walk from the roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub largest: Option<LuaLargest>,
+    /// `lua_largest=1` only: what grew since this worker's previous walk
+    /// (`null` at its first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth: Option<Option<LuaGrowth>>,
+}
+
+/// A walk of the heap from its roots (`_G`, `package.loaded`, the registry),
+/// in a forked copy of the worker.
+#[derive(Debug, Clone, Serialize)]
+pub struct LuaLargest {
+    pub walked: u64,
+    pub truncated: bool,
+    pub elapsed_us: u64,
+    /// How long the fork held the event loop.
+    pub fork_us: u64,
+    pub bytes: u64,
+    pub types: std::collections::BTreeMap<&'static str, TypeCount>,
+    pub tables: Vec<LuaObject>,
+    pub strings: Vec<LuaObject>,
+    pub functions: Vec<LuaObject>,
+    pub userdata: Vec<LuaObject>,
+    pub threads: Vec<LuaObject>,
+    pub cdata: Vec<LuaObject>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LuaObject {
+    pub path: String,
+    pub own_bytes: u64,
+    pub retained_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LuaGrowth {
+    pub age_ms: u64,
+    pub types: std::collections::BTreeMap<&'static str, TypeGrowth>,
+    pub paths: Vec<GrownPath>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TypeGrowth {
+    pub count: i64,
+    pub bytes: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GrownPath {
+    pub path: String,
+    pub kind: &'static str,
+    pub retained_bytes: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entries: Option<i64>,
+    /// Not among the previous walk's largest: counted from zero.
+    pub new: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

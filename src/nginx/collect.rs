@@ -7,6 +7,7 @@ use ngx::ffi::{
 };
 
 use super::lua::{sample_vms, CensusLimits};
+use super::lua_walk::Walk;
 use super::pools::sample_pools;
 use super::process;
 use super::registry;
@@ -15,6 +16,7 @@ use super::zones::{sample_zones, SampledZone};
 use crate::analysis::assemble::{assemble, LoopPart, Measured};
 use crate::analysis::history::SampleWindow;
 use crate::analysis::lua::{LuaError, LuaVmSample};
+use crate::analysis::lua_walk::WalkError;
 use crate::analysis::server::{self, ProcessSample, RegistryEntry};
 use crate::format::Rendering;
 use crate::model::breakdown::Depth;
@@ -45,6 +47,8 @@ pub struct Job {
     /// Read `/proc/self/smaps` (a page-table walk): at `detail=full`, and for
     /// the summary a worker publishes on its timer.
     walk: bool,
+    /// `lua_largest=1`: the child walking the Lua heaps.
+    lua_walk: Option<Result<Walk, WalkError>>,
 }
 
 type LuaHeap = (Vec<(u64, u64)>, u64);
@@ -55,6 +59,8 @@ type LuaHeap = (Vec<(u64, u64)>, u64);
 pub struct Measuring {
     pub depth: Depth,
     pub lua_objects_limit: Option<u64>,
+    /// `lua_largest=1`: a walk of the Lua heaps from their roots.
+    pub lua_largest: bool,
     pub history_window: Option<SampleWindow>,
 }
 
@@ -63,6 +69,7 @@ pub fn begin(measuring: Measuring) -> (LoopPart, Job) {
     let Measuring {
         depth,
         lua_objects_limit,
+        lua_largest,
         history_window,
     } = measuring;
     let alloc_failures_at_begin = crate::alloc_guard::failures();
@@ -76,6 +83,7 @@ pub fn begin(measuring: Measuring) -> (LoopPart, Job) {
         max_time: LUA_OBJECTS_MAX_TIME,
     });
     let (http, stream) = sample_vms(census);
+    let lua_walk = lua_largest.then(start_walk).flatten();
     let registry = registry::read(super::clock::now_ms());
     let mut errors = Vec::new();
     let (processes, own_walk) = processes_to_read(registry.as_ref(), &mut errors);
@@ -90,6 +98,7 @@ pub fn begin(measuring: Measuring) -> (LoopPart, Job) {
         processes,
         own_title: own_title(),
         walk: depth == Depth::Full,
+        lua_walk,
     };
     let part = LoopPart {
         depth,
@@ -113,6 +122,16 @@ pub fn begin(measuring: Measuring) -> (LoopPart, Job) {
         alloc_failures_at_begin,
     };
     (part, job)
+}
+
+/// Forks the child that walks the VMs there are (none: no child).
+fn start_walk() -> Option<Result<Walk, WalkError>> {
+    let states = super::lua::main_states();
+    if states.iter().all(Option::is_none) {
+        return None;
+    }
+    // SAFETY: the running cycle's VMs, on the loop's thread between events.
+    Some(unsafe { super::lua_walk::start(states) })
 }
 
 /// A zone to measure: its mapping, and its slab signature when it was read.
@@ -247,6 +266,9 @@ impl Job {
         let chunks = super::chunks::Context {
             lua_gc64: self.lua_gc64,
         };
+        let lua_walk = self
+            .lua_walk
+            .map(|walk| walk.and_then(super::lua_walk::outcome));
         let samples = process::sample(self.depth, self.walk, &known, chunks);
         let own_pid = std::process::id();
         // Short of memory already: the answer is given up, the other
@@ -286,6 +308,7 @@ impl Job {
             status,
             container,
             processes,
+            lua_walk,
         }
     }
 }

@@ -96,6 +96,7 @@ fn ask_of(query: &Query, format: Format) -> Ask {
         measuring: Measuring {
             depth: query.depth,
             lua_objects_limit: query.lua_objects_limit,
+            lua_largest: query.lua_largest,
             history_window: window,
         },
         rendering: Rendering {

@@ -157,26 +157,36 @@ pub fn sample_vms(
     )
 }
 
-fn sample_vm(
+/// The main threads of the http and stream VMs, those the cycle has.
+pub fn main_states() -> [Option<*mut c_void>; 2] {
+    let cycle = cycle::current();
+    [
+        main_state(cycle, "http", "ngx_http_module", "ngx_http_lua_module").ok(),
+        main_state(
+            cycle,
+            "stream",
+            "ngx_stream_module",
+            "ngx_stream_lua_module",
+        )
+        .ok(),
+    ]
+}
+
+/// A VM's main thread, as the Lua module's main configuration holds it.
+fn main_state(
     cycle: &ngx_cycle_t,
     block: &'static str,
     core: &'static str,
     lua_module: &'static str,
-    census: Option<CensusLimits>,
-) -> Result<LuaVmSample, LuaError> {
+) -> Result<*mut c_void, LuaError> {
     let lua = cycle::module_by_name(cycle, lua_module).ok_or(LuaError::NotLoaded(lua_module))?;
     let core = cycle::module_by_name(cycle, core).ok_or(LuaError::NotLoaded(core))?;
-    let luajit = luajit()?;
     // SAFETY: the cycle's configuration contexts live as long as the cycle;
-    // each pointer is checked before it is followed. The VM found is live and
-    // does not run meanwhile: this is the loop's thread, between events, so
-    // LuaJIT's API, its global_State, allocator and heap may be read (the
-    // contracts of `global_state`, `sample_allocator`, `census_of` and
-    // `jit_enabled`), each of which checks the layout before it trusts it.
+    // each pointer is checked before it is followed. cycle->conf_ctx[core.index]
+    // is the subsystem's conf ctx, whose first field is its main_conf array;
+    // the Lua module's main conf starts with its `lua_State *`
+    // (lua-nginx-module and stream-lua-nginx-module alike).
     unsafe {
-        // cycle->conf_ctx[core.index] is the subsystem's conf ctx, whose first
-        // field is its main_conf array; the Lua module's main conf starts with
-        // its `lua_State *` (lua-nginx-module and stream-lua-nginx-module alike).
         let ctx = *cycle.conf_ctx.add(core.index) as *const *const *const *mut c_void;
         if ctx.is_null() || (*ctx).is_null() {
             return Err(LuaError::NoBlock(block));
@@ -185,7 +195,25 @@ fn sample_vm(
         if lmcf.is_null() || (*lmcf).is_null() {
             return Err(LuaError::NoVm(lua_module));
         }
-        let l = *lmcf;
+        Ok(*lmcf)
+    }
+}
+
+fn sample_vm(
+    cycle: &ngx_cycle_t,
+    block: &'static str,
+    core: &'static str,
+    lua_module: &'static str,
+    census: Option<CensusLimits>,
+) -> Result<LuaVmSample, LuaError> {
+    let l = main_state(cycle, block, core, lua_module)?;
+    let luajit = luajit()?;
+    // SAFETY: the VM found is live and does not run meanwhile: this is the
+    // loop's thread, between events, so LuaJIT's API, its global_State,
+    // allocator and heap may be read (the contracts of `global_state`,
+    // `sample_allocator`, `census_of` and `jit_enabled`), each of which
+    // checks the layout before it trusts it.
+    unsafe {
         let total =
             (luajit.gc)(l, LUA_GCCOUNT, 0) as u64 * 1024 + (luajit.gc)(l, LUA_GCCOUNTB, 0) as u64;
         let mut ud = std::ptr::null_mut();

@@ -14,6 +14,7 @@ mod handler;
 mod history;
 mod lifecycle;
 mod lua;
+mod lua_walk;
 mod offloop;
 mod pools;
 mod process;

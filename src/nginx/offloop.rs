@@ -116,11 +116,21 @@ fn push_work(id: u64, work: Work) {
 
 /// Without the thread: measured, assembled and rendered here, on the loop,
 /// with `error` (why not off it) in the answer's `errors`.
-pub fn answer_now(r: &mut ngx_http_request_t, ask: Ask, error: Option<SourceError>) -> ngx_int_t {
+pub fn answer_now(
+    r: &mut ngx_http_request_t,
+    mut ask: Ask,
+    error: Option<SourceError>,
+) -> ngx_int_t {
     let mark = alloc_guard::failures();
+    // The walk's child is waited for off the loop only.
+    let walk_asked = std::mem::take(&mut ask.measuring.lua_largest);
     let (mut part, job) = collect::begin(ask.measuring);
     if let Some(error) = error {
         part.add_error(error);
+    }
+    if walk_asked {
+        let reason = crate::analysis::lua_walk::WalkError::NeedsThread.to_string();
+        part.add_error(SourceError::new("lua.largest", reason));
     }
     let finished = collect::answer_work(part, job, &[ask.rendering]);
     publish(&finished, mark);

@@ -1,0 +1,431 @@
+//! The Lua heap's walk from its roots (`?lua_largest=1`): what the walking
+//! child sends back, one protocol written and read here, and what grew since
+//! the worker's previous walk.
+//!
+//! The child writes lines of text, each field separated by one space; a path
+//! is the rest of its line, already escaped by the one rule (no control
+//! byte, so no line break, is left in it):
+//!
+//! ```text
+//! vm 0
+//! walk WALKED TRUNCATED(0|1) ELAPSED_US
+//! type KIND COUNT BYTES
+//! object KIND OWN_BYTES RETAINED_BYTES ENTRIES PATH
+//! end
+//! done
+//! ```
+
+use std::fmt::Write;
+
+use crate::model::lua::{GrownPath, LuaGrowth, LuaLargest, LuaObject, TypeCount, TypeGrowth};
+
+/// The kinds of object a walk reaches through Lua's API, in the order the
+/// walk counts them.
+pub const WALK_KINDS: [&str; 6] = ["table", "string", "function", "userdata", "thread", "cdata"];
+pub const TABLE: usize = 0;
+pub const STRING: usize = 1;
+
+/// How many objects of each kind the child sends (the answer shows fewer:
+/// the rest are kept to compare the next walk against).
+pub const SENT_PER_KIND: usize = 100;
+/// How many of each kind an answer lists, and how many grown paths.
+pub const LISTED_PER_KIND: usize = 20;
+
+/// One object among the largest of its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalkedObject {
+    pub kind: usize,
+    pub own_bytes: u64,
+    /// Its own bytes and those of every object first reached through it.
+    pub retained_bytes: u64,
+    /// A table's keys; 0 for other kinds.
+    pub entries: u64,
+    pub path: String,
+}
+
+/// One VM's walk, as the child sends it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmWalk {
+    pub walked: u64,
+    pub truncated: bool,
+    pub elapsed_us: u64,
+    /// Count and bytes per kind, in `WALK_KINDS` order.
+    pub types: [(u64, u64); 6],
+    /// The largest of each kind, largest first within a kind.
+    pub objects: Vec<WalkedObject>,
+}
+
+/// Both VMs' walks: index 0 the http VM's, 1 the stream VM's.
+pub type Walks = [Option<VmWalk>; 2];
+
+/// Writes `walks` as the child sends them, ending with `done`.
+pub fn write_walks(walks: &Walks, out: &mut String) {
+    for (vm, walk) in walks.iter().enumerate() {
+        let Some(w) = walk else { continue };
+        let _ = writeln!(out, "vm {vm}");
+        let _ = writeln!(
+            out,
+            "walk {} {} {}",
+            w.walked, w.truncated as u8, w.elapsed_us
+        );
+        for (kind, (count, bytes)) in WALK_KINDS.iter().zip(w.types) {
+            let _ = writeln!(out, "type {kind} {count} {bytes}");
+        }
+        for o in &w.objects {
+            let _ = writeln!(
+                out,
+                "object {} {} {} {} {}",
+                WALK_KINDS[o.kind], o.own_bytes, o.retained_bytes, o.entries, o.path
+            );
+        }
+        out.push_str("end\n");
+    }
+    out.push_str("done\n");
+}
+
+/// Reads what `write_walks` wrote; `None` unless it is whole (a child killed
+/// or crashed midway sends a part, without `done`).
+pub fn parse_walks(text: &str) -> Option<Walks> {
+    let mut walks: Walks = [None, None];
+    let mut current: Option<(usize, VmWalk)> = None;
+    let mut done = false;
+    for line in text.lines() {
+        if done {
+            return None;
+        }
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match (word, current.as_mut()) {
+            ("vm", None) => {
+                current = Some((
+                    rest.parse().ok().filter(|&vm: &usize| vm < 2)?,
+                    VmWalk::default(),
+                ))
+            }
+            ("walk", Some((_, w))) => {
+                let [walked, truncated, elapsed] = numbers(rest)?;
+                (w.walked, w.truncated, w.elapsed_us) = (walked, truncated != 0, elapsed);
+            }
+            ("type", Some((_, w))) => {
+                let (kind, counts) = rest.split_once(' ')?;
+                let [count, bytes] = numbers(counts)?;
+                w.types[kind_index(kind)?] = (count, bytes);
+            }
+            ("object", Some((_, w))) => w.objects.push(parse_object(rest)?),
+            ("end", Some(_)) => {
+                let (vm, w) = current.take()?;
+                walks[vm] = Some(w);
+            }
+            ("done", None) => done = true,
+            _ => return None,
+        }
+    }
+    done.then_some(walks)
+}
+
+/// Whether `path` leads through `outer` to something within it: a growth
+/// then names the deepest path that holds most of it (`_G.blocks`, not `_G`).
+fn is_within(path: &str, outer: &str) -> bool {
+    path.len() > outer.len()
+        && path.starts_with(outer)
+        && matches!(path.as_bytes()[outer.len()], b'.' | b'[' | b' ')
+}
+
+fn kind_index(kind: &str) -> Option<usize> {
+    WALK_KINDS.iter().position(|k| *k == kind)
+}
+
+fn numbers<const N: usize>(text: &str) -> Option<[u64; N]> {
+    let mut out = [0; N];
+    let mut words = text.split(' ');
+    for slot in &mut out {
+        *slot = words.next()?.parse().ok()?;
+    }
+    words.next().is_none().then_some(out)
+}
+
+fn parse_object(rest: &str) -> Option<WalkedObject> {
+    let mut words = rest.splitn(5, ' ');
+    let kind = kind_index(words.next()?)?;
+    let mut number = || words.next()?.parse::<u64>().ok();
+    let (own_bytes, retained_bytes, entries) = (number()?, number()?, number()?);
+    Some(WalkedObject {
+        kind,
+        own_bytes,
+        retained_bytes,
+        entries,
+        path: words.next()?.to_string(),
+    })
+}
+
+/// The answer's view of one walk: totals by kind and the largest of each.
+pub fn largest(walk: &VmWalk, fork_us: u64) -> LuaLargest {
+    let listed = |kind: usize| -> Vec<LuaObject> {
+        walk.objects
+            .iter()
+            .filter(|o| o.kind == kind)
+            .take(LISTED_PER_KIND)
+            .map(|o| LuaObject {
+                path: o.path.clone(),
+                own_bytes: o.own_bytes,
+                retained_bytes: o.retained_bytes,
+                entries: (kind == TABLE).then_some(o.entries),
+            })
+            .collect()
+    };
+    LuaLargest {
+        walked: walk.walked,
+        truncated: walk.truncated,
+        elapsed_us: walk.elapsed_us,
+        fork_us,
+        bytes: walk.types.iter().map(|t| t.1).sum(),
+        types: WALK_KINDS
+            .iter()
+            .zip(walk.types)
+            .map(|(kind, (count, bytes))| (*kind, TypeCount { count, bytes }))
+            .collect(),
+        tables: listed(TABLE),
+        strings: listed(STRING),
+        functions: listed(2),
+        userdata: listed(3),
+        threads: listed(4),
+        cdata: listed(5),
+    }
+}
+
+/// What grew between `previous` (walked `age_ms` ago) and `now`: per kind,
+/// and per path among the largest objects (a path not among the previous
+/// walk's largest counts from zero, `new`).
+pub fn growth(previous: &VmWalk, now: &VmWalk, age_ms: u64) -> LuaGrowth {
+    let delta = |a: u64, b: u64| a as i64 - b as i64;
+    let mut paths: Vec<GrownPath> = now
+        .objects
+        .iter()
+        .filter(|o| o.kind != STRING)
+        .filter_map(|o| {
+            let before = previous
+                .objects
+                .iter()
+                .find(|p| p.kind == o.kind && p.path == o.path);
+            let grown = GrownPath {
+                path: o.path.clone(),
+                kind: WALK_KINDS[o.kind],
+                retained_bytes: delta(o.retained_bytes, before.map_or(0, |p| p.retained_bytes)),
+                entries: (o.kind == TABLE)
+                    .then(|| delta(o.entries, before.map_or(0, |p| p.entries))),
+                new: before.is_none(),
+            };
+            (grown.retained_bytes > 0 || grown.entries.is_some_and(|e| e > 0)).then_some(grown)
+        })
+        .collect();
+    paths.sort_by_key(|p| std::cmp::Reverse(p.retained_bytes));
+    let explained = |p: &GrownPath| {
+        paths.iter().any(|deeper| {
+            is_within(&deeper.path, &p.path)
+                && deeper.retained_bytes as f64 >= 0.9 * p.retained_bytes as f64
+        })
+    };
+    let mut paths: Vec<GrownPath> = paths.iter().filter(|p| !explained(p)).cloned().collect();
+    paths.truncate(LISTED_PER_KIND);
+    LuaGrowth {
+        age_ms,
+        types: WALK_KINDS
+            .iter()
+            .zip(now.types.iter().zip(previous.types))
+            .map(|(kind, (n, p))| {
+                let grown = TypeGrowth {
+                    count: delta(n.0, p.0),
+                    bytes: delta(n.1, p.1),
+                };
+                (*kind, grown)
+            })
+            .collect(),
+        paths,
+    }
+}
+
+/// Why a walk gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalkError {
+    /// LuaJIT's API lacks a function the walk calls.
+    MissingSymbol(&'static str),
+    /// The pipe or the child could not be made (the system's error).
+    Start(String),
+    /// Without the measuring thread the walk would hold the event loop.
+    NeedsThread,
+    /// The child ran past its time and was killed.
+    TimedOut { seconds: u64 },
+    /// The child ended without sending a whole walk.
+    Ended(String),
+}
+
+impl std::fmt::Display for WalkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WalkError::MissingSymbol(name) => write!(f, "LuaJIT has no {name}: the heap is not walked"),
+            WalkError::Start(e) => write!(f, "the walk could not start: {e}"),
+            WalkError::NeedsThread => f.write_str(
+                "the heap is walked only with the measuring thread (it would wait on the event loop)",
+            ),
+            WalkError::TimedOut { seconds } => {
+                write!(f, "the walk ran past {seconds} s and was stopped")
+            }
+            WalkError::Ended(how) => write!(f, "the walk ended before it was whole: {how}"),
+        }
+    }
+}
+
+/// What a walk brought back, with each VM's previous walk in this worker and
+/// how long ago it was.
+#[derive(Debug, Clone, Default)]
+pub struct WalkOutcome {
+    pub walks: Walks,
+    pub previous: [Option<(VmWalk, u64)>; 2],
+    pub fork_us: u64,
+}
+
+/// Puts the walks into the VMs' sections (`errors` says why one is missing).
+pub fn attach(
+    lua: &mut crate::model::lua::Lua,
+    outcome: Result<WalkOutcome, WalkError>,
+    errors: &mut Vec<crate::model::report::SourceError>,
+) {
+    use crate::model::report::SourceError;
+    let vms = [
+        ("lua.http.largest", &mut lua.http),
+        ("lua.stream.largest", &mut lua.stream),
+    ];
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            for (source, vm) in vms {
+                if vm.is_some() {
+                    errors.push(SourceError::new(source, e.to_string()));
+                }
+            }
+            return;
+        }
+    };
+    for (i, (source, vm)) in vms.into_iter().enumerate() {
+        let Some(vm) = vm else { continue };
+        let Some(walk) = &outcome.walks[i] else {
+            errors.push(SourceError::new(
+                source,
+                "the walk sent nothing for this VM",
+            ));
+            continue;
+        };
+        vm.largest = Some(largest(walk, outcome.fork_us));
+        vm.growth = Some(
+            outcome.previous[i]
+                .as_ref()
+                .map(|(before, age_ms)| growth(before, walk, *age_ms)),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> VmWalk {
+        VmWalk {
+            walked: 1000,
+            truncated: false,
+            elapsed_us: 1234,
+            types: [
+                (10, 5000),
+                (900, 90000),
+                (50, 2000),
+                (1, 48),
+                (2, 300),
+                (0, 0),
+            ],
+            objects: vec![
+                WalkedObject {
+                    kind: TABLE,
+                    own_bytes: 4000,
+                    retained_bytes: 80000,
+                    entries: 700,
+                    path: "_G.blocks".into(),
+                },
+                WalkedObject {
+                    kind: TABLE,
+                    own_bytes: 100,
+                    retained_bytes: 900,
+                    entries: 3,
+                    path: "package.loaded[\"a b\"] > upvalue \"cache\" of function at app.lua:3"
+                        .into(),
+                },
+                WalkedObject {
+                    kind: STRING,
+                    own_bytes: 1048,
+                    retained_bytes: 1048,
+                    entries: 0,
+                    path: "_G.big".into(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn protocol_round_trip() {
+        let walks = [Some(sample()), None];
+        let mut text = String::new();
+        write_walks(&walks, &mut text);
+        assert_eq!(parse_walks(&text), Some(walks));
+    }
+
+    #[test]
+    fn a_walk_cut_short_is_refused() {
+        let mut text = String::new();
+        write_walks(&[Some(sample()), Some(sample())], &mut text);
+        let cut = &text[..text.len() - "done\n".len()];
+        assert_eq!(parse_walks(cut), None);
+        assert_eq!(parse_walks(&text[..text.len() / 2]), None);
+        assert_eq!(parse_walks("vm 2\nend\ndone\n"), None);
+        assert_eq!(parse_walks("object table 1 2 3 x\ndone\n"), None);
+        assert_eq!(parse_walks(&format!("{text}vm 0\n")), None);
+    }
+
+    #[test]
+    fn growth_per_kind_and_path() {
+        let before = sample();
+        let mut now = sample();
+        now.types[TABLE] = (12, 9000);
+        now.objects[0].retained_bytes = 180000;
+        now.objects[0].entries = 1700;
+        now.objects.push(WalkedObject {
+            kind: TABLE,
+            own_bytes: 64,
+            retained_bytes: 5000,
+            entries: 9,
+            path: "_G.fresh".into(),
+        });
+        let g = growth(&before, &now, 60_000);
+        assert_eq!(g.age_ms, 60_000);
+        assert_eq!(g.types["table"].count, 2);
+        assert_eq!(g.types["table"].bytes, 4000);
+        assert_eq!(g.types["string"].bytes, 0);
+        assert!(is_within("_G.blocks", "_G"));
+        assert!(!is_within("_Gx", "_G"));
+        assert!(!is_within("_G", "_G"));
+        assert_eq!(g.paths.len(), 2);
+        assert_eq!(g.paths[0].path, "_G.blocks");
+        assert_eq!(g.paths[0].retained_bytes, 100000);
+        assert_eq!(g.paths[0].entries, Some(1000));
+        assert!(!g.paths[0].new);
+        assert_eq!(g.paths[1].path, "_G.fresh");
+        assert!(g.paths[1].new);
+    }
+
+    #[test]
+    fn largest_lists_by_kind() {
+        let l = largest(&sample(), 321);
+        assert_eq!(l.fork_us, 321);
+        assert_eq!(l.tables.len(), 2);
+        assert_eq!(l.tables[0].entries, Some(700));
+        assert_eq!(l.strings[0].entries, None);
+        assert_eq!(l.bytes, 5000 + 90000 + 2000 + 48 + 300);
+        assert_eq!(l.types["string"].count, 900);
+    }
+}

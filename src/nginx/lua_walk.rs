@@ -1,0 +1,1055 @@
+//! The Lua heap walked from its roots, in a copy of the worker
+//! (`?lua_largest=1`).
+//!
+//! A walk cannot be cut into slices on the event loop (the heap changes
+//! between them), and a whole one takes seconds on a big heap. So the loop
+//! only forks: the child is a copy-on-write snapshot of the worker, which it
+//! walks through LuaJIT's own API with the collector stopped (nothing in the
+//! snapshot runs or frees), then it sends sizes, counts and paths back over a
+//! pipe and exits. The measuring thread reads the pipe and reaps the child.
+//!
+//! The child is made with `clone` and no exit signal: nginx's SIGCHLD handler
+//! (`waitpid(-1)`) neither reaps it nor logs it, and only `__WCLONE` waits
+//! for it. It has one thread; glibc's malloc locks may have been held by
+//! another thread of the parent at the fork, so the child's Rust allocations
+//! go to an arena of its own (`alloc_guard::use_child_arena`) and LuaJIT's
+//! to its own allocator. It dies with its parent, blocks signals, dumps no
+//! core, is the OOM killer's first choice, and is killed at its deadline.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use crate::analysis::lua_walk::{
+    write_walks, VmWalk, WalkError, WalkOutcome, WalkedObject, Walks, SENT_PER_KIND, STRING, TABLE,
+    WALK_KINDS,
+};
+use crate::sources::escape::escape;
+
+/// Objects a walk reaches at most; the child's memory grows with them
+/// (about 100 bytes each).
+const MAX_OBJECTS: usize = 2_000_000;
+/// The child's own time bound, and the parent's, past which it kills it.
+const CHILD_MAX_TIME: Duration = Duration::from_secs(8);
+const DEADLINE: Duration = Duration::from_secs(10);
+/// The child's arena (mapped without reserve: only what it uses is charged).
+const ARENA_BYTES: usize = 1 << 30;
+/// What the parent reads at most from the pipe.
+const MAX_OUTPUT_BYTES: usize = 4 << 20;
+
+const LUA_REGISTRYINDEX: c_int = -10000;
+const LUA_GLOBALSINDEX: c_int = -10002;
+const LUA_GCSTOP: c_int = 0;
+
+/// `lua_Debug` of Lua 5.1, as LuaJIT declares it.
+#[repr(C)]
+struct LuaDebug {
+    event: c_int,
+    name: *const c_char,
+    namewhat: *const c_char,
+    what: *const c_char,
+    source: *const c_char,
+    currentline: c_int,
+    nups: c_int,
+    linedefined: c_int,
+    lastlinedefined: c_int,
+    short_src: [c_char; 60],
+    i_ci: c_int,
+}
+
+type L = *mut c_void;
+
+/// The part of LuaJIT's API the walk calls, looked up in the parent (the
+/// child takes no lock of the dynamic loader's).
+struct Api {
+    gettop: unsafe extern "C" fn(L) -> c_int,
+    settop: unsafe extern "C" fn(L, c_int),
+    pushvalue: unsafe extern "C" fn(L, c_int),
+    type_: unsafe extern "C" fn(L, c_int) -> c_int,
+    topointer: unsafe extern "C" fn(L, c_int) -> *const c_void,
+    tolstring: unsafe extern "C" fn(L, c_int, *mut usize) -> *const c_char,
+    tonumber: unsafe extern "C" fn(L, c_int) -> f64,
+    toboolean: unsafe extern "C" fn(L, c_int) -> c_int,
+    objlen: unsafe extern "C" fn(L, c_int) -> usize,
+    pushnil: unsafe extern "C" fn(L),
+    next: unsafe extern "C" fn(L, c_int) -> c_int,
+    rawgeti: unsafe extern "C" fn(L, c_int, c_int),
+    rawseti: unsafe extern "C" fn(L, c_int, c_int),
+    rawget: unsafe extern "C" fn(L, c_int),
+    pushlstring: unsafe extern "C" fn(L, *const c_char, usize),
+    createtable: unsafe extern "C" fn(L, c_int, c_int),
+    getmetatable: unsafe extern "C" fn(L, c_int) -> c_int,
+    getfenv: unsafe extern "C" fn(L, c_int),
+    getupvalue: unsafe extern "C" fn(L, c_int, c_int) -> *const c_char,
+    getinfo: unsafe extern "C" fn(L, *const c_char, *mut LuaDebug) -> c_int,
+    getstack: unsafe extern "C" fn(L, c_int, *mut LuaDebug) -> c_int,
+    getlocal: unsafe extern "C" fn(L, *const LuaDebug, c_int) -> *const c_char,
+    tothread: unsafe extern "C" fn(L, c_int) -> L,
+    xmove: unsafe extern "C" fn(L, L, c_int),
+    checkstack: unsafe extern "C" fn(L, c_int) -> c_int,
+    gc: unsafe extern "C" fn(L, c_int, c_int) -> c_int,
+    loadbuffer: unsafe extern "C" fn(L, *const c_char, usize, *const c_char) -> c_int,
+    pcall: unsafe extern "C" fn(L, c_int, c_int, c_int) -> c_int,
+}
+
+fn api() -> Result<&'static Api, WalkError> {
+    static API: std::sync::OnceLock<Result<Api, WalkError>> = std::sync::OnceLock::new();
+    API.get_or_init(find_api).as_ref().map_err(Clone::clone)
+}
+
+/// The function LuaJIT exports as `name`.
+///
+/// # Safety
+/// `T` is a function pointer of that function's C signature.
+unsafe fn symbol<T: Copy>(name: &'static CStr) -> Result<T, WalkError> {
+    // SAFETY: dlsym on a NUL-terminated name.
+    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    if p.is_null() || size_of::<T>() != size_of::<*mut c_void>() {
+        return Err(WalkError::MissingSymbol(
+            name.to_str().unwrap_or("a function"),
+        ));
+    }
+    // SAFETY: a function pointer of the caller's signature, the same size.
+    Ok(unsafe { std::mem::transmute_copy::<*mut c_void, T>(&p) })
+}
+
+fn find_api() -> Result<Api, WalkError> {
+    // SAFETY: each field's type is the C signature LuaJIT exports under
+    // that name (lua.h, lauxlib.h).
+    unsafe {
+        Ok(Api {
+            gettop: symbol(c"lua_gettop")?,
+            settop: symbol(c"lua_settop")?,
+            pushvalue: symbol(c"lua_pushvalue")?,
+            type_: symbol(c"lua_type")?,
+            topointer: symbol(c"lua_topointer")?,
+            tolstring: symbol(c"lua_tolstring")?,
+            tonumber: symbol(c"lua_tonumber")?,
+            toboolean: symbol(c"lua_toboolean")?,
+            objlen: symbol(c"lua_objlen")?,
+            pushnil: symbol(c"lua_pushnil")?,
+            next: symbol(c"lua_next")?,
+            rawgeti: symbol(c"lua_rawgeti")?,
+            rawseti: symbol(c"lua_rawseti")?,
+            rawget: symbol(c"lua_rawget")?,
+            pushlstring: symbol(c"lua_pushlstring")?,
+            createtable: symbol(c"lua_createtable")?,
+            getmetatable: symbol(c"lua_getmetatable")?,
+            getfenv: symbol(c"lua_getfenv")?,
+            getupvalue: symbol(c"lua_getupvalue")?,
+            getinfo: symbol(c"lua_getinfo")?,
+            getstack: symbol(c"lua_getstack")?,
+            getlocal: symbol(c"lua_getlocal")?,
+            tothread: symbol(c"lua_tothread")?,
+            xmove: symbol(c"lua_xmove")?,
+            checkstack: symbol(c"lua_checkstack")?,
+            gc: symbol(c"lua_gc")?,
+            loadbuffer: symbol(c"luaL_loadbuffer")?,
+            pcall: symbol(c"lua_pcall")?,
+        })
+    }
+}
+
+/// A walk under way: the child and the pipe it answers on.
+pub struct Walk {
+    /// The child while it is not reaped.
+    pid: Option<libc::pid_t>,
+    pipe: OwnedFd,
+    started: Instant,
+    fork_us: u64,
+}
+
+/// Forks the walking child for the VMs given (`[http, stream]` main
+/// threads). On the loop: this costs the fork, a copy of the page tables.
+///
+/// # Safety
+/// Each state is a live `lua_State` of the VM's main thread, and this runs
+/// on the loop's thread between events (no Lua code runs in this process).
+pub unsafe fn start(vms: [Option<L>; 2]) -> Result<Walk, WalkError> {
+    let api = api()?;
+    let mut fds = [0; 2];
+    // SAFETY: a pipe into an array of two.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(WalkError::Start(
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    // SAFETY: two new descriptors, each owned once.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let parent = std::process::id() as libc::pid_t;
+    let started = Instant::now();
+    // SAFETY: clone with no flag and no exit signal is a fork whose child
+    // nobody is told of; the child runs only `child` and `_exit`s.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            0 as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid == 0 {
+        drop(read);
+        // SAFETY: this is the child, a copy with one thread; `child` never returns.
+        unsafe { child(api, vms, write.as_raw_fd(), parent) }
+    }
+    let fork_us = started.elapsed().as_micros() as u64;
+    if pid < 0 {
+        return Err(WalkError::Start(
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    Ok(Walk {
+        pid: Some(pid as libc::pid_t),
+        pipe: read,
+        started,
+        fork_us,
+    })
+}
+
+impl Walk {
+    /// Waits (off the loop) for the child's walks, at most until the
+    /// deadline; reaps the child.
+    pub fn finish(mut self) -> Result<(Walks, u64), WalkError> {
+        let mut out: Vec<u8> = Vec::new();
+        let mut timed_out = false;
+        loop {
+            let left = DEADLINE.saturating_sub(self.started.elapsed());
+            if left.is_zero() {
+                timed_out = true;
+                break;
+            }
+            let mut poll = libc::pollfd {
+                fd: self.pipe.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd.
+            let ready = unsafe { libc::poll(&mut poll, 1, left.as_millis().max(1) as c_int) };
+            if ready < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break;
+            }
+            if ready == 0 {
+                continue;
+            }
+            let mut buf = [0u8; 16 << 10];
+            // SAFETY: reads into a buffer of that length.
+            let n =
+                unsafe { libc::read(self.pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                if n < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                    continue;
+                }
+                break;
+            }
+            if out.len() + n as usize > MAX_OUTPUT_BYTES || out.try_reserve(n as usize).is_err() {
+                break;
+            }
+            out.extend_from_slice(&buf[..n as usize]);
+        }
+        let status = self.reap(timed_out);
+        if timed_out {
+            return Err(WalkError::TimedOut {
+                seconds: DEADLINE.as_secs(),
+            });
+        }
+        let text = String::from_utf8_lossy(&out);
+        match crate::analysis::lua_walk::parse_walks(&text) {
+            Some(walks) => Ok((walks, self.fork_us)),
+            None => Err(WalkError::Ended(describe_status(status))),
+        }
+    }
+
+    /// Kills the child when asked, and waits for it (it has closed the pipe
+    /// or been killed: this is short).
+    fn reap(&mut self, kill: bool) -> c_int {
+        let Some(pid) = self.pid.take() else {
+            return 0;
+        };
+        if kill {
+            // SAFETY: our own child, not yet reaped: its pid is not reused.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let mut status = 0;
+        loop {
+            // SAFETY: waits for our own clone child.
+            let got = unsafe { libc::waitpid(pid, &mut status, libc::__WCLONE) };
+            if got >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+            {
+                return status;
+            }
+        }
+    }
+}
+
+fn describe_status(status: c_int) -> String {
+    if libc::WIFSIGNALED(status) {
+        format!("the child was killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        match libc::WEXITSTATUS(status) {
+            EXIT_NO_ARENA => "the child could not map its memory".into(),
+            EXIT_ABI => {
+                "the VM's layout is not one this module knows (LuaJIT 2.1, with or without GC64)"
+                    .into()
+            }
+            EXIT_PANIC => "the child failed".into(),
+            code => format!("the child exited with code {code}"),
+        }
+    }
+}
+
+const EXIT_NO_ARENA: c_int = 3;
+const EXIT_ABI: c_int = 4;
+const EXIT_PANIC: c_int = 5;
+
+/// The child's whole life.
+///
+/// # Safety
+/// Called once, in the child just forked, with `start`'s states.
+unsafe fn child(api: &Api, vms: [Option<L>; 2], out: c_int, parent: libc::pid_t) -> ! {
+    // SAFETY: calls on this process alone, with valid arguments.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
+        if fd >= 0 {
+            libc::write(fd, b"1000".as_ptr().cast(), 4);
+            libc::close(fd);
+        }
+        // Nginx's descriptors are closed in the copy: a listening socket the
+        // parent closes (a reload) is then not kept open by the child.
+        libc::syscall(libc::SYS_close_range, 0u32, (out - 1).max(0) as u32, 0u32);
+        libc::syscall(libc::SYS_close_range, out as u32 + 1, u32::MAX, 0u32);
+        if !crate::alloc_guard::use_child_arena(ARENA_BYTES) {
+            libc::_exit(EXIT_NO_ARENA);
+        }
+    }
+    let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut walks: Walks = [None, None];
+        for (slot, l) in walks.iter_mut().zip(vms) {
+            if let Some(l) = l {
+                // SAFETY: a live state of the snapshot, which nothing else runs.
+                *slot = Some(unsafe { walk_vm(api, l) }?);
+            }
+        }
+        Some(walks)
+    }));
+    let code = match walked {
+        Ok(Some(walks)) => {
+            let mut text = String::new();
+            write_walks(&walks, &mut text);
+            write_all(out, text.as_bytes());
+            0
+        }
+        Ok(None) => EXIT_ABI,
+        Err(_) => EXIT_PANIC,
+    };
+    // SAFETY: ends the child without running anything of the parent's.
+    unsafe { libc::_exit(code) }
+}
+
+fn write_all(fd: c_int, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a live slice.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// The sizes LuaJIT gives its objects, by ABI (lj_obj.h).
+struct Layout {
+    str_header: u64,
+    tab_size: u64,
+    tab_colo: usize,
+    tab_node: usize,
+    node_is_ref32: bool,
+    tab_asize: usize,
+    tab_hmask: usize,
+    node_size: u64,
+    func_l_base: u64,
+    func_l_step: u64,
+    func_c_base: u64,
+    udata_size: u64,
+    thread_size: u64,
+    thread_stacksize: usize,
+    func_ffid: usize,
+    cdata_header: usize,
+    cdata_marked: usize,
+}
+
+const GC64: Layout = Layout {
+    str_header: 24,
+    tab_size: 64,
+    tab_colo: 11,
+    tab_node: 40,
+    node_is_ref32: false,
+    tab_asize: 48,
+    tab_hmask: 52,
+    node_size: 24,
+    func_l_base: 40,
+    func_l_step: 8,
+    func_c_base: 48,
+    udata_size: 48,
+    thread_size: 112,
+    thread_stacksize: 88,
+    func_ffid: 10,
+    cdata_header: 16,
+    cdata_marked: 8,
+};
+
+const NON_GC64: Layout = Layout {
+    str_header: 20,
+    tab_size: 32,
+    tab_colo: 7,
+    tab_node: 20,
+    node_is_ref32: true,
+    tab_asize: 24,
+    tab_hmask: 28,
+    node_size: 24,
+    func_l_base: 20,
+    func_l_step: 4,
+    func_c_base: 32,
+    udata_size: 24,
+    thread_size: 80,
+    thread_stacksize: 56,
+    func_ffid: 6,
+    cdata_header: 8,
+    cdata_marked: 4,
+};
+
+/// How an object was reached from its parent.
+#[derive(Clone, Copy)]
+enum Edge {
+    Root(&'static str),
+    Key(*const u8, usize),
+    Index(f64),
+    Bool(bool),
+    KeyOfKind(usize),
+    LightKey(usize),
+    AsKey,
+    Metatable,
+    Environment,
+    Upvalue(*const c_char, c_int),
+    Slot(c_int),
+    Local(*const c_char, Location),
+    Frame(c_int, Location),
+}
+
+/// A function's chunk and line (`source` is LuaJIT's, alive in the snapshot).
+#[derive(Clone, Copy)]
+struct Location {
+    source: *const c_char,
+    line: c_int,
+    c: bool,
+}
+
+const NO_PARENT: u32 = u32::MAX;
+
+struct Node {
+    parent: u32,
+    edge: Edge,
+    kind: u8,
+    own: u64,
+    retained: u64,
+    entries: u64,
+    location: Option<Location>,
+}
+
+/// Pointers seen, in an open-addressed table (no hasher state to seed).
+struct Seen {
+    keys: Vec<usize>,
+    len: usize,
+}
+
+impl Seen {
+    fn new() -> Seen {
+        Seen {
+            keys: vec![0; 1 << 16],
+            len: 0,
+        }
+    }
+
+    /// Inserts `p`; false when it was there.
+    fn insert(&mut self, p: usize) -> bool {
+        if self.len * 2 >= self.keys.len() {
+            let doubled = vec![0; self.keys.len() * 2];
+            let old = std::mem::replace(&mut self.keys, doubled);
+            self.len = 0;
+            for k in old.into_iter().filter(|&k| k != 0) {
+                self.insert(k);
+            }
+        }
+        let mask = self.keys.len() - 1;
+        let mut i = (p.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) & mask;
+        loop {
+            match self.keys[i] {
+                0 => {
+                    self.keys[i] = p;
+                    self.len += 1;
+                    return true;
+                }
+                k if k == p => return false,
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+}
+
+struct Walker<'a> {
+    api: &'a Api,
+    l: L,
+    layout: &'static Layout,
+    /// `global_State.nilnode` under GC64: a hash part that is it is none.
+    nilnode: usize,
+    queue: c_int,
+    nodes: Vec<Node>,
+    seen: Seen,
+    types: [(u64, u64); 6],
+    truncated: bool,
+    started: Instant,
+}
+
+/// Walks one VM of the snapshot; `None` when its ABI is not known.
+///
+/// # Safety
+/// `l` is the VM's main thread, in a child that nothing else runs in.
+unsafe fn walk_vm(api: &Api, l: L) -> Option<VmWalk> {
+    let started = Instant::now();
+    // SAFETY: the API on a live state of this single-threaded snapshot.
+    unsafe {
+        (api.gc)(l, LUA_GCSTOP, 0);
+        (api.checkstack)(l, 16);
+        let layout = abi(api, l)?;
+        (api.createtable)(l, 0, 0);
+        let queue = (api.gettop)(l);
+        let g: usize = std::ptr::read_unaligned((l as *const u8).add(16).cast());
+        let mut w = Walker {
+            api,
+            l,
+            layout,
+            nilnode: g + 248,
+            queue,
+            nodes: Vec::new(),
+            seen: Seen::new(),
+            types: [(0, 0); 6],
+            truncated: false,
+            started,
+        };
+        w.roots();
+        let mut i = 0;
+        while i < w.nodes.len() {
+            if i % 1024 == 0 && w.started.elapsed() > CHILD_MAX_TIME {
+                w.truncated = true;
+                break;
+            }
+            if w.nodes[i].kind as usize != STRING {
+                (api.rawgeti)(l, queue, i as c_int + 1);
+                w.expand(i as u32);
+                (api.settop)(l, queue);
+            }
+            i += 1;
+        }
+        Some(w.finish())
+    }
+}
+
+/// The layout of this LuaJIT, asked of `ffi.abi` in the snapshot.
+///
+/// # Safety
+/// As `walk_vm`.
+unsafe fn abi(api: &Api, l: L) -> Option<&'static Layout> {
+    const CODE: &[u8] = b"local ok, ffi = pcall(require, 'ffi') return ok and ffi.abi('gc64')";
+    // SAFETY: as the caller's; the chunk runs in the snapshot only.
+    unsafe {
+        let top = (api.gettop)(l);
+        let loaded = (api.loadbuffer)(
+            l,
+            CODE.as_ptr().cast(),
+            CODE.len(),
+            c"=memory_status".as_ptr(),
+        ) == 0
+            && (api.pcall)(l, 0, 1, 0) == 0;
+        let gc64 = loaded && (api.type_)(l, -1) == 1 && (api.toboolean)(l, -1) != 0;
+        let known = loaded && (api.type_)(l, -1) == 1;
+        (api.settop)(l, top);
+        if !known {
+            return None;
+        }
+        Some(if gc64 { &GC64 } else { &NON_GC64 })
+    }
+}
+
+impl Walker<'_> {
+    /// # Safety
+    /// As `walk_vm`, for this and every method below.
+    unsafe fn roots(&mut self) {
+        let (api, l) = (self.api, self.l);
+        // SAFETY: pseudo-indices and the registry's own `_LOADED`.
+        unsafe {
+            (api.pushvalue)(l, LUA_GLOBALSINDEX);
+            self.add(NO_PARENT, Edge::Root("_G"));
+            (api.pushvalue)(l, LUA_REGISTRYINDEX);
+            (api.pushlstring)(l, c"_LOADED".as_ptr(), 7);
+            (api.rawget)(l, -2);
+            self.add(NO_PARENT, Edge::Root("package.loaded"));
+            (api.settop)(l, self.queue);
+            (api.pushvalue)(l, LUA_REGISTRYINDEX);
+            self.add(NO_PARENT, Edge::Root("registry"));
+        }
+    }
+
+    /// Takes the value on top of the stack (popping it): a new object is
+    /// counted and queued.
+    unsafe fn add(&mut self, parent: u32, edge: Edge) {
+        let (api, l) = (self.api, self.l);
+        // SAFETY: the value on top of the stack.
+        unsafe {
+            let kind = match (api.type_)(l, -1) {
+                5 => 0,
+                4 => 1,
+                6 => 2,
+                7 => 3,
+                8 => 4,
+                10 => 5,
+                _ => {
+                    (api.settop)(l, -2);
+                    return;
+                }
+            };
+            let p = (api.topointer)(l, -1) as usize;
+            if p == 0 || self.nodes.len() >= MAX_OBJECTS {
+                self.truncated |= p != 0;
+                (api.settop)(l, -2);
+                return;
+            }
+            if !self.seen.insert(p) {
+                (api.settop)(l, -2);
+                return;
+            }
+            let own = self.own_bytes(kind, p);
+            self.types[kind].0 += 1;
+            self.types[kind].1 += own;
+            self.nodes.push(Node {
+                parent,
+                edge,
+                kind: kind as u8,
+                own,
+                retained: own,
+                entries: 0,
+                location: None,
+            });
+            if kind == STRING {
+                (api.settop)(l, -2);
+            } else {
+                (api.rawseti)(l, self.queue, self.nodes.len() as c_int);
+            }
+        }
+    }
+
+    /// The bytes of the object on top of the stack, at `p`.
+    unsafe fn own_bytes(&self, kind: usize, p: usize) -> u64 {
+        let (api, l, y) = (self.api, self.l, self.layout);
+        let read32 = |at: usize| -> u64 {
+            // SAFETY: a field within the object's fixed header.
+            unsafe { std::ptr::read_unaligned((p + at) as *const u32) as u64 }
+        };
+        // SAFETY: `p` is the object's address (its payload's for userdata
+        // and cdata), each field read within its header (lj_obj.h).
+        unsafe {
+            match kind {
+                0 => {
+                    let colo = std::ptr::read((p + y.tab_colo) as *const i8);
+                    let mut bytes = y.tab_size;
+                    if colo != 0 {
+                        bytes += ((colo as u8) & 0x7f) as u64 * 8;
+                    }
+                    if colo <= 0 {
+                        bytes += read32(y.tab_asize) * 8;
+                    }
+                    let node = if y.node_is_ref32 {
+                        read32(y.tab_node) as usize
+                    } else {
+                        std::ptr::read_unaligned((p + y.tab_node) as *const usize)
+                    };
+                    let hmask = read32(y.tab_hmask);
+                    if hmask > 0 || (!y.node_is_ref32 && node != self.nilnode) {
+                        bytes += (hmask + 1) * y.node_size;
+                    }
+                    bytes
+                }
+                1 => y.str_header + ((((api.objlen)(l, -1) as u64) + 4) & !3),
+                2 => {
+                    let mut ar: LuaDebug = std::mem::zeroed();
+                    (api.pushvalue)(l, -1);
+                    (api.getinfo)(l, c">u".as_ptr(), &mut ar);
+                    let ups = ar.nups.max(0) as u64;
+                    // ffid 0: a Lua function (FF_LUA), its upvalues by reference.
+                    if std::ptr::read((p + y.func_ffid) as *const u8) == 0 {
+                        y.func_l_base + y.func_l_step * ups
+                    } else {
+                        y.func_c_base + 8 * ups
+                    }
+                }
+                3 => y.udata_size + (api.objlen)(l, -1) as u64,
+                4 => y.thread_size + read32(y.thread_stacksize) * 8,
+                _ => {
+                    let o = p - y.cdata_header;
+                    if std::ptr::read((o + y.cdata_marked) as *const u8) & 0x80 != 0 {
+                        let extra = std::ptr::read_unaligned((o - 6) as *const u16) as u64;
+                        let len = std::ptr::read_unaligned((o - 4) as *const u32) as u64;
+                        len + extra
+                    } else {
+                        let head = std::ptr::read_unaligned((o - 8) as *const usize);
+                        ((head & !7) as u64).saturating_sub(8)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues what the object on top of the stack refers to.
+    unsafe fn expand(&mut self, i: u32) {
+        let (api, l) = (self.api, self.l);
+        // SAFETY: the object on top of the stack, of the node's kind.
+        unsafe {
+            (api.checkstack)(l, 8);
+            let o = (api.gettop)(l);
+            match self.nodes[i as usize].kind {
+                0 => self.table(i, o),
+                2 => self.function(i, o),
+                3 => {
+                    if (api.getmetatable)(l, o) != 0 {
+                        self.add(i, Edge::Metatable);
+                    }
+                    (api.getfenv)(l, o);
+                    self.add(i, Edge::Environment);
+                }
+                4 => self.thread(i, o),
+                _ => {}
+            }
+        }
+    }
+
+    unsafe fn table(&mut self, i: u32, o: c_int) {
+        let (api, l) = (self.api, self.l);
+        // SAFETY: a table at `o`; `lua_next` leaves key and value on top.
+        unsafe {
+            let mut entries = 0;
+            (api.pushnil)(l);
+            while (api.next)(l, o) != 0 {
+                entries += 1;
+                let edge = match (api.type_)(l, -2) {
+                    4 => {
+                        let mut len = 0;
+                        let s = (api.tolstring)(l, -2, &mut len);
+                        Edge::Key(s.cast(), len)
+                    }
+                    3 => Edge::Index((api.tonumber)(l, -2)),
+                    1 => Edge::Bool((api.toboolean)(l, -2) != 0),
+                    2 => Edge::LightKey((api.topointer)(l, -2) as usize),
+                    5 => Edge::KeyOfKind(0),
+                    6 => Edge::KeyOfKind(2),
+                    7 => Edge::KeyOfKind(3),
+                    8 => Edge::KeyOfKind(4),
+                    _ => Edge::KeyOfKind(5),
+                };
+                self.add(i, edge);
+                (api.pushvalue)(l, -1);
+                self.add(i, Edge::AsKey);
+            }
+            self.nodes[i as usize].entries = entries;
+            if (api.getmetatable)(l, o) != 0 {
+                self.add(i, Edge::Metatable);
+            }
+        }
+    }
+
+    unsafe fn function(&mut self, i: u32, o: c_int) {
+        let (api, l) = (self.api, self.l);
+        // SAFETY: a function at `o`.
+        unsafe {
+            let mut ar: LuaDebug = std::mem::zeroed();
+            (api.pushvalue)(l, o);
+            (api.getinfo)(l, c">Su".as_ptr(), &mut ar);
+            let c = !ar.what.is_null() && CStr::from_ptr(ar.what).to_bytes() == b"C";
+            self.nodes[i as usize].location = Some(Location {
+                source: ar.source,
+                line: ar.linedefined,
+                c,
+            });
+            for n in 1..=ar.nups.max(0) {
+                let name = (api.getupvalue)(l, o, n);
+                if name.is_null() {
+                    break;
+                }
+                self.add(i, Edge::Upvalue(name, n));
+            }
+            (api.getfenv)(l, o);
+            self.add(i, Edge::Environment);
+        }
+    }
+
+    unsafe fn thread(&mut self, i: u32, o: c_int) {
+        let (api, l) = (self.api, self.l);
+        // SAFETY: a thread at `o`; values are copied from its stack to ours.
+        unsafe {
+            let co = (api.tothread)(l, o);
+            if co.is_null() || co == l {
+                return;
+            }
+            let mut ar: LuaDebug = std::mem::zeroed();
+            let mut level = 0;
+            while level < 256 && (api.getstack)(co, level, &mut ar) != 0 {
+                (api.getinfo)(co, c"Sf".as_ptr(), &mut ar);
+                let at = Location {
+                    source: ar.source,
+                    line: ar.linedefined,
+                    c: !ar.what.is_null() && CStr::from_ptr(ar.what).to_bytes() == b"C",
+                };
+                (api.xmove)(co, l, 1);
+                self.add(i, Edge::Frame(level, at));
+                for n in 1..=1024 {
+                    (api.checkstack)(co, 2);
+                    let name = (api.getlocal)(co, &ar, n);
+                    if name.is_null() {
+                        break;
+                    }
+                    (api.xmove)(co, l, 1);
+                    self.add(i, Edge::Local(name, at));
+                }
+                level += 1;
+            }
+            let top = (api.gettop)(co).min(10_000);
+            for k in 1..=top {
+                (api.checkstack)(co, 2);
+                (api.pushvalue)(co, k);
+                (api.xmove)(co, l, 1);
+                self.add(i, Edge::Slot(k));
+            }
+        }
+    }
+
+    /// Sums each object into its parent's retained bytes and picks the
+    /// largest of each kind, with their paths.
+    unsafe fn finish(mut self) -> VmWalk {
+        for i in (0..self.nodes.len()).rev() {
+            let (parent, retained) = (self.nodes[i].parent, self.nodes[i].retained);
+            if parent != NO_PARENT {
+                self.nodes[parent as usize].retained += retained;
+            }
+        }
+        let mut objects = Vec::new();
+        for kind in 0..WALK_KINDS.len() {
+            let mut of_kind: Vec<u32> = (0..self.nodes.len() as u32)
+                .filter(|&n| self.nodes[n as usize].kind as usize == kind)
+                .collect();
+            of_kind.sort_by_key(|&n| std::cmp::Reverse(self.nodes[n as usize].retained));
+            for n in of_kind.into_iter().take(SENT_PER_KIND) {
+                let node = &self.nodes[n as usize];
+                objects.push(WalkedObject {
+                    kind,
+                    own_bytes: node.own,
+                    retained_bytes: node.retained,
+                    entries: if kind == TABLE { node.entries } else { 0 },
+                    // SAFETY: the names and sources the path shows live in
+                    // the snapshot, which nothing frees.
+                    path: unsafe { self.path(n) },
+                });
+            }
+        }
+        VmWalk {
+            walked: self.nodes.len() as u64,
+            truncated: self.truncated,
+            elapsed_us: self.started.elapsed().as_micros() as u64,
+            types: self.types,
+            objects,
+        }
+    }
+
+    /// The path from a root to node `n`, escaped by the one rule.
+    unsafe fn path(&self, mut n: u32) -> String {
+        let mut chain = Vec::new();
+        while n != NO_PARENT && chain.len() < 64 {
+            chain.push(n);
+            n = self.nodes[n as usize].parent;
+        }
+        let mut out = String::new();
+        if n != NO_PARENT {
+            out.push_str("...");
+        }
+        for &n in chain.iter().rev() {
+            let node = &self.nodes[n as usize];
+            let parent = (node.parent != NO_PARENT).then(|| &self.nodes[node.parent as usize]);
+            // SAFETY: the caller's contract.
+            unsafe { push_edge(&mut out, node.edge, parent.and_then(|p| p.location)) };
+            if out.len() > 1024 {
+                out.truncate(1024);
+                out.push_str("...");
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// One step of a path.
+///
+/// # Safety
+/// The edge's pointers are alive (the snapshot's strings).
+unsafe fn push_edge(out: &mut String, edge: Edge, function: Option<Location>) {
+    let text = |p: *const c_char| -> String {
+        // SAFETY: a NUL-terminated name of LuaJIT's (the caller's contract).
+        unsafe { escape(CStr::from_ptr(p).to_bytes()) }
+    };
+    match edge {
+        Edge::Root(name) => out.push_str(name),
+        Edge::Key(p, len) => {
+            // SAFETY: a string key's bytes (the caller's contract).
+            let key = unsafe { std::slice::from_raw_parts(p, len) };
+            if is_identifier(key) {
+                out.push('.');
+                out.push_str(std::str::from_utf8(key).unwrap_or_default());
+            } else {
+                out.push_str(&format!("[\"{}\"]", escape(key)));
+            }
+        }
+        Edge::Index(n) if n.fract() == 0.0 && n.abs() < 1e15 => {
+            out.push_str(&format!("[{}]", n as i64))
+        }
+        Edge::Index(n) => out.push_str(&format!("[{n}]")),
+        Edge::Bool(b) => out.push_str(&format!("[{b}]")),
+        Edge::KeyOfKind(kind) => out.push_str(&format!("[a {} key]", WALK_KINDS[kind])),
+        Edge::LightKey(p) => out.push_str(&format!("[{}]", symbol_of(p))),
+        Edge::AsKey => out.push_str(" > a key"),
+        Edge::Metatable => out.push_str(" > metatable"),
+        Edge::Environment => out.push_str(" > environment"),
+        Edge::Upvalue(name, n) => {
+            // A C function's upvalues have no names: their numbers.
+            match text(name) {
+                name if name.is_empty() => out.push_str(&format!(" > upvalue {n}")),
+                name => out.push_str(&format!(" > upvalue \"{name}\"")),
+            }
+            if let Some(at) = function {
+                // SAFETY: as above.
+                out.push_str(&format!(" of {}", unsafe { describe(at) }));
+            }
+        }
+        Edge::Slot(k) => out.push_str(&format!(" > stack slot {k}")),
+        Edge::Local(name, at) => {
+            // SAFETY: as above.
+            let function = unsafe { describe(at) };
+            out.push_str(&format!(" > local \"{}\" of {function}", text(name)))
+        }
+        Edge::Frame(level, at) => {
+            // SAFETY: as above.
+            let function = unsafe { describe(at) };
+            out.push_str(&format!(" > frame {level}: {function}"))
+        }
+    }
+}
+
+/// `function at app/cache.lua:42`, or `a C function`.
+///
+/// # Safety
+/// `at.source` is null or a live NUL-terminated chunk name.
+unsafe fn describe(at: Location) -> String {
+    if at.c || at.source.is_null() {
+        return "a C function".into();
+    }
+    // SAFETY: the caller's contract.
+    let source = unsafe { CStr::from_ptr(at.source).to_bytes() };
+    let chunk = match source.first() {
+        Some(b'@' | b'=') => escape(&source[1..]),
+        _ => {
+            let first_line = source.split(|&b| b == b'\n').next().unwrap_or_default();
+            let cut = &first_line[..first_line.len().min(40)];
+            format!(
+                "[string \"{}{}\"]",
+                escape(cut),
+                if cut.len() < source.len() { "..." } else { "" }
+            )
+        }
+    };
+    format!("function at {chunk}:{}", at.line)
+}
+
+fn is_identifier(key: &[u8]) -> bool {
+    matches!(key.first(), Some(b) if b.is_ascii_alphabetic() || *b == b'_')
+        && key.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+}
+
+/// A light userdata key named by the symbol it points at (lua-nginx-module
+/// keys its registry tables by the addresses of its statics).
+fn symbol_of(p: usize) -> String {
+    // SAFETY: dladdr only looks the address up; a zeroed Dl_info is valid.
+    let info = unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        (libc::dladdr(p as *const c_void, &mut info) != 0).then_some(info)
+    };
+    match info {
+        Some(info) if !info.dli_sname.is_null() && info.dli_saddr as usize == p => {
+            // SAFETY: the loader's NUL-terminated symbol name.
+            escape(unsafe { CStr::from_ptr(info.dli_sname) }.to_bytes())
+        }
+        _ => "a light userdata key".into(),
+    }
+}
+
+/// Each VM's previous walk in this worker, kept for the next one's growth.
+static PREVIOUS: std::sync::Mutex<[Option<(VmWalk, Instant)>; 2]> =
+    std::sync::Mutex::new([None, None]);
+
+/// Finishes a walk (off the loop) and compares it with this worker's
+/// previous one, which it then replaces.
+pub fn outcome(walk: Walk) -> Result<WalkOutcome, WalkError> {
+    let (walks, fork_us) = walk.finish()?;
+    let now = Instant::now();
+    let mut kept = PREVIOUS.lock().unwrap_or_else(|p| p.into_inner());
+    let previous = [0, 1].map(|vm| {
+        kept[vm]
+            .as_ref()
+            .map(|(w, at)| (w.clone(), now.duration_since(*at).as_millis() as u64))
+    });
+    for (slot, walk) in kept.iter_mut().zip(&walks) {
+        if let Some(w) = walk {
+            *slot = Some((w.clone(), now));
+        }
+    }
+    Ok(WalkOutcome {
+        walks,
+        previous,
+        fork_us,
+    })
+}
+
+/// A walk given up (its measuring failed): the child is killed and reaped,
+/// never left a zombie nobody waits for.
+impl Drop for Walk {
+    fn drop(&mut self) {
+        self.reap(true);
+    }
+}
