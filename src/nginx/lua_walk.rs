@@ -901,8 +901,25 @@ impl Walker<'_> {
         if n != NO_PARENT {
             out.push_str("...");
         }
+        let mut described = false;
         for &n in chain.iter().rev() {
             let node = &self.nodes[n as usize];
+            // A key after "... of function at f.lua:3" reads apart from it.
+            let is_key = matches!(
+                node.edge,
+                Edge::Key(..)
+                    | Edge::Index(_)
+                    | Edge::Bool(_)
+                    | Edge::KeyOfKind(_)
+                    | Edge::LightKey(_)
+            );
+            if described && is_key {
+                out.push_str(" > ");
+            }
+            described = matches!(
+                node.edge,
+                Edge::Upvalue(..) | Edge::Local(..) | Edge::Frame(..)
+            );
             let parent = (node.parent != NO_PARENT).then(|| &self.nodes[node.parent as usize]);
             // SAFETY: the caller's contract.
             unsafe { push_edge(&mut out, node.edge, parent.and_then(|p| p.location)) };

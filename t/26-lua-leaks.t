@@ -1,0 +1,225 @@
+#!/usr/bin/perl
+
+# Which Lua table is leaking (?lua_largest=1): known leaks, each found by its
+# path from the roots, its size within 10% of the bytes the test put there
+# (collectgarbage("count") around each insertion, the collector stopped), and
+# the growth between two looks within 10% of what the test added between
+# them. On the LuaJIT the Lua module loads (GC64 on Debian and the matrix),
+# and again on the non-GC64 build when the matrix provides it. The walk runs
+# in a forked child: no zombie is left, nginx logs nothing of it, and a
+# request without the thread gets a reason instead of a walk on the loop.
+
+use warnings;
+use strict;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use NginxTest;
+use MemoryStatus qw(unexpected_errors);
+
+plan skip_all => 'no Lua module in this build' unless NginxTest::has_lua();
+
+my @runs = (['the Lua module\'s LuaJIT', undef]);
+push @runs, ['the non-GC64 LuaJIT', $ENV{TEST_LUAJIT_NON_GC64_LIB}] if $ENV{TEST_LUAJIT_NON_GC64_LIB};
+
+for my $run (@runs) {
+    my ($label, $lib) = @$run;
+    local $ENV{LD_LIBRARY_PATH} = $lib if $lib;
+    leaks($label);
+}
+
+done_testing;
+
+sub within {
+    my ($got, $want, $what) = @_;
+    my $ok = cmp_ok(abs(($got // 0) - $want), '<=', 0.10 * $want, "$what: $got within 10% of $want");
+    return $ok;
+}
+
+sub find_object {
+    my ($list, $re) = @_;
+    my ($o) = grep { $_->{path} =~ $re } @{ $list // [] };
+    return $o;
+}
+
+sub leaks {
+    my ($label) = @_;
+    my $t = NginxTest->new;
+    my $prefix = $t->prefix;
+    $t->write_file('lua/app/cache.lua', <<'EOF');
+local M = {}
+local cache = {}
+function M.put(k, v)
+    cache[k] = v
+end
+return M
+EOF
+    $t->write_file('lua/app/lru.lua', <<'EOF');
+local lrucache = require "resty.lrucache"
+local M = {}
+local lru = lrucache.new(100)
+function M.set(k, v)
+    lru:set(k, v)
+end
+return M
+EOF
+    $t->write_file_expand('nginx.conf', <<EOF);
+%%LOAD_LUA%%
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+worker_processes 1;
+events { worker_connections 128; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    lua_package_path "$prefix/lua/?.lua;;";
+    init_by_lua_block { require "app.cache" }
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /memory_status { memory_status; }
+        location = /abi {
+            content_by_lua_block { ngx.say(require("ffi").abi("gc64") and "gc64" or "non-gc64") }
+        }
+        # Each leak adds what the argument says and answers the bytes the
+        # heap grew by while it did, the collector stopped.
+        location = /leak {
+            content_by_lua_block {
+                local what, n = ngx.var.arg_what, tonumber(ngx.var.arg_n)
+                seq = (seq or 0)
+                collectgarbage("collect")
+                collectgarbage("stop")
+                local before = collectgarbage("count")
+                if what == "global" then
+                    blocks = blocks or {}
+                    for i = 1, n do
+                        seq = seq + 1
+                        blocks[#blocks + 1] = string.rep("g", 992) .. string.format("%08d", seq)
+                    end
+                elseif what == "upvalue" then
+                    local c = require "app.cache"
+                    for i = 1, n do
+                        seq = seq + 1
+                        c.put("key" .. seq, string.rep("u", 496) .. string.format("%08d", seq))
+                    end
+                elseif what == "by_id" then
+                    by_id = by_id or {}
+                    for i = 1, n do
+                        seq = seq + 1
+                        by_id[string.format("%032x", seq)] = true
+                    end
+                elseif what == "cdata" then
+                    local ffi = require "ffi"
+                    buffers = buffers or {}
+                    buffers[#buffers + 1] = ffi.gc(ffi.new("char[?]", n), function() end)
+                end
+                local after = collectgarbage("count")
+                collectgarbage("restart")
+                ngx.say(string.format("%.0f", (after - before) * 1024))
+            }
+        }
+        # 100 values of 10,000 bytes in an lrucache of 100 items (from a
+        # module): the bytes of the values it holds at the end.
+        location = /lru {
+            content_by_lua_block {
+                local m = require "app.lru"
+                for i = 1, 300 do
+                    m.set("k" .. i, string.rep("l", 9992) .. string.format("%08d", i))
+                end
+                ngx.say(100 * (24 + 10004))
+            }
+        }
+        # ngx.ctx of a request, held by a timer's closure after it ends.
+        location = /ctx {
+            content_by_lua_block {
+                local ctx = ngx.ctx
+                ctx.payload = string.rep("x", 99992) .. string.format("%08d", ngx.now() * 1000 % 1e8)
+                local ok, err = ngx.timer.at(3600, function() return ctx end)
+                ngx.say(ok and "ok" or err)
+            }
+        }
+    }
+}
+EOF
+    $t->run;
+    my $port = $t->port(1);
+    chomp(my $abi = $t->get($port, '/abi')->{content});
+    diag "$label: $abi";
+    my $put = sub {
+        my ($what, $n) = @_;
+        my $body = $t->get($port, "/leak?what=$what&n=$n")->{content};
+        $body =~ /^(\d+)$/ or die "bad /leak answer: $body";
+        return $1;
+    };
+
+    my $global = $put->('global', 10000);
+    my $upvalue = $put->('upvalue', 10000);
+    my $by_id = $put->('by_id', 20000);
+    my $cdata = $put->('cdata', 2_000_000);
+    chomp(my $lru = $t->get($port, '/lru')->{content});
+    is($t->get($port, '/ctx')->{content}, "ok\n", "$label: a timer holds a request's ngx.ctx");
+
+    my ($j) = $t->get_json($port, '/memory_status?lua_largest=1');
+    my $l = $j->{lua}{http}{largest};
+    ok($l, "$label: lua.http.largest is there") or diag explain $j->{errors};
+    is(scalar(unexpected_errors($j)), 0, "$label: no error") or diag explain [unexpected_errors($j)];
+    ok(!$l->{truncated}, "$label: the walk is whole");
+    cmp_ok($l->{walked}, '>', 40000, "$label: it reached $l->{walked} objects");
+    diag sprintf '%s: walked %d objects in %d us, the fork held the loop %d us', $label, $l->{walked}, $l->{elapsed_us}, $l->{fork_us};
+    is($j->{lua}{http}{growth}, undef, "$label: no growth at the worker's first walk");
+
+    my $o = find_object($l->{tables}, qr/^_G\.blocks$/);
+    ok($o, "$label: a global table growing per request: _G.blocks") or diag explain [map { $_->{path} } @{ $l->{tables} }];
+    within($o->{retained_bytes}, $global, "$label: _G.blocks retained");
+    is($o->{entries}, 10000, "$label: _G.blocks has its 10000 entries");
+
+    $o = find_object($l->{tables}, qr/^package\.loaded\["app\.cache"\]\.put > upvalue "cache" of function at \Q$prefix\E\/lua\/app\/cache\.lua:3$/);
+    ok($o, "$label: an upvalue-held cache of a module required from init_by_lua, by its upvalue and function")
+        or diag explain [map { $_->{path} } @{ $l->{tables} }];
+    within($o->{retained_bytes}, $upvalue, "$label: the upvalue cache retained");
+
+    $o = find_object($l->{tables}, qr/^_G\.by_id$/);
+    ok($o, "$label: strings interned as keys by request id: _G.by_id");
+    within($o->{retained_bytes}, $by_id, "$label: _G.by_id retained (its keys)");
+
+    $o = find_object($l->{cdata}, qr/^_G\.buffers\[1\]$/);
+    ok($o, "$label: cdata with a finalizer that never runs: _G.buffers[1]") or diag explain $l->{cdata};
+    within($o->{own_bytes}, $cdata, "$label: the cdata's bytes");
+
+    $o = find_object($l->{tables}, qr/^package\.loaded\["app\.lru"\]\.set > upvalue "lru" of function at \Q$prefix\E\/lua\/app\/lru\.lua:4$/);
+    ok($o, "$label: an lrucache instance past its intended size, by its upvalue")
+        or diag explain [map { $_->{path} } @{ $l->{tables} }];
+    within($o->{retained_bytes}, $lru, "$label: the lrucache retained");
+
+    $o = find_object($l->{tables}, qr/^registry\[ngx_http_lua_coroutines_key\]\[\d+\] > .*upvalue "ctx" of function at /);
+    ok($o, "$label: ngx.ctx held by a timer, through the timer's coroutine")
+        or diag explain [map { $_->{path} } @{ $l->{tables} }];
+    within($o->{retained_bytes}, 100_000 + 24 + 64 + 32, "$label: that ngx.ctx retained");
+
+    my ($s) = @{ $l->{strings} };
+    cmp_ok($s->{own_bytes}, '>=', 100_000, "$label: the largest string is the ctx payload's");
+
+    # What grows between two looks.
+    my $more = $put->('global', 5000);
+    my $more_cache = $put->('upvalue', 3000);
+    my ($j2) = $t->get_json($port, '/memory_status?lua_largest=1');
+    my $g = $j2->{lua}{http}{growth};
+    ok($g, "$label: growth at the second walk") or diag explain $j2->{errors};
+    cmp_ok($g->{age_ms}, '>', 0, "$label: its age, $g->{age_ms} ms");
+    my ($grown) = grep { $_->{path} eq '_G.blocks' } @{ $g->{paths} };
+    ok($grown, "$label: _G.blocks grew") or diag explain $g->{paths};
+    within($grown->{retained_bytes}, $more, "$label: _G.blocks grew by what was added");
+    is($grown->{entries}, 5000, "$label: by 5000 entries");
+    ($grown) = grep { $_->{path} =~ /upvalue "cache"/ } @{ $g->{paths} };
+    ok($grown, "$label: the upvalue cache grew");
+    within($grown->{retained_bytes}, $more_cache, "$label: the upvalue cache grew by what was added");
+    is($g->{paths}[0]{path}, '_G.blocks', "$label: the deepest path leads, not _G");
+    cmp_ok($g->{types}{string}{count}, '>=', 5000 + 6000, "$label: strings grew by the new ones");
+
+    # No child is left, nginx said nothing of it.
+    my ($worker) = $t->worker_pids;
+    my @children = grep { (NginxTest::parent_of($_) // 0) == $worker } map { m{^/proc/(\d+)$} ? $1 : () } glob '/proc/[0-9]*';
+    is(scalar @children, 0, "$label: no child of the worker is left");
+    unlike($t->error_log, qr/unknown process|\[alert\]|\[crit\]/, "$label: no alert, no unknown process in error.log");
+    $t->stop;
+}
