@@ -553,7 +553,9 @@ unsafe fn walk_vm(api: &Api, l: L) -> Option<VmWalk> {
             layout,
             nilnode: g + 248,
             queue,
-            nodes: Vec::new(),
+            // Reserved whole in the arena (its pages are charged as they are
+            // used): growing would leave each old copy behind in it.
+            nodes: Vec::with_capacity(MAX_OBJECTS),
             seen: Seen::new(),
             types: [(0, 0); 6],
             truncated: false,
