@@ -2,7 +2,8 @@
 
 # Which Lua table is leaking (?lua_largest=1): known leaks, each found by its
 # path from the roots, its size within 10% of the bytes the test put there
-# (collectgarbage("count") around each insertion, the collector stopped), and
+# (collectgarbage("count") after a full collection, before and after each
+# insertion), and
 # the growth between two looks within 10% of what the test added between
 # them. On the LuaJIT the Lua module loads (GC64 on Debian and the matrix),
 # and again on the non-GC64 build when the matrix provides it. The walk runs
@@ -74,7 +75,14 @@ events { worker_connections 128; }
 http {
     %%TEST_GLOBALS_HTTP%%
     lua_package_path "$prefix/lua/?.lua;;";
-    init_by_lua_block { require "app.cache" }
+    # 300,000 strings kept: LuaJIT's string table (counted by
+    # collectgarbage, no object a walk reaches) then does not double while
+    # the test adds its 64,000.
+    init_by_lua_block {
+        require "app.cache"
+        pad = {}
+        for i = 1, 300000 do pad[i] = "p" .. i end
+    }
     server {
         listen 127.0.0.1:%%PORT_1%%;
         location = /memory_status { memory_status; }
@@ -82,13 +90,13 @@ http {
             content_by_lua_block { ngx.say(require("ffi").abi("gc64") and "gc64" or "non-gc64") }
         }
         # Each leak adds what the argument says and answers the bytes the
-        # heap grew by while it did, the collector stopped.
+        # live heap grew by: collectgarbage("count") after a full collection,
+        # before and after (the garbage made on the way is not counted).
         location = /leak {
             content_by_lua_block {
                 local what, n = ngx.var.arg_what, tonumber(ngx.var.arg_n)
                 seq = (seq or 0)
                 collectgarbage("collect")
-                collectgarbage("stop")
                 local before = collectgarbage("count")
                 if what == "global" then
                     blocks = blocks or {}
@@ -113,8 +121,8 @@ http {
                     buffers = buffers or {}
                     buffers[#buffers + 1] = ffi.gc(ffi.new("char[?]", n), function() end)
                 end
+                collectgarbage("collect")
                 local after = collectgarbage("count")
-                collectgarbage("restart")
                 ngx.say(string.format("%.0f", (after - before) * 1024))
             }
         }
@@ -164,7 +172,7 @@ EOF
     ok($l, "$label: lua.http.largest is there") or diag explain $j->{errors};
     is(scalar(unexpected_errors($j)), 0, "$label: no error") or diag explain [unexpected_errors($j)];
     ok(!$l->{truncated}, "$label: the walk is whole");
-    cmp_ok($l->{walked}, '>', 40000, "$label: it reached $l->{walked} objects");
+    cmp_ok($l->{walked}, '>', 340000, "$label: it reached $l->{walked} objects");
     diag sprintf '%s: walked %d objects in %d us, the fork held the loop %d us', $label, $l->{walked}, $l->{elapsed_us}, $l->{fork_us};
     is($j->{lua}{http}{growth}, undef, "$label: no growth at the worker's first walk");
 
@@ -215,6 +223,31 @@ EOF
     within($grown->{retained_bytes}, $more_cache, "$label: the upvalue cache grew by what was added");
     is($g->{paths}[0]{path}, '_G.blocks', "$label: the deepest path leads, not _G");
     cmp_ok($g->{types}{string}{count}, '>=', 5000 + 6000, "$label: strings grew by the new ones");
+
+    # Prometheus: the largest by path, bounded; what grew since the last walk.
+    my $third = $put->('global', 2000);
+    my $prom = $t->get($port, '/memory_status?lua_largest=1&format=prometheus')->{content};
+    my ($blocks) = $prom =~ /^nginx_memory_lua_largest_retained_bytes\{[^}]*vm="http",kind="table",path="_G\.blocks"\} (\d+)$/m;
+    within($blocks, $global + $more + $third, "$label: Prometheus: _G.blocks retained");
+    my ($grew) = $prom =~ /^nginx_memory_lua_growth_retained_bytes\{[^}]*vm="http",kind="table",path="_G\.blocks"\} (-?\d+)$/m;
+    within($grew, $third, "$label: Prometheus: _G.blocks grew by what was added");
+    my $series = () = $prom =~ /^nginx_memory_lua_largest_retained_bytes\{/mg;
+    cmp_ok($series, '<=', 35, "$label: Prometheus: $series largest-object series, bounded");
+    like($prom, qr/^nginx_memory_lua_walk_fork_seconds\{[^}]*vm="http"\} [0-9.e-]+$/m, "$label: Prometheus: the fork's stall");
+    like($prom, qr/^nginx_memory_lua_walk_objects\{[^}]*vm="http",kind="table"\} \d+$/m, "$label: Prometheus: objects by kind");
+
+    # HTML: the tables of the largest and of what grew.
+    $put->('global', 1000);
+    my $html = $t->get($port, '/memory_status?lua_largest=1&format=html')->{content};
+    like($html, qr{<h3>Largest Lua objects of the http VM</h3>.*<td>table</td><td>_G\.blocks</td>}s, "$label: HTML: the largest objects, by path");
+    like($html, qr{<h3>What grew in the http VM in \d+ s</h3>.*<td>_G\.blocks</td><td class="num">\+}s, "$label: HTML: what grew");
+
+    # Bad input, and walks asked together.
+    is($t->get($port, '/memory_status?lua_largest=2')->{status}, 400, "$label: lua_largest=2 is refused");
+    is($t->get($port, '/memory_status?lua_largest=1&zone=x')->{status}, 400, "$label: lua_largest=1 with zone= is refused");
+    my @socks = map { NginxTest::send_request($port, '/memory_status?lua_largest=1') } 1 .. 4;
+    my @answers = map { [NginxTest::read_reply($_)] } @socks;
+    is(scalar(grep { $_->[0] eq '200' && $_->[1] =~ /"largest":\{"walked":\d+/ } @answers), 4, "$label: four walks asked at once all answer");
 
     # No child is left, nginx said nothing of it.
     my ($worker) = $t->worker_pids;

@@ -4,9 +4,11 @@ use std::fmt::Write;
 
 use super::svg::{legend, pie, sparkline, SPARK_POINTS};
 use super::{esc, size, size_opt};
+use crate::format::human_signed_bytes;
 use crate::model::findings::Finding;
 use crate::model::history::{History, ProcessHistory};
 use crate::model::labels::Label;
+use crate::model::lua::{LuaGrowth, LuaLargest};
 use crate::model::report::Report;
 
 /// The virtual pie: resident, swapped, untouched.
@@ -170,7 +172,72 @@ pub fn lua(h: &mut String, r: &Report) {
             size(census.string_table_bytes)
         );
     }
+    for (name, vm) in [("http", &r.lua.http), ("stream", &r.lua.stream)] {
+        if let Some(largest) = vm.as_ref().and_then(|v| v.largest.as_ref()) {
+            lua_largest(h, name, largest);
+        }
+        if let Some(Some(growth)) = vm.as_ref().and_then(|v| v.growth.as_ref()) {
+            lua_growth(h, name, growth);
+        }
+    }
     h.push_str("</section>");
+}
+
+/// The largest objects of a VM's walk from its roots, with their paths.
+fn lua_largest(h: &mut String, name: &str, l: &LuaLargest) {
+    let _ = write!(
+        h,
+        "<h3>Largest Lua objects of the {name} VM</h3><p>{} objects reached, {} in {} ms{}; the fork held the loop {} µs.</p>\
+         <table><tr><th>kind</th><th>path</th><th>own</th><th>retained</th><th>entries</th></tr>",
+        l.walked,
+        size(l.bytes),
+        l.elapsed_us / 1000,
+        if l.truncated { " (walk cut short)" } else { "" },
+        l.fork_us
+    );
+    let lists = [
+        ("table", &l.tables, 20),
+        ("function", &l.functions, 5),
+        ("string", &l.strings, 5),
+        ("cdata", &l.cdata, 5),
+        ("userdata", &l.userdata, 5),
+        ("thread", &l.threads, 5),
+    ];
+    for (kind, list, shown) in lists {
+        for o in list.iter().take(shown) {
+            let _ = write!(
+                h,
+                "<tr><td>{kind}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                esc(&o.path),
+                size(o.own_bytes),
+                size(o.retained_bytes),
+                o.entries.map_or(String::new(), |e| e.to_string())
+            );
+        }
+    }
+    h.push_str("</table>");
+}
+
+/// What grew in a VM since this worker's previous walk.
+fn lua_growth(h: &mut String, name: &str, g: &LuaGrowth) {
+    let _ = write!(
+        h,
+        "<h3>What grew in the {name} VM in {} s</h3><table><tr><th>kind</th><th>path</th><th>bytes</th><th>entries</th></tr>",
+        g.age_ms / 1000
+    );
+    for p in &g.paths {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}{}</td><td class=\"num\">{}{}</td><td class=\"num\">{}</td></tr>",
+            p.kind,
+            esc(&p.path),
+            if p.new { " (new)" } else { "" },
+            if p.retained_bytes >= 0 { "+" } else { "" },
+            human_signed_bytes(p.retained_bytes),
+            p.entries.map_or(String::new(), |e| format!("{e:+}"))
+        );
+    }
+    h.push_str("</table>");
 }
 
 /// nginx's pools.

@@ -4,7 +4,7 @@
 use super::writer::{Kind, Metrics};
 use crate::model::breakdown::{Breakdown, Owner, VirtualSplit};
 use crate::model::labels::Label;
-use crate::model::lua::Lua;
+use crate::model::lua::{Lua, LuaGrowth, LuaLargest};
 use crate::model::pools::Pools;
 use crate::model::process::ProcessMemory;
 use crate::model::report::NginxInfo;
@@ -200,6 +200,82 @@ pub fn lua(m: &mut Metrics, lua: &Lua) {
                 u8::from(census.truncated),
             );
         }
+        if let Some(largest) = &v.largest {
+            lua_largest(m, vm, largest, v.growth.as_ref().and_then(Option::as_ref));
+        }
+    }
+}
+
+/// Series of each kind's largest objects a scrape shows at most: a path is
+/// a label, so their count is bounded.
+const LARGEST_SERIES_PER_KIND: usize = 5;
+const LARGEST_TABLE_SERIES: usize = 10;
+
+/// The walk from the roots (`lua_largest=1`): totals by kind, the largest
+/// objects and what grew, by path.
+fn lua_largest(m: &mut Metrics, vm: &str, l: &LuaLargest, growth: Option<&LuaGrowth>) {
+    let vl: &[(&str, &str)] = &[("vm", vm)];
+    for (kind, t) in &l.types {
+        let kl: &[(&str, &str)] = &[("vm", vm), ("kind", kind)];
+        m.gauge(
+            "lua_walk_objects",
+            "Lua objects reached from the roots, by kind (lua_largest=1).",
+            kl,
+            t.count,
+        );
+        m.gauge(
+            "lua_walk_bytes",
+            "Bytes of the Lua objects reached from the roots, by kind (lua_largest=1).",
+            kl,
+            t.bytes,
+        );
+    }
+    m.gauge(
+        "lua_walk_truncated",
+        "1 when the walk from the roots stopped at its bound.",
+        vl,
+        u8::from(l.truncated),
+    );
+    m.gauge(
+        "lua_walk_fork_seconds",
+        "How long the walk's fork held the event loop.",
+        vl,
+        l.fork_us as f64 / 1e6,
+    );
+    m.gauge(
+        "lua_walk_seconds",
+        "How long the walk took, in its child.",
+        vl,
+        l.elapsed_us as f64 / 1e6,
+    );
+    let lists = [
+        ("table", &l.tables, LARGEST_TABLE_SERIES),
+        ("string", &l.strings, LARGEST_SERIES_PER_KIND),
+        ("function", &l.functions, LARGEST_SERIES_PER_KIND),
+        ("userdata", &l.userdata, LARGEST_SERIES_PER_KIND),
+        ("thread", &l.threads, LARGEST_SERIES_PER_KIND),
+        ("cdata", &l.cdata, LARGEST_SERIES_PER_KIND),
+    ];
+    for (kind, list, shown) in lists {
+        for o in list.iter().take(shown) {
+            let ol: &[(&str, &str)] = &[("vm", vm), ("kind", kind), ("path", &o.path)];
+            m.gauge(
+                "lua_largest_retained_bytes",
+                "A largest Lua object's bytes with those first reached through it, by path (lua_largest=1).",
+                ol,
+                o.retained_bytes,
+            );
+        }
+    }
+    let Some(g) = growth else { return };
+    for p in g.paths.iter().take(LARGEST_TABLE_SERIES) {
+        let pl: &[(&str, &str)] = &[("vm", vm), ("kind", p.kind), ("path", &p.path)];
+        m.gauge(
+            "lua_growth_retained_bytes",
+            "Bytes a path gained since the worker's previous walk (lua_largest=1).",
+            pl,
+            p.retained_bytes,
+        );
     }
 }
 
