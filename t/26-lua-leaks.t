@@ -170,7 +170,9 @@ EOF
     my ($j) = $t->get_json($port, '/memory_status?lua_largest=1');
     my $l = $j->{lua}{http}{largest};
     ok($l, "$label: lua.http.largest is there") or diag explain $j->{errors};
-    is(scalar(unexpected_errors($j)), 0, "$label: no error") or diag explain [unexpected_errors($j)];
+    # (On the non-GC64 LuaJIT the JIT flag is null with its reason: t/16.)
+    my @errors = grep { $_->{source} ne 'lua.http.jit' } unexpected_errors($j);
+    is(scalar(@errors), 0, "$label: no error") or diag explain \@errors;
     ok(!$l->{truncated}, "$label: the walk is whole");
     cmp_ok($l->{walked}, '>', 340000, "$label: it reached $l->{walked} objects");
     diag sprintf '%s: walked %d objects in %d us, the fork held the loop %d us', $label, $l->{walked}, $l->{elapsed_us}, $l->{fork_us};
