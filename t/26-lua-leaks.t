@@ -250,6 +250,8 @@ EOF
     my @socks = map { NginxTest::send_request($port, '/memory_status?lua_largest=1') } 1 .. 4;
     my @answers = map { [NginxTest::read_reply($_)] } @socks;
     is(scalar(grep { $_->[0] eq '200' && $_->[1] =~ /"largest":\{"walked":\d+/ } @answers), 4, "$label: four walks asked at once all answer");
+    my %walks = map { $_->[1] =~ /"largest":\{"walked":\d+,"truncated":\w+,"elapsed_us":(\d+),"fork_us":(\d+)/ ? ("$1/$2" => 1) : () } @answers;
+    is(scalar(keys %walks), 1, "$label: the three that came while the first walked joined its walk");
 
     # No child is left, nginx said nothing of it.
     my ($worker) = $t->worker_pids;

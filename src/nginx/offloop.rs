@@ -61,6 +61,7 @@ struct Waiting {
 /// rendering among `renderings`.
 struct Running {
     id: u64,
+    measuring: Measuring,
     renderings: Vec<Rendering>,
     requests: Vec<(Waiting, usize)>,
     /// `alloc_guard::failures()` as it began.
@@ -167,18 +168,43 @@ pub fn submit(r: &mut ngx_http_request_t, ask: Ask) -> Result<(), Option<SourceE
         (*cleanup).data = Rc::into_raw(Rc::clone(&request)).cast_mut().cast();
         (*cleanup).handler = Some(forget_request);
     }
+    let waiting = Waiting {
+        request,
+        ask,
+        since: Instant::now(),
+    };
     ANSWERS.with(|a| {
-        a.borrow_mut().pending.push(Waiting {
-            request,
-            ask,
-            since: Instant::now(),
-        })
+        let mut a = a.borrow_mut();
+        if let Some(waiting) = join_walk(&mut a, waiting) {
+            a.pending.push(waiting);
+        }
     });
     // SAFETY: `r` is a live request; the C side raises its main request's count.
     unsafe { request_bits::ngx_memory_status_main_count_inc(r) };
     begin_next();
     keep_worker_while_waiting();
     Ok(())
+}
+
+/// A request for the Lua heap's walk joins the same walk when one runs and
+/// renders what it asks (one walk at a time: a walk holds the loop for its
+/// fork and takes seconds); any other waits for the next measuring. Gives
+/// the request back when it did not join.
+fn join_walk(a: &mut Answers, waiting: Waiting) -> Option<Waiting> {
+    let Some(running) = a.running.as_mut() else {
+        return Some(waiting);
+    };
+    let ask = waiting.ask;
+    if !ask.measuring.lua_largest || running.measuring != ask.measuring {
+        return Some(waiting);
+    }
+    match running.renderings.iter().position(|&x| x == ask.rendering) {
+        Some(at) => {
+            running.requests.push((waiting, at));
+            None
+        }
+        None => Some(waiting),
+    }
 }
 
 /// The request pool's cleanup: the request is being freed while its answer
@@ -243,6 +269,7 @@ fn begin_next() {
     ANSWERS.with(|a| {
         a.borrow_mut().running = Some(Running {
             id,
+            measuring,
             renderings,
             requests,
             mark,
