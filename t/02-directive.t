@@ -77,6 +77,13 @@ my @cases = (
         '"memory_status_history" directive is not allowed here', qr/memory_status_history 10;/],
     ['history twice', conf("    memory_status_history 10;\n    memory_status_history 20;", '', '            memory_status;'),
         '"memory_status_history" directive is duplicate', qr/memory_status_history 20;/],
+    ['lua walk history yes', conf('    memory_status_lua_walk_history yes;', '', '            memory_status;'),
+        'invalid value "yes" in "memory_status_lua_walk_history" directive, it must be "on" or "off"',
+        qr/memory_status_lua_walk_history yes;/],
+    ['lua walk history in location', conf('', '', "            memory_status;\n            memory_status_lua_walk_history on;"),
+        '"memory_status_lua_walk_history" directive is not allowed here', qr/memory_status_lua_walk_history on;/],
+    ['lua walk history twice', conf("    memory_status_lua_walk_history on;\n    memory_status_lua_walk_history off;", '', '            memory_status;'),
+        '"memory_status_lua_walk_history" directive is duplicate', qr/memory_status_lua_walk_history off;/],
 );
 
 for my $case (@cases) {

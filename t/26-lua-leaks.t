@@ -30,6 +30,7 @@ for my $run (@runs) {
     local $ENV{LD_LIBRARY_PATH} = $lib if $lib;
     leaks($label);
 }
+history_by_kind();
 
 done_testing;
 
@@ -258,5 +259,58 @@ EOF
     my @children = grep { (NginxTest::parent_of($_) // 0) == $worker } map { m{^/proc/(\d+)$} ? $1 : () } glob '/proc/[0-9]*';
     is(scalar @children, 0, "$label: no child of the worker is left");
     unlike($t->error_log, qr/unknown process|\[alert\]|\[crit\]/, "$label: no alert, no unknown process in error.log");
+    $t->stop;
+}
+
+# memory_status_lua_walk_history on: each history sample walks the heap and
+# keeps its bytes by kind, so a trend and steady_growth name the kind that
+# grows (strings here, added by a timer at a known rate).
+sub history_by_kind {
+    my $t = NginxTest->new;
+    $t->write_file_expand('nginx.conf', <<'EOF');
+%%LOAD_LUA%%
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+worker_processes 1;
+events { worker_connections 128; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    memory_status_interval 1s;
+    memory_status_lua_walk_history on;
+    init_worker_by_lua_block {
+        grown, started = {}, ngx.now()
+        ngx.timer.every(0.25, function()
+            for i = 1, 256 do
+                grown[#grown + 1] = string.rep("s", 992) .. string.format("%08d", #grown)
+            end
+        end)
+    }
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /memory_status { memory_status; }
+        # Strings added so far and over how many seconds.
+        location = /grown { content_by_lua_block { ngx.say(#grown, " ", ngx.now() - started) } }
+    }
+}
+EOF
+    $t->run;
+    my $port = $t->port(1);
+    sleep 9;
+    my ($count, $seconds) = split ' ', $t->get($port, '/grown')->{content};
+    my $rate = $count * 1028 / $seconds * 3600;
+    my ($j) = $t->get_json($port, '/memory_status?history=1');
+    my ($worker) = $t->worker_pids;
+    my ($p) = grep { $_->{pid} == $worker } @{ $j->{trends} };
+    my ($strings) = grep { $_->{series} eq 'lua_http_string' } @{ $p->{trends} // [] };
+    ok($strings, 'history by kind: a trend of the http VM\'s strings') or diag explain $p;
+    cmp_ok(abs(($strings->{bytes_per_hour} // 0) - $rate), '<=', 0.2 * $rate,
+        "history by kind: strings grow " . ($strings->{bytes_per_hour} // 0) . " bytes per hour, within 20% of the timer's $rate");
+    my ($finding) = grep { $_->{code} eq 'steady_growth' && $_->{subject} =~ / lua_http_string$/ } @{ $j->{findings} };
+    ok($finding, 'history by kind: steady_growth names the strings') or diag explain $j->{findings};
+    my ($h) = grep { $_->{pid} == $worker } @{ $j->{history}{processes} };
+    my @by_kind = grep { $_->{lua_http_kind_bytes} } @{ $h->{samples} };
+    cmp_ok(scalar @by_kind, '>=', 6, 'history by kind: the samples hold the bytes by kind');
+    cmp_ok($by_kind[-1]{lua_http_kind_bytes}{string}, '>', $by_kind[0]{lua_http_kind_bytes}{string}, 'history by kind: the strings grew in them');
+    unlike($t->error_log, qr/unknown process|\[alert\]|\[crit\]/, 'history by kind: no alert in error.log');
     $t->stop;
 }

@@ -19,6 +19,7 @@ impl Sample {
         p: &Published,
         resident_bytes: u64,
         container: Option<&crate::model::container::Container>,
+        lua_http_walk: Option<&crate::model::lua::LuaLargest>,
     ) -> Sample {
         let vm = |v: &Option<crate::model::server::VmFigures>| {
             (
@@ -45,6 +46,10 @@ impl Sample {
             glibc_free_bytes: p.glibc.map(|g| g.free_bytes),
             container_usage_bytes: container.map(|c| c.usage_bytes),
             container_working_set_bytes: container.map(|c| c.working_set_bytes),
+            lua_http_kind_bytes: std::array::from_fn(|k| {
+                let kind = super::lua_walk::WALK_KINDS[k];
+                lua_http_walk.and_then(|w| Some(w.types.get(kind)?.bytes))
+            }),
         }
     }
 }
@@ -270,13 +275,20 @@ pub fn troughs(points: &[(u64, f64)]) -> Vec<(u64, f64)> {
 
 /// The series fitted besides the owners' `resident_bytes`, which follow them
 /// in the order a ring keeps its trends.
-const HEAP_SERIES: [&str; 6] = [
+const HEAP_SERIES: [&str; 12] = [
     "resident",
     "lua_http_gc",
     "lua_stream_gc",
     "glibc_in_use",
     "container_usage",
     "container_working_set",
+    // The http VM's bytes by kind (`memory_status_lua_walk_history on`).
+    "lua_http_table",
+    "lua_http_string",
+    "lua_http_function",
+    "lua_http_userdata",
+    "lua_http_thread",
+    "lua_http_cdata",
 ];
 pub const SERIES_COUNT: usize = HEAP_SERIES.len() + PUBLISHED_OWNERS.len();
 
@@ -300,6 +312,7 @@ fn value(s: &Sample, i: usize) -> Option<f64> {
         3 => s.glibc_in_use_bytes.map(|v| v as f64),
         4 => s.container_usage_bytes.map(|v| v as f64),
         5 => s.container_working_set_bytes.map(|v| v as f64),
+        6..=11 => s.lua_http_kind_bytes[i - 6].map(|v| v as f64),
         _ => s.owners.get(series_name(i)?).map(|&v| v as f64),
     }
 }
@@ -394,10 +407,12 @@ mod tests {
         assert_eq!(series_name(0), Some("resident"));
         assert_eq!(series_name(4), Some("container_usage"));
         assert_eq!(series_name(5), Some("container_working_set"));
-        assert_eq!(series_name(6), Some("glibc"));
+        assert_eq!(series_name(6), Some("lua_http_table"));
+        assert_eq!(series_name(11), Some("lua_http_cdata"));
+        assert_eq!(series_name(12), Some("glibc"));
         assert_eq!(series_name(SERIES_COUNT - 1), Some("unattributed"));
         assert_eq!(series_name(SERIES_COUNT), None);
-        assert_eq!(series_index("shm"), Some(7));
+        assert_eq!(series_index("shm"), Some(13));
     }
 
     #[test]
@@ -471,6 +486,7 @@ mod tests {
             pss_bytes: Some(7),
             lua_http_gc_bytes: Some(3),
             glibc_free_bytes: Some(1),
+            lua_http_kind_bytes: [Some(9), None, Some(0), None, None, Some(2)],
             ..Sample::default()
         };
         s.owners.insert("glibc", 4);

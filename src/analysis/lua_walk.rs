@@ -19,9 +19,7 @@ use std::fmt::Write;
 
 use crate::model::lua::{GrownPath, LuaGrowth, LuaLargest, LuaObject, TypeCount, TypeGrowth};
 
-/// The kinds of object a walk reaches through Lua's API, in the order the
-/// walk counts them.
-pub const WALK_KINDS: [&str; 6] = ["table", "string", "function", "userdata", "thread", "cdata"];
+pub use crate::model::lua::WALK_KINDS;
 pub const TABLE: usize = 0;
 pub const STRING: usize = 1;
 

@@ -22,6 +22,32 @@ pub struct Sample {
     /// worker; `None` where it cannot be read).
     pub container_usage_bytes: Option<u64>,
     pub container_working_set_bytes: Option<u64>,
+    /// The http VM's bytes by kind (`WALK_KINDS` order) when the history
+    /// walks its heap (`memory_status_lua_walk_history on`).
+    #[serde(
+        skip_serializing_if = "no_kind_bytes",
+        serialize_with = "kind_bytes_by_name"
+    )]
+    pub lua_http_kind_bytes: [Option<u64>; 6],
+}
+
+fn no_kind_bytes(bytes: &[Option<u64>; 6]) -> bool {
+    bytes.iter().all(Option::is_none)
+}
+
+/// `{"table": 123, ...}`, the kinds measured.
+fn kind_bytes_by_name<S: serde::Serializer>(
+    bytes: &[Option<u64>; 6],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(None)?;
+    for (kind, b) in super::lua::WALK_KINDS.iter().zip(bytes) {
+        if let Some(b) = b {
+            map.serialize_entry(kind, b)?;
+        }
+    }
+    map.end()
 }
 
 /// A zone's growth: it stops at the zone's size (`cap_bytes`), never a leak.

@@ -7,6 +7,9 @@ pub const OBJECT_TYPES: [&str; 9] = [
     "string", "upvalue", "thread", "proto", "function", "trace", "cdata", "table", "userdata",
 ];
 
+/// The kinds of object a walk from the roots reaches through Lua's API.
+pub const WALK_KINDS: [&str; 6] = ["table", "string", "function", "userdata", "thread", "cdata"];
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Census {
     pub walked: u64,

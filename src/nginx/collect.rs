@@ -398,6 +398,7 @@ pub fn summary_work(part: LoopPart, job: Job) -> Finished {
         &summary,
         report.process.resident_bytes.unwrap_or(0),
         report.container.as_ref(),
+        report.lua.http.as_ref().and_then(|vm| vm.largest.as_ref()),
     );
     let zones = ZonesSample::of(report.collected_at_ms, &report.zones);
     if crate::alloc_guard::failures() != mark {

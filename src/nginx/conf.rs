@@ -54,12 +54,20 @@ pub struct MainConf {
     pub(super) history_capacity: usize,
     /// History rings, from `worker_processes` (see `history::rings_for`).
     pub(super) history_rings: usize,
+    /// `memory_status_lua_walk_history on`: each history sample walks the
+    /// Lua heaps (a fork per interval) and keeps their bytes by kind.
+    pub(super) lua_walk_history: Option<bool>,
 }
 
 impl MainConf {
     /// How often each worker publishes its summary and samples its history.
     pub fn interval_ms(&self) -> u64 {
         self.interval_ms.unwrap_or(DEFAULT_INTERVAL_MS)
+    }
+
+    /// Whether the history keeps the Lua heaps' bytes by kind (off unless said).
+    pub fn lua_walk_history(&self) -> bool {
+        self.lua_walk_history.unwrap_or(false)
     }
 }
 

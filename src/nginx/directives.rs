@@ -134,6 +134,36 @@ pub(super) extern "C" fn set_memory_status_interval(
     NGX_CONF_OK
 }
 
+/// `memory_status_lua_walk_history on|off;`: whether each history sample
+/// walks the Lua heaps and keeps their bytes by kind.
+pub(super) extern "C" fn set_memory_status_lua_walk_history(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's main configuration (NGX_HTTP_MAIN_CONF_OFFSET).
+    let main = unsafe { &mut *conf.cast::<MainConf>() };
+    if main.lua_walk_history.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // SAFETY: `cf->args` holds the directive and its one argument (NGX_CONF_TAKE1).
+    let args: &mut [ngx_str_t] = unsafe { (*(*cf).args).as_slice_mut() };
+    main.lua_walk_history = Some(match args[1].as_bytes() {
+        b"on" => true,
+        b"off" => false,
+        other => {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid value \"{}\" in \"memory_status_lua_walk_history\" directive, it must be \"on\" or \"off\"",
+                String::from_utf8_lossy(other)
+            );
+            return NGX_CONF_ERROR;
+        }
+    });
+    NGX_CONF_OK
+}
+
 /// `memory_status_format json|prometheus|html;`
 pub(super) extern "C" fn set_memory_status_format(
     cf: *mut ngx_conf_t,

@@ -277,6 +277,12 @@ fn begin_next() {
     });
 }
 
+/// Whether the measuring thread runs (started now if it can be).
+pub fn thread_available() -> bool {
+    // SAFETY: called on the loop, as `submit_background` is.
+    unsafe { runner::ensure_started(on_done) }.is_ok()
+}
+
 /// Hands a measuring for no request to the thread; `done` runs on the loop
 /// with the result. It keeps no worker alive: a worker that exits first drops
 /// it. `Err` gives it back when the thread cannot be had.

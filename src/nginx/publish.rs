@@ -53,7 +53,14 @@ extern "C" fn on_timer(ev: *mut ngx_event_t) {
             return out_of_memory();
         }
         let mark = crate::alloc_guard::failures();
-        let (part, job) = collect::begin(collect::Measuring::default());
+        // The Lua walk's child is waited for off the loop only.
+        let walk = super::conf::running_conf().is_some_and(|c| c.lua_walk_history())
+            && offloop::thread_available();
+        let measuring = collect::Measuring {
+            lua_largest: walk,
+            ..Default::default()
+        };
+        let (part, job) = collect::begin(measuring);
         let job = job.for_summary();
         // The thread measures and assembles the summary; the loop publishes
         // it and adds it to the history. A failed allocation meanwhile may

@@ -5,7 +5,7 @@ use crate::model::history::Sample;
 use crate::model::server::PUBLISHED_OWNERS;
 use crate::shm::summary::{get, put, NONE, NONE_SIGNED};
 
-pub const SAMPLE_WORDS: usize = 3 + PUBLISHED_OWNERS.len() + 8;
+pub const SAMPLE_WORDS: usize = 3 + PUBLISHED_OWNERS.len() + 8 + 6;
 
 impl Sample {
     pub fn to_words(&self) -> [u64; SAMPLE_WORDS] {
@@ -26,7 +26,8 @@ impl Sample {
             self.container_usage_bytes,
             self.container_working_set_bytes,
         ];
-        for (i, v) in rest.into_iter().enumerate() {
+        let rest = rest.into_iter().chain(self.lua_http_kind_bytes);
+        for (i, v) in rest.enumerate() {
             w[3 + PUBLISHED_OWNERS.len() + i] = put(v);
         }
         w
@@ -52,6 +53,7 @@ impl Sample {
             glibc_free_bytes: get(w[at + 5]),
             container_usage_bytes: get(w[at + 6]),
             container_working_set_bytes: get(w[at + 7]),
+            lua_http_kind_bytes: std::array::from_fn(|k| get(w[at + 8 + k])),
         }
     }
 }
