@@ -79,10 +79,19 @@ http {
     # 300,000 strings kept: LuaJIT's string table (counted by
     # collectgarbage, no object a walk reaches) then does not double while
     # the test adds its 64,000.
+    # require counts its calls in a dict: the walk's child runs none of
+    # the application's code.
+    lua_shared_dict counts 1m;
     init_by_lua_block {
         require "app.cache"
         pad = {}
         for i = 1, 300000 do pad[i] = "p" .. i end
+        local plain_require = require
+        require = function(...)
+            local d = ngx.shared.counts
+            if d then d:incr("require_calls", 1, 0) end
+            return plain_require(...)
+        end
     }
     server {
         listen 127.0.0.1:%%PORT_1%%;
@@ -137,6 +146,23 @@ http {
                 end
                 ngx.say(100 * (24 + 10004))
             }
+        }
+        # Shapes that once broke a walk: a long key of two-byte characters,
+        # two tables under one path (table keys), a quote in a key.
+        location = /odd {
+            content_by_lua_block {
+                utf = {}
+                utf["a" .. string.rep("\\195\\169", 700)] = {string.rep("x", 100000)}
+                dups = {}
+                dups[{}] = {string.rep("y", 200000)}
+                dups[{}] = {string.rep("z", 300000)}
+                quoted = {}
+                quoted['a"b'] = {string.rep("q", 50000)}
+                ngx.say("ok")
+            }
+        }
+        location = /require_calls {
+            content_by_lua_block { ngx.say(ngx.shared.counts:get("require_calls") or 0) }
         }
         # ngx.ctx of a request, held by a timer's closure after it ends.
         location = /ctx {
@@ -244,6 +270,26 @@ EOF
     my $html = $t->get($port, '/memory_status?lua_largest=1&format=html')->{content};
     like($html, qr{<h3>Largest Lua objects of the http VM</h3>.*<td>table</td><td>_G\.blocks</td>}s, "$label: HTML: the largest objects, by path");
     like($html, qr{<h3>What grew in the http VM in \d+ s</h3>.*<td>_G\.blocks</td><td class="num">\+}s, "$label: HTML: what grew");
+
+    # Shapes that once broke a walk, the application's code never run.
+    is($t->get($port, '/odd')->{content}, "ok\n", "$label: odd shapes made");
+    my $calls = $t->get($port, '/require_calls')->{content};
+    my ($odd) = $t->get_json($port, '/memory_status?lua_largest=1');
+    my $ol = $odd->{lua}{http}{largest};
+    ok($ol, "$label: a long key of two-byte characters walks") or diag explain $odd->{errors};
+    my ($long) = grep { $_->{path} =~ /^_G\.utf\["a(?:\x{e9})+(?:\\xc3)?\.\.\."\]\[1\]$/ } @{ $ol->{strings} };
+    ok($long, "$label: its key shown cut at 64 bytes") or diag explain [map { $_->{path} } @{ $ol->{strings} }];
+    ok((grep { $_->{path} eq '_G.quoted["a\\x22b"][1]' } @{ $ol->{strings} }), "$label: a quote in a key reads as \\x22")
+        or diag explain [map { $_->{path} } @{ $ol->{strings} }];
+    is($t->get($port, '/require_calls')->{content}, $calls, "$label: the walk ran no require of the application's");
+    my ($again) = $t->get_json($port, '/memory_status?lua_largest=1');
+    ok(!grep({ $_->{path} =~ /\[a table key\]/ } @{ $again->{lua}{http}{growth}{paths} }), "$label: a path two objects share is no growth");
+    $prom = $t->get($port, '/memory_status?lua_largest=1&format=prometheus')->{content};
+    my %seen;
+    my @twice = grep { $seen{$_}++ } $prom =~ /^(nginx_memory_lua_\w+\{[^}]*\}) /mg;
+    is(scalar @twice, 0, "$label: Prometheus: no series twice") or diag explain \@twice;
+    like($t->get($port, '/memory_status?lua_largest=1&format=text')->{content}, qr/^Largest Lua tables \(http VM, \d+ objects reached\)\n(  .*\n)*  +\S+ \S+  _G\.pad$/m,
+        "$label: text: the largest tables");
 
     # Bad input, and walks asked together.
     is($t->get($port, '/memory_status?lua_largest=2')->{status}, 400, "$label: lua_largest=2 is refused");

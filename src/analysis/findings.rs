@@ -363,7 +363,7 @@ fn oom_killed(c: &Container, out: &mut Vec<Finding>) {
         Severity::Critical,
         "container",
         format!(
-            "the kernel's OOM killer killed {kills} process(es) in nginx's memory cgroup since nginx started (a worker, which error.log shows as \"exited on signal 9\" and the master respawns, dropping its connections, or another process of the group); the working set is now {} of a limit of {}: see the container's parts for what holds the memory.",
+            "the kernel's OOM killer killed {kills} process(es) in nginx's memory cgroup since nginx started (a worker, which error.log shows as \"exited on signal 9\" and the master respawns, dropping its connections, the child of a Lua heap walk (lua_largest=1, which the OOM killer takes first), or another process of the group); the working set is now {} of a limit of {}: see the container's parts for what holds the memory.",
             c.limited_working_set_bytes(),
             c.limit_bytes.map_or("none".to_string(), |l| l.to_string())
         ),

@@ -195,10 +195,17 @@ pub fn largest(walk: &VmWalk, fork_us: u64) -> LuaLargest {
 /// walk's largest counts from zero, `new`).
 pub fn growth(previous: &VmWalk, now: &VmWalk, age_ms: u64) -> LuaGrowth {
     let delta = |a: u64, b: u64| a as i64 - b as i64;
+    // A path two objects share (`[a table key]`) names neither: left out.
+    let count = |walk: &VmWalk, o: &WalkedObject| {
+        walk.objects
+            .iter()
+            .filter(|p| p.kind == o.kind && p.path == o.path)
+            .count()
+    };
     let mut paths: Vec<GrownPath> = now
         .objects
         .iter()
-        .filter(|o| o.kind != STRING)
+        .filter(|o| o.kind != STRING && count(now, o) == 1 && count(previous, o) <= 1)
         .filter_map(|o| {
             let before = previous
                 .objects
@@ -414,6 +421,15 @@ mod tests {
         assert!(!g.paths[0].new);
         assert_eq!(g.paths[1].path, "_G.fresh");
         assert!(g.paths[1].new);
+        // Two objects under one path: neither is said to grow.
+        let mut twice = now.clone();
+        twice.objects[0].path = "_G.fresh".into();
+        let g = growth(&before, &twice, 1);
+        assert!(
+            g.paths.iter().all(|p| p.path != "_G.fresh"),
+            "{:?}",
+            g.paths
+        );
     }
 
     #[test]

@@ -197,7 +197,37 @@ fn lua(t: &mut String, r: &Report) {
         );
     }
     t.push('\n');
+    for (name, vm) in vms {
+        let Some(vm) = vm else { continue };
+        if let Some(l) = &vm.largest {
+            let _ = writeln!(
+                t,
+                "Largest Lua tables ({name} VM, {} objects reached)",
+                l.walked
+            );
+            for o in l.tables.iter().take(TEXT_LUA_ROWS) {
+                let _ = writeln!(t, "  {:>12}  {}", size(o.retained_bytes), o.path);
+            }
+        }
+        if let Some(Some(g)) = &vm.growth {
+            let _ = writeln!(t, "Grown in {} s ({name} VM)", g.age_ms / 1000);
+            for p in g.paths.iter().take(TEXT_LUA_ROWS) {
+                let _ = writeln!(
+                    t,
+                    "  {:>12}  {}",
+                    human_signed_bytes(p.retained_bytes),
+                    p.path
+                );
+            }
+        }
+        if vm.largest.is_some() {
+            t.push('\n');
+        }
+    }
 }
+
+/// Rows of the Lua walk's lists the text shows (`lua_largest=1`).
+const TEXT_LUA_ROWS: usize = 5;
 
 fn container(t: &mut String, c: &Container) {
     let limit = match c.limit_bytes {

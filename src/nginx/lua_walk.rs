@@ -25,16 +25,20 @@ use crate::analysis::lua_walk::{
     write_walks, VmWalk, WalkError, WalkOutcome, WalkedObject, Walks, SENT_PER_KIND, STRING, TABLE,
     WALK_KINDS,
 };
-use crate::sources::escape::escape;
+use crate::sources::escape::{echo, escape};
 
 /// Objects a walk reaches at most; the child's memory grows with them
 /// (about 100 bytes each).
 const MAX_OBJECTS: usize = 2_000_000;
 /// The child's own time bound, and the parent's, past which it kills it.
-const CHILD_MAX_TIME: Duration = Duration::from_secs(8);
-const DEADLINE: Duration = Duration::from_secs(10);
+/// Both below a request's 10 s wait for its measuring, so that the walk's
+/// own reason reaches the answer.
+const CHILD_MAX_TIME: Duration = Duration::from_secs(6);
+const DEADLINE: Duration = Duration::from_secs(8);
+/// The child's last resort, should it hang: SIGALRM's default action ends it.
+const CHILD_ALARM_SECONDS: u32 = 12;
 /// The child's arena (mapped without reserve: only what it uses is charged).
-const ARENA_BYTES: usize = 1 << 30;
+const ARENA_BYTES: usize = 512 << 20;
 /// What the parent reads at most from the pipe.
 const MAX_OUTPUT_BYTES: usize = 4 << 20;
 
@@ -63,34 +67,38 @@ type L = *mut c_void;
 /// The part of LuaJIT's API the walk calls, looked up in the parent (the
 /// child takes no lock of the dynamic loader's).
 struct Api {
-    gettop: unsafe extern "C" fn(L) -> c_int,
-    settop: unsafe extern "C" fn(L, c_int),
-    pushvalue: unsafe extern "C" fn(L, c_int),
-    type_: unsafe extern "C" fn(L, c_int) -> c_int,
-    topointer: unsafe extern "C" fn(L, c_int) -> *const c_void,
-    tolstring: unsafe extern "C" fn(L, c_int, *mut usize) -> *const c_char,
-    tonumber: unsafe extern "C" fn(L, c_int) -> f64,
-    toboolean: unsafe extern "C" fn(L, c_int) -> c_int,
-    objlen: unsafe extern "C" fn(L, c_int) -> usize,
-    pushnil: unsafe extern "C" fn(L),
-    next: unsafe extern "C" fn(L, c_int) -> c_int,
-    rawgeti: unsafe extern "C" fn(L, c_int, c_int),
-    rawseti: unsafe extern "C" fn(L, c_int, c_int),
-    rawget: unsafe extern "C" fn(L, c_int),
-    pushlstring: unsafe extern "C" fn(L, *const c_char, usize),
-    createtable: unsafe extern "C" fn(L, c_int, c_int),
-    getmetatable: unsafe extern "C" fn(L, c_int) -> c_int,
-    getfenv: unsafe extern "C" fn(L, c_int),
-    getupvalue: unsafe extern "C" fn(L, c_int, c_int) -> *const c_char,
-    getinfo: unsafe extern "C" fn(L, *const c_char, *mut LuaDebug) -> c_int,
-    getstack: unsafe extern "C" fn(L, c_int, *mut LuaDebug) -> c_int,
-    getlocal: unsafe extern "C" fn(L, *const LuaDebug, c_int) -> *const c_char,
-    tothread: unsafe extern "C" fn(L, c_int) -> L,
-    xmove: unsafe extern "C" fn(L, L, c_int),
-    checkstack: unsafe extern "C" fn(L, c_int) -> c_int,
-    gc: unsafe extern "C" fn(L, c_int, c_int) -> c_int,
-    loadbuffer: unsafe extern "C" fn(L, *const c_char, usize, *const c_char) -> c_int,
-    pcall: unsafe extern "C" fn(L, c_int, c_int, c_int) -> c_int,
+    gettop: unsafe extern "C-unwind" fn(L) -> c_int,
+    settop: unsafe extern "C-unwind" fn(L, c_int),
+    pushvalue: unsafe extern "C-unwind" fn(L, c_int),
+    type_: unsafe extern "C-unwind" fn(L, c_int) -> c_int,
+    topointer: unsafe extern "C-unwind" fn(L, c_int) -> *const c_void,
+    tolstring: unsafe extern "C-unwind" fn(L, c_int, *mut usize) -> *const c_char,
+    tonumber: unsafe extern "C-unwind" fn(L, c_int) -> f64,
+    toboolean: unsafe extern "C-unwind" fn(L, c_int) -> c_int,
+    objlen: unsafe extern "C-unwind" fn(L, c_int) -> usize,
+    pushnil: unsafe extern "C-unwind" fn(L),
+    next: unsafe extern "C-unwind" fn(L, c_int) -> c_int,
+    rawgeti: unsafe extern "C-unwind" fn(L, c_int, c_int),
+    rawseti: unsafe extern "C-unwind" fn(L, c_int, c_int),
+    rawget: unsafe extern "C-unwind" fn(L, c_int),
+    pushlstring: unsafe extern "C-unwind" fn(L, *const c_char, usize),
+    createtable: unsafe extern "C-unwind" fn(L, c_int, c_int),
+    getmetatable: unsafe extern "C-unwind" fn(L, c_int) -> c_int,
+    getfenv: unsafe extern "C-unwind" fn(L, c_int),
+    getupvalue: unsafe extern "C-unwind" fn(L, c_int, c_int) -> *const c_char,
+    getinfo: unsafe extern "C-unwind" fn(L, *const c_char, *mut LuaDebug) -> c_int,
+    getstack: unsafe extern "C-unwind" fn(L, c_int, *mut LuaDebug) -> c_int,
+    getlocal: unsafe extern "C-unwind" fn(L, *const LuaDebug, c_int) -> *const c_char,
+    tothread: unsafe extern "C-unwind" fn(L, c_int) -> L,
+    xmove: unsafe extern "C-unwind" fn(L, L, c_int),
+    checkstack: unsafe extern "C-unwind" fn(L, c_int) -> c_int,
+    gc: unsafe extern "C-unwind" fn(L, c_int, c_int) -> c_int,
+    cpcall: unsafe extern "C-unwind" fn(
+        L,
+        unsafe extern "C-unwind" fn(L) -> c_int,
+        *mut c_void,
+    ) -> c_int,
+    touserdata: unsafe extern "C-unwind" fn(L, c_int) -> *mut c_void,
 }
 
 fn api() -> Result<&'static Api, WalkError> {
@@ -145,8 +153,8 @@ fn find_api() -> Result<Api, WalkError> {
             xmove: symbol(c"lua_xmove")?,
             checkstack: symbol(c"lua_checkstack")?,
             gc: symbol(c"lua_gc")?,
-            loadbuffer: symbol(c"luaL_loadbuffer")?,
-            pcall: symbol(c"lua_pcall")?,
+            cpcall: symbol(c"lua_cpcall")?,
+            touserdata: symbol(c"lua_touserdata")?,
         })
     }
 }
@@ -216,6 +224,9 @@ impl Walk {
     pub fn finish(mut self) -> Result<(Walks, u64), WalkError> {
         let mut out: Vec<u8> = Vec::new();
         let mut timed_out = false;
+        // The child closes the pipe only as it exits: until then it is
+        // killed, never waited for.
+        let mut ended = false;
         loop {
             let left = DEADLINE.saturating_sub(self.started.elapsed());
             if left.is_zero() {
@@ -248,6 +259,7 @@ impl Walk {
                 {
                     continue;
                 }
+                ended = n == 0;
                 break;
             }
             if out.len() + n as usize > MAX_OUTPUT_BYTES || out.try_reserve(n as usize).is_err() {
@@ -255,7 +267,7 @@ impl Walk {
             }
             out.extend_from_slice(&buf[..n as usize]);
         }
-        let status = self.reap(timed_out);
+        let status = self.reap(!ended);
         if timed_out {
             return Err(WalkError::TimedOut {
                 seconds: DEADLINE.as_secs(),
@@ -291,7 +303,10 @@ impl Walk {
 }
 
 fn describe_status(status: c_int) -> String {
-    if libc::WIFSIGNALED(status) {
+    if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL {
+        "the child was killed (signal 9): when memory runs short the OOM killer takes it first"
+            .into()
+    } else if libc::WIFSIGNALED(status) {
         format!("the child was killed by signal {}", libc::WTERMSIG(status))
     } else {
         match libc::WEXITSTATUS(status) {
@@ -301,6 +316,10 @@ fn describe_status(status: c_int) -> String {
                     .into()
             }
             EXIT_PANIC => "the child failed".into(),
+            EXIT_LUA_MEMORY => {
+                "the Lua heap had no room for the walk (LuaJIT's memory error)".into()
+            }
+            EXIT_LUA_ERROR => "LuaJIT raised an error in the walk".into(),
             code => format!("the child exited with code {code}"),
         }
     }
@@ -309,6 +328,11 @@ fn describe_status(status: c_int) -> String {
 const EXIT_NO_ARENA: c_int = 3;
 const EXIT_ABI: c_int = 4;
 const EXIT_PANIC: c_int = 5;
+const EXIT_ORPHAN: c_int = 6;
+const EXIT_LUA_MEMORY: c_int = 7;
+const EXIT_LUA_ERROR: c_int = 8;
+/// `lua_cpcall`'s status for a memory error.
+const LUA_ERRMEM: c_int = 4;
 
 /// The child's whole life.
 ///
@@ -317,12 +341,19 @@ const EXIT_PANIC: c_int = 5;
 unsafe fn child(api: &Api, vms: [Option<L>; 2], out: c_int, parent: libc::pid_t) -> ! {
     // SAFETY: calls on this process alone, with valid arguments.
     unsafe {
+        // Every signal blocked but SIGALRM, restored to its default (the
+        // end of the process) and set as a last resort. No death signal: a
+        // worker that dies hands its children to the master when nginx is
+        // PID 1 (a container), which would log a killed one as an unknown
+        // process; the walk checks its parent instead and ends quietly.
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::sigdelset(&mut all, libc::SIGALRM);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        libc::signal(libc::SIGALRM, libc::SIG_DFL);
+        libc::alarm(CHILD_ALARM_SECONDS);
         if libc::getppid() != parent {
-            libc::_exit(1);
+            libc::_exit(EXIT_ORPHAN);
         }
         let no_core = libc::rlimit {
             rlim_cur: 0,
@@ -347,19 +378,19 @@ unsafe fn child(api: &Api, vms: [Option<L>; 2], out: c_int, parent: libc::pid_t)
         for (slot, l) in walks.iter_mut().zip(vms) {
             if let Some(l) = l {
                 // SAFETY: a live state of the snapshot, which nothing else runs.
-                *slot = Some(unsafe { walk_vm(api, l) }?);
+                *slot = Some(unsafe { walk_protected(api, l, parent) }?);
             }
         }
-        Some(walks)
+        Ok(walks)
     }));
     let code = match walked {
-        Ok(Some(walks)) => {
+        Ok(Ok(walks)) => {
             let mut text = String::new();
             write_walks(&walks, &mut text);
             write_all(out, text.as_bytes());
             0
         }
-        Ok(None) => EXIT_ABI,
+        Ok(Err(code)) => code,
         Err(_) => EXIT_PANIC,
     };
     // SAFETY: ends the child without running anything of the parent's.
@@ -533,17 +564,56 @@ struct Walker<'a> {
     started: Instant,
 }
 
-/// Walks one VM of the snapshot; `None` when its ABI is not known.
+/// What `walk_protected` hands to the walk inside `lua_cpcall`, and back.
+struct Protected<'a> {
+    api: &'a Api,
+    parent: libc::pid_t,
+    walk: Result<VmWalk, c_int>,
+}
+
+/// Walks one VM inside `lua_cpcall`: an error LuaJIT raises (out of memory
+/// for the walk's own queue) ends the walk with its status, never the child
+/// by an exception Rust cannot catch.
+///
+/// # Safety
+/// As `walk_vm`.
+unsafe fn walk_protected(api: &Api, l: L, parent: libc::pid_t) -> Result<VmWalk, c_int> {
+    unsafe extern "C-unwind" fn run(l: L) -> c_int {
+        // SAFETY: `lua_cpcall` passes our `Protected` as its light userdata,
+        // at index 1, alive for the call; `api()` was set before the fork.
+        unsafe {
+            let Ok(api) = self::api() else { return 0 };
+            let p = &mut *(api.touserdata)(l, 1).cast::<Protected>();
+            p.walk = walk_vm(p.api, l, p.parent);
+        }
+        0
+    }
+    let mut p = Protected {
+        api,
+        parent,
+        walk: Err(EXIT_LUA_ERROR),
+    };
+    // SAFETY: the state is live (the caller's contract); `p` outlives the call.
+    let status = unsafe { (api.cpcall)(l, run, (&mut p as *mut Protected).cast()) };
+    match status {
+        0 => p.walk,
+        LUA_ERRMEM => Err(EXIT_LUA_MEMORY),
+        _ => Err(EXIT_LUA_ERROR),
+    }
+}
+
+/// Walks one VM of the snapshot; `Err` with the child's exit code when its
+/// ABI is not known or its parent is gone.
 ///
 /// # Safety
 /// `l` is the VM's main thread, in a child that nothing else runs in.
-unsafe fn walk_vm(api: &Api, l: L) -> Option<VmWalk> {
+unsafe fn walk_vm(api: &Api, l: L, parent: libc::pid_t) -> Result<VmWalk, c_int> {
     let started = Instant::now();
     // SAFETY: the API on a live state of this single-threaded snapshot.
     unsafe {
         (api.gc)(l, LUA_GCSTOP, 0);
         (api.checkstack)(l, 16);
-        let layout = abi(api, l)?;
+        let layout = abi(api, l).ok_or(EXIT_ABI)?;
         (api.createtable)(l, 0, 0);
         let queue = (api.gettop)(l);
         let g: usize = std::ptr::read_unaligned((l as *const u8).add(16).cast());
@@ -564,9 +634,14 @@ unsafe fn walk_vm(api: &Api, l: L) -> Option<VmWalk> {
         w.roots();
         let mut i = 0;
         while i < w.nodes.len() {
-            if i % 1024 == 0 && w.started.elapsed() > CHILD_MAX_TIME {
-                w.truncated = true;
-                break;
+            if i % 1024 == 0 {
+                if libc::getppid() != parent {
+                    return Err(EXIT_ORPHAN);
+                }
+                if w.started.elapsed() > CHILD_MAX_TIME {
+                    w.truncated = true;
+                    break;
+                }
             }
             if w.nodes[i].kind as usize != STRING {
                 (api.rawgeti)(l, queue, i as c_int + 1);
@@ -575,33 +650,41 @@ unsafe fn walk_vm(api: &Api, l: L) -> Option<VmWalk> {
             }
             i += 1;
         }
-        Some(w.finish())
+        Ok(w.finish())
     }
 }
 
-/// The layout of this LuaJIT, asked of `ffi.abi` in the snapshot.
+/// The layout of this LuaJIT, read off a string and a table it makes: their
+/// type bytes and the string's length where each ABI puts them (no Lua code
+/// of the application's runs in the child).
 ///
 /// # Safety
 /// As `walk_vm`.
 unsafe fn abi(api: &Api, l: L) -> Option<&'static Layout> {
-    const CODE: &[u8] = b"local ok, ffi = pcall(require, 'ffi') return ok and ffi.abi('gc64')";
-    // SAFETY: as the caller's; the chunk runs in the snapshot only.
+    const PROBE: &CStr = c"memory_status";
+    // SAFETY: as the caller's; each read lies within the objects just made
+    // (a string's header and its 13 bytes, a table's header), whichever the
+    // ABI: GC64 puts `gct` at 9 and a string's `len` at 20, non-GC64 at 5
+    // and 16.
     unsafe {
         let top = (api.gettop)(l);
-        let loaded = (api.loadbuffer)(
-            l,
-            CODE.as_ptr().cast(),
-            CODE.len(),
-            c"=memory_status".as_ptr(),
-        ) == 0
-            && (api.pcall)(l, 0, 1, 0) == 0;
-        let gc64 = loaded && (api.type_)(l, -1) == 1 && (api.toboolean)(l, -1) != 0;
-        let known = loaded && (api.type_)(l, -1) == 1;
+        (api.pushlstring)(l, PROBE.as_ptr(), PROBE.to_bytes().len());
+        let s = (api.topointer)(l, -1) as *const u8;
+        (api.createtable)(l, 0, 0);
+        let t = (api.topointer)(l, -1) as *const u8;
+        let fits = |gct: usize, len: usize| {
+            *s.add(gct) == 4
+                && std::ptr::read_unaligned(s.add(len).cast::<u32>()) as usize
+                    == PROBE.to_bytes().len()
+                && *t.add(gct) == 11
+        };
+        let (gc64, non_gc64) = (fits(9, 20), fits(5, 16));
         (api.settop)(l, top);
-        if !known {
-            return None;
+        match (gc64, non_gc64) {
+            (true, false) => Some(&GC64),
+            (false, true) => Some(&NON_GC64),
+            _ => None,
         }
-        Some(if gc64 { &GC64 } else { &NON_GC64 })
     }
 }
 
@@ -926,7 +1009,11 @@ impl Walker<'_> {
             // SAFETY: the caller's contract.
             unsafe { push_edge(&mut out, node.edge, parent.and_then(|p| p.location)) };
             if out.len() > 1024 {
-                out.truncate(1024);
+                let mut cut = 1024;
+                while !out.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                out.truncate(cut);
                 out.push_str("...");
                 break;
             }
@@ -953,7 +1040,9 @@ unsafe fn push_edge(out: &mut String, edge: Edge, function: Option<Location>) {
                 out.push('.');
                 out.push_str(std::str::from_utf8(key).unwrap_or_default());
             } else {
-                out.push_str(&format!("[\"{}\"]", escape(key)));
+                // Shown as a request's input is: at most 64 bytes, and a
+                // quote as `\x22` so that the brackets read one way.
+                out.push_str(&format!("[\"{}\"]", echo(key).replace('"', "\\x22")));
             }
         }
         Edge::Index(n) if n.fract() == 0.0 && n.abs() < 1e15 => {
@@ -1017,7 +1106,8 @@ unsafe fn describe(at: Location) -> String {
 }
 
 fn is_identifier(key: &[u8]) -> bool {
-    matches!(key.first(), Some(b) if b.is_ascii_alphabetic() || *b == b'_')
+    key.len() <= crate::sources::escape::ECHO_MAX_BYTES
+        && matches!(key.first(), Some(b) if b.is_ascii_alphabetic() || *b == b'_')
         && key.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
 }
 

@@ -256,8 +256,14 @@ fn lua_largest(m: &mut Metrics, vm: &str, l: &LuaLargest, growth: Option<&LuaGro
         ("thread", &l.threads, LARGEST_SERIES_PER_KIND),
         ("cdata", &l.cdata, LARGEST_SERIES_PER_KIND),
     ];
+    // A path two objects share (`[a table key]`) is one series, the larger's.
+    let mut written: Vec<(&str, &str)> = Vec::new();
     for (kind, list, shown) in lists {
         for o in list.iter().take(shown) {
+            if written.contains(&(kind, o.path.as_str())) {
+                continue;
+            }
+            written.push((kind, o.path.as_str()));
             let ol: &[(&str, &str)] = &[("vm", vm), ("kind", kind), ("path", &o.path)];
             m.gauge(
                 "lua_largest_retained_bytes",
