@@ -158,9 +158,17 @@ http {
                 dups[{}] = {string.rep("z", 300000)}
                 quoted = {}
                 quoted['a"b'] = {string.rep("q", 50000)}
+                -- Values only a weak table holds (kept until the walk: the
+                -- collector stopped), beside the same held strongly.
+                collectgarbage("stop")
+                weak = setmetatable({}, {__mode = "v"})
+                for i = 1, 30 do weak[i] = {string.rep("w", 20000) .. i} end
+                strong = {}
+                for i = 1, 30 do strong[i] = {string.rep("s", 20000) .. i} end
                 ngx.say("ok")
             }
         }
+        location = /gc_restart { content_by_lua_block { collectgarbage("restart") ngx.say("ok") } }
         location = /require_calls {
             content_by_lua_block { ngx.say(ngx.shared.counts:get("require_calls") or 0) }
         }
@@ -282,6 +290,10 @@ EOF
     ok((grep { $_->{path} eq '_G.quoted["a\\x22b"][1]' } @{ $ol->{strings} }), "$label: a quote in a key reads as \\x22")
         or diag explain [map { $_->{path} } @{ $ol->{strings} }];
     is($t->get($port, '/require_calls')->{content}, $calls, "$label: the walk ran no require of the application's");
+    ok((grep { $_->{path} =~ /^_G\.strong\[\d+\]\[1\]$/ } @{ $ol->{strings} }), "$label: strings held strongly are listed");
+    ok(!grep({ $_->{path} =~ /^_G\.weak\[/ } @{ $ol->{strings} }), "$label: those only a weak table holds are not")
+        or diag explain [map { $_->{path} } @{ $ol->{strings} }];
+    $t->get($port, '/gc_restart');
     my ($again) = $t->get_json($port, '/memory_status?lua_largest=1');
     ok(!grep({ $_->{path} =~ /\[a table key\]/ } @{ $again->{lua}{http}{growth}{paths} }), "$label: a path two objects share is no growth");
     $prom = $t->get($port, '/memory_status?lua_largest=1&format=prometheus')->{content};

@@ -48,7 +48,9 @@ impl Sample {
             container_working_set_bytes: container.map(|c| c.working_set_bytes),
             lua_http_kind_bytes: std::array::from_fn(|k| {
                 let kind = super::lua_walk::WALK_KINDS[k];
-                lua_http_walk.and_then(|w| Some(w.types.get(kind)?.bytes))
+                // A walk cut short says nothing of a kind's whole.
+                let whole = lua_http_walk.filter(|w| !w.truncated);
+                whole.and_then(|w| Some(w.types.get(kind)?.bytes))
             }),
         }
     }

@@ -120,6 +120,15 @@ pub fn parse_walks(text: &str) -> Option<Walks> {
     done.then_some(walks)
 }
 
+/// The smallest retained bytes a walk listed of a kind when its list was
+/// full (an object not listed was no larger); `None` when every object of the
+/// kind was listed.
+fn listed_floor(walk: &VmWalk, kind: usize) -> Option<u64> {
+    let listed = walk.objects.iter().filter(|o| o.kind == kind);
+    (listed.clone().count() >= SENT_PER_KIND)
+        .then(|| listed.map(|o| o.retained_bytes).min().unwrap_or(0))
+}
+
 /// Whether `path` leads through `outer` to something within it: a growth
 /// then names the deepest path that holds most of it (`_G.blocks`, not `_G`).
 fn is_within(path: &str, outer: &str) -> bool {
@@ -191,8 +200,10 @@ pub fn largest(walk: &VmWalk, fork_us: u64) -> LuaLargest {
 }
 
 /// What grew between `previous` (walked `age_ms` ago) and `now`: per kind,
-/// and per path among the largest objects (a path not among the previous
-/// walk's largest counts from zero, `new`).
+/// and per path among the largest objects. A path not among the previous
+/// walk's largest is `new`: it counts from zero when that list held every
+/// object of its kind, else from the list's smallest (it was no larger),
+/// and then its entries are not known.
 pub fn growth(previous: &VmWalk, now: &VmWalk, age_ms: u64) -> LuaGrowth {
     let delta = |a: u64, b: u64| a as i64 - b as i64;
     // A path two objects share (`[a table key]`) names neither: left out.
@@ -211,12 +222,18 @@ pub fn growth(previous: &VmWalk, now: &VmWalk, age_ms: u64) -> LuaGrowth {
                 .objects
                 .iter()
                 .find(|p| p.kind == o.kind && p.path == o.path);
+            let floor = listed_floor(previous, o.kind);
             let grown = GrownPath {
                 path: o.path.clone(),
                 kind: WALK_KINDS[o.kind],
-                retained_bytes: delta(o.retained_bytes, before.map_or(0, |p| p.retained_bytes)),
-                entries: (o.kind == TABLE)
-                    .then(|| delta(o.entries, before.map_or(0, |p| p.entries))),
+                retained_bytes: delta(
+                    o.retained_bytes,
+                    before.map_or(floor.unwrap_or(0), |p| p.retained_bytes),
+                ),
+                entries: match before {
+                    Some(p) => (o.kind == TABLE).then(|| delta(o.entries, p.entries)),
+                    None => (o.kind == TABLE && floor.is_none()).then_some(o.entries as i64),
+                },
                 new: before.is_none(),
             };
             (grown.retained_bytes > 0 || grown.entries.is_some_and(|e| e > 0)).then_some(grown)
@@ -257,6 +274,8 @@ pub enum WalkError {
     Start(String),
     /// Without the measuring thread the walk would hold the event loop.
     NeedsThread,
+    /// This worker's child of another walk still runs.
+    Busy,
     /// The child ran past its time and was killed.
     TimedOut { seconds: u64 },
     /// The child ended without sending a whole walk.
@@ -268,6 +287,9 @@ impl std::fmt::Display for WalkError {
         match self {
             WalkError::MissingSymbol(name) => write!(f, "LuaJIT has no {name}: the heap is not walked"),
             WalkError::Start(e) => write!(f, "the walk could not start: {e}"),
+            WalkError::Busy => f.write_str(
+                "another walk of this worker still runs (the history's): asked again after it, it answers",
+            ),
             WalkError::NeedsThread => f.write_str(
                 "the heap is walked only with the measuring thread (it would wait on the event loop)",
             ),
@@ -320,6 +342,14 @@ pub fn attach(
             continue;
         };
         vm.largest = Some(largest(walk, outcome.fork_us));
+        if walk.truncated {
+            let reason = "the walk stopped at its bound: what grew is not said";
+            errors.push(SourceError::new(
+                source.replace("largest", "growth"),
+                reason,
+            ));
+            continue;
+        }
         vm.growth = Some(
             outcome.previous[i]
                 .as_ref()
@@ -421,6 +451,23 @@ mod tests {
         assert!(!g.paths[0].new);
         assert_eq!(g.paths[1].path, "_G.fresh");
         assert!(g.paths[1].new);
+        // A path new to a full list grows from that list's smallest.
+        let mut full = before.clone();
+        full.objects = (0..SENT_PER_KIND as u64)
+            .map(|i| WalkedObject {
+                kind: TABLE,
+                own_bytes: 1,
+                retained_bytes: 1000 + i,
+                entries: 1,
+                path: format!("_G.t{i}"),
+            })
+            .collect();
+        let g = growth(&full, &now, 1);
+        let fresh = g.paths.iter().find(|p| p.path == "_G.fresh").unwrap();
+        assert_eq!(
+            (fresh.retained_bytes, fresh.entries, fresh.new),
+            (4000, None, true)
+        );
         // Two objects under one path: neither is said to grow.
         let mut twice = now.clone();
         twice.objects[0].path = "_G.fresh".into();

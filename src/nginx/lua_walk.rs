@@ -19,6 +19,7 @@
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::analysis::lua_walk::{
@@ -41,6 +42,37 @@ const CHILD_ALARM_SECONDS: u32 = 12;
 const ARENA_BYTES: usize = 512 << 20;
 /// What the parent reads at most from the pipe.
 const MAX_OUTPUT_BYTES: usize = 4 << 20;
+
+/// `lua_type`'s codes (lua.h; 10 is LuaJIT's for cdata).
+const LUA_TBOOLEAN: c_int = 1;
+const LUA_TLIGHTUSERDATA: c_int = 2;
+const LUA_TNUMBER: c_int = 3;
+const LUA_TSTRING: c_int = 4;
+const LUA_TTABLE: c_int = 5;
+const LUA_TFUNCTION: c_int = 6;
+const LUA_TUSERDATA: c_int = 7;
+const LUA_TTHREAD: c_int = 8;
+const LUA_TCDATA: c_int = 10;
+
+/// Indexes into `WALK_KINDS`.
+const FUNCTION: usize = 2;
+const USERDATA: usize = 3;
+const THREAD: usize = 4;
+const CDATA: usize = 5;
+
+/// The walk's kind of a value of that `lua_type`; `None` for values that are
+/// no object (nil, booleans, numbers, light userdata).
+fn kind_of_type(t: c_int) -> Option<usize> {
+    Some(match t {
+        LUA_TTABLE => TABLE,
+        LUA_TSTRING => STRING,
+        LUA_TFUNCTION => FUNCTION,
+        LUA_TUSERDATA => USERDATA,
+        LUA_TTHREAD => THREAD,
+        LUA_TCDATA => CDATA,
+        _ => return None,
+    })
+}
 
 const LUA_REGISTRYINDEX: c_int = -10000;
 const LUA_GLOBALSINDEX: c_int = -10002;
@@ -159,10 +191,21 @@ fn find_api() -> Result<Api, WalkError> {
     }
 }
 
+/// Whether this worker has a walking child (set by `start`, cleared when the
+/// child is reaped).
+static WALKING: AtomicBool = AtomicBool::new(false);
+
+/// Whether a child of this worker walks now.
+pub fn walking() -> bool {
+    WALKING.load(Ordering::Acquire)
+}
+
 /// A walk under way: the child and the pipe it answers on.
 pub struct Walk {
     /// The child while it is not reaped.
     pid: Option<libc::pid_t>,
+    /// Why the parent killed it, when it did.
+    stopped: Option<&'static str>,
     pipe: OwnedFd,
     started: Instant,
     fork_us: u64,
@@ -176,6 +219,11 @@ pub struct Walk {
 /// on the loop's thread between events (no Lua code runs in this process).
 pub unsafe fn start(vms: [Option<L>; 2]) -> Result<Walk, WalkError> {
     let api = api()?;
+    // One child at a time per worker: another one alive would make the
+    // worker's pages shared, its PSS smaller, and cost twice.
+    if WALKING.swap(true, Ordering::AcqRel) {
+        return Err(WalkError::Busy);
+    }
     let mut fds = [0; 2];
     // SAFETY: a pipe into an array of two.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -202,16 +250,25 @@ pub unsafe fn start(vms: [Option<L>; 2]) -> Result<Walk, WalkError> {
     if pid == 0 {
         drop(read);
         // SAFETY: this is the child, a copy with one thread; `child` never returns.
-        unsafe { child(api, vms, write.as_raw_fd(), parent) }
+        unsafe {
+            child(
+                api,
+                vms,
+                write.as_raw_fd(),
+                parent,
+                started + CHILD_MAX_TIME,
+            )
+        }
     }
     let fork_us = started.elapsed().as_micros() as u64;
     if pid < 0 {
-        return Err(WalkError::Start(
-            std::io::Error::last_os_error().to_string(),
-        ));
+        let error = std::io::Error::last_os_error().to_string();
+        WALKING.store(false, Ordering::Release);
+        return Err(WalkError::Start(error));
     }
     Ok(Walk {
         pid: Some(pid as libc::pid_t),
+        stopped: None,
         pipe: read,
         started,
         fork_us,
@@ -231,6 +288,7 @@ impl Walk {
             let left = DEADLINE.saturating_sub(self.started.elapsed());
             if left.is_zero() {
                 timed_out = true;
+                self.stopped = Some("its time ran out");
                 break;
             }
             let mut poll = libc::pollfd {
@@ -244,6 +302,7 @@ impl Walk {
                 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
+                self.stopped = Some("its pipe could not be polled");
                 break;
             }
             if ready == 0 {
@@ -263,6 +322,7 @@ impl Walk {
                 break;
             }
             if out.len() + n as usize > MAX_OUTPUT_BYTES || out.try_reserve(n as usize).is_err() {
+                self.stopped = Some("its answer passed 4 MiB");
                 break;
             }
             out.extend_from_slice(&buf[..n as usize]);
@@ -276,7 +336,10 @@ impl Walk {
         let text = String::from_utf8_lossy(&out);
         match crate::analysis::lua_walk::parse_walks(&text) {
             Some(walks) => Ok((walks, self.fork_us)),
-            None => Err(WalkError::Ended(describe_status(status))),
+            None => Err(WalkError::Ended(match self.stopped {
+                Some(why) => format!("the child was stopped: {why}"),
+                None => describe_status(status),
+            })),
         }
     }
 
@@ -296,6 +359,7 @@ impl Walk {
             let got = unsafe { libc::waitpid(pid, &mut status, libc::__WCLONE) };
             if got >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
             {
+                WALKING.store(false, Ordering::Release);
                 return status;
             }
         }
@@ -338,7 +402,13 @@ const LUA_ERRMEM: c_int = 4;
 ///
 /// # Safety
 /// Called once, in the child just forked, with `start`'s states.
-unsafe fn child(api: &Api, vms: [Option<L>; 2], out: c_int, parent: libc::pid_t) -> ! {
+unsafe fn child(
+    api: &Api,
+    vms: [Option<L>; 2],
+    out: c_int,
+    parent: libc::pid_t,
+    deadline: Instant,
+) -> ! {
     // SAFETY: calls on this process alone, with valid arguments.
     unsafe {
         // Every signal blocked but SIGALRM, restored to its default (the
@@ -360,6 +430,8 @@ unsafe fn child(api: &Api, vms: [Option<L>; 2], out: c_int, parent: libc::pid_t)
             rlim_max: 0,
         };
         libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        // Nor through a piped core_pattern, which RLIMIT_CORE does not stop.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
         let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
         if fd >= 0 {
             libc::write(fd, b"1000".as_ptr().cast(), 4);
@@ -367,8 +439,7 @@ unsafe fn child(api: &Api, vms: [Option<L>; 2], out: c_int, parent: libc::pid_t)
         }
         // Nginx's descriptors are closed in the copy: a listening socket the
         // parent closes (a reload) is then not kept open by the child.
-        libc::syscall(libc::SYS_close_range, 0u32, (out - 1).max(0) as u32, 0u32);
-        libc::syscall(libc::SYS_close_range, out as u32 + 1, u32::MAX, 0u32);
+        close_all_but(out);
         if !crate::alloc_guard::use_child_arena(ARENA_BYTES) {
             libc::_exit(EXIT_NO_ARENA);
         }
@@ -378,7 +449,7 @@ unsafe fn child(api: &Api, vms: [Option<L>; 2], out: c_int, parent: libc::pid_t)
         for (slot, l) in walks.iter_mut().zip(vms) {
             if let Some(l) = l {
                 // SAFETY: a live state of the snapshot, which nothing else runs.
-                *slot = Some(unsafe { walk_protected(api, l, parent) }?);
+                *slot = Some(unsafe { walk_protected(api, l, parent, deadline) }?);
             }
         }
         Ok(walks)
@@ -395,6 +466,23 @@ unsafe fn child(api: &Api, vms: [Option<L>; 2], out: c_int, parent: libc::pid_t)
     };
     // SAFETY: ends the child without running anything of the parent's.
     unsafe { libc::_exit(code) }
+}
+
+/// Closes every descriptor but `keep`: `close_range` (Linux 5.9), else one
+/// by one up to the descriptor limit.
+fn close_all_but(keep: c_int) {
+    // SAFETY: closing descriptors of this process (the child's own table).
+    unsafe {
+        let below = libc::syscall(libc::SYS_close_range, 0u32, (keep - 1).max(0) as u32, 0u32);
+        let above = libc::syscall(libc::SYS_close_range, keep as u32 + 1, u32::MAX, 0u32);
+        if below == 0 && above == 0 {
+            return;
+        }
+        let limit = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 20) as c_int;
+        for fd in (0..limit).filter(|&fd| fd != keep) {
+            libc::close(fd);
+        }
+    }
 }
 
 fn write_all(fd: c_int, mut bytes: &[u8]) {
@@ -416,8 +504,6 @@ struct Layout {
     str_header: u64,
     tab_size: u64,
     tab_colo: usize,
-    tab_node: usize,
-    node_is_ref32: bool,
     tab_asize: usize,
     tab_hmask: usize,
     node_size: u64,
@@ -436,8 +522,6 @@ const GC64: Layout = Layout {
     str_header: 24,
     tab_size: 64,
     tab_colo: 11,
-    tab_node: 40,
-    node_is_ref32: false,
     tab_asize: 48,
     tab_hmask: 52,
     node_size: 24,
@@ -456,8 +540,6 @@ const NON_GC64: Layout = Layout {
     str_header: 20,
     tab_size: 32,
     tab_colo: 7,
-    tab_node: 20,
-    node_is_ref32: true,
     tab_asize: 24,
     tab_hmask: 28,
     node_size: 24,
@@ -554,8 +636,6 @@ struct Walker<'a> {
     api: &'a Api,
     l: L,
     layout: &'static Layout,
-    /// `global_State.nilnode` under GC64: a hash part that is it is none.
-    nilnode: usize,
     queue: c_int,
     nodes: Vec<Node>,
     seen: Seen,
@@ -568,6 +648,7 @@ struct Walker<'a> {
 struct Protected<'a> {
     api: &'a Api,
     parent: libc::pid_t,
+    deadline: Instant,
     walk: Result<VmWalk, c_int>,
 }
 
@@ -577,20 +658,32 @@ struct Protected<'a> {
 ///
 /// # Safety
 /// As `walk_vm`.
-unsafe fn walk_protected(api: &Api, l: L, parent: libc::pid_t) -> Result<VmWalk, c_int> {
+unsafe fn walk_protected(
+    api: &Api,
+    l: L,
+    parent: libc::pid_t,
+    deadline: Instant,
+) -> Result<VmWalk, c_int> {
+    /// # Safety
+    /// Called by `lua_cpcall` with our `Protected` as its light userdata.
     unsafe extern "C-unwind" fn run(l: L) -> c_int {
-        // SAFETY: `lua_cpcall` passes our `Protected` as its light userdata,
-        // at index 1, alive for the call; `api()` was set before the fork.
+        // SAFETY: `lua_cpcall` passes our `Protected` at index 1, alive for
+        // the call; `api()` was set before the fork. A panic is caught here:
+        // LuaJIT would take it for a foreign exception.
         unsafe {
             let Ok(api) = self::api() else { return 0 };
             let p = &mut *(api.touserdata)(l, 1).cast::<Protected>();
-            p.walk = walk_vm(p.api, l, p.parent);
+            let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                walk_vm(p.api, l, p.parent, p.deadline)
+            }));
+            p.walk = walked.unwrap_or(Err(EXIT_PANIC));
         }
         0
     }
     let mut p = Protected {
         api,
         parent,
+        deadline,
         walk: Err(EXIT_LUA_ERROR),
     };
     // SAFETY: the state is live (the caller's contract); `p` outlives the call.
@@ -607,7 +700,12 @@ unsafe fn walk_protected(api: &Api, l: L, parent: libc::pid_t) -> Result<VmWalk,
 ///
 /// # Safety
 /// `l` is the VM's main thread, in a child that nothing else runs in.
-unsafe fn walk_vm(api: &Api, l: L, parent: libc::pid_t) -> Result<VmWalk, c_int> {
+unsafe fn walk_vm(
+    api: &Api,
+    l: L,
+    parent: libc::pid_t,
+    deadline: Instant,
+) -> Result<VmWalk, c_int> {
     let started = Instant::now();
     // SAFETY: the API on a live state of this single-threaded snapshot.
     unsafe {
@@ -616,12 +714,10 @@ unsafe fn walk_vm(api: &Api, l: L, parent: libc::pid_t) -> Result<VmWalk, c_int>
         let layout = abi(api, l).ok_or(EXIT_ABI)?;
         (api.createtable)(l, 0, 0);
         let queue = (api.gettop)(l);
-        let g: usize = std::ptr::read_unaligned((l as *const u8).add(16).cast());
         let mut w = Walker {
             api,
             l,
             layout,
-            nilnode: g + 248,
             queue,
             // Reserved whole in the arena (its pages are charged as they are
             // used): growing would leave each old copy behind in it.
@@ -638,7 +734,7 @@ unsafe fn walk_vm(api: &Api, l: L, parent: libc::pid_t) -> Result<VmWalk, c_int>
                 if libc::getppid() != parent {
                     return Err(EXIT_ORPHAN);
                 }
-                if w.started.elapsed() > CHILD_MAX_TIME {
+                if Instant::now() > deadline {
                     w.truncated = true;
                     break;
                 }
@@ -690,7 +786,7 @@ unsafe fn abi(api: &Api, l: L) -> Option<&'static Layout> {
 
 impl Walker<'_> {
     /// # Safety
-    /// As `walk_vm`, for this and every method below.
+    /// As `walk_vm`.
     unsafe fn roots(&mut self) {
         let (api, l) = (self.api, self.l);
         // SAFETY: pseudo-indices and the registry's own `_LOADED`.
@@ -709,21 +805,17 @@ impl Walker<'_> {
 
     /// Takes the value on top of the stack (popping it): a new object is
     /// counted and queued.
+    ///
+    /// # Safety
+    /// As `walk_vm`: the snapshot's state, which nothing else runs; the
+    /// object being expanded on top of the stack where the method reads it.
     unsafe fn add(&mut self, parent: u32, edge: Edge) {
         let (api, l) = (self.api, self.l);
         // SAFETY: the value on top of the stack.
         unsafe {
-            let kind = match (api.type_)(l, -1) {
-                5 => 0,
-                4 => 1,
-                6 => 2,
-                7 => 3,
-                8 => 4,
-                10 => 5,
-                _ => {
-                    (api.settop)(l, -2);
-                    return;
-                }
+            let Some(kind) = kind_of_type((api.type_)(l, -1)) else {
+                (api.settop)(l, -2);
+                return;
             };
             let p = (api.topointer)(l, -1) as usize;
             if p == 0 || self.nodes.len() >= MAX_OBJECTS {
@@ -756,6 +848,10 @@ impl Walker<'_> {
     }
 
     /// The bytes of the object on top of the stack, at `p`.
+    ///
+    /// # Safety
+    /// As `walk_vm`: the snapshot's state, which nothing else runs; the
+    /// object being expanded on top of the stack where the method reads it.
     unsafe fn own_bytes(&self, kind: usize, p: usize) -> u64 {
         let (api, l, y) = (self.api, self.l, self.layout);
         let read32 = |at: usize| -> u64 {
@@ -766,7 +862,7 @@ impl Walker<'_> {
         // and cdata), each field read within its header (lj_obj.h).
         unsafe {
             match kind {
-                0 => {
+                TABLE => {
                     let colo = std::ptr::read((p + y.tab_colo) as *const i8);
                     let mut bytes = y.tab_size;
                     if colo != 0 {
@@ -775,19 +871,16 @@ impl Walker<'_> {
                     if colo <= 0 {
                         bytes += read32(y.tab_asize) * 8;
                     }
-                    let node = if y.node_is_ref32 {
-                        read32(y.tab_node) as usize
-                    } else {
-                        std::ptr::read_unaligned((p + y.tab_node) as *const usize)
-                    };
+                    // hmask 0 is the shared empty hash part (lj_tab.c frees
+                    // a hash part only when hmask > 0).
                     let hmask = read32(y.tab_hmask);
-                    if hmask > 0 || (!y.node_is_ref32 && node != self.nilnode) {
+                    if hmask > 0 {
                         bytes += (hmask + 1) * y.node_size;
                     }
                     bytes
                 }
-                1 => y.str_header + ((((api.objlen)(l, -1) as u64) + 4) & !3),
-                2 => {
+                STRING => y.str_header + ((((api.objlen)(l, -1) as u64) + 4) & !3),
+                FUNCTION => {
                     let mut ar: LuaDebug = std::mem::zeroed();
                     (api.pushvalue)(l, -1);
                     (api.getinfo)(l, c">u".as_ptr(), &mut ar);
@@ -799,8 +892,8 @@ impl Walker<'_> {
                         y.func_c_base + 8 * ups
                     }
                 }
-                3 => y.udata_size + (api.objlen)(l, -1) as u64,
-                4 => y.thread_size + read32(y.thread_stacksize) * 8,
+                USERDATA => y.udata_size + (api.objlen)(l, -1) as u64,
+                THREAD => y.thread_size + read32(y.thread_stacksize) * 8,
                 _ => {
                     let o = p - y.cdata_header;
                     if std::ptr::read((o + y.cdata_marked) as *const u8) & 0x80 != 0 {
@@ -817,54 +910,66 @@ impl Walker<'_> {
     }
 
     /// Queues what the object on top of the stack refers to.
+    ///
+    /// # Safety
+    /// As `walk_vm`: the snapshot's state, which nothing else runs; the
+    /// object being expanded on top of the stack where the method reads it.
     unsafe fn expand(&mut self, i: u32) {
         let (api, l) = (self.api, self.l);
         // SAFETY: the object on top of the stack, of the node's kind.
         unsafe {
             (api.checkstack)(l, 8);
             let o = (api.gettop)(l);
-            match self.nodes[i as usize].kind {
-                0 => self.table(i, o),
-                2 => self.function(i, o),
-                3 => {
+            match self.nodes[i as usize].kind as usize {
+                TABLE => self.table(i, o),
+                FUNCTION => self.function(i, o),
+                USERDATA => {
                     if (api.getmetatable)(l, o) != 0 {
                         self.add(i, Edge::Metatable);
                     }
                     (api.getfenv)(l, o);
                     self.add(i, Edge::Environment);
                 }
-                4 => self.thread(i, o),
+                THREAD => self.thread(i, o),
                 _ => {}
             }
         }
     }
 
+    /// # Safety
+    /// As `walk_vm`: the snapshot's state, which nothing else runs; the
+    /// object being expanded on top of the stack where the method reads it.
     unsafe fn table(&mut self, i: u32, o: c_int) {
         let (api, l) = (self.api, self.l);
         // SAFETY: a table at `o`; `lua_next` leaves key and value on top.
         unsafe {
+            let (weak_keys, weak_values) = self.weak_mode(o);
             let mut entries = 0;
             (api.pushnil)(l);
             while (api.next)(l, o) != 0 {
                 entries += 1;
                 let edge = match (api.type_)(l, -2) {
-                    4 => {
+                    LUA_TSTRING => {
                         let mut len = 0;
                         let s = (api.tolstring)(l, -2, &mut len);
                         Edge::Key(s.cast(), len)
                     }
-                    3 => Edge::Index((api.tonumber)(l, -2)),
-                    1 => Edge::Bool((api.toboolean)(l, -2) != 0),
-                    2 => Edge::LightKey((api.topointer)(l, -2) as usize),
-                    5 => Edge::KeyOfKind(0),
-                    6 => Edge::KeyOfKind(2),
-                    7 => Edge::KeyOfKind(3),
-                    8 => Edge::KeyOfKind(4),
-                    _ => Edge::KeyOfKind(5),
+                    LUA_TNUMBER => Edge::Index((api.tonumber)(l, -2)),
+                    LUA_TBOOLEAN => Edge::Bool((api.toboolean)(l, -2) != 0),
+                    LUA_TLIGHTUSERDATA => Edge::LightKey((api.topointer)(l, -2) as usize),
+                    t => Edge::KeyOfKind(kind_of_type(t).unwrap_or(CDATA)),
                 };
-                self.add(i, edge);
-                (api.pushvalue)(l, -1);
-                self.add(i, Edge::AsKey);
+                // A weak reference holds nothing: what only it reaches is
+                // garbage awaiting the collector.
+                if weak_values {
+                    (api.settop)(l, -2);
+                } else {
+                    self.add(i, edge);
+                }
+                if !weak_keys {
+                    (api.pushvalue)(l, -1);
+                    self.add(i, Edge::AsKey);
+                }
             }
             self.nodes[i as usize].entries = entries;
             if (api.getmetatable)(l, o) != 0 {
@@ -873,6 +978,35 @@ impl Walker<'_> {
         }
     }
 
+    /// Whether the table at `o` has weak keys and weak values (`__mode`).
+    ///
+    /// # Safety
+    /// As `walk_vm`; `o` is a table.
+    unsafe fn weak_mode(&self, o: c_int) -> (bool, bool) {
+        let (api, l) = (self.api, self.l);
+        // SAFETY: the metatable pushed and its `__mode` read raw, then both
+        // popped; a string's bytes read while it is on the stack.
+        unsafe {
+            if (api.getmetatable)(l, o) == 0 {
+                return (false, false);
+            }
+            (api.pushlstring)(l, c"__mode".as_ptr(), 6);
+            (api.rawget)(l, -2);
+            let mut mode: &[u8] = &[];
+            if (api.type_)(l, -1) == LUA_TSTRING {
+                let mut len = 0;
+                let p = (api.tolstring)(l, -1, &mut len);
+                mode = std::slice::from_raw_parts(p.cast(), len);
+            }
+            let weak = (mode.contains(&b'k'), mode.contains(&b'v'));
+            (api.settop)(l, -3);
+            weak
+        }
+    }
+
+    /// # Safety
+    /// As `walk_vm`: the snapshot's state, which nothing else runs; the
+    /// object being expanded on top of the stack where the method reads it.
     unsafe fn function(&mut self, i: u32, o: c_int) {
         let (api, l) = (self.api, self.l);
         // SAFETY: a function at `o`.
@@ -880,7 +1014,7 @@ impl Walker<'_> {
             let mut ar: LuaDebug = std::mem::zeroed();
             (api.pushvalue)(l, o);
             (api.getinfo)(l, c">Su".as_ptr(), &mut ar);
-            let c = !ar.what.is_null() && CStr::from_ptr(ar.what).to_bytes() == b"C";
+            let c = is_c_function(&ar);
             self.nodes[i as usize].location = Some(Location {
                 source: ar.source,
                 line: ar.linedefined,
@@ -898,6 +1032,9 @@ impl Walker<'_> {
         }
     }
 
+    /// # Safety
+    /// As `walk_vm`: the snapshot's state, which nothing else runs; the
+    /// object being expanded on top of the stack where the method reads it.
     unsafe fn thread(&mut self, i: u32, o: c_int) {
         let (api, l) = (self.api, self.l);
         // SAFETY: a thread at `o`; values are copied from its stack to ours.
@@ -913,7 +1050,7 @@ impl Walker<'_> {
                 let at = Location {
                     source: ar.source,
                     line: ar.linedefined,
-                    c: !ar.what.is_null() && CStr::from_ptr(ar.what).to_bytes() == b"C",
+                    c: is_c_function(&ar),
                 };
                 (api.xmove)(co, l, 1);
                 self.add(i, Edge::Frame(level, at));
@@ -940,6 +1077,10 @@ impl Walker<'_> {
 
     /// Sums each object into its parent's retained bytes and picks the
     /// largest of each kind, with their paths.
+    ///
+    /// # Safety
+    /// As `walk_vm`: the snapshot's state, which nothing else runs; the
+    /// object being expanded on top of the stack where the method reads it.
     unsafe fn finish(mut self) -> VmWalk {
         for i in (0..self.nodes.len()).rev() {
             let (parent, retained) = (self.nodes[i].parent, self.nodes[i].retained);
@@ -976,6 +1117,10 @@ impl Walker<'_> {
     }
 
     /// The path from a root to node `n`, escaped by the one rule.
+    ///
+    /// # Safety
+    /// As `walk_vm`: the snapshot's state, which nothing else runs; the
+    /// object being expanded on top of the stack where the method reads it.
     unsafe fn path(&self, mut n: u32) -> String {
         let mut chain = Vec::new();
         while n != NO_PARENT && chain.len() < 64 {
@@ -1051,7 +1196,9 @@ unsafe fn push_edge(out: &mut String, edge: Edge, function: Option<Location>) {
         Edge::Index(n) => out.push_str(&format!("[{n}]")),
         Edge::Bool(b) => out.push_str(&format!("[{b}]")),
         Edge::KeyOfKind(kind) => out.push_str(&format!("[a {} key]", WALK_KINDS[kind])),
-        Edge::LightKey(p) => out.push_str(&format!("[{}]", symbol_of(p))),
+        // Named by the parent (`name_light_keys`): dladdr takes the loader's
+        // lock, which a thread of the parent may have held at the fork.
+        Edge::LightKey(p) => out.push_str(&format!("[{LIGHT_KEY_MARK}{p:x}]")),
         Edge::AsKey => out.push_str(" > a key"),
         Edge::Metatable => out.push_str(" > metatable"),
         Edge::Environment => out.push_str(" > environment"),
@@ -1105,10 +1252,39 @@ unsafe fn describe(at: Location) -> String {
     format!("function at {chunk}:{}", at.line)
 }
 
+/// Whether `lua_getinfo` said `what` is "C".
+fn is_c_function(ar: &LuaDebug) -> bool {
+    // SAFETY: `what` is null or LuaJIT's static NUL-terminated string.
+    !ar.what.is_null() && unsafe { CStr::from_ptr(ar.what) }.to_bytes() == b"C"
+}
+
 fn is_identifier(key: &[u8]) -> bool {
     key.len() <= crate::sources::escape::ECHO_MAX_BYTES
         && matches!(key.first(), Some(b) if b.is_ascii_alphabetic() || *b == b'_')
         && key.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+}
+
+/// How the child writes a light userdata key's address in a path (never
+/// shown: `name_light_keys` replaces it). No key makes it: string keys are
+/// quoted or plain identifiers.
+const LIGHT_KEY_MARK: &str = "@light:";
+
+/// A path with its light userdata keys named by the symbols they point at.
+fn name_light_keys(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(at) = rest.find(LIGHT_KEY_MARK) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + LIGHT_KEY_MARK.len()..];
+        let end = after.find(']').unwrap_or(after.len());
+        match usize::from_str_radix(&after[..end], 16) {
+            Ok(p) => out.push_str(&symbol_of(p)),
+            Err(_) => out.push_str("a light userdata key"),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A light userdata key named by the symbol it points at (lua-nginx-module
@@ -1135,17 +1311,29 @@ static PREVIOUS: std::sync::Mutex<[Option<(VmWalk, Instant)>; 2]> =
 /// Finishes a walk (off the loop) and compares it with this worker's
 /// previous one, which it then replaces.
 pub fn outcome(walk: Walk) -> Result<WalkOutcome, WalkError> {
-    let (walks, fork_us) = walk.finish()?;
-    let now = Instant::now();
+    // Ages run from fork to fork: both walks saw the heap as it was then.
+    let forked_at = walk.started;
+    let (mut walks, fork_us) = walk.finish()?;
+    for o in walks
+        .iter_mut()
+        .flatten()
+        .flat_map(|w| w.objects.iter_mut())
+    {
+        if o.path.contains(LIGHT_KEY_MARK) {
+            o.path = name_light_keys(&o.path);
+        }
+    }
     let mut kept = PREVIOUS.lock().unwrap_or_else(|p| p.into_inner());
     let previous = [0, 1].map(|vm| {
-        kept[vm]
-            .as_ref()
-            .map(|(w, at)| (w.clone(), now.duration_since(*at).as_millis() as u64))
+        kept[vm].as_ref().map(|(w, at)| {
+            let age = forked_at.saturating_duration_since(*at);
+            (w.clone(), age.as_millis() as u64)
+        })
     });
+    // A walk cut short is no baseline: where its bound fell varies.
     for (slot, walk) in kept.iter_mut().zip(&walks) {
-        if let Some(w) = walk {
-            *slot = Some((w.clone(), now));
+        if let Some(w) = walk.as_ref().filter(|w| !w.truncated) {
+            *slot = Some((w.clone(), forked_at));
         }
     }
     Ok(WalkOutcome {

@@ -54,7 +54,9 @@ extern "C" fn on_timer(ev: *mut ngx_event_t) {
         }
         let mark = crate::alloc_guard::failures();
         // The Lua walk's child is waited for off the loop only.
+        // A tick while a walk runs keeps no kinds: one child at a time.
         let walk = super::conf::running_conf().is_some_and(|c| c.lua_walk_history())
+            && !super::lua_walk::walking()
             && offloop::thread_available();
         let measuring = collect::Measuring {
             lua_largest: walk,
@@ -77,9 +79,12 @@ extern "C" fn on_timer(ev: *mut ngx_event_t) {
             super::history::record_summary(sample, zones);
         });
         if let Err(back) = offloop::submit_background(work, done) {
-            // No thread: measured here, as an answer would be.
+            // No thread: measured here, as an answer would be; never with a
+            // walk, whose child would be waited for on the loop.
             let (work, done) = *back;
-            done(work());
+            if !walk {
+                done(work());
+            }
         }
     });
 }
