@@ -22,6 +22,10 @@ use crate::model::lua::{GrownPath, LuaGrowth, LuaLargest, LuaObject, TypeCount, 
 pub use crate::model::lua::WALK_KINDS;
 pub const TABLE: usize = 0;
 pub const STRING: usize = 1;
+pub const FUNCTION: usize = 2;
+pub const USERDATA: usize = 3;
+pub const THREAD: usize = 4;
+pub const CDATA: usize = 5;
 
 /// How many objects of each kind the child sends (the answer shows fewer:
 /// the rest are kept to compare the next walk against).
@@ -192,10 +196,10 @@ pub fn largest(walk: &VmWalk, fork_us: u64) -> LuaLargest {
             .collect(),
         tables: listed(TABLE),
         strings: listed(STRING),
-        functions: listed(2),
-        userdata: listed(3),
-        threads: listed(4),
-        cdata: listed(5),
+        functions: listed(FUNCTION),
+        userdata: listed(USERDATA),
+        threads: listed(THREAD),
+        cdata: listed(CDATA),
     }
 }
 
@@ -263,6 +267,43 @@ pub fn growth(previous: &VmWalk, now: &VmWalk, age_ms: u64) -> LuaGrowth {
             .collect(),
         paths,
     }
+}
+
+/// A path's step by a string key: `.name`, or `["any key"]` shown as a
+/// request's input is (at most 64 bytes), a quote as `\x22` so that the
+/// brackets read one way.
+pub fn push_string_key(out: &mut String, key: &[u8]) {
+    if is_identifier(key) {
+        out.push('.');
+        out.push_str(std::str::from_utf8(key).unwrap_or_default());
+    } else {
+        let shown = crate::sources::escape::echo(key).replace('"', "\\x22");
+        out.push_str(&format!("[\"{shown}\"]"));
+    }
+}
+
+fn is_identifier(key: &[u8]) -> bool {
+    key.len() <= crate::sources::escape::ECHO_MAX_BYTES
+        && matches!(key.first(), Some(b) if b.is_ascii_alphabetic() || *b == b'_')
+        && key.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+}
+
+/// `path` with each `[MARK<hex address>]` key named by `name(address)`.
+pub fn replace_light_keys(path: &str, mark: &str, name: impl Fn(usize) -> String) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(at) = rest.find(mark) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + mark.len()..];
+        let end = after.find(']').unwrap_or(after.len());
+        match usize::from_str_radix(&after[..end], 16) {
+            Ok(p) => out.push_str(&name(p)),
+            Err(_) => out.push_str("a light userdata key"),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Why a walk gave no answer.
@@ -400,6 +441,40 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn string_keys_read_one_way() {
+        let mut out = String::new();
+        push_string_key(&mut out, b"blocks");
+        push_string_key(&mut out, b"resty.lrucache");
+        push_string_key(&mut out, b"a\"b\n");
+        assert_eq!(out, r#".blocks["resty.lrucache"]["a\x22b\x0a"]"#);
+        let mut out = String::new();
+        push_string_key(&mut out, "é".repeat(100).as_bytes());
+        assert!(out.ends_with("...\"]") && out.len() < 80, "{out}");
+        assert!(!is_identifier(&[b'a'; 65]));
+        assert!(!is_identifier(b"1a"));
+    }
+
+    #[test]
+    fn light_keys_are_named() {
+        let name = |p: usize| {
+            if p == 0x10 {
+                "key_of_16".into()
+            } else {
+                "a light userdata key".into()
+            }
+        };
+        assert_eq!(
+            replace_light_keys("r[@L:10][1] > slot", "@L:", name),
+            "r[key_of_16][1] > slot"
+        );
+        assert_eq!(
+            replace_light_keys("r[@L:zz]", "@L:", name),
+            "r[a light userdata key]"
+        );
+        assert_eq!(replace_light_keys("_G.x", "@L:", name), "_G.x");
     }
 
     #[test]

@@ -70,6 +70,23 @@ pub struct LuaLargest {
     pub cdata: Vec<LuaObject>,
 }
 
+impl LuaLargest {
+    /// Each kind's list, tables first; `rows(kind)` of each.
+    pub fn lists(&self, rows: impl Fn(&str) -> usize) -> Vec<(&'static str, &[LuaObject])> {
+        [
+            ("table", &self.tables),
+            ("string", &self.strings),
+            ("function", &self.functions),
+            ("userdata", &self.userdata),
+            ("thread", &self.threads),
+            ("cdata", &self.cdata),
+        ]
+        .into_iter()
+        .map(|(kind, list)| (kind, &list[..list.len().min(rows(kind))]))
+        .collect()
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct LuaObject {
     pub path: String,

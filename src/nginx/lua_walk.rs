@@ -23,10 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::analysis::lua_walk::{
-    write_walks, VmWalk, WalkError, WalkOutcome, WalkedObject, Walks, SENT_PER_KIND, STRING, TABLE,
-    WALK_KINDS,
+    push_string_key, replace_light_keys, write_walks, VmWalk, WalkError, WalkOutcome, WalkedObject,
+    Walks, CDATA, FUNCTION, SENT_PER_KIND, STRING, TABLE, THREAD, USERDATA, WALK_KINDS,
 };
-use crate::sources::escape::{echo, escape};
+use crate::sources::escape::escape;
 
 /// Objects a walk reaches at most; the child's memory grows with them
 /// (about 100 bytes each).
@@ -53,12 +53,6 @@ const LUA_TFUNCTION: c_int = 6;
 const LUA_TUSERDATA: c_int = 7;
 const LUA_TTHREAD: c_int = 8;
 const LUA_TCDATA: c_int = 10;
-
-/// Indexes into `WALK_KINDS`.
-const FUNCTION: usize = 2;
-const USERDATA: usize = 3;
-const THREAD: usize = 4;
-const CDATA: usize = 5;
 
 /// The walk's kind of a value of that `lua_type`; `None` for values that are
 /// no object (nil, booleans, numbers, light userdata).
@@ -191,6 +185,9 @@ fn find_api() -> Result<Api, WalkError> {
     }
 }
 
+/// `Walk::stopped` when the deadline passed.
+const TIMED_OUT: &str = "its time ran out";
+
 /// Whether this worker has a walking child (set by `start`, cleared when the
 /// child is reaped).
 static WALKING: AtomicBool = AtomicBool::new(false);
@@ -279,56 +276,9 @@ impl Walk {
     /// Waits (off the loop) for the child's walks, at most until the
     /// deadline; reaps the child.
     pub fn finish(mut self) -> Result<(Walks, u64), WalkError> {
-        let mut out: Vec<u8> = Vec::new();
-        let mut timed_out = false;
-        // The child closes the pipe only as it exits: until then it is
-        // killed, never waited for.
-        let mut ended = false;
-        loop {
-            let left = DEADLINE.saturating_sub(self.started.elapsed());
-            if left.is_zero() {
-                timed_out = true;
-                self.stopped = Some("its time ran out");
-                break;
-            }
-            let mut poll = libc::pollfd {
-                fd: self.pipe.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one pollfd.
-            let ready = unsafe { libc::poll(&mut poll, 1, left.as_millis().max(1) as c_int) };
-            if ready < 0 {
-                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                self.stopped = Some("its pipe could not be polled");
-                break;
-            }
-            if ready == 0 {
-                continue;
-            }
-            let mut buf = [0u8; 16 << 10];
-            // SAFETY: reads into a buffer of that length.
-            let n =
-                unsafe { libc::read(self.pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                if n < 0
-                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-                {
-                    continue;
-                }
-                ended = n == 0;
-                break;
-            }
-            if out.len() + n as usize > MAX_OUTPUT_BYTES || out.try_reserve(n as usize).is_err() {
-                self.stopped = Some("its answer passed 4 MiB");
-                break;
-            }
-            out.extend_from_slice(&buf[..n as usize]);
-        }
+        let (out, ended) = self.read_pipe();
         let status = self.reap(!ended);
-        if timed_out {
+        if self.stopped == Some(TIMED_OUT) {
             return Err(WalkError::TimedOut {
                 seconds: DEADLINE.as_secs(),
             });
@@ -340,6 +290,51 @@ impl Walk {
                 Some(why) => format!("the child was stopped: {why}"),
                 None => describe_status(status),
             })),
+        }
+    }
+
+    /// What the child sent, until it closed the pipe (`true`: it is
+    /// exiting) or the walk was given up (`stopped` says why: it is then
+    /// killed, never waited for).
+    fn read_pipe(&mut self) -> (Vec<u8>, bool) {
+        let mut out: Vec<u8> = Vec::new();
+        let interrupted =
+            || std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
+        loop {
+            let left = DEADLINE.saturating_sub(self.started.elapsed());
+            if left.is_zero() {
+                self.stopped = Some(TIMED_OUT);
+                return (out, false);
+            }
+            let mut poll = libc::pollfd {
+                fd: self.pipe.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd.
+            let ready = unsafe { libc::poll(&mut poll, 1, left.as_millis().max(1) as c_int) };
+            if ready < 0 && !interrupted() {
+                self.stopped = Some("its pipe could not be polled");
+                return (out, false);
+            }
+            if ready <= 0 {
+                continue;
+            }
+            let mut buf = [0u8; 16 << 10];
+            // SAFETY: reads into a buffer of that length.
+            let n =
+                unsafe { libc::read(self.pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 && interrupted() {
+                continue;
+            }
+            if n <= 0 {
+                return (out, n == 0);
+            }
+            if out.len() + n as usize > MAX_OUTPUT_BYTES || out.try_reserve(n as usize).is_err() {
+                self.stopped = Some("its answer passed 4 MiB");
+                return (out, false);
+            }
+            out.extend_from_slice(&buf[..n as usize]);
         }
     }
 
@@ -409,6 +404,39 @@ unsafe fn child(
     parent: libc::pid_t,
     deadline: Instant,
 ) -> ! {
+    // SAFETY: this is the child, with one thread, before it allocates.
+    unsafe { isolate(out, parent) };
+    let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut walks: Walks = [None, None];
+        for (slot, l) in walks.iter_mut().zip(vms) {
+            if let Some(l) = l {
+                // SAFETY: a live state of the snapshot, which nothing else runs.
+                *slot = Some(unsafe { walk_protected(api, l, parent, deadline) }?);
+            }
+        }
+        Ok(walks)
+    }));
+    let code = match walked {
+        Ok(Ok(walks)) => {
+            let mut text = String::new();
+            write_walks(&walks, &mut text);
+            write_all(out, text.as_bytes());
+            0
+        }
+        Ok(Err(code)) => code,
+        Err(_) => EXIT_PANIC,
+    };
+    // SAFETY: ends the child without running anything of the parent's.
+    unsafe { libc::_exit(code) }
+}
+
+/// Makes the child harmless to its parent and the host: signals blocked,
+/// no core, the OOM killer's first choice, nginx's descriptors closed, its
+/// own allocator; `_exit`s when any of it cannot be had.
+///
+/// # Safety
+/// In the child just forked, with one thread, before it allocates.
+unsafe fn isolate(out: c_int, parent: libc::pid_t) {
     // SAFETY: calls on this process alone, with valid arguments.
     unsafe {
         // Every signal blocked but SIGALRM, restored to its default (the
@@ -444,28 +472,6 @@ unsafe fn child(
             libc::_exit(EXIT_NO_ARENA);
         }
     }
-    let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut walks: Walks = [None, None];
-        for (slot, l) in walks.iter_mut().zip(vms) {
-            if let Some(l) = l {
-                // SAFETY: a live state of the snapshot, which nothing else runs.
-                *slot = Some(unsafe { walk_protected(api, l, parent, deadline) }?);
-            }
-        }
-        Ok(walks)
-    }));
-    let code = match walked {
-        Ok(Ok(walks)) => {
-            let mut text = String::new();
-            write_walks(&walks, &mut text);
-            write_all(out, text.as_bytes());
-            0
-        }
-        Ok(Err(code)) => code,
-        Err(_) => EXIT_PANIC,
-    };
-    // SAFETY: ends the child without running anything of the parent's.
-    unsafe { libc::_exit(code) }
 }
 
 /// Closes every descriptor but `keep`: `close_range` (Linux 5.9), else one
@@ -501,57 +507,57 @@ fn write_all(fd: c_int, mut bytes: &[u8]) {
 
 /// The sizes LuaJIT gives its objects, by ABI (lj_obj.h).
 struct Layout {
-    str_header: u64,
-    tab_size: u64,
-    tab_colo: usize,
-    tab_asize: usize,
-    tab_hmask: usize,
-    node_size: u64,
-    func_l_base: u64,
-    func_l_step: u64,
-    func_c_base: u64,
-    udata_size: u64,
-    thread_size: u64,
-    thread_stacksize: usize,
-    func_ffid: usize,
-    cdata_header: usize,
-    cdata_marked: usize,
+    str_header_bytes: u64,
+    tab_header_bytes: u64,
+    tab_colo_offset: usize,
+    tab_asize_offset: usize,
+    tab_hmask_offset: usize,
+    node_bytes: u64,
+    lua_func_header_bytes: u64,
+    lua_upvalue_ref_bytes: u64,
+    c_func_header_bytes: u64,
+    udata_header_bytes: u64,
+    thread_header_bytes: u64,
+    thread_stacksize_offset: usize,
+    func_ffid_offset: usize,
+    cdata_header_bytes: usize,
+    cdata_marked_offset: usize,
 }
 
 const GC64: Layout = Layout {
-    str_header: 24,
-    tab_size: 64,
-    tab_colo: 11,
-    tab_asize: 48,
-    tab_hmask: 52,
-    node_size: 24,
-    func_l_base: 40,
-    func_l_step: 8,
-    func_c_base: 48,
-    udata_size: 48,
-    thread_size: 112,
-    thread_stacksize: 88,
-    func_ffid: 10,
-    cdata_header: 16,
-    cdata_marked: 8,
+    str_header_bytes: 24,
+    tab_header_bytes: 64,
+    tab_colo_offset: 11,
+    tab_asize_offset: 48,
+    tab_hmask_offset: 52,
+    node_bytes: 24,
+    lua_func_header_bytes: 40,
+    lua_upvalue_ref_bytes: 8,
+    c_func_header_bytes: 48,
+    udata_header_bytes: 48,
+    thread_header_bytes: 112,
+    thread_stacksize_offset: 88,
+    func_ffid_offset: 10,
+    cdata_header_bytes: 16,
+    cdata_marked_offset: 8,
 };
 
 const NON_GC64: Layout = Layout {
-    str_header: 20,
-    tab_size: 32,
-    tab_colo: 7,
-    tab_asize: 24,
-    tab_hmask: 28,
-    node_size: 24,
-    func_l_base: 20,
-    func_l_step: 4,
-    func_c_base: 32,
-    udata_size: 24,
-    thread_size: 80,
-    thread_stacksize: 56,
-    func_ffid: 6,
-    cdata_header: 8,
-    cdata_marked: 4,
+    str_header_bytes: 20,
+    tab_header_bytes: 32,
+    tab_colo_offset: 7,
+    tab_asize_offset: 24,
+    tab_hmask_offset: 28,
+    node_bytes: 24,
+    lua_func_header_bytes: 20,
+    lua_upvalue_ref_bytes: 4,
+    c_func_header_bytes: 32,
+    udata_header_bytes: 24,
+    thread_header_bytes: 80,
+    thread_stacksize_offset: 56,
+    func_ffid_offset: 6,
+    cdata_header_bytes: 8,
+    cdata_marked_offset: 4,
 };
 
 /// How an object was reached from its parent.
@@ -784,6 +790,61 @@ unsafe fn abi(api: &Api, l: L) -> Option<&'static Layout> {
     }
 }
 
+/// A `u32` field at `offset` of the object at `p`.
+///
+/// # Safety
+/// `p + offset .. + 4` lies in the object's header.
+unsafe fn read_u32(p: usize, offset: usize) -> u64 {
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::read_unaligned((p + offset) as *const u32) as u64 }
+}
+
+/// A table's bytes: its header, its array part (colocated or not) and its
+/// hash part (hmask 0 is the shared empty one: lj_tab.c frees a hash part
+/// only when hmask > 0).
+///
+/// # Safety
+/// `p` is a table of the snapshot.
+unsafe fn table_bytes(y: &Layout, p: usize) -> u64 {
+    // SAFETY: fields of the table's header (the caller's contract).
+    unsafe {
+        let colo = std::ptr::read((p + y.tab_colo_offset) as *const i8);
+        let mut bytes = y.tab_header_bytes;
+        if colo != 0 {
+            bytes += ((colo as u8) & 0x7f) as u64 * 8;
+        }
+        if colo <= 0 {
+            bytes += read_u32(p, y.tab_asize_offset) * 8;
+        }
+        let hmask = read_u32(p, y.tab_hmask_offset);
+        if hmask > 0 {
+            bytes += (hmask + 1) * y.node_bytes;
+        }
+        bytes
+    }
+}
+
+/// A cdata's bytes: a variable-length one has its length before it
+/// (`GCcdataVar`: offset, extra, len); a fixed one is a whole allocator chunk,
+/// whose head word precedes it.
+///
+/// # Safety
+/// `p` is a cdata's payload in the snapshot.
+unsafe fn cdata_bytes(y: &Layout, p: usize) -> u64 {
+    let o = p - y.cdata_header_bytes;
+    // SAFETY: the cdata's header, and the words LuaJIT puts before it.
+    unsafe {
+        if std::ptr::read((o + y.cdata_marked_offset) as *const u8) & 0x80 != 0 {
+            let extra = std::ptr::read_unaligned((o - 6) as *const u16) as u64;
+            let len = std::ptr::read_unaligned((o - 4) as *const u32) as u64;
+            len + extra
+        } else {
+            let head = std::ptr::read_unaligned((o - 8) as *const usize);
+            ((head & !7) as u64).saturating_sub(8)
+        }
+    }
+}
+
 impl Walker<'_> {
     /// # Safety
     /// As `walk_vm`.
@@ -854,57 +915,40 @@ impl Walker<'_> {
     /// object being expanded on top of the stack where the method reads it.
     unsafe fn own_bytes(&self, kind: usize, p: usize) -> u64 {
         let (api, l, y) = (self.api, self.l, self.layout);
-        let read32 = |at: usize| -> u64 {
-            // SAFETY: a field within the object's fixed header.
-            unsafe { std::ptr::read_unaligned((p + at) as *const u32) as u64 }
-        };
         // SAFETY: `p` is the object's address (its payload's for userdata
-        // and cdata), each field read within its header (lj_obj.h).
+        // and cdata), each field read within its header (lj_obj.h); the
+        // object is on top of the stack.
         unsafe {
             match kind {
-                TABLE => {
-                    let colo = std::ptr::read((p + y.tab_colo) as *const i8);
-                    let mut bytes = y.tab_size;
-                    if colo != 0 {
-                        bytes += ((colo as u8) & 0x7f) as u64 * 8;
-                    }
-                    if colo <= 0 {
-                        bytes += read32(y.tab_asize) * 8;
-                    }
-                    // hmask 0 is the shared empty hash part (lj_tab.c frees
-                    // a hash part only when hmask > 0).
-                    let hmask = read32(y.tab_hmask);
-                    if hmask > 0 {
-                        bytes += (hmask + 1) * y.node_size;
-                    }
-                    bytes
-                }
-                STRING => y.str_header + ((((api.objlen)(l, -1) as u64) + 4) & !3),
-                FUNCTION => {
-                    let mut ar: LuaDebug = std::mem::zeroed();
-                    (api.pushvalue)(l, -1);
-                    (api.getinfo)(l, c">u".as_ptr(), &mut ar);
-                    let ups = ar.nups.max(0) as u64;
-                    // ffid 0: a Lua function (FF_LUA), its upvalues by reference.
-                    if std::ptr::read((p + y.func_ffid) as *const u8) == 0 {
-                        y.func_l_base + y.func_l_step * ups
-                    } else {
-                        y.func_c_base + 8 * ups
-                    }
-                }
-                USERDATA => y.udata_size + (api.objlen)(l, -1) as u64,
-                THREAD => y.thread_size + read32(y.thread_stacksize) * 8,
-                _ => {
-                    let o = p - y.cdata_header;
-                    if std::ptr::read((o + y.cdata_marked) as *const u8) & 0x80 != 0 {
-                        let extra = std::ptr::read_unaligned((o - 6) as *const u16) as u64;
-                        let len = std::ptr::read_unaligned((o - 4) as *const u32) as u64;
-                        len + extra
-                    } else {
-                        let head = std::ptr::read_unaligned((o - 8) as *const usize);
-                        ((head & !7) as u64).saturating_sub(8)
-                    }
-                }
+                TABLE => table_bytes(y, p),
+                STRING => y.str_header_bytes + ((((api.objlen)(l, -1) as u64) + 4) & !3),
+                FUNCTION => self.function_bytes(p),
+                USERDATA => y.udata_header_bytes + (api.objlen)(l, -1) as u64,
+                THREAD => y.thread_header_bytes + read_u32(p, y.thread_stacksize_offset) * 8,
+                _ => cdata_bytes(y, p),
+            }
+        }
+    }
+
+    /// A closure's bytes: its header and its upvalues (a Lua function's by
+    /// reference, a C function's by value).
+    ///
+    /// # Safety
+    /// As `walk_vm`; the function at `p` is on top of the stack.
+    unsafe fn function_bytes(&self, p: usize) -> u64 {
+        let (api, l, y) = (self.api, self.l, self.layout);
+        // SAFETY: `lua_getinfo` with `>` pops the copy pushed; `ffid` lies in
+        // the function's header.
+        unsafe {
+            let mut ar: LuaDebug = std::mem::zeroed();
+            (api.pushvalue)(l, -1);
+            (api.getinfo)(l, c">u".as_ptr(), &mut ar);
+            let upvalues = ar.nups.max(0) as u64;
+            // ffid 0: a Lua function (FF_LUA).
+            if std::ptr::read((p + y.func_ffid_offset) as *const u8) == 0 {
+                y.lua_func_header_bytes + y.lua_upvalue_ref_bytes * upvalues
+            } else {
+                y.c_func_header_bytes + 8 * upvalues
             }
         }
     }
@@ -1178,18 +1222,8 @@ unsafe fn push_edge(out: &mut String, edge: Edge, function: Option<Location>) {
     };
     match edge {
         Edge::Root(name) => out.push_str(name),
-        Edge::Key(p, len) => {
-            // SAFETY: a string key's bytes (the caller's contract).
-            let key = unsafe { std::slice::from_raw_parts(p, len) };
-            if is_identifier(key) {
-                out.push('.');
-                out.push_str(std::str::from_utf8(key).unwrap_or_default());
-            } else {
-                // Shown as a request's input is: at most 64 bytes, and a
-                // quote as `\x22` so that the brackets read one way.
-                out.push_str(&format!("[\"{}\"]", echo(key).replace('"', "\\x22")));
-            }
-        }
+        // SAFETY: a string key's bytes (the caller's contract).
+        Edge::Key(p, len) => push_string_key(out, unsafe { std::slice::from_raw_parts(p, len) }),
         Edge::Index(n) if n.fract() == 0.0 && n.abs() < 1e15 => {
             out.push_str(&format!("[{}]", n as i64))
         }
@@ -1258,12 +1292,6 @@ fn is_c_function(ar: &LuaDebug) -> bool {
     !ar.what.is_null() && unsafe { CStr::from_ptr(ar.what) }.to_bytes() == b"C"
 }
 
-fn is_identifier(key: &[u8]) -> bool {
-    key.len() <= crate::sources::escape::ECHO_MAX_BYTES
-        && matches!(key.first(), Some(b) if b.is_ascii_alphabetic() || *b == b'_')
-        && key.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
-}
-
 /// How the child writes a light userdata key's address in a path (never
 /// shown: `name_light_keys` replaces it). No key makes it: string keys are
 /// quoted or plain identifiers.
@@ -1271,20 +1299,7 @@ const LIGHT_KEY_MARK: &str = "@light:";
 
 /// A path with its light userdata keys named by the symbols they point at.
 fn name_light_keys(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    let mut rest = path;
-    while let Some(at) = rest.find(LIGHT_KEY_MARK) {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + LIGHT_KEY_MARK.len()..];
-        let end = after.find(']').unwrap_or(after.len());
-        match usize::from_str_radix(&after[..end], 16) {
-            Ok(p) => out.push_str(&symbol_of(p)),
-            Err(_) => out.push_str("a light userdata key"),
-        }
-        rest = &after[end..];
-    }
-    out.push_str(rest);
-    out
+    replace_light_keys(path, LIGHT_KEY_MARK, symbol_of)
 }
 
 /// A light userdata key named by the symbol it points at (lua-nginx-module

@@ -195,16 +195,9 @@ fn lua_largest(h: &mut String, name: &str, l: &LuaLargest) {
         if l.truncated { " (walk cut short)" } else { "" },
         l.fork_us
     );
-    let lists = [
-        ("table", &l.tables, 20),
-        ("function", &l.functions, 5),
-        ("string", &l.strings, 5),
-        ("cdata", &l.cdata, 5),
-        ("userdata", &l.userdata, 5),
-        ("thread", &l.threads, 5),
-    ];
-    for (kind, list, shown) in lists {
-        for o in list.iter().take(shown) {
+    let rows = |kind: &str| if kind == "table" { 20 } else { 5 };
+    for (kind, list) in l.lists(rows) {
+        for o in list {
             let _ = write!(
                 h,
                 "<tr><td>{kind}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",

@@ -248,18 +248,14 @@ fn lua_largest(m: &mut Metrics, vm: &str, l: &LuaLargest, growth: Option<&LuaGro
         vl,
         l.elapsed_us as f64 / 1e6,
     );
-    let lists = [
-        ("table", &l.tables, LARGEST_TABLE_SERIES),
-        ("string", &l.strings, LARGEST_SERIES_PER_KIND),
-        ("function", &l.functions, LARGEST_SERIES_PER_KIND),
-        ("userdata", &l.userdata, LARGEST_SERIES_PER_KIND),
-        ("thread", &l.threads, LARGEST_SERIES_PER_KIND),
-        ("cdata", &l.cdata, LARGEST_SERIES_PER_KIND),
-    ];
+    let rows = |kind: &str| match kind {
+        "table" => LARGEST_TABLE_SERIES,
+        _ => LARGEST_SERIES_PER_KIND,
+    };
     // A path two objects share (`[a table key]`) is one series, the larger's.
     let mut written: Vec<(&str, &str)> = Vec::new();
-    for (kind, list, shown) in lists {
-        for o in list.iter().take(shown) {
+    for (kind, list) in l.lists(rows) {
+        for o in list {
             if written.contains(&(kind, o.path.as_str())) {
                 continue;
             }
