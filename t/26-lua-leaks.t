@@ -16,6 +16,7 @@ use strict;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use IO::Socket::INET;
 use Test::More;
 use NginxTest;
 use MemoryStatus qw(unexpected_errors);
@@ -31,6 +32,7 @@ for my $run (@runs) {
     leaks($label);
 }
 history_by_kind();
+lifecycle();
 
 done_testing;
 
@@ -371,4 +373,87 @@ EOF
     cmp_ok($by_kind[-1]{lua_http_kind_bytes}{string}, '>', $by_kind[0]{lua_http_kind_bytes}{string}, 'history by kind: the strings grew in them');
     unlike($t->error_log, qr/unknown process|\[alert\]|\[crit\]/, 'history by kind: no alert in error.log');
     $t->stop;
+}
+
+# The walk across nginx's lifecycle: a failed reload does not switch the
+# history's walks on (the setting is the running configuration's, also in the
+# worker respawned after it); reloads during walks leave no child behind; in
+# single-process mode walks answer, and reloads with the history's walks
+# every second log nothing of ours.
+sub lifecycle {
+    my $holder = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 1, ReuseAddr => 0)
+        or die "no port: $!";
+    my $busy = $holder->sockport;
+    my $conf = sub {
+        my ($extra, $single) = @_;
+        return <<"EOF";
+%%LOAD_LUA%%
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+worker_processes 1;
+@{[ $single ? 'master_process off;' : '' ]}
+events { worker_connections 128; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    memory_status_interval 1s;
+    $extra
+    init_by_lua_block { held = {} for i = 1, 400000 do held[i] = "h" .. i end }
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /memory_status { memory_status; }
+    }
+}
+EOF
+    };
+    my $t = NginxTest->new;
+    my $port = $t->port(1);
+    $t->write_file_expand('nginx.conf', $conf->(''));
+    $t->run;
+    $t->write_file_expand('nginx.conf', $conf->("memory_status_lua_walk_history on;\n    server { listen 127.0.0.1:$busy; }"));
+    kill 'HUP', $t->master_pid;
+    $t->wait_for(sub { $t->error_log =~ /still could not bind/ }, 'the failed reload');
+    my ($worker) = $t->worker_pids;
+    kill 'KILL', $worker;
+    $t->wait_for(sub { my ($w) = $t->worker_pids; $w && $w != $worker }, 'the respawned worker');
+    sleep 3;
+    my ($j) = $t->get_json($port, '/memory_status?history=1');
+    ok(!grep({ $_->{lua_http_kind_bytes} } map { @{ $_->{samples} } } @{ $j->{history}{processes} }),
+        'lifecycle: a failed reload does not switch the history\'s walks on, nor in the respawned worker');
+
+    $t->write_file_expand('nginx.conf', $conf->('memory_status_lua_walk_history on;'));
+    for my $n (1 .. 3) {
+        my @socks = map { NginxTest::send_request($port, '/memory_status?lua_largest=1') } 1 .. 2;
+        select(undef, undef, undef, 0.05);
+        $t->reload;
+        my @got = map { (NginxTest::read_reply($_))[0] } @socks;
+        ok(!grep({ $_ ne '200' } @got), "lifecycle: walks asked just before reload $n answer (@got)");
+    }
+    sleep 9;
+    my %workers = map { $_ => 1 } $t->worker_pids;
+    my @orphans = grep {
+        my $adj = NginxTest::read_file_text("/proc/$_/oom_score_adj") // '';
+        my $comm = NginxTest::read_file_text("/proc/$_/comm") // '';
+        $adj =~ /^1000$/ && $comm =~ /^nginx/ && !$workers{ NginxTest::parent_of($_) };
+    } map { m{/proc/(\d+)$} ? $1 : () } glob '/proc/[0-9]*';
+    is(scalar @orphans, 0, 'lifecycle: no walk\'s child outlives its worker') or diag "@orphans";
+    my ($after) = $t->get_json($port, '/memory_status?history=1');
+    ok((grep { $_->{lua_http_kind_bytes} } map { @{ $_->{samples} } } @{ $after->{history}{processes} }),
+        'lifecycle: after a good reload the history walks');
+    unlike($t->error_log, qr/unknown process|\[crit\]|memory_status: panic/, 'lifecycle: nothing of ours in error.log');
+    $t->stop;
+
+    my $s = NginxTest->new;
+    my $sport = $s->port(1);
+    $s->write_file_expand('nginx.conf', $conf->('memory_status_lua_walk_history on;', 1));
+    $s->run(single => 1);
+    my ($sj) = $s->get_json($sport, '/memory_status?lua_largest=1');
+    ok($sj->{lua}{http}{largest}, 'master_process off: a walk answers') or diag explain $sj->{errors};
+    my $single = $s->master_pid;
+    for my $n (1 .. 2) {
+        kill 'HUP', $single;
+        sleep 2.5;
+        ok(kill(0, $single), "master_process off, reload $n: the process lives past two walking ticks");
+    }
+    unlike($s->error_log, qr/unknown process|\[alert\]|\[crit\]|memory_status: panic/, 'master_process off: nothing of ours in error.log');
+    $s->stop;
 }

@@ -92,6 +92,7 @@ type L = *mut c_void;
 
 /// The part of LuaJIT's API the walk calls, looked up in the parent (the
 /// child takes no lock of the dynamic loader's).
+#[derive(Clone, Copy)]
 struct Api {
     gettop: unsafe extern "C-unwind" fn(L) -> c_int,
     settop: unsafe extern "C-unwind" fn(L, c_int),
@@ -127,9 +128,23 @@ struct Api {
     touserdata: unsafe extern "C-unwind" fn(L, c_int) -> *mut c_void,
 }
 
-fn api() -> Result<&'static Api, WalkError> {
-    static API: std::sync::OnceLock<Result<Api, WalkError>> = std::sync::OnceLock::new();
-    API.get_or_init(find_api).as_ref().map_err(Clone::clone)
+/// LuaJIT's API, looked up again when `lua_gc` is no longer where it was
+/// found: in single-process mode a reload can unload the Lua module and
+/// load it elsewhere. On the loop, and in the child (which has no other
+/// thread to hold the lock).
+fn api() -> Result<Api, WalkError> {
+    static API: std::sync::Mutex<Option<Api>> = std::sync::Mutex::new(None);
+    let mut api = API.lock().unwrap_or_else(|p| p.into_inner());
+    // SAFETY: dlsym on a NUL-terminated name.
+    let gc_now = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"lua_gc".as_ptr()) };
+    match *api {
+        Some(found) if found.gc as usize == gc_now as usize => Ok(found),
+        _ => {
+            let found = find_api()?;
+            *api = Some(found);
+            Ok(found)
+        }
+    }
 }
 
 /// The function LuaJIT exports as `name`.
@@ -201,6 +216,9 @@ pub fn walking() -> bool {
 pub struct Walk {
     /// The child while it is not reaped.
     pid: Option<libc::pid_t>,
+    /// The VMs walked (their main threads): a previous walk of another VM
+    /// (after a reload in single-process mode) is no baseline.
+    vms: [Option<usize>; 2],
     /// Why the parent killed it, when it did.
     stopped: Option<&'static str>,
     pipe: OwnedFd,
@@ -249,7 +267,7 @@ pub unsafe fn start(vms: [Option<L>; 2]) -> Result<Walk, WalkError> {
         // SAFETY: this is the child, a copy with one thread; `child` never returns.
         unsafe {
             child(
-                api,
+                &api,
                 vms,
                 write.as_raw_fd(),
                 parent,
@@ -265,6 +283,7 @@ pub unsafe fn start(vms: [Option<L>; 2]) -> Result<Walk, WalkError> {
     }
     Ok(Walk {
         pid: Some(pid as libc::pid_t),
+        vms: vms.map(|l| l.map(|l| l as usize)),
         stopped: None,
         pipe: read,
         started,
@@ -1320,14 +1339,14 @@ fn symbol_of(p: usize) -> String {
 }
 
 /// Each VM's previous walk in this worker, kept for the next one's growth.
-static PREVIOUS: std::sync::Mutex<[Option<(VmWalk, Instant)>; 2]> =
+static PREVIOUS: std::sync::Mutex<[Option<(VmWalk, Instant, usize)>; 2]> =
     std::sync::Mutex::new([None, None]);
 
 /// Finishes a walk (off the loop) and compares it with this worker's
 /// previous one, which it then replaces.
 pub fn outcome(walk: Walk) -> Result<WalkOutcome, WalkError> {
     // Ages run from fork to fork: both walks saw the heap as it was then.
-    let forked_at = walk.started;
+    let (forked_at, vms) = (walk.started, walk.vms);
     let (mut walks, fork_us) = walk.finish()?;
     for o in walks
         .iter_mut()
@@ -1340,15 +1359,14 @@ pub fn outcome(walk: Walk) -> Result<WalkOutcome, WalkError> {
     }
     let mut kept = PREVIOUS.lock().unwrap_or_else(|p| p.into_inner());
     let previous = [0, 1].map(|vm| {
-        kept[vm].as_ref().map(|(w, at)| {
-            let age = forked_at.saturating_duration_since(*at);
-            (w.clone(), age.as_millis() as u64)
-        })
+        let (w, at, _) = kept[vm].as_ref().filter(|k| Some(k.2) == vms[vm])?;
+        let age = forked_at.saturating_duration_since(*at);
+        Some((w.clone(), age.as_millis() as u64))
     });
     // A walk cut short is no baseline: where its bound fell varies.
-    for (slot, walk) in kept.iter_mut().zip(&walks) {
-        if let Some(w) = walk.as_ref().filter(|w| !w.truncated) {
-            *slot = Some((w.clone(), forked_at));
+    for ((slot, walk), l) in kept.iter_mut().zip(&walks).zip(vms) {
+        if let (Some(w), Some(l)) = (walk.as_ref().filter(|w| !w.truncated), l) {
+            *slot = Some((w.clone(), forked_at, l));
         }
     }
     Ok(WalkOutcome {
