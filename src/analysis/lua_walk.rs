@@ -317,6 +317,8 @@ pub enum WalkError {
     NeedsThread,
     /// This worker's child of another walk still runs.
     Busy,
+    /// A single-process reload loaded LuaJIT elsewhere.
+    LoadedElsewhere,
     /// The child ran past its time and was killed.
     TimedOut { seconds: u64 },
     /// The child ended without sending a whole walk.
@@ -328,6 +330,9 @@ impl std::fmt::Display for WalkError {
         match self {
             WalkError::MissingSymbol(name) => write!(f, "LuaJIT has no {name}: the heap is not walked"),
             WalkError::Start(e) => write!(f, "the walk could not start: {e}"),
+            WalkError::LoadedElsewhere => f.write_str(
+                "LuaJIT was loaded elsewhere by a reload (single-process mode): the heap is not walked until nginx restarts",
+            ),
             WalkError::Busy => f.write_str(
                 "another walk of this worker still runs (the history's): asked again after it, it answers",
             ),

@@ -92,7 +92,6 @@ type L = *mut c_void;
 
 /// The part of LuaJIT's API the walk calls, looked up in the parent (the
 /// child takes no lock of the dynamic loader's).
-#[derive(Clone, Copy)]
 struct Api {
     gettop: unsafe extern "C-unwind" fn(L) -> c_int,
     settop: unsafe extern "C-unwind" fn(L, c_int),
@@ -128,23 +127,20 @@ struct Api {
     touserdata: unsafe extern "C-unwind" fn(L, c_int) -> *mut c_void,
 }
 
-/// LuaJIT's API, looked up again when `lua_gc` is no longer where it was
-/// found: in single-process mode a reload can unload the Lua module and
-/// load it elsewhere. On the loop, and in the child (which has no other
-/// thread to hold the lock).
-fn api() -> Result<Api, WalkError> {
-    static API: std::sync::Mutex<Option<Api>> = std::sync::Mutex::new(None);
-    let mut api = API.lock().unwrap_or_else(|p| p.into_inner());
+/// LuaJIT's API, looked up once per process (before any fork: the child
+/// reads it from here, never through dlsym and the loader's lock). In
+/// single-process mode a reload can unload the Lua module and load it
+/// elsewhere: a LuaJIT no longer where it was found is not called.
+static API: std::sync::OnceLock<Result<Api, WalkError>> = std::sync::OnceLock::new();
+
+fn api() -> Result<&'static Api, WalkError> {
+    let api = API.get_or_init(find_api).as_ref().map_err(Clone::clone)?;
     // SAFETY: dlsym on a NUL-terminated name.
     let gc_now = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"lua_gc".as_ptr()) };
-    match *api {
-        Some(found) if found.gc as usize == gc_now as usize => Ok(found),
-        _ => {
-            let found = find_api()?;
-            *api = Some(found);
-            Ok(found)
-        }
+    if api.gc as usize != gc_now as usize {
+        return Err(WalkError::LoadedElsewhere);
     }
+    Ok(api)
 }
 
 /// The function LuaJIT exports as `name`.
@@ -267,7 +263,7 @@ pub unsafe fn start(vms: [Option<L>; 2]) -> Result<Walk, WalkError> {
         // SAFETY: this is the child, a copy with one thread; `child` never returns.
         unsafe {
             child(
-                &api,
+                api,
                 vms,
                 write.as_raw_fd(),
                 parent,
@@ -693,10 +689,11 @@ unsafe fn walk_protected(
     /// Called by `lua_cpcall` with our `Protected` as its light userdata.
     unsafe extern "C-unwind" fn run(l: L) -> c_int {
         // SAFETY: `lua_cpcall` passes our `Protected` at index 1, alive for
-        // the call; `api()` was set before the fork. A panic is caught here:
-        // LuaJIT would take it for a foreign exception.
+        // the call; `API` was looked up before the fork (no dlsym in the
+        // child: the loader's lock). A panic is caught here: LuaJIT would
+        // take it for a foreign exception.
         unsafe {
-            let Ok(api) = self::api() else { return 0 };
+            let Some(Ok(api)) = API.get() else { return 0 };
             let p = &mut *(api.touserdata)(l, 1).cast::<Protected>();
             let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 walk_vm(p.api, l, p.parent, p.deadline)
