@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::analysis::lua_walk::MAX_STALL_LIMIT_US;
 use crate::model::breakdown::Depth;
 use crate::sources::escape::echo;
 
@@ -98,6 +99,9 @@ pub struct Query {
     /// `lua_largest=1`: walk the Lua heaps from their roots (in a forked
     /// copy): the largest objects with their paths, and what grew.
     pub lua_largest: bool,
+    /// `max_stall=TIME` (with `lua_largest=1`): the longest the walk's fork
+    /// may hold the event loop, over `memory_status_lua_walk_max_stall`.
+    pub max_stall_us: Option<u64>,
     /// `history=1`: add every process's samples (at most `HISTORY_POINTS`
     /// per ring, spread over all kept).
     pub history: bool,
@@ -160,6 +164,7 @@ const ARGUMENTS: &[&str] = &[
     "lua_objects",
     "lua_objects_limit",
     "lua_largest",
+    "max_stall",
     "history",
     "history_since",
 ];
@@ -174,6 +179,7 @@ struct Raw {
     lua_objects: Option<Vec<u8>>,
     lua_objects_limit: Option<Vec<u8>>,
     lua_largest: Option<Vec<u8>>,
+    max_stall: Option<Vec<u8>>,
     history: Option<Vec<u8>>,
     history_since: Option<Vec<u8>>,
 }
@@ -197,6 +203,7 @@ impl Raw {
                 b"lua_objects" => (&mut raw.lua_objects, "lua_objects"),
                 b"lua_objects_limit" => (&mut raw.lua_objects_limit, "lua_objects_limit"),
                 b"lua_largest" => (&mut raw.lua_largest, "lua_largest"),
+                b"max_stall" => (&mut raw.max_stall, "max_stall"),
                 b"history" => (&mut raw.history, "history"),
                 b"history_since" => (&mut raw.history_since, "history_since"),
                 _ => return Err(QueryError::Unknown(echo(&name))),
@@ -221,6 +228,25 @@ fn flag(name: &'static str, value: &[u8]) -> Result<(), QueryError> {
         b"1" => Ok(()),
         _ => Err(bad_value(name, value, "1")),
     }
+}
+
+/// `max_stall=`: a time in `ms` or `s`, from 1ms to 10s, for a walk only.
+fn max_stall(raw: &Raw, walk: bool) -> Result<Option<u64>, QueryError> {
+    let Some(value) = &raw.max_stall else {
+        return Ok(None);
+    };
+    let (digits, scale) = match value.strip_suffix(b"ms") {
+        Some(digits) => (digits, 1_000),
+        None => (value.strip_suffix(b"s").unwrap_or(b""), 1_000_000),
+    };
+    let us = parse_number::<u64>(digits)
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|us| (1_000..=MAX_STALL_LIMIT_US).contains(us))
+        .ok_or_else(|| bad_value("max_stall", value, "a time from 1ms to 10s, as 50ms or 2s"))?;
+    if !walk {
+        return Err(QueryError::Conflict("max_stall= needs lua_largest=1"));
+    }
+    Ok(Some(us))
 }
 
 impl Query {
@@ -260,6 +286,7 @@ impl Query {
             zone_too("lua_largest=1 applies to the whole answer, not to zone=")?;
             query.lua_largest = true;
         }
+        query.max_stall_us = max_stall(&raw, query.lua_largest)?;
         if let Some(value) = &raw.history {
             flag("history", value)?;
             zone_too("history=1 applies to the whole answer, not to zone=")?;
@@ -399,6 +426,41 @@ mod tests {
         assert_eq!(
             Query::parse(b"zone=bin%ff%fe").unwrap().zone.as_deref(),
             Some(&b"bin\xff\xfe"[..])
+        );
+    }
+
+    #[test]
+    fn max_stall_with_a_walk() {
+        let stall = |args: &[u8]| Query::parse(args).map(|q| q.max_stall_us);
+        assert_eq!(stall(b"lua_largest=1&max_stall=50ms"), Ok(Some(50_000)));
+        assert_eq!(stall(b"max_stall=2s&lua_largest=1"), Ok(Some(2_000_000)));
+        assert_eq!(stall(b"lua_largest=1&max_stall=10s"), Ok(Some(10_000_000)));
+        assert_eq!(stall(b"lua_largest=1"), Ok(None));
+        for bad in [
+            "0ms",
+            "11s",
+            "50",
+            "ms",
+            "5m",
+            "1.5s",
+            "-3ms",
+            "99999999999999999999s",
+        ] {
+            let args = format!("lua_largest=1&max_stall={bad}");
+            assert!(
+                matches!(
+                    stall(args.as_bytes()),
+                    Err(QueryError::BadValue {
+                        name: "max_stall",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            stall(b"max_stall=50ms"),
+            Err(QueryError::Conflict("max_stall= needs lua_largest=1"))
         );
     }
 

@@ -84,6 +84,19 @@ my @cases = (
         '"memory_status_lua_walk_history" directive is not allowed here', qr/memory_status_lua_walk_history on;/],
     ['lua walk history twice', conf("    memory_status_lua_walk_history on;\n    memory_status_lua_walk_history off;", '', '            memory_status;'),
         '"memory_status_lua_walk_history" directive is duplicate', qr/memory_status_lua_walk_history off;/],
+    ['lua walk max stall zero', conf('    memory_status_lua_walk_max_stall 0;', '', '            memory_status;'),
+        'invalid value "0" in "memory_status_lua_walk_max_stall" directive, it must be a time from 1ms to 10s',
+        qr/memory_status_lua_walk_max_stall 0;/],
+    ['lua walk max stall too long', conf('    memory_status_lua_walk_max_stall 11s;', '', '            memory_status;'),
+        'invalid value "11s" in "memory_status_lua_walk_max_stall" directive, it must be a time from 1ms to 10s',
+        qr/memory_status_lua_walk_max_stall 11s;/],
+    ['lua walk max stall words', conf('    memory_status_lua_walk_max_stall soon;', '', '            memory_status;'),
+        'invalid value "soon" in "memory_status_lua_walk_max_stall" directive, it must be a time from 1ms to 10s',
+        qr/memory_status_lua_walk_max_stall soon;/],
+    ['lua walk max stall in location', conf('', '', "            memory_status;\n            memory_status_lua_walk_max_stall 5ms;"),
+        '"memory_status_lua_walk_max_stall" directive is not allowed here', qr/memory_status_lua_walk_max_stall 5ms;/],
+    ['lua walk max stall twice', conf("    memory_status_lua_walk_max_stall 5ms;\n    memory_status_lua_walk_max_stall 9ms;", '', '            memory_status;'),
+        '"memory_status_lua_walk_max_stall" directive is duplicate', qr/memory_status_lua_walk_max_stall 9ms;/],
 );
 
 for my $case (@cases) {

@@ -32,6 +32,7 @@ for my $run (@runs) {
     leaks($label);
 }
 history_by_kind();
+stall_bound();
 lifecycle();
 
 done_testing;
@@ -372,6 +373,74 @@ EOF
     cmp_ok(scalar @by_kind, '>=', 6, 'history by kind: the samples hold the bytes by kind');
     cmp_ok($by_kind[-1]{lua_http_kind_bytes}{string}, '>', $by_kind[0]{lua_http_kind_bytes}{string}, 'history by kind: the strings grew in them');
     unlike($t->error_log, qr/unknown process|\[alert\]|\[crit\]/, 'history by kind: no alert in error.log');
+    $t->stop;
+}
+
+# The fork's stall is estimated before it is made (the kernel copies a
+# page-table entry per private resident page): over the allowed stall, no
+# child is forked, the answer says the estimate, the private memory behind it
+# (checked against statm read from outside) and how to allow it; asked with
+# that, the walk runs and says its estimate beside the stall measured. The
+# history's walks keep to the same bound.
+sub stall_bound {
+    my $t = NginxTest->new;
+    $t->write_file_expand('nginx.conf', <<'EOF');
+%%LOAD_LUA%%
+%%LOAD_MODULE%%
+%%TEST_GLOBALS%%
+worker_processes 1;
+events { worker_connections 128; }
+http {
+    %%TEST_GLOBALS_HTTP%%
+    memory_status_interval 1s;
+    memory_status_lua_walk_history on;
+    memory_status_lua_walk_max_stall 1ms;
+    # 200 MiB of private pages: LuaJIT maps each 1 MiB string apart.
+    init_worker_by_lua_block {
+        big = {}
+        for i = 1, 200 do big[i] = string.rep("b", 1048000) .. i end
+    }
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location = /memory_status { memory_status; }
+    }
+}
+EOF
+    $t->run;
+    my $port = $t->port(1);
+    my ($worker) = $t->worker_pids;
+    my ($j, $res) = $t->get_json($port, '/memory_status?lua_largest=1');
+    my (undef, $resident, $shared) = split ' ', NginxTest::read_file_text("/proc/$worker/statm") // '';
+    my $private_mib = ($resident - $shared) * 4096 / 1048576;
+    is($res->{status}, 200, 'stall bound: the answer is 200');
+    ok(!exists $j->{lua}{http}{largest}, 'stall bound: no walk over the bound');
+    my ($e) = grep { $_->{source} eq 'lua.http.largest' } @{ $j->{errors} };
+    like($e->{error} // '', qr/^the walk's fork would hold the event loop about [\d.]+ ms \(it copies the page tables of \d+ MiB of private memory\), over the 1\.0 ms allowed: ask with max_stall=\d+ms, or raise memory_status_lua_walk_max_stall$/,
+        'stall bound: the reason says the estimate and how to allow it') or diag explain $j->{errors};
+    my ($said_mib) = ($e->{error} // '') =~ /of (\d+) MiB/;
+    within($said_mib, $private_mib, 'stall bound: the private memory said against statm');
+    my ($allow) = ($e->{error} // '') =~ /max_stall=(\d+ms)/;
+    ($j) = $t->get_json($port, "/memory_status?lua_largest=1&max_stall=$allow");
+    my $l = $j->{lua}{http}{largest};
+    ok($l && $l->{walked} > 0, "stall bound: max_stall=$allow walks") or diag explain $j->{errors};
+    cmp_ok($l->{fork_estimate_us} // 0, '>', 1000, 'stall bound: the walk says its estimate');
+    cmp_ok($l->{fork_us} // 0, '>', 0, 'stall bound: and the stall measured');
+    diag("stall bound: $private_mib MiB private, fork estimated $l->{fork_estimate_us} us, held the loop $l->{fork_us} us") if $l;
+    ($j) = $t->get_json($port, '/memory_status?lua_largest=1');
+    ok(!exists $j->{lua}{http}{largest}, 'stall bound: the next walk is estimated from that fork, still over');
+    for my $bad (['max_stall=0ms&lua_largest=1', 'max_stall'], ['max_stall=5ms', 'max_stall= needs lua_largest=1']) {
+        my $r = $t->get($port, "/memory_status?$bad->[0]");
+        is($r->{status}, 400, "stall bound: $bad->[0] is 400");
+        like($r->{content}, qr/\Q$bad->[1]\E/, "stall bound: $bad->[0] says why");
+    }
+    sleep 3;
+    ($j) = $t->get_json($port, '/memory_status?history=1');
+    my ($h) = grep { $_->{pid} == $worker } @{ $j->{history}{processes} };
+    cmp_ok(scalar @{ $h->{samples} // [] }, '>=', 2, 'stall bound: the history samples');
+    ok(!grep({ $_->{lua_http_kind_bytes} } @{ $h->{samples} // [] }), 'stall bound: the history walks nothing over the bound');
+    my @children = grep { (NginxTest::parent_of($_) // 0) == $worker } map { m{^/proc/(\d+)$} ? $1 : () } glob '/proc/[0-9]*';
+    is(scalar @children, 0, 'stall bound: no child left');
+    unlike($t->error_log, qr/\[alert\]|\[crit\]/, 'stall bound: no alert in error.log');
     $t->stop;
 }
 

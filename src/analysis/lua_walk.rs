@@ -169,7 +169,7 @@ fn parse_object(rest: &str) -> Option<WalkedObject> {
 }
 
 /// The answer's view of one walk: totals by kind and the largest of each.
-pub fn largest(walk: &VmWalk, fork_us: u64) -> LuaLargest {
+pub fn largest(walk: &VmWalk, fork: ForkCost) -> LuaLargest {
     let listed = |kind: usize| -> Vec<LuaObject> {
         walk.objects
             .iter()
@@ -187,7 +187,8 @@ pub fn largest(walk: &VmWalk, fork_us: u64) -> LuaLargest {
         walked: walk.walked,
         truncated: walk.truncated,
         elapsed_us: walk.elapsed_us,
-        fork_us,
+        fork_us: fork.stall_us,
+        fork_estimate_us: fork.estimate_us,
         bytes: walk.types.iter().map(|t| t.1).sum(),
         types: WALK_KINDS
             .iter()
@@ -306,9 +307,52 @@ pub fn replace_light_keys(path: &str, mark: &str, name: impl Fn(usize) -> String
     out
 }
 
+/// What the fork costs the loop per private resident page before this
+/// worker has forked once: about 25 µs per MiB, the worst `scripts/bench`
+/// measured (18–25 ms for a 1 GiB heap beside a load).
+pub const DEFAULT_FORK_NS_PER_PAGE: u64 = 100;
+/// The longest a walk's fork may hold the loop unless the configuration or
+/// the request says otherwise.
+pub const DEFAULT_MAX_STALL_US: u64 = 5_000;
+/// The most either may allow.
+pub const MAX_STALL_LIMIT_US: u64 = 10_000_000;
+
+/// A fork this worker made: its private resident pages then, and the loop
+/// thread's CPU time in it (the kernel's copy of their page-table entries;
+/// CPU time, so that being preempted meanwhile does not count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForkSeen {
+    pub private_pages: u64,
+    pub cpu_us: u64,
+}
+
+/// How long a fork would hold the loop: the kernel copies one page-table
+/// entry per private resident page, so the last fork's time scaled by the
+/// pages now (its fixed part scales too, the safe side as the heap grows).
+pub fn fork_estimate_us(private_pages: u64, last: Option<ForkSeen>) -> u64 {
+    let scaled = match last {
+        Some(seen) if seen.private_pages > 0 => {
+            u128::from(seen.cpu_us) * u128::from(private_pages) / u128::from(seen.private_pages)
+        }
+        _ => u128::from(private_pages) * u128::from(DEFAULT_FORK_NS_PER_PAGE) / 1000,
+    };
+    u64::try_from(scaled).unwrap_or(u64::MAX)
+}
+
+/// Microseconds as milliseconds with one decimal, as the errors say them.
+fn ms(us: u64) -> String {
+    format!("{}.{}", us / 1000, us % 1000 / 100)
+}
+
 /// Why a walk gave no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WalkError {
+    /// The fork would hold the loop longer than allowed.
+    StallBound {
+        estimate_us: u64,
+        private_mib: u64,
+        max_stall_us: u64,
+    },
     /// LuaJIT's API lacks a function the walk calls.
     MissingSymbol(&'static str),
     /// The pipe or the child could not be made (the system's error).
@@ -330,6 +374,17 @@ impl std::fmt::Display for WalkError {
         match self {
             WalkError::MissingSymbol(name) => write!(f, "LuaJIT has no {name}: the heap is not walked"),
             WalkError::Start(e) => write!(f, "the walk could not start: {e}"),
+            WalkError::StallBound {
+                estimate_us,
+                private_mib,
+                max_stall_us,
+            } => write!(
+                f,
+                "the walk's fork would hold the event loop about {} ms (it copies the page tables of {private_mib} MiB of private memory), over the {} ms allowed: ask with max_stall={}ms, or raise memory_status_lua_walk_max_stall",
+                ms(*estimate_us),
+                ms(*max_stall_us),
+                (estimate_us * 3 / 2).div_ceil(1000).clamp(1, MAX_STALL_LIMIT_US / 1000),
+            ),
             WalkError::LoadedElsewhere => f.write_str(
                 "LuaJIT was loaded elsewhere by a reload (single-process mode): the heap is not walked until nginx restarts",
             ),
@@ -353,7 +408,14 @@ impl std::fmt::Display for WalkError {
 pub struct WalkOutcome {
     pub walks: Walks,
     pub previous: [Option<(VmWalk, u64)>; 2],
-    pub fork_us: u64,
+    pub fork: ForkCost,
+}
+
+/// What the fork held the loop (wall time) against what was estimated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForkCost {
+    pub stall_us: u64,
+    pub estimate_us: u64,
 }
 
 /// Puts the walks into the VMs' sections (`errors` says why one is missing).
@@ -387,7 +449,7 @@ pub fn attach(
             ));
             continue;
         };
-        vm.largest = Some(largest(walk, outcome.fork_us));
+        vm.largest = Some(largest(walk, outcome.fork));
         if walk.truncated {
             let reason = "the walk stopped at its bound: what grew is not said";
             errors.push(SourceError::new(
@@ -561,12 +623,51 @@ mod tests {
 
     #[test]
     fn largest_lists_by_kind() {
-        let l = largest(&sample(), 321);
-        assert_eq!(l.fork_us, 321);
+        let fork = ForkCost {
+            stall_us: 321,
+            estimate_us: 400,
+        };
+        let l = largest(&sample(), fork);
+        assert_eq!((l.fork_us, l.fork_estimate_us), (321, 400));
         assert_eq!(l.tables.len(), 2);
         assert_eq!(l.tables[0].entries, Some(700));
         assert_eq!(l.strings[0].entries, None);
         assert_eq!(l.bytes, 5000 + 90000 + 2000 + 48 + 300);
         assert_eq!(l.types["string"].count, 900);
+    }
+
+    #[test]
+    fn fork_estimate_scales_the_last_fork() {
+        // 1 GiB of 4 KiB pages before any fork: 100 ns each.
+        assert_eq!(fork_estimate_us(262_144, None), 26_214);
+        let seen = ForkSeen {
+            private_pages: 25_600,
+            cpu_us: 1_000,
+        };
+        assert_eq!(fork_estimate_us(256_000, Some(seen)), 10_000);
+        assert_eq!(fork_estimate_us(12_800, Some(seen)), 500);
+        let empty = ForkSeen {
+            private_pages: 0,
+            cpu_us: 9,
+        };
+        assert_eq!(fork_estimate_us(10, Some(empty)), 1);
+        let huge = ForkSeen {
+            private_pages: 1,
+            cpu_us: u64::MAX,
+        };
+        assert_eq!(fork_estimate_us(u64::MAX, Some(huge)), u64::MAX);
+    }
+
+    #[test]
+    fn stall_bound_says_how_to_allow_it() {
+        let e = WalkError::StallBound {
+            estimate_us: 21_340,
+            private_mib: 1_049,
+            max_stall_us: 5_000,
+        };
+        assert_eq!(
+            e.to_string(),
+            "the walk's fork would hold the event loop about 21.3 ms (it copies the page tables of 1049 MiB of private memory), over the 5.0 ms allowed: ask with max_stall=33ms, or raise memory_status_lua_walk_max_stall"
+        );
     }
 }

@@ -60,6 +60,9 @@ pub struct LuaLargest {
     pub elapsed_us: u64,
     /// How long the fork held the event loop.
     pub fork_us: u64,
+    /// What it was estimated to hold it before it was made (a walk is made
+    /// only when this is within the allowed stall).
+    pub fork_estimate_us: u64,
     pub bytes: u64,
     pub types: std::collections::BTreeMap<&'static str, TypeCount>,
     pub tables: Vec<LuaObject>,

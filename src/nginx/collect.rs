@@ -59,8 +59,9 @@ type LuaHeap = (Vec<(u64, u64)>, u64);
 pub struct Measuring {
     pub depth: Depth,
     pub lua_objects_limit: Option<u64>,
-    /// `lua_largest=1`: a walk of the Lua heaps from their roots.
-    pub lua_largest: bool,
+    /// `lua_largest=1`: a walk of the Lua heaps from their roots, whose fork
+    /// may hold the loop at most this long (µs).
+    pub lua_largest: Option<u64>,
     pub history_window: Option<SampleWindow>,
 }
 
@@ -83,7 +84,7 @@ pub fn begin(measuring: Measuring) -> (LoopPart, Job) {
         max_time: LUA_OBJECTS_MAX_TIME,
     });
     let (http, stream) = sample_vms(census);
-    let lua_walk = lua_largest.then(start_walk).flatten();
+    let lua_walk = lua_largest.and_then(start_walk);
     let registry = registry::read(super::clock::now_ms());
     let mut errors = Vec::new();
     let (processes, own_walk) = processes_to_read(registry.as_ref(), &mut errors);
@@ -124,14 +125,15 @@ pub fn begin(measuring: Measuring) -> (LoopPart, Job) {
     (part, job)
 }
 
-/// Forks the child that walks the VMs there are (none: no child).
-fn start_walk() -> Option<Result<Walk, WalkError>> {
+/// Forks the child that walks the VMs there are (none: no child), when the
+/// fork's estimate is within `max_stall_us`.
+fn start_walk(max_stall_us: u64) -> Option<Result<Walk, WalkError>> {
     let states = super::lua::main_states();
     if states.iter().all(Option::is_none) {
         return None;
     }
     // SAFETY: the running cycle's VMs, on the loop's thread between events.
-    Some(unsafe { super::lua_walk::start(states) })
+    Some(unsafe { super::lua_walk::start(states, max_stall_us) })
 }
 
 /// A zone to measure: its mapping, and its slab signature when it was read.

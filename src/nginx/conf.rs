@@ -6,6 +6,7 @@
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError};
 
 use super::{cycle, MemoryStatusModule};
+use crate::analysis::lua_walk::DEFAULT_MAX_STALL_US;
 use crate::query::Format;
 
 /// `memory_status_interval` when not given.
@@ -57,6 +58,9 @@ pub struct MainConf {
     /// `memory_status_lua_walk_history on`: each history sample walks the
     /// Lua heaps (a fork per interval) and keeps their bytes by kind.
     pub(super) lua_walk_history: Option<bool>,
+    /// `memory_status_lua_walk_max_stall`: the longest a walk's fork may hold
+    /// the event loop, unless a request says `max_stall=`.
+    pub(super) lua_walk_max_stall_us: Option<u64>,
 }
 
 impl MainConf {
@@ -68,6 +72,11 @@ impl MainConf {
     /// Whether the history keeps the Lua heaps' bytes by kind (off unless said).
     pub fn lua_walk_history(&self) -> bool {
         self.lua_walk_history.unwrap_or(false)
+    }
+
+    /// The longest a walk's fork may hold the event loop (µs).
+    pub fn lua_walk_max_stall_us(&self) -> u64 {
+        self.lua_walk_max_stall_us.unwrap_or(DEFAULT_MAX_STALL_US)
     }
 }
 

@@ -14,6 +14,7 @@ use ngx::ngx_conf_log_error;
 
 use super::conf::{LocationConf, MainConf, MIN_INTERVAL_MS};
 use super::{cycle, handler, history, registry, zone_tag, MemoryStatusModule};
+use crate::analysis::lua_walk::MAX_STALL_LIMIT_US;
 use crate::query::Format;
 
 /// `memory_status;`: makes this location answer with the worker's memory.
@@ -161,6 +162,36 @@ pub(super) extern "C" fn set_memory_status_lua_walk_history(
             return NGX_CONF_ERROR;
         }
     });
+    NGX_CONF_OK
+}
+
+/// `memory_status_lua_walk_max_stall TIME;`: the longest a Lua walk's fork
+/// may hold the event loop (1ms to 10s).
+pub(super) extern "C" fn set_memory_status_lua_walk_max_stall(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's main configuration (NGX_HTTP_MAIN_CONF_OFFSET).
+    let main = unsafe { &mut *conf.cast::<MainConf>() };
+    if main.lua_walk_max_stall_us.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // SAFETY: `cf->args` holds the directive and its one argument (NGX_CONF_TAKE1).
+    let args: &mut [ngx_str_t] = unsafe { (*(*cf).args).as_slice_mut() };
+    // SAFETY: nginx's own time parser over the argument.
+    let ms = unsafe { ngx_parse_time(&mut args[1], 0) };
+    let us = (ms as u64).saturating_mul(1000);
+    if ms == NGX_ERROR as ngx_int_t || !(1000..=MAX_STALL_LIMIT_US).contains(&us) {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "invalid value \"{}\" in \"memory_status_lua_walk_max_stall\" directive, it must be a time from 1ms to 10s",
+            String::from_utf8_lossy(args[1].as_bytes())
+        );
+        return NGX_CONF_ERROR;
+    }
+    main.lua_walk_max_stall_us = Some(us);
     NGX_CONF_OK
 }
 

@@ -15,6 +15,7 @@ use super::respond::{out_of_memory, push_header, send, send_reason};
 use super::MemoryStatusModule;
 use crate::alloc_guard;
 use crate::analysis::history::{SampleWindow, HISTORY_POINTS};
+use crate::analysis::lua_walk::DEFAULT_MAX_STALL_US;
 use crate::format::{prometheus, Rendering, JSON_CONTENT_TYPE};
 use crate::panic_guard::run_guarded;
 use crate::query::{Format, Query};
@@ -96,7 +97,12 @@ fn ask_of(query: &Query, format: Format) -> Ask {
         measuring: Measuring {
             depth: query.depth,
             lua_objects_limit: query.lua_objects_limit,
-            lua_largest: query.lua_largest,
+            lua_largest: query.lua_largest.then(|| {
+                query.max_stall_us.unwrap_or_else(|| {
+                    super::conf::running_conf()
+                        .map_or(DEFAULT_MAX_STALL_US, |c| c.lua_walk_max_stall_us())
+                })
+            }),
             history_window: window,
         },
         rendering: Rendering {

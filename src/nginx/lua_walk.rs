@@ -23,8 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::analysis::lua_walk::{
-    push_string_key, replace_light_keys, write_walks, VmWalk, WalkError, WalkOutcome, WalkedObject,
-    Walks, CDATA, FUNCTION, SENT_PER_KIND, STRING, TABLE, THREAD, USERDATA, WALK_KINDS,
+    fork_estimate_us, push_string_key, replace_light_keys, write_walks, ForkCost, ForkSeen, VmWalk,
+    WalkError, WalkOutcome, WalkedObject, Walks, CDATA, FUNCTION, SENT_PER_KIND, STRING, TABLE,
+    THREAD, USERDATA, WALK_KINDS,
 };
 use crate::sources::escape::escape;
 
@@ -219,17 +220,65 @@ pub struct Walk {
     stopped: Option<&'static str>,
     pipe: OwnedFd,
     started: Instant,
-    fork_us: u64,
+    fork: ForkCost,
+}
+
+/// This worker's last fork, which the next one's estimate scales (loop
+/// thread only).
+static LAST_FORK: std::sync::Mutex<Option<ForkSeen>> = std::sync::Mutex::new(None);
+
+/// This process's private resident pages (resident less file and shmem, from
+/// `statm`): those whose page-table entries a fork copies one by one.
+fn private_pages() -> Result<u64, WalkError> {
+    let unreadable = || {
+        WalkError::Start(
+            "/proc/self/statm is unreadable: the fork's stall cannot be estimated".into(),
+        )
+    };
+    let text = crate::sources::procfs::read_proc_file("/proc/self/statm", 128)
+        .map_err(|_| unreadable())?;
+    let pages = crate::sources::procfs::parse_statm(&text).ok_or_else(unreadable)?;
+    Ok(pages.resident - pages.shared)
+}
+
+/// The calling thread's CPU time, in microseconds.
+fn thread_cpu_us() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a clock read into a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1000
+}
+
+/// Whether the fork fits in `max_stall_us`; its estimate when it does.
+fn check_stall(max_stall_us: u64) -> Result<(u64, u64), WalkError> {
+    let pages = private_pages()?;
+    let last = *LAST_FORK.lock().unwrap_or_else(|p| p.into_inner());
+    let estimate_us = fork_estimate_us(pages, last);
+    if estimate_us > max_stall_us {
+        // SAFETY: sysconf has no precondition.
+        let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        return Err(WalkError::StallBound {
+            estimate_us,
+            private_mib: pages.saturating_mul(page_bytes) >> 20,
+            max_stall_us,
+        });
+    }
+    Ok((pages, estimate_us))
 }
 
 /// Forks the walking child for the VMs given (`[http, stream]` main
-/// threads). On the loop: this costs the fork, a copy of the page tables.
+/// threads). On the loop: this costs the fork, a copy of the page tables,
+/// made only when its estimate is within `max_stall_us`.
 ///
 /// # Safety
 /// Each state is a live `lua_State` of the VM's main thread, and this runs
 /// on the loop's thread between events (no Lua code runs in this process).
-pub unsafe fn start(vms: [Option<L>; 2]) -> Result<Walk, WalkError> {
+pub unsafe fn start(vms: [Option<L>; 2], max_stall_us: u64) -> Result<Walk, WalkError> {
     let api = api()?;
+    let (pages, estimate_us) = check_stall(max_stall_us)?;
     // One child at a time per worker: another one alive would make the
     // worker's pages shared, its PSS smaller, and cost twice.
     if WALKING.swap(true, Ordering::AcqRel) {
@@ -245,6 +294,7 @@ pub unsafe fn start(vms: [Option<L>; 2]) -> Result<Walk, WalkError> {
     // SAFETY: two new descriptors, each owned once.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let parent = std::process::id() as libc::pid_t;
+    let cpu_before_us = thread_cpu_us();
     let started = Instant::now();
     // SAFETY: clone with no flag and no exit signal is a fork whose child
     // nobody is told of; the child runs only `child` and `_exit`s.
@@ -271,26 +321,33 @@ pub unsafe fn start(vms: [Option<L>; 2]) -> Result<Walk, WalkError> {
             )
         }
     }
-    let fork_us = started.elapsed().as_micros() as u64;
+    let fork = ForkCost {
+        stall_us: started.elapsed().as_micros() as u64,
+        estimate_us,
+    };
     if pid < 0 {
         let error = std::io::Error::last_os_error().to_string();
         WALKING.store(false, Ordering::Release);
         return Err(WalkError::Start(error));
     }
+    *LAST_FORK.lock().unwrap_or_else(|p| p.into_inner()) = Some(ForkSeen {
+        private_pages: pages,
+        cpu_us: thread_cpu_us().saturating_sub(cpu_before_us),
+    });
     Ok(Walk {
         pid: Some(pid as libc::pid_t),
         vms: vms.map(|l| l.map(|l| l as usize)),
         stopped: None,
         pipe: read,
         started,
-        fork_us,
+        fork,
     })
 }
 
 impl Walk {
     /// Waits (off the loop) for the child's walks, at most until the
     /// deadline; reaps the child.
-    pub fn finish(mut self) -> Result<(Walks, u64), WalkError> {
+    pub fn finish(mut self) -> Result<(Walks, ForkCost), WalkError> {
         let (out, ended) = self.read_pipe();
         let status = self.reap(!ended);
         if self.stopped == Some(TIMED_OUT) {
@@ -300,7 +357,7 @@ impl Walk {
         }
         let text = String::from_utf8_lossy(&out);
         match crate::analysis::lua_walk::parse_walks(&text) {
-            Some(walks) => Ok((walks, self.fork_us)),
+            Some(walks) => Ok((walks, self.fork)),
             None => Err(WalkError::Ended(match self.stopped {
                 Some(why) => format!("the child was stopped: {why}"),
                 None => describe_status(status),
@@ -1344,7 +1401,7 @@ static PREVIOUS: std::sync::Mutex<[Option<(VmWalk, Instant, usize)>; 2]> =
 pub fn outcome(walk: Walk) -> Result<WalkOutcome, WalkError> {
     // Ages run from fork to fork: both walks saw the heap as it was then.
     let (forked_at, vms) = (walk.started, walk.vms);
-    let (mut walks, fork_us) = walk.finish()?;
+    let (mut walks, fork) = walk.finish()?;
     for o in walks
         .iter_mut()
         .flatten()
@@ -1369,7 +1426,7 @@ pub fn outcome(walk: Walk) -> Result<WalkOutcome, WalkError> {
     Ok(WalkOutcome {
         walks,
         previous,
-        fork_us,
+        fork,
     })
 }
 

@@ -53,7 +53,7 @@ pub(super) fn zone_tag() -> *mut c_void {
     addr_of_mut!(ngx_http_memory_status_module).cast::<c_void>()
 }
 
-static mut NGX_HTTP_MEMORY_STATUS_COMMANDS: [ngx_command_t; 6] = [
+static mut NGX_HTTP_MEMORY_STATUS_COMMANDS: [ngx_command_t; 7] = [
     ngx_command_t {
         name: ngx_string!("memory_status"),
         type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
@@ -91,6 +91,14 @@ static mut NGX_HTTP_MEMORY_STATUS_COMMANDS: [ngx_command_t; 6] = [
         name: ngx_string!("memory_status_lua_walk_history"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
         set: Some(directives::set_memory_status_lua_walk_history),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: std::ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("memory_status_lua_walk_max_stall"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(directives::set_memory_status_lua_walk_max_stall),
         conf: NGX_HTTP_MAIN_CONF_OFFSET,
         offset: 0,
         post: std::ptr::null_mut(),

@@ -129,7 +129,7 @@ pub fn answer_now(
     if let Some(error) = error {
         part.add_error(error);
     }
-    if walk_asked {
+    if walk_asked.is_some() {
         let reason = crate::analysis::lua_walk::WalkError::NeedsThread.to_string();
         part.add_error(SourceError::new("lua.largest", reason));
     }
@@ -195,7 +195,14 @@ fn join_walk(a: &mut Answers, waiting: Waiting) -> Option<Waiting> {
         return Some(waiting);
     };
     let ask = waiting.ask;
-    if !ask.measuring.lua_largest || running.measuring != ask.measuring {
+    // The running walk's fork is made: a request's own bound no longer matters.
+    let walk_alike = |m: Measuring| Measuring {
+        lua_largest: m.lua_largest.map(|_| 0),
+        ..m
+    };
+    if ask.measuring.lua_largest.is_none()
+        || walk_alike(running.measuring) != walk_alike(ask.measuring)
+    {
         return Some(waiting);
     }
     match running.renderings.iter().position(|&x| x == ask.rendering) {

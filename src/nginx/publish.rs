@@ -55,9 +55,10 @@ extern "C" fn on_timer(ev: *mut ngx_event_t) {
         let mark = crate::alloc_guard::failures();
         // The Lua walk's child is waited for off the loop only.
         // A tick while a walk runs keeps no kinds: one child at a time.
-        let walk = super::conf::running_conf().is_some_and(|c| c.lua_walk_history())
-            && !super::lua_walk::walking()
-            && offloop::thread_available();
+        let walk = super::conf::running_conf()
+            .filter(|c| c.lua_walk_history())
+            .map(|c| c.lua_walk_max_stall_us())
+            .filter(|_| !super::lua_walk::walking() && offloop::thread_available());
         let measuring = collect::Measuring {
             lua_largest: walk,
             ..Default::default()
@@ -82,7 +83,7 @@ extern "C" fn on_timer(ev: *mut ngx_event_t) {
             // No thread: measured here, as an answer would be; never with a
             // walk, whose child would be waited for on the loop.
             let (work, done) = *back;
-            if !walk {
+            if walk.is_none() {
                 done(work());
             }
         }
