@@ -133,6 +133,11 @@ http {
                     local ffi = require "ffi"
                     buffers = buffers or {}
                     buffers[#buffers + 1] = ffi.gc(ffi.new("char[?]", n), function() end)
+                elseif what == "malloc" then
+                    local ffi = require "ffi"
+                    pcall(ffi.cdef, "void *malloc(size_t); void free(void *);")
+                    held = held or {}
+                    for i = 1, n do held[#held + 1] = ffi.gc(ffi.C.malloc(64), ffi.C.free) end
                 end
                 collectgarbage("collect")
                 local after = collectgarbage("count")
@@ -202,6 +207,7 @@ EOF
     my $upvalue = $put->('upvalue', 10000);
     my $by_id = $put->('by_id', 20000);
     my $cdata = $put->('cdata', 2_000_000);
+    $put->('malloc', 1000);
     chomp(my $lru = $t->get($port, '/lru')->{content});
     is($t->get($port, '/ctx')->{content}, "ok\n", "$label: a timer holds a request's ngx.ctx");
 
@@ -233,6 +239,14 @@ EOF
     $o = find_object($l->{cdata}, qr/^_G\.buffers\[1\]$/);
     ok($o, "$label: cdata with a finalizer that never runs: _G.buffers[1]") or diag explain $l->{cdata};
     within($o->{own_bytes}, $cdata, "$label: the cdata's bytes");
+    my ($f) = grep { $_->{finalizer} =~ /^function at content_by_lua\(nginx\.conf:\d+\):\d+$/ } @{ $l->{cdata_finalizers} };
+    ok($f, "$label: cdata by finalizer: the Lua function by its chunk and line") or diag explain $l->{cdata_finalizers};
+    is($f->{count}, 1, "$label: that finalizer has its one cdata");
+    within($f->{bytes}, $cdata, "$label: that finalizer's cdata bytes");
+    # dladdr names glibc's free by one of its aliases.
+    ($f) = grep { $_->{finalizer} =~ /^(?:__libc_)?c?free$/ } @{ $l->{cdata_finalizers} };
+    ok($f, "$label: cdata by finalizer: ffi.C.free by its symbol (" . ($f ? $f->{finalizer} : "none") . ")") or diag explain $l->{cdata_finalizers};
+    is_deeply([$f->{count}, $f->{reached}], [1000, 1000], "$label: free has its 1000 cdata, all reached from the roots");
 
     $o = find_object($l->{tables}, qr/^package\.loaded\["app\.lru"\]\.set > upvalue "lru" of function at \Q$prefix\E\/lua\/app\/lru\.lua:4$/);
     ok($o, "$label: an lrucache instance past its intended size, by its upvalue")
@@ -427,7 +441,7 @@ EOF
     cmp_ok($l->{fork_us} // 0, '>', 0, 'stall bound: and the stall measured');
     diag("stall bound: $private_mib MiB private, fork estimated $l->{fork_estimate_us} us, held the loop $l->{fork_us} us") if $l;
     ($j) = $t->get_json($port, '/memory_status?lua_largest=1');
-    ok(!exists $j->{lua}{http}{largest}, 'stall bound: the next walk is estimated from that fork, still over');
+    ok(!exists $j->{lua}{http}{largest}, 'stall bound: the next walk, estimated with that fork, is still over');
     for my $bad (['max_stall=0ms&lua_largest=1', 'max_stall'], ['max_stall=5ms', 'max_stall= needs lua_largest=1']) {
         my $r = $t->get($port, "/memory_status?$bad->[0]");
         is($r->{status}, 400, "stall bound: $bad->[0] is 400");

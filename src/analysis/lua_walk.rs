@@ -11,13 +11,16 @@
 //! walk WALKED TRUNCATED(0|1) ELAPSED_US
 //! type KIND COUNT BYTES
 //! object KIND OWN_BYTES RETAINED_BYTES ENTRIES PATH
+//! finalizer COUNT REACHED BYTES NAME
 //! end
 //! done
 //! ```
 
 use std::fmt::Write;
 
-use crate::model::lua::{GrownPath, LuaGrowth, LuaLargest, LuaObject, TypeCount, TypeGrowth};
+use crate::model::lua::{
+    CdataFinalizer, GrownPath, LuaGrowth, LuaLargest, LuaObject, TypeCount, TypeGrowth,
+};
 
 pub use crate::model::lua::WALK_KINDS;
 pub const TABLE: usize = 0;
@@ -55,7 +58,25 @@ pub struct VmWalk {
     pub types: [(u64, u64); 6],
     /// The largest of each kind, largest first within a kind.
     pub objects: Vec<WalkedObject>,
+    /// The cdata waiting on a finalizer (`ffi.gc`), by finalizer, most
+    /// bytes first.
+    pub finalizers: Vec<FinalizerGroup>,
 }
+
+/// The cdata that one finalizer will free (a Lua function by its chunk and
+/// line, a C function by its symbol).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinalizerGroup {
+    pub count: u64,
+    /// Those of them the walk reached from the roots (the rest are garbage
+    /// the collector has not finalized yet).
+    pub reached: u64,
+    pub bytes: u64,
+    pub name: String,
+}
+
+/// How many finalizers the child sends and an answer lists.
+pub const LISTED_FINALIZERS: usize = 20;
 
 /// Both VMs' walks: index 0 the http VM's, 1 the stream VM's.
 pub type Walks = [Option<VmWalk>; 2];
@@ -78,6 +99,13 @@ pub fn write_walks(walks: &Walks, out: &mut String) {
                 out,
                 "object {} {} {} {} {}",
                 WALK_KINDS[o.kind], o.own_bytes, o.retained_bytes, o.entries, o.path
+            );
+        }
+        for f in &w.finalizers {
+            let _ = writeln!(
+                out,
+                "finalizer {} {} {} {}",
+                f.count, f.reached, f.bytes, f.name
             );
         }
         out.push_str("end\n");
@@ -113,6 +141,7 @@ pub fn parse_walks(text: &str) -> Option<Walks> {
                 w.types[kind_index(kind)?] = (count, bytes);
             }
             ("object", Some((_, w))) => w.objects.push(parse_object(rest)?),
+            ("finalizer", Some((_, w))) => w.finalizers.push(parse_finalizer(rest)?),
             ("end", Some(_)) => {
                 let (vm, w) = current.take()?;
                 walks[vm] = Some(w);
@@ -168,6 +197,18 @@ fn parse_object(rest: &str) -> Option<WalkedObject> {
     })
 }
 
+fn parse_finalizer(text: &str) -> Option<FinalizerGroup> {
+    let mut words = text.splitn(4, ' ');
+    let mut number = || words.next()?.parse::<u64>().ok();
+    let (count, reached, bytes) = (number()?, number()?, number()?);
+    Some(FinalizerGroup {
+        count,
+        reached,
+        bytes,
+        name: words.next()?.to_string(),
+    })
+}
+
 /// The answer's view of one walk: totals by kind and the largest of each.
 pub fn largest(walk: &VmWalk, fork: ForkCost) -> LuaLargest {
     let listed = |kind: usize| -> Vec<LuaObject> {
@@ -189,6 +230,17 @@ pub fn largest(walk: &VmWalk, fork: ForkCost) -> LuaLargest {
         elapsed_us: walk.elapsed_us,
         fork_us: fork.stall_us,
         fork_estimate_us: fork.estimate_us,
+        cdata_finalizers: walk
+            .finalizers
+            .iter()
+            .take(LISTED_FINALIZERS)
+            .map(|f| CdataFinalizer {
+                finalizer: f.name.clone(),
+                count: f.count,
+                reached: f.reached,
+                bytes: f.bytes,
+            })
+            .collect(),
         bytes: walk.types.iter().map(|t| t.1).sum(),
         types: WALK_KINDS
             .iter()
@@ -317,26 +369,45 @@ pub const DEFAULT_MAX_STALL_US: u64 = 5_000;
 /// The most either may allow.
 pub const MAX_STALL_LIMIT_US: u64 = 10_000_000;
 
-/// A fork this worker made: its private resident pages then, and the loop
-/// thread's CPU time in it (the kernel's copy of their page-table entries;
-/// CPU time, so that being preempted meanwhile does not count).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ForkSeen {
-    pub private_pages: u64,
-    pub cpu_us: u64,
+/// This worker's recent forks, by their cost per private resident page (the
+/// kernel copies one page-table entry per such page), in nanoseconds of the
+/// loop thread's CPU time (CPU time: being preempted meanwhile does not
+/// count).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkRates {
+    recent_ns_per_page: [u64; 4],
+    len: usize,
+    next: usize,
 }
 
-/// How long a fork would hold the loop: the kernel copies one page-table
-/// entry per private resident page, so the last fork's time scaled by the
-/// pages now (its fixed part scales too, the safe side as the heap grows).
-pub fn fork_estimate_us(private_pages: u64, last: Option<ForkSeen>) -> u64 {
-    let scaled = match last {
-        Some(seen) if seen.private_pages > 0 => {
-            u128::from(seen.cpu_us) * u128::from(private_pages) / u128::from(seen.private_pages)
+impl ForkRates {
+    pub const fn new() -> ForkRates {
+        ForkRates {
+            recent_ns_per_page: [0; 4],
+            len: 0,
+            next: 0,
         }
-        _ => u128::from(private_pages) * u128::from(DEFAULT_FORK_NS_PER_PAGE) / 1000,
-    };
-    u64::try_from(scaled).unwrap_or(u64::MAX)
+    }
+
+    /// Keeps a fork's cost.
+    pub fn record(&mut self, private_pages: u64, cpu_us: u64) {
+        let rate = cpu_us.saturating_mul(1000) / private_pages.max(1);
+        self.recent_ns_per_page[self.next] = rate;
+        self.next = (self.next + 1) % self.recent_ns_per_page.len();
+        self.len = (self.len + 1).min(self.recent_ns_per_page.len());
+    }
+
+    /// How long a fork would hold the loop now: the lower median of the
+    /// recent rates and the default one, so that one slow fork (or one fast)
+    /// does not decide alone, and two that agree do.
+    pub fn estimate_us(&self, private_pages: u64) -> u64 {
+        let mut rates = [DEFAULT_FORK_NS_PER_PAGE; 5];
+        rates[1..=self.len].copy_from_slice(&self.recent_ns_per_page[..self.len]);
+        let rates = &mut rates[..=self.len];
+        rates.sort_unstable();
+        let rate = rates[(rates.len() - 1) / 2];
+        private_pages.saturating_mul(rate) / 1000
+    }
 }
 
 /// Microseconds as milliseconds with one decimal, as the errors say them.
@@ -507,6 +578,20 @@ mod tests {
                     path: "_G.big".into(),
                 },
             ],
+            finalizers: vec![
+                FinalizerGroup {
+                    count: 3,
+                    reached: 2,
+                    bytes: 3000,
+                    name: "function at app/buf.lua:7".into(),
+                },
+                FinalizerGroup {
+                    count: 1,
+                    reached: 1,
+                    bytes: 8,
+                    name: "free".into(),
+                },
+            ],
         }
     }
 
@@ -561,6 +646,7 @@ mod tests {
         assert_eq!(parse_walks(&text[..text.len() / 2]), None);
         assert_eq!(parse_walks("vm 2\nend\ndone\n"), None);
         assert_eq!(parse_walks("object table 1 2 3 x\ndone\n"), None);
+        assert_eq!(parse_walks("vm 0\nfinalizer 1 x 3 f\nend\ndone\n"), None);
         assert_eq!(parse_walks(&format!("{text}vm 0\n")), None);
     }
 
@@ -634,28 +720,33 @@ mod tests {
         assert_eq!(l.strings[0].entries, None);
         assert_eq!(l.bytes, 5000 + 90000 + 2000 + 48 + 300);
         assert_eq!(l.types["string"].count, 900);
+        assert_eq!(l.cdata_finalizers.len(), 2);
+        assert_eq!(l.cdata_finalizers[0].finalizer, "function at app/buf.lua:7");
+        assert_eq!(
+            (l.cdata_finalizers[0].count, l.cdata_finalizers[0].reached),
+            (3, 2)
+        );
     }
 
     #[test]
-    fn fork_estimate_scales_the_last_fork() {
+    fn fork_estimate_from_recent_forks() {
+        let mut rates = ForkRates::new();
         // 1 GiB of 4 KiB pages before any fork: 100 ns each.
-        assert_eq!(fork_estimate_us(262_144, None), 26_214);
-        let seen = ForkSeen {
-            private_pages: 25_600,
-            cpu_us: 1_000,
-        };
-        assert_eq!(fork_estimate_us(256_000, Some(seen)), 10_000);
-        assert_eq!(fork_estimate_us(12_800, Some(seen)), 500);
-        let empty = ForkSeen {
-            private_pages: 0,
-            cpu_us: 9,
-        };
-        assert_eq!(fork_estimate_us(10, Some(empty)), 1);
-        let huge = ForkSeen {
-            private_pages: 1,
-            cpu_us: u64::MAX,
-        };
-        assert_eq!(fork_estimate_us(u64::MAX, Some(huge)), u64::MAX);
+        assert_eq!(rates.estimate_us(262_144), 26_214);
+        // One slow fork does not decide alone (the lower of it and the default)...
+        rates.record(25_600, 10_000);
+        assert_eq!(rates.estimate_us(262_144), 26_214);
+        // ...two that agree do.
+        rates.record(51_200, 20_000);
+        assert_eq!(rates.estimate_us(262_144), 102_236);
+        // Faster forks bring it down again.
+        for _ in 0..3 {
+            rates.record(100_000, 2_000);
+        }
+        assert_eq!(rates.estimate_us(262_144), 5_242);
+        assert_eq!(rates.estimate_us(u64::MAX), u64::MAX / 1000);
+        rates.record(0, u64::MAX);
+        assert!(rates.estimate_us(10) <= 10 * 400 / 1000 + 1);
     }
 
     #[test]

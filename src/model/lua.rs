@@ -71,6 +71,21 @@ pub struct LuaLargest {
     pub userdata: Vec<LuaObject>,
     pub threads: Vec<LuaObject>,
     pub cdata: Vec<LuaObject>,
+    /// The cdata waiting on each finalizer (`ffi.gc`), most bytes first.
+    pub cdata_finalizers: Vec<CdataFinalizer>,
+}
+
+/// The cdata one finalizer will free.
+#[derive(Debug, Clone, Serialize)]
+pub struct CdataFinalizer {
+    /// `function at chunk:line` (every closure of that code), a C function's
+    /// symbol, or `a C function`.
+    pub finalizer: String,
+    pub count: u64,
+    /// Those the walk reached from the roots; the rest are garbage not yet
+    /// finalized.
+    pub reached: u64,
+    pub bytes: u64,
 }
 
 impl LuaLargest {

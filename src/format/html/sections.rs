@@ -209,6 +209,21 @@ fn lua_largest(h: &mut String, name: &str, l: &LuaLargest) {
         }
     }
     h.push_str("</table>");
+    if l.cdata_finalizers.is_empty() {
+        return;
+    }
+    h.push_str("<h3>cdata by finalizer</h3><table><tr><th>finalizer</th><th>cdata</th><th>reached</th><th>bytes</th></tr>");
+    for f in &l.cdata_finalizers {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            esc(&f.finalizer),
+            f.count,
+            f.reached,
+            size(f.bytes)
+        );
+    }
+    h.push_str("</table>");
 }
 
 /// What grew in a VM since this worker's previous walk.

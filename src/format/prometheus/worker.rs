@@ -269,6 +269,15 @@ fn lua_largest(m: &mut Metrics, vm: &str, l: &LuaLargest, growth: Option<&LuaGro
             );
         }
     }
+    for f in l.cdata_finalizers.iter().take(LARGEST_SERIES_PER_KIND) {
+        let fl: &[(&str, &str)] = &[("vm", vm), ("finalizer", &f.finalizer)];
+        m.gauge(
+            "lua_cdata_finalizer_bytes",
+            "Bytes of the cdata waiting on a finalizer (ffi.gc), by finalizer (lua_largest=1).",
+            fl,
+            f.bytes,
+        );
+    }
     let Some(g) = growth else { return };
     for p in g.paths.iter().take(LARGEST_TABLE_SERIES) {
         let pl: &[(&str, &str)] = &[("vm", vm), ("kind", p.kind), ("path", &p.path)];
