@@ -1,7 +1,8 @@
 #!/usr/bin/perl
 
 # Which Lua table is leaking (?lua_largest=1): known leaks, each found by its
-# path from the roots, its size within 10% of the bytes the test put there
+# path from the roots (also a request's ngx.ctx and a light thread's local
+# while the request is in flight, and cdata by their finalizer), its size within 10% of the bytes the test put there
 # (collectgarbage("count") after a full collection, before and after each
 # insertion), and
 # the growth between two looks within 10% of what the test added between
@@ -189,6 +190,19 @@ http {
                 ngx.say(ok and "ok" or err)
             }
         }
+        # A request in flight: its ngx.ctx, and a light thread's local.
+        location = /inflight {
+            content_by_lua_block {
+                ngx.ctx.inflight = string.rep("i", 199992) .. string.format("%08d", ngx.now() * 1000 % 1e8)
+                local th = ngx.thread.spawn(function()
+                    local spawned = { string.rep("t", 299992) .. string.format("%08d", ngx.now() * 1000 % 1e8) }
+                    ngx.sleep(5)
+                    return #spawned
+                end)
+                ngx.sleep(5)
+                ngx.say(select(2, ngx.thread.wait(th)))
+            }
+        }
     }
 }
 EOF
@@ -319,6 +333,19 @@ EOF
     is(scalar @twice, 0, "$label: Prometheus: no series twice") or diag explain \@twice;
     like($t->get($port, '/memory_status?lua_largest=1&format=text')->{content}, qr/^Largest Lua tables \(http VM, \d+ objects reached\)\n(  .*\n)*  +\S+ \S+  _G\.pad$/m,
         "$label: text: the largest tables");
+
+    # A request in flight, asleep: its ngx.ctx and its light thread's local.
+    my $inflight = NginxTest::send_request($port, '/inflight');
+    select undef, undef, undef, 0.5;
+    my ($fl) = $t->get_json($port, '/memory_status?lua_largest=1');
+    my $tables = $fl->{lua}{http}{largest}{tables};
+    my $o = find_object($tables, qr/^registry(?:\.ngx_lua_ctx_tables|\[ngx_http_lua_ctx_tables_key\])\[\d+\]$/);
+    ok($o, "$label: the ngx.ctx of a request in flight, by its ctx table") or diag explain [map { $_->{path} } @{ $tables // [] }];
+    within($o->{retained_bytes}, 200_000, "$label: that ngx.ctx retained");
+    $o = find_object($tables, qr/^registry\[ngx_http_lua_coroutines_key\]\[\d+\] > local "spawned" of function at content_by_lua\(nginx\.conf:\d+\):3$/);
+    ok($o, "$label: a light thread's local, by its coroutine and name") or diag explain [map { $_->{path} } @{ $tables // [] }];
+    within($o->{retained_bytes}, 300_000, "$label: that local retained");
+    NginxTest::read_reply($inflight);
 
     # Bad input, and walks asked together.
     is($t->get($port, '/memory_status?lua_largest=2')->{status}, 400, "$label: lua_largest=2 is refused");
