@@ -54,7 +54,8 @@ pub struct Context {
 /// A stretch as last walked.
 struct Walk {
     stretch: (u64, u64),
-    /// Every word the walk read.
+    /// Every word the walk read, by address (sorted once, when the walk is
+    /// made: each later answer reads them again in that order).
     words: Vec<Word>,
     /// Pages the walk found absent (a header it did not read).
     absent: Vec<u64>,
@@ -179,6 +180,7 @@ fn walk(stretch: (u64, u64), strings: bool) -> Option<Walk> {
         walk.strings.try_push(string).ok()?;
         at += len;
     }
+    walk.words.sort_unstable_by_key(|w| w.addr);
     Some(walk)
 }
 
@@ -261,13 +263,11 @@ fn holds_string(at: u64, walk: &mut Walk) -> Option<bool> {
 /// so a span costs what a word would): a word another thread released gives
 /// `false`, not a fault. `false` too when memory is short.
 fn same_words(words: &[Word]) -> bool {
-    let mut sorted: Vec<Word> = Vec::new();
-    if sorted.try_reserve_exact(words.len()).is_err() {
+    // Sorted when the walk was made; a walk whose words are not is not kept.
+    if words.windows(2).any(|p| p[0].addr > p[1].addr) {
         return false;
     }
-    sorted.extend_from_slice(words);
-    sorted.sort_unstable_by_key(|w| w.addr);
-    let mut rest = &sorted[..];
+    let mut rest = words;
     while !rest.is_empty() {
         let (spans, taken) = spans_of(rest);
         if !spans_read_the_same(&rest[..taken], &spans) {
