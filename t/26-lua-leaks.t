@@ -479,6 +479,9 @@ EOF
     my ($h) = grep { $_->{pid} == $worker } @{ $j->{history}{processes} };
     cmp_ok(scalar @{ $h->{samples} // [] }, '>=', 2, 'stall bound: the history samples');
     ok(!grep({ $_->{lua_http_kind_bytes} } @{ $h->{samples} // [] }), 'stall bound: the history walks nothing over the bound');
+    my ($he) = grep { $_->{source} eq 'history.lua_http_kind_bytes' } @{ $j->{errors} };
+    like($he->{error} // '', qr/^the history's last walk gave no kinds: the walk's fork would hold the event loop about [\d.]+ ms/,
+        'stall bound: the answer says why the history has no kinds') or diag explain $j->{errors};
     my @children = grep { (NginxTest::parent_of($_) // 0) == $worker } map { m{^/proc/(\d+)$} ? $1 : () } glob '/proc/[0-9]*';
     is(scalar @children, 0, 'stall bound: no child left');
     unlike($t->error_log, qr/\[alert\]|\[crit\]/, 'stall bound: no alert in error.log');

@@ -87,6 +87,7 @@ pub fn begin(measuring: Measuring) -> (LoopPart, Job) {
     let lua_walk = lua_largest.and_then(start_walk);
     let registry = registry::read(super::clock::now_ms());
     let mut errors = Vec::new();
+    history_walk_error(&mut errors);
     let (processes, own_walk) = processes_to_read(registry.as_ref(), &mut errors);
     let job = Job {
         depth,
@@ -353,6 +354,9 @@ pub struct Finished {
     pub samples: Option<(Sample, ZonesSample)>,
     /// One per rendering asked, in order.
     pub bodies: Vec<Vec<u8>>,
+    /// The timer's walk of the Lua heap, when it asked one: `Err` with why
+    /// it was not made or did not finish.
+    pub history_walk: Option<Result<(), String>>,
 }
 
 impl Finished {
@@ -360,7 +364,34 @@ impl Finished {
         summary: None,
         samples: None,
         bodies: Vec::new(),
+        history_walk: None,
     };
+}
+
+/// Why the timer's last walk of the Lua heap gave no kinds, if it did not
+/// (loop thread only: set when a summary is published, read by each
+/// answer's loop part).
+static HISTORY_WALK_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// With `memory_status_lua_walk_history on`: why the timer's last walk gave
+/// no kinds to the history, if it did not.
+fn history_walk_error(errors: &mut Vec<SourceError>) {
+    if !super::conf::running_conf().is_some_and(|c| c.lua_walk_history()) {
+        return;
+    }
+    if let Some(reason) = &*HISTORY_WALK_ERROR.lock().unwrap_or_else(|p| p.into_inner()) {
+        errors.push(SourceError::new(
+            "history.lua_http_kind_bytes",
+            format!("the history's last walk gave no kinds: {reason}"),
+        ));
+    }
+}
+
+/// Keeps how the timer's walk went, for the answers to say.
+pub fn note_history_walk(walk: &Option<Result<(), String>>) {
+    if let Some(result) = walk {
+        *HISTORY_WALK_ERROR.lock().unwrap_or_else(|p| p.into_inner()) = result.clone().err();
+    }
 }
 
 /// An answer's whole work off the loop: measured, assembled, and rendered
@@ -384,6 +415,7 @@ pub fn answer_work(part: LoopPart, job: Job, renderings: &[Rendering]) -> Finish
         summary: Some(summary),
         samples: None,
         bodies,
+        history_walk: None,
     }
 }
 
@@ -391,6 +423,7 @@ pub fn answer_work(part: LoopPart, job: Job, renderings: &[Rendering]) -> Finish
 /// samples, nothing rendered.
 pub fn summary_work(part: LoopPart, job: Job) -> Finished {
     let mark = part.alloc_failures_at_begin;
+    let walk_asked = job.lua_walk.is_some();
     let measured = job.measure();
     if crate::alloc_guard::failures() != mark {
         return Finished::FAILED;
@@ -406,10 +439,16 @@ pub fn summary_work(part: LoopPart, job: Job) -> Finished {
     if crate::alloc_guard::failures() != mark {
         return Finished::FAILED;
     }
+    let walk_error = report
+        .errors
+        .iter()
+        .find(|e| e.source == "lua.http.largest")
+        .map(|e| e.error.clone());
     Finished {
         summary: Some(summary),
         samples: Some((sample, zones)),
         bodies: Vec::new(),
+        history_walk: walk_asked.then(|| walk_error.map_or(Ok(()), Err)),
     }
 }
 

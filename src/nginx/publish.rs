@@ -77,6 +77,7 @@ extern "C" fn on_timer(ev: *mut ngx_event_t) {
                 return out_of_memory();
             }
             offloop::publish(&finished, mark);
+            collect::note_history_walk(&finished.history_walk);
             super::history::record_summary(sample, zones);
         });
         if let Err(back) = offloop::submit_background(work, done) {
