@@ -118,21 +118,44 @@ pub(super) extern "C" fn set_memory_status_interval(
     if main.interval_ms.is_some() {
         return c"is duplicate".as_ptr().cast_mut();
     }
-    // SAFETY: `cf->args` holds the directive and its one argument (NGX_CONF_TAKE1).
+    // SAFETY: nginx calls the handler with its configuration and the directive's one argument.
+    let Some(ms) = (unsafe {
+        time_argument(cf, "memory_status_interval", "a time of 1s or more", |ms| {
+            ms >= MIN_INTERVAL_MS
+        })
+    }) else {
+        return NGX_CONF_ERROR;
+    };
+    main.interval_ms = Some(ms);
+    NGX_CONF_OK
+}
+
+/// The directive's one argument as nginx's time in milliseconds, when
+/// `accepted` takes it; else an `[emerg]` saying what it `must` be.
+///
+/// # Safety
+/// `cf` is nginx's configuration being parsed, its `args` the directive and
+/// its one argument (NGX_CONF_TAKE1).
+unsafe fn time_argument(
+    cf: *mut ngx_conf_t,
+    name: &str,
+    must: &str,
+    accepted: impl Fn(u64) -> bool,
+) -> Option<u64> {
+    // SAFETY: the caller's contract.
     let args: &mut [ngx_str_t] = unsafe { (*(*cf).args).as_slice_mut() };
     // SAFETY: nginx's own time parser over the argument.
     let ms = unsafe { ngx_parse_time(&mut args[1], 0) };
-    if ms == NGX_ERROR as ngx_int_t || (ms as u64) < MIN_INTERVAL_MS {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "invalid value \"{}\" in \"memory_status_interval\" directive, it must be a time of 1s or more",
-            String::from_utf8_lossy(args[1].as_bytes())
-        );
-        return NGX_CONF_ERROR;
+    if ms != NGX_ERROR as ngx_int_t && ms >= 0 && accepted(ms as u64) {
+        return Some(ms as u64);
     }
-    main.interval_ms = Some(ms as u64);
-    NGX_CONF_OK
+    ngx_conf_log_error!(
+        NGX_LOG_EMERG,
+        cf,
+        "invalid value \"{}\" in \"{name}\" directive, it must be {must}",
+        String::from_utf8_lossy(args[1].as_bytes())
+    );
+    None
 }
 
 /// `memory_status_lua_walk_history on|off;`: whether each history sample
@@ -177,21 +200,16 @@ pub(super) extern "C" fn set_memory_status_lua_walk_max_stall(
     if main.lua_walk_max_stall_us.is_some() {
         return c"is duplicate".as_ptr().cast_mut();
     }
-    // SAFETY: `cf->args` holds the directive and its one argument (NGX_CONF_TAKE1).
-    let args: &mut [ngx_str_t] = unsafe { (*(*cf).args).as_slice_mut() };
-    // SAFETY: nginx's own time parser over the argument.
-    let ms = unsafe { ngx_parse_time(&mut args[1], 0) };
-    let us = (ms as u64).saturating_mul(1000);
-    if ms == NGX_ERROR as ngx_int_t || !(1000..=MAX_STALL_LIMIT_US).contains(&us) {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "invalid value \"{}\" in \"memory_status_lua_walk_max_stall\" directive, it must be a time from 1ms to 10s",
-            String::from_utf8_lossy(args[1].as_bytes())
-        );
+    let name = "memory_status_lua_walk_max_stall";
+    // SAFETY: nginx calls the handler with its configuration and the directive's one argument.
+    let Some(ms) = (unsafe {
+        time_argument(cf, name, "a time from 1ms to 10s", |ms| {
+            (1..=MAX_STALL_LIMIT_US / 1000).contains(&ms)
+        })
+    }) else {
         return NGX_CONF_ERROR;
-    }
-    main.lua_walk_max_stall_us = Some(us);
+    };
+    main.lua_walk_max_stall_us = Some(ms * 1000);
     NGX_CONF_OK
 }
 
