@@ -139,6 +139,20 @@ http {
                     pcall(ffi.cdef, "void *malloc(size_t); void free(void *);")
                     held = held or {}
                     for i = 1, n do held[#held + 1] = ffi.gc(ffi.C.malloc(64), ffi.C.free) end
+                elseif what == "finalizers" then
+                    -- n finalizers of distinct code, two C pointers of no
+                    -- symbol, and a callable table.
+                    local ffi = require "ffi"
+                    odd = odd or {}
+                    for i = 1, n do
+                        local f = loadstring("return function(p) local x = " .. i .. " end", "=gen" .. i)()
+                        odd[#odd + 1] = ffi.gc(ffi.new("char[?]", 100), f)
+                    end
+                    for _, p in ipairs({ 0x1234, 0x5678 }) do
+                        odd[#odd + 1] = ffi.gc(ffi.new("char[?]", 100), ffi.cast("void (*)(void *)", p))
+                    end
+                    local callable = setmetatable({}, { __call = function() end })
+                    for i = 1, 30 do odd[#odd + 1] = ffi.gc(ffi.new("char[?]", 32), callable) end
                 end
                 collectgarbage("collect")
                 local after = collectgarbage("count")
@@ -309,9 +323,12 @@ EOF
     my $html = $t->get($port, '/memory_status?lua_largest=1&format=html')->{content};
     like($html, qr{<h3>Largest Lua objects of the http VM</h3>.*<td>table</td><td>_G\.blocks</td>}s, "$label: HTML: the largest objects, by path");
     like($html, qr{<h3>What grew in the http VM in \d+ s</h3>.*<td>_G\.blocks</td><td class="num">\+}s, "$label: HTML: what grew");
+    like($html, qr{<h3>cdata by finalizer</h3>.*<td>(?:__libc_)?c?free</td><td class="num">1000</td>}s, "$label: HTML: cdata by finalizer");
 
     # Shapes that once broke a walk, the application's code never run.
     is($t->get($port, '/odd')->{content}, "ok\n", "$label: odd shapes made");
+    # (Its bytes are not asked: the collection on the way frees earlier garbage.)
+    $t->get($port, '/leak?what=finalizers&n=300');
     my $calls = $t->get($port, '/require_calls')->{content};
     my ($odd) = $t->get_json($port, '/memory_status?lua_largest=1');
     my $ol = $odd->{lua}{http}{largest};
@@ -322,6 +339,13 @@ EOF
         or diag explain [map { $_->{path} } @{ $ol->{strings} }];
     is($t->get($port, '/require_calls')->{content}, $calls, "$label: the walk ran no require of the application's");
     ok((grep { $_->{path} =~ /^_G\.strong\[\d+\]\[1\]$/ } @{ $ol->{strings} }), "$label: strings held strongly are listed");
+    my $odd_finalizers = $ol->{cdata_finalizers};
+    my ($other) = grep { $_->{finalizer} eq 'other finalizers (past the first 256)' } @{ $odd_finalizers // [] };
+    ok($other && $other->{count} > 0, "$label: finalizers past the first 256 count together") or diag explain $odd_finalizers;
+    my @c = grep { $_->{finalizer} eq 'a C function' } @{ $odd_finalizers // [] };
+    is(scalar @c, 1, "$label: C functions of no symbol are one group") or diag explain $odd_finalizers;
+    my ($callable) = grep { $_->{finalizer} eq 'a table' } @{ $odd_finalizers // [] };
+    is($callable && $callable->{count}, 30, "$label: a callable table's cdata are counted") or diag explain $odd_finalizers;
     ok(!grep({ $_->{path} =~ /^_G\.weak\[/ } @{ $ol->{strings} }), "$label: those only a weak table holds are not")
         or diag explain [map { $_->{path} } @{ $ol->{strings} }];
     $t->get($port, '/gc_restart');

@@ -75,8 +75,27 @@ pub struct FinalizerGroup {
     pub name: String,
 }
 
-/// How many finalizers the child sends and an answer lists.
+/// How many finalizers an answer lists.
 pub const LISTED_FINALIZERS: usize = 20;
+
+/// Groups the same name joins into one (two C functions with no symbol, two
+/// chunks whose names and lines read the same), most bytes first: a name is
+/// a Prometheus label, one series each.
+pub fn merge_finalizers(groups: &mut Vec<FinalizerGroup>) {
+    let mut merged: Vec<FinalizerGroup> = Vec::with_capacity(groups.len());
+    for g in groups.drain(..) {
+        match merged.iter_mut().find(|m| m.name == g.name) {
+            Some(m) => {
+                m.count += g.count;
+                m.reached += g.reached;
+                m.bytes += g.bytes;
+            }
+            None => merged.push(g),
+        }
+    }
+    merged.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+    *groups = merged;
+}
 
 /// Both VMs' walks: index 0 the http VM's, 1 the stream VM's.
 pub type Walks = [Option<VmWalk>; 2];
@@ -380,6 +399,11 @@ pub struct ForkRates {
     next: usize,
 }
 
+/// Forks of fewer private pages than this teach no rate: their fixed cost
+/// (the process's mappings, its page-table pages) would weigh as if it grew
+/// with the heap (64 MiB of 4 KiB pages).
+pub const FORK_RATE_MIN_PAGES: u64 = 16_384;
+
 impl ForkRates {
     pub const fn new() -> ForkRates {
         ForkRates {
@@ -389,9 +413,12 @@ impl ForkRates {
         }
     }
 
-    /// Keeps a fork's cost.
+    /// Keeps a fork's cost (one of at least `FORK_RATE_MIN_PAGES`).
     pub fn record(&mut self, private_pages: u64, cpu_us: u64) {
-        let rate = cpu_us.saturating_mul(1000) / private_pages.max(1);
+        if private_pages < FORK_RATE_MIN_PAGES {
+            return;
+        }
+        let rate = cpu_us.saturating_mul(1000) / private_pages;
         self.recent_ns_per_page[self.next] = rate;
         self.next = (self.next + 1) % self.recent_ns_per_page.len();
         self.len = (self.len + 1).min(self.recent_ns_per_page.len());
@@ -745,8 +772,11 @@ mod tests {
         }
         assert_eq!(rates.estimate_us(262_144), 5_242);
         assert_eq!(rates.estimate_us(u64::MAX), u64::MAX / 1000);
+        // A small worker's fork (its fixed cost over few pages) teaches nothing.
+        let before = rates.clone();
+        rates.record(700, 300);
         rates.record(0, u64::MAX);
-        assert!(rates.estimate_us(10) <= 10 * 400 / 1000 + 1);
+        assert_eq!(rates, before);
     }
 
     #[test]
@@ -759,6 +789,26 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "the walk's fork would hold the event loop about 21.3 ms (it copies the page tables of 1049 MiB of private memory), over the 5.0 ms allowed: ask with max_stall=33ms, or raise memory_status_lua_walk_max_stall"
+        );
+    }
+
+    #[test]
+    fn finalizers_of_one_name_are_one_group() {
+        let g = |name: &str, count, bytes| FinalizerGroup {
+            count,
+            reached: count,
+            bytes,
+            name: name.into(),
+        };
+        let mut groups = vec![
+            g("a C function", 1, 10),
+            g("function at x.lua:1", 2, 50),
+            g("a C function", 3, 60),
+        ];
+        merge_finalizers(&mut groups);
+        assert_eq!(
+            groups,
+            vec![g("a C function", 4, 70), g("function at x.lua:1", 2, 50)]
         );
     }
 }

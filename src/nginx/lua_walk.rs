@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::analysis::lua_walk::{
-    push_string_key, replace_light_keys, write_walks, FinalizerGroup, ForkCost, ForkRates, VmWalk,
-    WalkError, WalkOutcome, WalkedObject, Walks, CDATA, FUNCTION, LISTED_FINALIZERS, SENT_PER_KIND,
+    merge_finalizers, push_string_key, replace_light_keys, write_walks, FinalizerGroup, ForkCost,
+    ForkRates, VmWalk, WalkError, WalkOutcome, WalkedObject, Walks, CDATA, FUNCTION, SENT_PER_KIND,
     STRING, TABLE, THREAD, USERDATA, WALK_KINDS,
 };
 use crate::sources::escape::escape;
@@ -227,8 +227,11 @@ pub struct Walk {
 /// (loop thread only).
 static FORK_RATES: std::sync::Mutex<ForkRates> = std::sync::Mutex::new(ForkRates::new());
 
-/// This process's private resident pages (resident less file and shmem, from
-/// `statm`): those whose page-table entries a fork copies one by one.
+/// This process's pages whose page-table entries a fork copies one by one:
+/// its private resident pages (resident less file and shmem, from `statm`),
+/// and those of its private writable file mappings (a fork copies a file
+/// mapping's entries once a page of it was written; counted whole, at most
+/// all file pages: `statm` does not tell them apart).
 fn private_pages() -> Result<u64, WalkError> {
     let unreadable = || {
         WalkError::Start(
@@ -238,7 +241,19 @@ fn private_pages() -> Result<u64, WalkError> {
     let text = crate::sources::procfs::read_proc_file("/proc/self/statm", 128)
         .map_err(|_| unreadable())?;
     let pages = crate::sources::procfs::parse_statm(&text).ok_or_else(unreadable)?;
-    Ok(pages.resident - pages.shared)
+    // SAFETY: sysconf has no precondition.
+    let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let file_private_bytes: u64 =
+        crate::sources::procfs::read_proc_file("/proc/self/maps", 64 << 10)
+            .map(|text| {
+                let (maps, _) = crate::sources::procfs::Mapping::parse_all(&text);
+                maps.iter()
+                    .filter(|m| m.write && !m.shared && m.inode != 0)
+                    .map(|m| m.size_bytes())
+                    .sum()
+            })
+            .unwrap_or(0);
+    Ok(pages.resident - pages.shared + (file_private_bytes / page_bytes).min(pages.shared))
 }
 
 /// The calling thread's CPU time, in microseconds.
@@ -762,16 +777,22 @@ unsafe fn finalizer_table(y: &Layout, l: L) -> Option<usize> {
     None
 }
 
-/// Who frees a group of cdata: a Lua function's code, or a C function.
+/// Who frees a group of cdata: a Lua function's code, a C function, another
+/// callable value by its kind, or one past the first `MAX_FINALIZERS`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Finalizer {
     Lua(*const c_char, c_int),
     CFunction,
     CPointer(usize),
+    Kind(&'static str),
+    Other,
 }
 
-/// Finalizers kept apart at most (the rest count as the last one's).
+/// Finalizers kept apart at most (the rest count together, as `Other`).
 const MAX_FINALIZERS: usize = 256;
+const TAG_NIL: u32 = !0;
+const TAG_TABLE: u32 = !11;
+const TAG_USERDATA: u32 = !12;
 
 /// How an object was reached from its parent.
 #[derive(Clone, Copy)]
@@ -1442,13 +1463,16 @@ impl Walker<'_> {
                 continue;
             };
             let payload = cdata + y.cdata_header_bytes;
+            let who = match groups.iter().any(|g| g.0 == who) {
+                false if groups.len() >= MAX_FINALIZERS => Finalizer::Other,
+                _ => who,
+            };
             let at = match groups.iter().position(|g| g.0 == who) {
                 Some(at) => at,
-                None if groups.len() < MAX_FINALIZERS => {
+                None => {
                     groups.push((who, FinalizerGroup::default()));
                     groups.len() - 1
                 }
-                None => groups.len() - 1,
             };
             let g = &mut groups[at].1;
             g.count += 1;
@@ -1458,7 +1482,6 @@ impl Walker<'_> {
             g.bytes += unsafe { cdata_bytes(y, payload) };
         }
         groups.sort_by_key(|g| std::cmp::Reverse(g.1.bytes));
-        groups.truncate(LISTED_FINALIZERS);
         for (who, g) in &mut groups {
             g.name = match *who {
                 Finalizer::Lua(source, line) => {
@@ -1472,6 +1495,8 @@ impl Walker<'_> {
                 }
                 Finalizer::CFunction => "a C function".into(),
                 Finalizer::CPointer(p) => format!("{C_FUNCTION_MARK}{p:x}"),
+                Finalizer::Kind(kind) => kind.into(),
+                Finalizer::Other => format!("other finalizers (past the first {MAX_FINALIZERS})"),
             };
         }
         groups.into_iter().map(|g| g.1).collect()
@@ -1507,7 +1532,12 @@ impl Walker<'_> {
                 }
             }
             TAG_FUNCTION => Some(Finalizer::CFunction),
-            _ => None,
+            // Removed by `ffi.gc(cdata, nil)`.
+            TAG_NIL => None,
+            // Any value LuaJIT can call: a table or userdata with `__call`.
+            TAG_TABLE => Some(Finalizer::Kind("a table")),
+            TAG_USERDATA => Some(Finalizer::Kind("a userdata")),
+            _ => Some(Finalizer::Kind("another value")),
         }
     }
 
@@ -1712,6 +1742,9 @@ pub fn outcome(walk: Walk) -> Result<WalkOutcome, WalkError> {
         .flat_map(|w| w.finalizers.iter_mut())
     {
         f.name = name_finalizer(&f.name);
+    }
+    for w in walks.iter_mut().flatten() {
+        merge_finalizers(&mut w.finalizers);
     }
     let mut kept = PREVIOUS.lock().unwrap_or_else(|p| p.into_inner());
     let previous = [0, 1].map(|vm| {
