@@ -139,20 +139,20 @@ http {
                     pcall(ffi.cdef, "void *malloc(size_t); void free(void *);")
                     held = held or {}
                     for i = 1, n do held[#held + 1] = ffi.gc(ffi.C.malloc(64), ffi.C.free) end
+                    -- Two C pointers of no symbol, and a callable table.
+                    for _, p in ipairs({ 0x1234, 0x5678 }) do
+                        held[#held + 1] = ffi.gc(ffi.new("char[?]", 100), ffi.cast("void (*)(void *)", p))
+                    end
+                    local callable = setmetatable({}, { __call = function() end })
+                    for i = 1, 30 do held[#held + 1] = ffi.gc(ffi.new("char[?]", 32), callable) end
                 elseif what == "finalizers" then
-                    -- n finalizers of distinct code, two C pointers of no
-                    -- symbol, and a callable table.
+                    -- n finalizers of distinct code.
                     local ffi = require "ffi"
                     odd = odd or {}
                     for i = 1, n do
                         local f = loadstring("return function(p) local x = " .. i .. " end", "=gen" .. i)()
                         odd[#odd + 1] = ffi.gc(ffi.new("char[?]", 100), f)
                     end
-                    for _, p in ipairs({ 0x1234, 0x5678 }) do
-                        odd[#odd + 1] = ffi.gc(ffi.new("char[?]", 100), ffi.cast("void (*)(void *)", p))
-                    end
-                    local callable = setmetatable({}, { __call = function() end })
-                    for i = 1, 30 do odd[#odd + 1] = ffi.gc(ffi.new("char[?]", 32), callable) end
                 end
                 collectgarbage("collect")
                 local after = collectgarbage("count")
@@ -275,6 +275,11 @@ EOF
     ($f) = grep { $_->{finalizer} =~ /^(?:__libc_)?c?free$/ } @{ $l->{cdata_finalizers} };
     ok($f, "$label: cdata by finalizer: ffi.C.free by its symbol (" . ($f ? $f->{finalizer} : "none") . ")") or diag explain $l->{cdata_finalizers};
     is_deeply([$f->{count}, $f->{reached}], [1000, 1000], "$label: free has its 1000 cdata, all reached from the roots");
+    my @c = grep { $_->{finalizer} eq 'a C function' } @{ $l->{cdata_finalizers} };
+    is(scalar @c, 1, "$label: C functions of no symbol are one group") or diag explain $l->{cdata_finalizers};
+    is($c[0] && $c[0]{count}, 2, "$label: with both their cdata");
+    my ($callable) = grep { $_->{finalizer} eq 'a table' } @{ $l->{cdata_finalizers} };
+    is($callable && $callable->{count}, 30, "$label: a callable table's cdata are counted") or diag explain $l->{cdata_finalizers};
 
     $o = find_object($l->{tables}, qr/^package\.loaded\["app\.lru"\]\.set > upvalue "lru" of function at \Q$prefix\E\/lua\/app\/lru\.lua:4$/);
     ok($o, "$label: an lrucache instance past its intended size, by its upvalue")
@@ -342,10 +347,6 @@ EOF
     my $odd_finalizers = $ol->{cdata_finalizers};
     my ($other) = grep { $_->{finalizer} eq 'other finalizers (past the first 256)' } @{ $odd_finalizers // [] };
     ok($other && $other->{count} > 0, "$label: finalizers past the first 256 count together") or diag explain $odd_finalizers;
-    my @c = grep { $_->{finalizer} eq 'a C function' } @{ $odd_finalizers // [] };
-    is(scalar @c, 1, "$label: C functions of no symbol are one group") or diag explain $odd_finalizers;
-    my ($callable) = grep { $_->{finalizer} eq 'a table' } @{ $odd_finalizers // [] };
-    is($callable && $callable->{count}, 30, "$label: a callable table's cdata are counted") or diag explain $odd_finalizers;
     ok(!grep({ $_->{path} =~ /^_G\.weak\[/ } @{ $ol->{strings} }), "$label: those only a weak table holds are not")
         or diag explain [map { $_->{path} } @{ $ol->{strings} }];
     $t->get($port, '/gc_restart');

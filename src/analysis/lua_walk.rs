@@ -394,10 +394,15 @@ pub const MAX_STALL_LIMIT_US: u64 = 10_000_000;
 /// count).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForkRates {
-    recent_ns_per_page: [u64; 4],
+    /// Each fork's cost per page and when it was made (ms).
+    recent: [(u64, u64); 4],
     len: usize,
     next: usize,
 }
+
+/// A fork's cost counts this long: a bound that refused every walk since
+/// (so that none taught a newer cost) is tried again with the default.
+pub const FORK_RATE_MAX_AGE_MS: u64 = 600_000;
 
 /// Forks of fewer private pages than this teach no rate: their fixed cost
 /// (the process's mappings, its page-table pages) would weigh as if it grew
@@ -407,30 +412,36 @@ pub const FORK_RATE_MIN_PAGES: u64 = 16_384;
 impl ForkRates {
     pub const fn new() -> ForkRates {
         ForkRates {
-            recent_ns_per_page: [0; 4],
+            recent: [(0, 0); 4],
             len: 0,
             next: 0,
         }
     }
 
     /// Keeps a fork's cost (one of at least `FORK_RATE_MIN_PAGES`).
-    pub fn record(&mut self, private_pages: u64, cpu_us: u64) {
+    pub fn record(&mut self, private_pages: u64, cpu_us: u64, now_ms: u64) {
         if private_pages < FORK_RATE_MIN_PAGES {
             return;
         }
         let rate = cpu_us.saturating_mul(1000) / private_pages;
-        self.recent_ns_per_page[self.next] = rate;
-        self.next = (self.next + 1) % self.recent_ns_per_page.len();
-        self.len = (self.len + 1).min(self.recent_ns_per_page.len());
+        self.recent[self.next] = (rate, now_ms);
+        self.next = (self.next + 1) % self.recent.len();
+        self.len = (self.len + 1).min(self.recent.len());
     }
 
     /// How long a fork would hold the loop now: the lower median of the
     /// recent rates and the default one, so that one slow fork (or one fast)
     /// does not decide alone, and two that agree do.
-    pub fn estimate_us(&self, private_pages: u64) -> u64 {
+    pub fn estimate_us(&self, private_pages: u64, now_ms: u64) -> u64 {
         let mut rates = [DEFAULT_FORK_NS_PER_PAGE; 5];
-        rates[1..=self.len].copy_from_slice(&self.recent_ns_per_page[..self.len]);
-        let rates = &mut rates[..=self.len];
+        let mut n = 1;
+        for &(rate, at_ms) in &self.recent[..self.len] {
+            if now_ms.saturating_sub(at_ms) <= FORK_RATE_MAX_AGE_MS {
+                rates[n] = rate;
+                n += 1;
+            }
+        }
+        let rates = &mut rates[..n];
         rates.sort_unstable();
         let rate = rates[(rates.len() - 1) / 2];
         private_pages.saturating_mul(rate) / 1000
@@ -758,24 +769,30 @@ mod tests {
     #[test]
     fn fork_estimate_from_recent_forks() {
         let mut rates = ForkRates::new();
+        let t = 1_000_000;
         // 1 GiB of 4 KiB pages before any fork: 100 ns each.
-        assert_eq!(rates.estimate_us(262_144), 26_214);
+        assert_eq!(rates.estimate_us(262_144, t), 26_214);
         // One slow fork does not decide alone (the lower of it and the default)...
-        rates.record(25_600, 10_000);
-        assert_eq!(rates.estimate_us(262_144), 26_214);
+        rates.record(25_600, 10_000, t);
+        assert_eq!(rates.estimate_us(262_144, t), 26_214);
         // ...two that agree do.
-        rates.record(51_200, 20_000);
-        assert_eq!(rates.estimate_us(262_144), 102_236);
+        rates.record(51_200, 20_000, t);
+        assert_eq!(rates.estimate_us(262_144, t), 102_236);
+        // Until they are old: the default is tried again.
+        assert_eq!(
+            rates.estimate_us(262_144, t + FORK_RATE_MAX_AGE_MS + 1),
+            26_214
+        );
         // Faster forks bring it down again.
         for _ in 0..3 {
-            rates.record(100_000, 2_000);
+            rates.record(100_000, 2_000, t);
         }
-        assert_eq!(rates.estimate_us(262_144), 5_242);
-        assert_eq!(rates.estimate_us(u64::MAX), u64::MAX / 1000);
+        assert_eq!(rates.estimate_us(262_144, t), 5_242);
+        assert_eq!(rates.estimate_us(u64::MAX, t), u64::MAX / 1000);
         // A small worker's fork (its fixed cost over few pages) teaches nothing.
         let before = rates.clone();
-        rates.record(700, 300);
-        rates.record(0, u64::MAX);
+        rates.record(700, 300, t);
+        rates.record(0, u64::MAX, t);
         assert_eq!(rates, before);
     }
 

@@ -273,7 +273,7 @@ fn check_stall(max_stall_us: u64) -> Result<(u64, u64), WalkError> {
     let estimate_us = FORK_RATES
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .estimate_us(pages);
+        .estimate_us(pages, super::clock::now_ms());
     if estimate_us > max_stall_us {
         // SAFETY: sysconf has no precondition.
         let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
@@ -295,18 +295,21 @@ fn check_stall(max_stall_us: u64) -> Result<(u64, u64), WalkError> {
 /// on the loop's thread between events (no Lua code runs in this process).
 pub unsafe fn start(vms: [Option<L>; 2], max_stall_us: u64) -> Result<Walk, WalkError> {
     let api = api()?;
-    let (pages, estimate_us) = check_stall(max_stall_us)?;
     // One child at a time per worker: another one alive would make the
     // worker's pages shared, its PSS smaller, and cost twice.
     if WALKING.swap(true, Ordering::AcqRel) {
         return Err(WalkError::Busy);
     }
+    let not_started = |e: WalkError| {
+        WALKING.store(false, Ordering::Release);
+        e
+    };
+    let (pages, estimate_us) = check_stall(max_stall_us).map_err(not_started)?;
     let mut fds = [0; 2];
     // SAFETY: a pipe into an array of two.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(WalkError::Start(
-            std::io::Error::last_os_error().to_string(),
-        ));
+        let error = std::io::Error::last_os_error().to_string();
+        return Err(not_started(WalkError::Start(error)));
     }
     // SAFETY: two new descriptors, each owned once.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
@@ -347,10 +350,11 @@ pub unsafe fn start(vms: [Option<L>; 2], max_stall_us: u64) -> Result<Walk, Walk
         WALKING.store(false, Ordering::Release);
         return Err(WalkError::Start(error));
     }
-    FORK_RATES
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .record(pages, thread_cpu_us().saturating_sub(cpu_before_us));
+    FORK_RATES.lock().unwrap_or_else(|p| p.into_inner()).record(
+        pages,
+        thread_cpu_us().saturating_sub(cpu_before_us),
+        super::clock::now_ms(),
+    );
     Ok(Walk {
         pid: Some(pid as libc::pid_t),
         vms: vms.map(|l| l.map(|l| l as usize)),
@@ -723,8 +727,12 @@ fn read_own(address: usize, buf: &mut [u8]) -> bool {
         iov_base: address as *mut c_void,
         iov_len: buf.len(),
     };
+    // The pid from the kernel: a glibc before 2.25 caches it, and a raw
+    // `clone` leaves the child the parent's.
+    // SAFETY: getpid has no precondition.
+    let pid = unsafe { libc::syscall(libc::SYS_getpid) } as libc::pid_t;
     // SAFETY: one local buffer we own; the kernel checks the remote range.
-    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
     n == buf.len() as isize
 }
 
@@ -738,10 +746,11 @@ fn word_at(bytes: &[u8], at: usize) -> usize {
 /// The FFI's finalizer table (`CTState.finalizer`: cdata to finalizer, which
 /// no root reaches), past the API: `global_State.ctype_state` is the word of
 /// the global state pointing at a `CTState` whose `g` is this global state and
-/// whose `L` is a thread of it (lj_ctype.h: `tab`, `top`, `sizetab`, `L` at
-/// 16, `g` at 24, `finalizer` at 32). Each candidate is read by
-/// `process_vm_readv` first, so none is followed before it is known mapped.
-/// `None` when the FFI was never loaded.
+/// whose `finalizer` and `miscmap` are tables (lj_ctype.h: `tab`, `top`,
+/// `sizetab`, `L` at 16, `g` at 24, `finalizer` at 32, `miscmap` at 40; `L`
+/// is the last thread that used the FFI, maybe freed since: not looked at).
+/// Each candidate is read by `process_vm_readv` first, so none is followed
+/// before it is known mapped. `None` when the FFI was never loaded.
 ///
 /// # Safety
 /// `l` is a live `lua_State` of the snapshot of `y`'s ABI.
@@ -756,23 +765,18 @@ unsafe fn finalizer_table(y: &Layout, l: L) -> Option<usize> {
         let mut candidate = [0u8; 8];
         candidate[..y.mref_bytes].copy_from_slice(&global[at..at + y.mref_bytes]);
         let cts = u64::from_le_bytes(candidate) as usize;
-        let mut head = [0u8; 40];
+        let mut head = [0u8; 48];
         if cts == 0 || cts % 8 != 0 || !read_own(cts, &mut head) || word_at(&head, 24) != g {
             continue;
         }
-        let mut thread_g = [0u8; 8];
-        let thread = word_at(&head, 16);
-        if !read_own(
-            thread + y.thread_glref_offset,
-            &mut thread_g[..y.mref_bytes],
-        ) || u64::from_le_bytes(thread_g) as usize != g
-        {
-            continue;
+        let is_table = |p: usize| {
+            let mut gct = [0u8; 1];
+            p != 0 && read_own(p + y.gct_offset, &mut gct) && gct[0] == 11
+        };
+        let (table, miscmap) = (word_at(&head, 32), word_at(&head, 40));
+        if is_table(table) && is_table(miscmap) {
+            return Some(table);
         }
-        let table = word_at(&head, 32);
-        let mut gct = [0u8; 1];
-        return (table != 0 && read_own(table + y.gct_offset, &mut gct) && gct[0] == 11)
-            .then_some(table);
     }
     None
 }
@@ -1003,7 +1007,7 @@ unsafe fn walk_vm(
             }
             i += 1;
         }
-        let finalizers = w.finalizers();
+        let finalizers = w.finalizers(parent, deadline);
         let mut walk = w.finish();
         walk.finalizers = finalizers;
         Ok(walk)
@@ -1437,7 +1441,7 @@ impl Walker<'_> {
     ///
     /// # Safety
     /// As `walk_vm`.
-    unsafe fn finalizers(&mut self) -> Vec<FinalizerGroup> {
+    unsafe fn finalizers(&mut self, parent: libc::pid_t, deadline: Instant) -> Vec<FinalizerGroup> {
         let y = self.layout;
         // SAFETY: the snapshot's state; the table and its nodes are LuaJIT's.
         let Some(table) = (unsafe { finalizer_table(y, self.l) }) else {
@@ -1452,6 +1456,11 @@ impl Walker<'_> {
         };
         let mut groups: Vec<(Finalizer, FinalizerGroup)> = Vec::new();
         for i in 0..=hmask.min(MAX_OBJECTS * 2) {
+            // SAFETY: getppid has no precondition.
+            if i % 1024 == 0 && (Instant::now() > deadline || unsafe { libc::getppid() } != parent)
+            {
+                break;
+            }
             let node = nodes + i * y.node_bytes as usize;
             // SAFETY: a node of the hash part: its value, then its key.
             let ((key_tag, cdata), (tag, value)) = unsafe { (y.tvalue(node + 8), y.tvalue(node)) };
@@ -1531,7 +1540,7 @@ impl Walker<'_> {
                     })
                 }
             }
-            TAG_FUNCTION => Some(Finalizer::CFunction),
+            TAG_FUNCTION => Some(Finalizer::Kind("a function")),
             // Removed by `ffi.gc(cdata, nil)`.
             TAG_NIL => None,
             // Any value LuaJIT can call: a table or userdata with `__call`.

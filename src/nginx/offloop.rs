@@ -195,14 +195,19 @@ fn join_walk(a: &mut Answers, waiting: Waiting) -> Option<Waiting> {
         return Some(waiting);
     };
     let ask = waiting.ask;
-    // The running walk's fork is made: a request's own bound no longer matters.
-    let walk_alike = |m: Measuring| Measuring {
+    // The same walk under a bound at least the request's: its fork was made,
+    // or would have been refused to the request too (a larger bound waits
+    // for its own).
+    let without_bound = |m: Measuring| Measuring {
         lua_largest: m.lua_largest.map(|_| 0),
         ..m
     };
-    if ask.measuring.lua_largest.is_none()
-        || walk_alike(running.measuring) != walk_alike(ask.measuring)
-    {
+    let (Some(asked), Some(running_bound)) =
+        (ask.measuring.lua_largest, running.measuring.lua_largest)
+    else {
+        return Some(waiting);
+    };
+    if running_bound < asked || without_bound(running.measuring) != without_bound(ask.measuring) {
         return Some(waiting);
     }
     match running.renderings.iter().position(|&x| x == ask.rendering) {
