@@ -32,10 +32,11 @@ impl ProcessMemory {
     /// names of the keys that were missing or malformed (those stay `None`).
     pub fn parse(text: &str) -> (ProcessMemory, Vec<&'static str>) {
         let mut status = ProcessMemory::default();
-        for line in text.lines() {
-            let Some((key, value)) = line.split_once(':') else {
+        for line in lines_of(text) {
+            let Some(colon) = line.bytes().position(|b| b == b':') else {
                 continue;
             };
+            let (key, value) = (&line[..colon], &line[colon + 1..]);
             let Some((_, unit, field)) = STATUS_FIELDS.iter().find(|(k, _, _)| *k == key) else {
                 continue;
             };
@@ -52,7 +53,7 @@ impl ProcessMemory {
 }
 
 fn parse_status_value(value: &str, unit: StatusUnit) -> Option<u64> {
-    let mut words = value.split_whitespace();
+    let mut words = value.split_ascii_whitespace();
     let number: u64 = words.next()?.parse().ok()?;
     match (unit, words.next(), words.next()) {
         (StatusUnit::Kib, Some("kB"), None) => number.checked_mul(1024),
@@ -130,7 +131,7 @@ impl Mapping {
     pub fn parse_all(text: &str) -> (Vec<Mapping>, usize) {
         let mut maps = Vec::new();
         let mut malformed = 0;
-        for line in text.lines().filter(|l| !l.is_empty()) {
+        for line in lines_of(text).filter(|l| !l.is_empty()) {
             match Mapping::parse_line(line) {
                 Some(m) => {
                     if maps.try_push(m).is_err() || alloc_guard::short() {
@@ -143,26 +144,19 @@ impl Mapping {
         (maps, malformed)
     }
 
+    /// One line: `start-end perms offset dev inode [path]`; the path may hold
+    /// spaces. Scanned as bytes: every answer parses the whole file.
     pub fn parse_line(line: &str) -> Option<Mapping> {
-        // start-end perms offset dev inode [path]; the path may hold spaces.
-        let mut rest = line;
-        let mut field = || {
-            let trimmed = rest.trim_start();
-            let end = trimmed.find(' ').unwrap_or(trimmed.len());
-            let (f, r) = trimmed.split_at(end);
-            rest = r;
-            (!f.is_empty()).then_some(f)
-        };
-        let range = field()?;
-        let perms = field()?.as_bytes();
-        let offset = field()?;
-        let _dev = field()?;
-        let inode = field()?;
-        let path = rest.trim_start().to_string();
+        let (range, rest) = next_field(line)?;
+        let (perms, rest) = next_field(rest)?;
+        let (offset, rest) = next_field(rest)?;
+        let (_dev, rest) = next_field(rest)?;
+        let (inode, rest) = next_field(rest)?;
+        let path = skip_blanks(rest).to_string();
 
         let (start, end) = range.split_once('-')?;
-        let start = u64::from_str_radix(start, 16).ok()?;
-        let end = u64::from_str_radix(end, 16).ok()?;
+        let (start, end) = (parse_hex(start)?, parse_hex(end)?);
+        let perms = perms.as_bytes();
         if end < start || perms.len() != 4 {
             return None;
         }
@@ -173,11 +167,54 @@ impl Mapping {
             write: perms[1] == b'w',
             exec: perms[2] == b'x',
             shared: perms[3] == b's',
-            offset: u64::from_str_radix(offset, 16).ok()?,
+            offset: parse_hex(offset)?,
             inode: inode.parse().ok()?,
             path,
         })
     }
+}
+
+/// `text`'s lines, cut at each `\n` by a byte scan: `/proc` files are many
+/// short lines, where `str::lines`' searcher costs more than the line's parse.
+pub fn lines_of(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, next) = match rest.bytes().position(|b| b == b'\n') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        rest = next;
+        Some(line)
+    })
+}
+
+fn skip_blanks(s: &str) -> &str {
+    let start = s
+        .bytes()
+        .position(|b| b != b' ' && b != b'\t')
+        .unwrap_or(s.len());
+    &s[start..]
+}
+
+/// The next space-separated field after any blanks, and what follows it.
+fn next_field(s: &str) -> Option<(&str, &str)> {
+    let s = skip_blanks(s);
+    let end = s.bytes().position(|b| b == b' ').unwrap_or(s.len());
+    (end > 0).then(|| s.split_at(end))
+}
+
+/// A hexadecimal number of at most 16 digits, no sign or prefix.
+fn parse_hex(digits: &str) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    digits.bytes().try_fold(0u64, |value, b| {
+        let digit = (b as char).to_digit(16)?;
+        Some(value << 4 | u64::from(digit))
+    })
 }
 
 /// One mapping of `/proc/PID/smaps`: the maps line and the page-table walk's
@@ -217,7 +254,7 @@ impl SmapsEntry {
             }
             true
         };
-        for line in text.lines().filter(|l| !l.is_empty()) {
+        for line in lines_of(text).filter(|l| !l.is_empty()) {
             let key = line.split_once(':').map(|(k, _)| k);
             let slot = match key {
                 Some("Rss") => Some(0),
@@ -455,6 +492,33 @@ mod tests {
     }
 
     const SMAPS_SAMPLE: &str = include_str!("../../testdata/proc_smaps_nginx_worker.txt");
+
+    #[test]
+    fn maps_byte_scan_edges() {
+        // No final newline, a huge number, a path that is only a pseudo-name.
+        let text = "10-20 rw-p 0 00:00 0    [heap]\n\n30-40 r--s 10 00:01 7";
+        let (maps, malformed) = Mapping::parse_all(text);
+        assert_eq!(malformed, 0);
+        assert_eq!(maps.len(), 2);
+        assert_eq!(
+            (maps[0].path.as_str(), maps[1].path.as_str()),
+            ("[heap]", "")
+        );
+        assert!(maps[1].shared && maps[1].read && !maps[1].write);
+        assert_eq!((maps[1].offset, maps[1].inode), (0x10, 7));
+        // 17 hexadecimal digits overflow; a sign or a non-digit is not a number.
+        for bad in [
+            "10000000000000000-20000000000000000 r--p 0 0:0 0",
+            "+10-20 r--p 0 0:0 0",
+            "10-2g r--p 0 0:0 0",
+            "10-20 r--p -1 0:0 0",
+        ] {
+            assert_eq!(Mapping::parse_line(bad), None, "{bad}");
+        }
+        assert_eq!(lines_of("a\n\nb").collect::<Vec<_>>(), ["a", "", "b"]);
+        assert_eq!(lines_of("").count(), 0);
+        assert_eq!(lines_of("a\n").collect::<Vec<_>>(), ["a"]);
+    }
 
     #[test]
     fn parses_a_real_worker_smaps() {
