@@ -70,6 +70,9 @@ pub fn sample(
 /// mostly the same from one answer to the next.
 fn read_maps() -> Result<Arc<Vec<Mapping>>, SampleError> {
     static LAST: Mutex<Option<(String, Arc<Vec<Mapping>>)>> = Mutex::new(None);
+    // Failures counted across the read and the parse: `short()` alone can be
+    // reset meanwhile by the loop (`restore_reserve` at each request).
+    let failures_before = crate::alloc_guard::failures();
     let text = read_proc_file("/proc/self/maps", 64 << 10).map_err(|e| SampleError::os(&e))?;
     let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((previous, parsed)) = last.as_ref() {
@@ -79,7 +82,8 @@ fn read_maps() -> Result<Arc<Vec<Mapping>>, SampleError> {
     }
     let parsed = Arc::new(Mapping::parse_all(&text).0);
     // A parse cut short by memory is not kept, nor is the text it came from.
-    *last = (!crate::alloc_guard::short()).then(|| (text, Arc::clone(&parsed)));
+    let whole = crate::alloc_guard::failures() == failures_before;
+    *last = whole.then(|| (text, Arc::clone(&parsed)));
     Ok(parsed)
 }
 

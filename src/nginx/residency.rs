@@ -218,21 +218,24 @@ impl PageWindow {
         Some(self.vec[((at - self.base) / self.page) as usize] & 1 != 0)
     }
 
-    /// Resident bytes of `[start, end)`, page-aligned; `Err` when a page of
-    /// it is not mapped (released while measured). Counted a window at a
-    /// time: a big chunk is a few slices summed, not a call per page.
+    /// Resident bytes of `[start, end)` (callers pass pages; otherwise the
+    /// pages from `start`'s, as many as `end - start` spans); `Err` when a
+    /// page of it is not mapped (released while measured). Counted a window
+    /// at a time: a big chunk is a few slices summed, not a call per page.
     pub fn resident_bytes(&mut self, start: u64, end: u64) -> Result<u64, ResidencyError> {
         let mut pages = 0u64;
         let mut at = start - start % self.page;
-        while at < end {
+        // The pages of `start`, `start + page`, ... below `end`.
+        let mut left = end.saturating_sub(start).div_ceil(self.page) as usize;
+        while left > 0 {
             if self.present(at).is_none() {
                 return Err(ResidencyError::PageReleased);
             }
             let first = ((at - self.base) / self.page) as usize;
-            let wanted = (end - at).div_ceil(self.page) as usize;
-            let window = &self.vec[first..self.vec.len().min(first + wanted)];
+            let window = &self.vec[first..self.vec.len().min(first + left)];
             pages += window.iter().map(|&v| u64::from(v & 1)).sum::<u64>();
             at += window.len() as u64 * self.page;
+            left -= window.len();
         }
         Ok(pages * self.page)
     }

@@ -187,7 +187,7 @@ pub fn lines_of(text: &str) -> impl Iterator<Item = &str> {
             None => (rest, ""),
         };
         rest = next;
-        Some(line)
+        Some(line.strip_suffix('\r').unwrap_or(line))
     })
 }
 
@@ -518,6 +518,7 @@ mod tests {
         assert_eq!(lines_of("a\n\nb").collect::<Vec<_>>(), ["a", "", "b"]);
         assert_eq!(lines_of("").count(), 0);
         assert_eq!(lines_of("a\n").collect::<Vec<_>>(), ["a"]);
+        assert_eq!(lines_of("a\r\nb").collect::<Vec<_>>(), ["a", "b"]);
     }
 
     #[test]
