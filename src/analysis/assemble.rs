@@ -2,8 +2,6 @@
 //! the answer and this worker's summary. No I/O: what was read comes in as
 //! text or samples.
 
-use std::sync::Arc;
-
 use crate::analysis::breakdown::GlibcSample;
 use crate::analysis::breakdown::Inputs;
 use crate::analysis::breakdown::MappedChunk;
@@ -96,8 +94,7 @@ pub struct Measured {
 
 /// What the process-wide reads found: mappings, glibc, stacks, chunks.
 pub struct ProcessSamples {
-    /// Shared with the next measuring while the address space is unchanged.
-    pub maps: Result<Arc<Vec<Mapping>>, SampleError>,
+    pub maps: Result<Vec<Mapping>, SampleError>,
     pub smaps: Option<Result<Vec<SmapsEntry>, SampleError>>,
     pub glibc: Result<GlibcSample, SampleError>,
     pub stacks: Result<Vec<StackSample>, SampleError>,
@@ -482,7 +479,7 @@ pub(crate) mod tests {
         let inputs = Inputs {
             depth: Depth::Default,
             process: &process,
-            maps: &Ok(Arc::default()),
+            maps: &Ok(Vec::new()),
             smaps: None,
             glibc: Err(SampleError::NotGlibc),
             zones: &[],
@@ -578,7 +575,7 @@ pub(crate) mod tests {
         let maps = include_str!("../../testdata/proc_maps_nginx_worker.txt");
         Measured {
             samples: ProcessSamples {
-                maps: Ok(Arc::new(Mapping::parse_all(maps).0)),
+                maps: Ok(Mapping::parse_all(maps).0),
                 smaps: None,
                 glibc: Err(SampleError::NotGlibc),
                 stacks: Ok(Vec::new()),

@@ -7,7 +7,6 @@
 //! the owners and `unattributed` add up to RSS exactly, at every depth.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use crate::model::breakdown::Breakdown;
 use crate::model::breakdown::Depth;
@@ -150,7 +149,7 @@ pub struct OtherAllocatorSample {
 pub struct Inputs<'a> {
     pub depth: Depth,
     pub process: &'a ProcessMemory,
-    pub maps: &'a Result<Arc<Vec<Mapping>>, SampleError>,
+    pub maps: &'a Result<Vec<Mapping>, SampleError>,
     pub smaps: Option<&'a Result<Vec<SmapsEntry>, SampleError>>,
     pub glibc: Result<GlibcSample, SampleError>,
     pub zones: &'a [Zone],
@@ -917,7 +916,7 @@ mod tests {
     fn build(depth: Depth, chunks: &[MappedChunk], errors: &mut Vec<SourceError>) -> Breakdown {
         let p = process();
         let lua = lua();
-        let maps = Ok(Arc::new(Mapping::parse_all(MAPS).0));
+        let maps = Ok(Mapping::parse_all(MAPS).0);
         let smaps = Ok(SmapsEntry::parse_all(SMAPS).0);
         Breakdown::build(
             Inputs {
@@ -1212,7 +1211,7 @@ mod tests {
         let inputs = Inputs {
             depth: Depth::Full,
             process: &process(),
-            maps: &Ok(Arc::new(maps.clone())),
+            maps: &Ok(maps.clone()),
             smaps: None,
             glibc: Ok(glibc()),
             zones: &[],

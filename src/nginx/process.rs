@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::{Arc, Mutex};
 
 use ngx::ffi::ngx_pagesize;
 
@@ -29,7 +28,9 @@ pub fn sample(
     known: &[(u64, u64)],
     chunks: super::chunks::Context,
 ) -> ProcessSamples {
-    let maps = read_maps();
+    let maps = read_proc_file("/proc/self/maps", 64 << 10)
+        .map(|text| Mapping::parse_all(&text).0)
+        .map_err(|e| SampleError::os(&e));
     let smaps = walk.then(|| {
         read_proc_file("/proc/self/smaps", 1 << 20)
             .map(|text| SmapsEntry::parse_all(&text).0)
@@ -63,28 +64,6 @@ pub fn sample(
         maps,
         smaps,
     }
-}
-
-/// `/proc/self/maps`, parsed again only when its text changed since the last
-/// measuring: equal text is an equal parse, and a worker's address space is
-/// mostly the same from one answer to the next.
-fn read_maps() -> Result<Arc<Vec<Mapping>>, SampleError> {
-    static LAST: Mutex<Option<(String, Arc<Vec<Mapping>>)>> = Mutex::new(None);
-    // Failures counted across the read and the parse: `short()` alone can be
-    // reset meanwhile by the loop (`restore_reserve` at each request).
-    let failures_before = crate::alloc_guard::failures();
-    let text = read_proc_file("/proc/self/maps", 64 << 10).map_err(|e| SampleError::os(&e))?;
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((previous, parsed)) = last.as_ref() {
-        if *previous == text {
-            return Ok(Arc::clone(parsed));
-        }
-    }
-    let parsed = Arc::new(Mapping::parse_all(&text).0);
-    // A parse cut short by memory is not kept, nor is the text it came from.
-    let whole = crate::alloc_guard::failures() == failures_before;
-    *last = whole.then(|| (text, Arc::clone(&parsed)));
-    Ok(parsed)
 }
 
 /// Copied-on-write pages of the program files' private mappings, by their
