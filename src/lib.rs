@@ -13,6 +13,7 @@
 
 mod alloc_guard;
 mod analysis;
+mod fnv;
 mod format;
 mod model;
 mod panic_guard;

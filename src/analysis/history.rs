@@ -58,10 +58,7 @@ impl Sample {
 
 /// A zone's name as 64 bits (FNV-1a), never 0 (0 marks an empty place).
 pub fn name_hash(name: &str) -> u64 {
-    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    });
-    h.max(1)
+    crate::fnv::extend(crate::fnv::EMPTY, name.as_bytes()).max(1)
 }
 
 impl ZonesSample {

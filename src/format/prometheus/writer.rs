@@ -38,17 +38,13 @@ struct Fnv1a(u64);
 
 impl Default for Fnv1a {
     fn default() -> Fnv1a {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
+        Fnv1a(crate::fnv::EMPTY)
     }
 }
 
 impl Hasher for Fnv1a {
     fn write(&mut self, bytes: &[u8]) {
-        let mut hash = self.0;
-        for &b in bytes {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = hash;
+        self.0 = crate::fnv::extend(self.0, bytes);
     }
 
     fn finish(&self) -> u64 {
