@@ -81,25 +81,29 @@ pub fn read_proc_bytes(path: &str, size_hint: usize) -> std::io::Result<Vec<u8>>
     bytes
         .try_reserve(size_hint.max(4096))
         .map_err(out_of_memory)?;
-    // Reads of at most this much: only what a read fills is touched, so the
-    // buffer's unused capacity never becomes resident.
-    const READ_BYTES: usize = 64 << 10;
+    // The kernel fills a page or so per read. The buffer is zeroed (safe
+    // Rust reads only into initialised bytes) a step ahead of what is read,
+    // each byte once: its unused capacity never becomes resident, and a read
+    // costs no clearing of the whole rest of the buffer.
+    const STEP_BYTES: usize = 16 << 10;
+    let mut filled = 0;
     loop {
-        if bytes.len() == bytes.capacity() {
-            bytes.try_reserve(bytes.capacity()).map_err(out_of_memory)?;
-        }
-        let filled = bytes.len();
-        bytes.resize(bytes.capacity().min(filled + READ_BYTES), 0);
-        match file.read(&mut bytes[filled..]) {
-            Ok(0) => {
-                bytes.truncate(filled);
-                break;
+        if bytes.len() - filled < 4096 {
+            let more = STEP_BYTES.min(bytes.capacity() - bytes.len());
+            if more == 0 {
+                bytes.try_reserve(bytes.capacity()).map_err(out_of_memory)?;
+                continue;
             }
-            Ok(n) => bytes.truncate(filled + n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => bytes.truncate(filled),
+            bytes.resize(bytes.len() + more, 0);
+        }
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
+    bytes.truncate(filled);
     Ok(bytes)
 }
 
@@ -341,6 +345,24 @@ mod tests {
         assert_eq!(parse_statm(""), None);
     }
     use super::*;
+
+    #[test]
+    fn a_file_read_whole_whatever_its_size_against_the_hint() {
+        let dir = std::env::temp_dir().join(format!("ms-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for len in [0usize, 1, 4095, 4096, 16 << 10, (16 << 10) + 1, 200_000] {
+            let path = dir.join(format!("f{len}"));
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            std::fs::write(&path, &data).unwrap();
+            for hint in [0, 100, 4096, 1 << 20] {
+                let got = read_proc_bytes(path.to_str().unwrap(), hint).unwrap();
+                assert_eq!(got, data, "len {len} hint {hint}");
+            }
+        }
+        let maps = read_proc_bytes("/proc/self/maps", 0).unwrap();
+        assert!(maps.ends_with(b"\n") && maps.len() > 1000);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn swaps_listed() {
