@@ -1,6 +1,5 @@
-//! FNV-1a, 64 bits: short names hashed where no input is an adversary's (a
-//! zone's name in the history rings, a Prometheus family's in the writer's
-//! index). Imports nothing of ours.
+//! FNV-1a, 64 bits: a zone's name as the history rings keep it (the same
+//! bytes hash the same in every build and process). Imports nothing of ours.
 
 /// The hash of no bytes.
 pub const EMPTY: u64 = 0xcbf2_9ce4_8422_2325;
