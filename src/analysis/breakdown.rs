@@ -247,7 +247,7 @@ impl ProgramDataRanges {
     /// taken for `.bss`: the kernel may have put anything there.
     pub fn of(maps: &[Mapping], segments: &[LoadSegment], page_size: u64) -> ProgramDataRanges {
         let files = program_files(maps);
-        let is_program = |m: &Mapping| !m.shared && files.binary_search(&m.path.as_str()).is_ok();
+        let is_program = |m: &Mapping| !m.shared && files.binary_search(&m.path.as_ref()).is_ok();
         // Only written pages become copies: the writable mappings, and RELRO,
         // the read-only mapping right before a writable one of the same file
         // (written by relocation, then made read-only). Code and read-only
@@ -306,7 +306,7 @@ fn program_files(maps: &[Mapping]) -> Vec<&str> {
     let mut files: Vec<&str> = maps
         .iter()
         .filter(|m| m.exec && m.path.starts_with('/') && m.inode != 0)
-        .map(|m| m.path.as_str())
+        .map(|m| m.path.as_ref())
         .collect();
     files.sort_unstable();
     files.dedup();
@@ -371,7 +371,7 @@ impl<'a> Classifier<'a> {
     }
 
     fn is_program_file(&self, m: &Mapping) -> bool {
-        self.files.binary_search(&m.path.as_str()).is_ok()
+        self.files.binary_search(&m.path.as_ref()).is_ok()
     }
 
     fn classify(&self, m: &Mapping) -> OwnerId {
@@ -466,7 +466,7 @@ fn view(entries: &[&SmapsEntry]) -> Vec<MappingView> {
     entries
         .iter()
         .map(|e| MappingView {
-            path: e.mapping.path.clone(),
+            path: e.mapping.path.to_string(),
             perms: perms(&e.mapping),
             size_bytes: e.mapping.size_bytes(),
             rss_bytes: e.rss_bytes,
@@ -754,7 +754,7 @@ fn per_file(files: &[&str], entries: &[&SmapsEntry]) -> Vec<serde_json::Value> {
             let mine: Vec<&SmapsEntry> = entries
                 .iter()
                 .copied()
-                .filter(|e| e.mapping.path == *f)
+                .filter(|e| e.mapping.path.as_ref() == *f)
                 .collect();
             serde_json::json!({
                 "path": f,
@@ -1027,7 +1027,7 @@ mod tests {
         let rss: u64 = smaps
             .iter()
             .filter(|e| {
-                files.contains(&e.mapping.path.as_str())
+                files.contains(&e.mapping.path.as_ref())
                     || bss.contains(&(e.mapping.start, e.mapping.end))
             })
             .map(|e| e.rss_bytes)
@@ -1161,7 +1161,7 @@ mod tests {
         let files = program_files(&maps);
         let writable = maps
             .iter()
-            .filter(|m| files.contains(&m.path.as_str()) && !m.shared && m.write)
+            .filter(|m| files.contains(&m.path.as_ref()) && !m.shared && m.write)
             .count();
         assert_eq!(r.private.len(), writable);
         assert!(writable >= 10, "{writable}");

@@ -111,7 +111,7 @@ fn runtime_of(library_path: Option<&str>) -> LuaRuntime {
     let (maps, _) = Mapping::parse_all(&maps);
     let version = maps
         .iter()
-        .filter(|m| m.path == real && m.read && !m.write && !m.exec)
+        .filter(|m| m.path.as_ref() == real && m.read && !m.write && !m.exec)
         .find_map(|m| {
             // SAFETY: a readable, file-backed mapping of the library, which stays
             // loaded for the process's life.

@@ -19,6 +19,11 @@ use crate::sources::glibc_heaps::{
 };
 use crate::sources::procfs::{parse_syscall_stack_pointer, read_proc_file, Mapping, SmapsEntry};
 
+/// Room for the maps text made before it is read (it grows by doubling
+/// when there is more): a few hundred lines fit, and the buffer stays below
+/// the 64 KiB whose `free` makes glibc consolidate its fast bins.
+const MAPS_HINT_BYTES: usize = 32 << 10;
+
 /// `walk`: read `/proc/self/smaps` too (a page-table walk). `known`: address
 /// ranges already accounted for (LuaJIT's segments), not to be searched for
 /// directly mapped chunks.
@@ -28,7 +33,7 @@ pub fn sample(
     known: &[(u64, u64)],
     chunks: super::chunks::Context,
 ) -> ProcessSamples {
-    let maps = read_proc_file("/proc/self/maps", 64 << 10)
+    let maps = read_proc_file("/proc/self/maps", MAPS_HINT_BYTES)
         .map(|text| Mapping::parse_all(&text).0)
         .map_err(|e| SampleError::os(&e));
     let smaps = walk.then(|| {
@@ -242,7 +247,7 @@ fn anonymous_rw() -> Mapping {
         shared: false,
         offset: 0,
         inode: 0,
-        path: String::new(),
+        path: "".into(),
     }
 }
 
@@ -288,7 +293,7 @@ fn sample_stacks(maps: &[Mapping]) -> Vec<StackSample> {
             });
         }
     };
-    if let Some(main) = maps.iter().find(|m| m.path == "[stack]") {
+    if let Some(main) = maps.iter().find(|m| m.path.as_ref() == "[stack]") {
         add("main".into(), main);
     }
     let pid = std::process::id().to_string();
@@ -308,7 +313,7 @@ fn sample_stacks(maps: &[Mapping]) -> Vec<StackSample> {
         };
         if let Some(m) = maps
             .iter()
-            .find(|m| m.start <= sp && sp < m.end && m.path != "[stack]")
+            .find(|m| m.start <= sp && sp < m.end && m.path.as_ref() != "[stack]")
         {
             add(tid, m);
         }

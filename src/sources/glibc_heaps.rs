@@ -116,7 +116,7 @@ pub fn link_heaps(candidates: &[(u64, HeapHeader, u64)], page_size: u64) -> Vec<
 
 /// The main arena's heap: every mapping the kernel names `[heap]`.
 pub fn main_heap(maps: &[Mapping]) -> impl Iterator<Item = &Mapping> {
-    maps.iter().filter(|m| m.path == "[heap]")
+    maps.iter().filter(|m| m.path.as_ref() == "[heap]")
 }
 
 /// The part of the `[heap]` pieces (in address order, from the program break's
