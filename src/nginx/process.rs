@@ -247,7 +247,7 @@ fn anonymous_rw() -> Mapping {
         shared: false,
         offset: 0,
         inode: 0,
-        path: "".into(),
+        path: Default::default(),
     }
 }
 

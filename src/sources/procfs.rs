@@ -87,14 +87,16 @@ pub fn read_proc_bytes(path: &str, size_hint: usize) -> std::io::Result<Vec<u8>>
     // each byte once: its unused capacity never becomes resident, and a read
     // costs no clearing of the whole rest of the buffer.
     const STEP_BYTES: usize = 16 << 10;
+    // The buffer grows only when every byte of it is filled (the read that
+    // finds the end needs room, not a page of it).
+    const PAGE_BYTES: usize = 4096;
     let mut filled = 0;
     loop {
-        if bytes.len() - filled < 4096 {
+        if filled == bytes.capacity() {
+            bytes.try_reserve(bytes.capacity()).map_err(out_of_memory)?;
+        }
+        if bytes.len() - filled < PAGE_BYTES && bytes.len() < bytes.capacity() {
             let more = STEP_BYTES.min(bytes.capacity() - bytes.len());
-            if more == 0 {
-                bytes.try_reserve(bytes.capacity()).map_err(out_of_memory)?;
-                continue;
-            }
             bytes.resize(bytes.len() + more, 0);
         }
         match file.read(&mut bytes[filled..]) {
@@ -169,6 +171,8 @@ impl Mapping {
         let path = skip_blanks(rest);
         let path = match previous {
             Some(p) if **p == *path => p.clone(),
+            // Anonymous memory: the empty path, which allocates nothing.
+            _ if path.is_empty() => Arc::default(),
             _ => Arc::from(path),
         };
 
@@ -400,6 +404,10 @@ mod tests {
             for hint in [0, 100, 4096, 1 << 20] {
                 let got = read_proc_bytes(path.to_str().unwrap(), hint).unwrap();
                 assert_eq!(got, data, "len {len} hint {hint}");
+                // A file shorter than the room made first never grows it.
+                if len < hint.max(4096) {
+                    assert_eq!(got.capacity(), hint.max(4096), "len {len} hint {hint}");
+                }
             }
         }
         let maps = read_proc_bytes("/proc/self/maps", 0).unwrap();
