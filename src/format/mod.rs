@@ -32,7 +32,7 @@ impl Rendering {
     pub fn render(self, report: &Report) -> Option<Vec<u8>> {
         match self.format {
             Format::Json => report.to_json(),
-            Format::Prometheus => Some(prometheus::render(report).into_bytes()),
+            Format::Prometheus => prometheus::render(report).map(String::into_bytes),
             Format::Html => Some(html::render(report, self.refresh_seconds).into_bytes()),
             Format::Text => Some(text::render(report).into_bytes()),
         }

@@ -118,7 +118,7 @@ fn serve_zone(r: &mut ngx_http_request_t, name: &[u8], format: Format, mark: u64
     let (content_type, body) = match collect::zone_report(name) {
         Some(zone) if format == Format::Prometheus => (
             prometheus::CONTENT_TYPE,
-            Some(prometheus::render_zone(&zone).into_bytes()),
+            prometheus::render_zone(&zone).map(String::into_bytes),
         ),
         Some(zone) => (JSON_CONTENT_TYPE, zone.to_json()),
         None => {

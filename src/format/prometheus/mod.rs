@@ -15,8 +15,8 @@ use writer::Metrics;
 pub const CONTENT_TYPE: &[u8] = b"text/plain; version=0.0.4; charset=utf-8";
 
 /// A whole answer. The families come out in the order they are first
-/// written: the worker's, then the server's.
-pub fn render(r: &Report) -> String {
+/// written: the worker's, then the server's. `None`: memory ran out.
+pub fn render(r: &Report) -> Option<String> {
     let mut m = Metrics::new(&r.nginx);
     worker::info(&mut m, &r.nginx);
     worker::process(&mut m, &r.process, &r.virtual_split);
@@ -34,7 +34,7 @@ pub fn render(r: &Report) -> String {
     m.render()
 }
 
-pub fn render_zone(r: &ZoneReport) -> String {
+pub fn render_zone(r: &ZoneReport) -> Option<String> {
     let mut m = Metrics::new(&r.nginx);
     worker::info(&mut m, &r.nginx);
     worker::zones(&mut m, &r.zones);
@@ -128,7 +128,7 @@ mod tests {
         c.oom.ooms = Some(5);
         c.oom.high = Some(7);
         r.container = Some(c);
-        let text = render(&r);
+        let text = render(&r).unwrap();
         for line in [
             r#"nginx_memory_container_limit_bytes{cgroup_version="2"} 1000"#,
             r#"nginx_memory_container_limit_group_working_set_bytes{cgroup_version="2"} 800"#,
@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn each_family_is_one_block_after_its_help_and_type() {
-        let text = render(&report());
+        let text = render(&report()).unwrap();
         let mut seen = HashSet::new();
         let mut current = String::new();
         let mut lines = text.lines().peekable();
@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn label_values_are_quoted_and_enums_named_as_in_json() {
-        let text = render(&report());
+        let text = render(&report()).unwrap();
         assert!(
             text.contains(
                 r#"nginx_memory_zone_mapped_bytes{pid="4242",worker="1",zone="a\"b\\c\nd"} "#
@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn the_server_series_do_not_name_the_answering_worker() {
-        let text = render(&report());
+        let text = render(&report()).unwrap();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let server = line.starts_with("nginx_memory_server_")
                 || line.starts_with("nginx_memory_finding")

@@ -46,6 +46,9 @@ pub struct Metrics {
     index: HashMap<&'static str, usize, BuildHasherDefault<WordHasher>>,
     lines: String,
     samples: Vec<Sample>,
+    /// Memory ran out for a line (the answer then fails, as a JSON one
+    /// does): `lines` grows with the server, so it grows fallibly.
+    short: bool,
 }
 
 /// A word at a time (FxHash's mix): the keys are our own short names, so no
@@ -88,6 +91,7 @@ impl Metrics {
             index: HashMap::with_capacity_and_hasher(FAMILIES, Default::default()),
             lines: String::with_capacity(LINES_BYTES),
             samples: Vec::with_capacity(SAMPLES),
+            short: false,
         }
     }
 
@@ -113,6 +117,22 @@ impl Metrics {
         labels: &[(&str, &str)],
         value: impl Value,
     ) {
+        // The line's longest form (every label value escaped throughout),
+        // reserved fallibly: the pushes below then never allocate.
+        let longest = 64
+            + name.len()
+            + self.base_labels.len()
+            + labels
+                .iter()
+                .map(|(k, v)| k.len() + 2 * v.len() + 4)
+                .sum::<usize>();
+        if self.short
+            || self.lines.try_reserve(longest).is_err()
+            || self.samples.try_reserve(1).is_err()
+        {
+            self.short = true;
+            return;
+        }
         let start = self.lines.len();
         let out = &mut self.lines;
         out.push_str("nginx_memory_");
@@ -199,9 +219,18 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self) -> String {
-        let help_bytes: usize = self.families.iter().map(|f| f.help.len() + 64).sum();
-        let mut out = String::with_capacity(self.lines.len() + help_bytes);
+    /// The answer; `None` when memory ran out for it.
+    pub fn render(&self) -> Option<String> {
+        // A family's HELP and TYPE lines: 51 bytes, its name twice, its help.
+        let headers: usize = self
+            .families
+            .iter()
+            .map(|f| f.help.len() + 2 * f.name.len() + 64)
+            .sum();
+        let mut out = String::new();
+        if self.short || out.try_reserve(self.lines.len() + headers).is_err() {
+            return None;
+        }
         for f in &self.families {
             let kind = if f.kind == Kind::Counter {
                 "counter"
@@ -222,7 +251,7 @@ impl Metrics {
                 at = s.next;
             }
         }
-        out
+        Some(out)
     }
 }
 
@@ -297,7 +326,40 @@ fn push_escaped(out: &mut String, v: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::Value;
+    use super::{Kind, Metrics, Value};
+
+    /// More lines than the room made at first (48 KiB), two families
+    /// interleaved, label values to escape: every line once, each family's
+    /// together after its header, in the order written.
+    #[test]
+    fn a_big_answer_grows_and_keeps_each_family_together() {
+        let mut m = Metrics::new(&crate::analysis::assemble::tests::nginx());
+        let zone = "z\"o\\n\ne".repeat(40);
+        for i in 0..2_000u64 {
+            let slot = i.to_string();
+            let labels: &[(&str, &str)] = &[("zone", &zone), ("slot", &slot)];
+            m.add("a_bytes", Kind::Gauge, "A.", labels, i);
+            m.add_labelled("b_total", Kind::Counter, "B.", false, labels, -(i as i64));
+        }
+        let text = m.render().unwrap();
+        assert!(text.len() > 2 * (48 << 10));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4 + 4_000);
+        assert_eq!(lines[0], "# HELP nginx_memory_a_bytes A.");
+        assert_eq!(lines[1], "# TYPE nginx_memory_a_bytes gauge");
+        assert_eq!(lines[2_002], "# HELP nginx_memory_b_total B.");
+        assert_eq!(lines[2_003], "# TYPE nginx_memory_b_total counter");
+        let escaped = "z\\\"o\\\\n\\ne".repeat(40);
+        for i in 0..2_000usize {
+            assert!(lines[2 + i].starts_with("nginx_memory_a_bytes{pid=\""));
+            assert!(lines[2 + i].ends_with(&format!("zone=\"{escaped}\",slot=\"{i}\"}} {i}")));
+            assert_eq!(
+                lines[2_004 + i],
+                format!("nginx_memory_b_total{{zone=\"{escaped}\",slot=\"{i}\"}} -{i}")
+                    .replace(" -0", " 0")
+            );
+        }
+    }
 
     fn written(v: impl Value) -> String {
         let mut out = String::new();
