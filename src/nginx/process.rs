@@ -20,8 +20,9 @@ use crate::sources::glibc_heaps::{
 use crate::sources::procfs::{parse_syscall_stack_pointer, read_proc_file, Mapping, SmapsEntry};
 
 /// Room for the maps text made before it is read (it grows by doubling
-/// when there is more): a few hundred lines fit, and the buffer stays below
-/// the 64 KiB whose `free` makes glibc consolidate its fast bins.
+/// when there is more): about 300 lines fit, and the buffer alone stays
+/// below the 64 KiB whose `free` (merged with any free neighbour) makes
+/// glibc consolidate its fast bins.
 const MAPS_HINT_BYTES: usize = 32 << 10;
 
 /// `walk`: read `/proc/self/smaps` too (a page-table walk). `known`: address
