@@ -29,8 +29,24 @@ pub fn module_name(module: &ngx_module_t) -> Option<&str> {
     unsafe { CStr::from_ptr(module.name) }.to_str().ok()
 }
 
+/// Every answer asks for a few modules by name among the cycle's 60-odd:
+/// each name is compared only as far as it agrees (no length taken, no UTF-8
+/// check: those were 3% of the loop's part of an answer).
 pub fn module_by_name<'a>(cycle: &'a ngx_cycle_t, name: &str) -> Option<&'a ngx_module_t> {
-    modules(cycle).find(|m| module_name(m) == Some(name))
+    modules(cycle).find(|m| name_is(m, name))
+}
+
+/// Whether the module's name is `name`.
+fn name_is(module: &ngx_module_t, name: &str) -> bool {
+    if module.name.is_null() || name.bytes().any(|b| b == 0) {
+        return false;
+    }
+    let at = module.name as *const u8;
+    // SAFETY: nginx sets each module's name from its static, NUL-terminated
+    // name table. A byte is read only while every byte before it agreed with
+    // `name`, which holds no NUL: at the latest the name's own terminator
+    // disagrees, so no read passes it.
+    unsafe { name.bytes().enumerate().all(|(i, b)| *at.add(i) == b) && *at.add(name.len()) == 0 }
 }
 
 pub fn module_by_address(cycle: &ngx_cycle_t, address: *const c_void) -> Option<&ngx_module_t> {
