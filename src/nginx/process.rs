@@ -1,6 +1,7 @@
 //! Copies the process-wide figures of the breakdown: mappings, glibc's
 //! allocator, thread stacks and any other allocator in the process.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
 
@@ -17,13 +18,21 @@ use crate::sources::errors::SampleError;
 use crate::sources::glibc_heaps::{
     aligned_starts, is_private_anonymous_rw, link_heaps, main_arena_ranges, main_heap, HeapHeader,
 };
-use crate::sources::procfs::{parse_syscall_stack_pointer, read_proc_file, Mapping, SmapsEntry};
+use crate::sources::procfs::{
+    parse_syscall_stack_pointer, read_proc_file, Mapping, MapsCache, SmapsEntry,
+};
 
 /// Room for the maps text made before it is read (it grows by doubling
 /// when there is more): about 300 lines fit, and the buffer alone stays
 /// below the 64 KiB whose `free` (merged with any free neighbour) makes
 /// glibc consolidate its fast bins.
 const MAPS_HINT_BYTES: usize = 32 << 10;
+
+thread_local! {
+    /// The maps text this thread parsed last, with its mappings: a cache,
+    /// not a setting (an unchanged text is not parsed again).
+    static LAST_MAPS: RefCell<MapsCache> = RefCell::new(MapsCache::default());
+}
 
 /// `walk`: read `/proc/self/smaps` too (a page-table walk). `known`: address
 /// ranges already accounted for (LuaJIT's segments), not to be searched for
@@ -35,7 +44,7 @@ pub fn sample(
     chunks: super::chunks::Context,
 ) -> ProcessSamples {
     let maps = read_proc_file("/proc/self/maps", MAPS_HINT_BYTES)
-        .map(|text| Mapping::parse_all(&text).0)
+        .map(|text| LAST_MAPS.with_borrow_mut(|cache| cache.parse(text)))
         .map_err(|e| SampleError::os(&e));
     let smaps = walk.then(|| {
         read_proc_file("/proc/self/smaps", 1 << 20)

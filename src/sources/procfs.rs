@@ -196,6 +196,45 @@ impl Mapping {
     }
 }
 
+/// The last `/proc/self/maps` text parsed and its mappings: a worker's
+/// mappings seldom change between two answers (in the bench's steady state,
+/// 150 reads 20 ms apart gave one text), and the same text parses to the same
+/// mappings, so an unchanged text is not parsed again.
+#[derive(Default)]
+pub struct MapsCache {
+    text: String,
+    maps: Vec<Mapping>,
+}
+
+impl MapsCache {
+    /// Texts longer than this are parsed and not kept: the cache then holds
+    /// at most this much text and about as much of mappings.
+    pub const MAX_TEXT_BYTES: usize = 256 << 10;
+
+    /// The mappings of `text`: a copy of the kept ones when it is the text
+    /// parsed last. Short of memory it gives what it could make (the
+    /// failure is counted and the measuring given up, as `parse_all`'s).
+    pub fn parse(&mut self, text: String) -> Vec<Mapping> {
+        if !self.text.is_empty() && self.text == text {
+            let mut copy = Vec::new();
+            if copy.try_reserve_exact(self.maps.len()).is_ok() {
+                copy.extend(self.maps.iter().cloned());
+            }
+            return copy;
+        }
+        let maps = Mapping::parse_all(&text).0;
+        *self = MapsCache::default();
+        if text.len() <= Self::MAX_TEXT_BYTES {
+            let mut kept = Vec::new();
+            if kept.try_reserve_exact(maps.len()).is_ok() {
+                kept.extend(maps.iter().cloned());
+                *self = MapsCache { text, maps: kept };
+            }
+        }
+        maps
+    }
+}
+
 fn skip_blanks(s: &str) -> &str {
     let start = s
         .bytes()
@@ -546,6 +585,35 @@ mod tests {
         let (maps, malformed) = Mapping::parse_all(cut);
         assert!(!maps.is_empty());
         assert!(malformed <= 1);
+    }
+
+    #[test]
+    fn maps_cache_gives_what_a_parse_gives() {
+        let mut cache = MapsCache::default();
+        let full = Mapping::parse_all(MAPS_SAMPLE).0;
+        let half_text = &MAPS_SAMPLE[..MAPS_SAMPLE.rfind("\n7f").unwrap() + 1];
+        let half = Mapping::parse_all(half_text).0;
+        assert_ne!(full, half);
+        // Parsed, then copied while the text stays; a changed text is parsed
+        // anew, and the text before it is no longer taken for the kept one.
+        for (text, expected) in [
+            (MAPS_SAMPLE, &full),
+            (MAPS_SAMPLE, &full),
+            (half_text, &half),
+            (half_text, &half),
+            (MAPS_SAMPLE, &full),
+            ("", &Vec::new()),
+            ("", &Vec::new()),
+            (MAPS_SAMPLE, &full),
+        ] {
+            assert_eq!(&cache.parse(text.to_string()), expected);
+        }
+        // Too long a text is parsed, not kept.
+        let long = MAPS_SAMPLE.repeat(MapsCache::MAX_TEXT_BYTES / MAPS_SAMPLE.len() + 1);
+        let parsed = cache.parse(long.clone());
+        assert_eq!(parsed.len(), full.len() * (long.len() / MAPS_SAMPLE.len()));
+        assert!(cache.text.is_empty() && cache.maps.is_empty());
+        assert_eq!(cache.parse(long), parsed);
     }
 
     const SMAPS_SAMPLE: &str = include_str!("../../testdata/proc_smaps_nginx_worker.txt");
