@@ -16,7 +16,8 @@ use crate::analysis::breakdown::{
 use crate::model::breakdown::Depth;
 use crate::sources::errors::SampleError;
 use crate::sources::glibc_heaps::{
-    aligned_starts, is_private_anonymous_rw, link_heaps, main_arena_ranges, main_heap, HeapHeader,
+    aligned_starts, is_private_anonymous_rw, link_heaps, main_arena_ranges, main_heap,
+    reservation_bytes, HeapHeader,
 };
 use crate::sources::procfs::{
     parse_syscall_stack_pointer, read_proc_file, Mapping, MapsCache, SmapsEntry,
@@ -205,11 +206,15 @@ fn find_heaps(maps: &[Mapping], arena_bytes: u64) -> Result<GlibcHeaps, SampleEr
     // Candidate arena heaps: aligned starts in anonymous read-write mappings,
     // read only where the page is present (a header is always written).
     let mut candidates = Vec::new();
-    for m in maps.iter().filter(|m| is_private_anonymous_rw(m)) {
+    for (at, m) in maps.iter().enumerate() {
+        if !is_private_anonymous_rw(m) {
+            continue;
+        }
         for start in aligned_starts(m.start, m.end) {
             if start + 32 <= m.end && PageWindow::new(start + page).present(start) == Some(true) {
                 if let Some(words) = super::chunks::read_words::<4>(start) {
-                    candidates.push((start, HeapHeader::from_words(words), m.end - start));
+                    let reserved = reservation_bytes(maps, at, start);
+                    candidates.push((start, HeapHeader::from_words(words), reserved));
                 }
             }
         }

@@ -56,9 +56,10 @@ pub fn aligned_starts(start: u64, end: u64) -> impl Iterator<Item = u64> {
 }
 
 /// Is the header at `start` one glibc wrote, given how many bytes from `start`
-/// are readable and writable (`writable_bytes`)? Checks only what holds for
-/// every arena heap; the arena itself is checked by [`link_heaps`].
-fn plausible(start: u64, h: &HeapHeader, writable_bytes: u64, page_size: u64) -> bool {
+/// the maps listed as the heap's reservation (`reserved_bytes`, see
+/// [`reservation_bytes`])? Checks only what holds for every arena heap; the
+/// arena itself is checked by [`link_heaps`].
+fn plausible(start: u64, h: &HeapHeader, reserved_bytes: u64, page_size: u64) -> bool {
     let page_multiple = |n: u64| page_size != 0 && n % page_size == 0;
     start % HEAP_MAX_BYTES == 0
         && h.size > 0
@@ -67,7 +68,7 @@ fn plausible(start: u64, h: &HeapHeader, writable_bytes: u64, page_size: u64) ->
         && h.mprotect_size >= h.size
         && h.mprotect_size <= HEAP_MAX_BYTES
         && page_multiple(h.mprotect_size)
-        && h.size <= writable_bytes
+        && h.size <= reserved_bytes
         && h.arena % 8 == 0
         && h.prev % HEAP_MAX_BYTES == 0
 }
@@ -78,13 +79,31 @@ fn arena_follows(start: u64, arena: u64) -> bool {
         .is_some_and(|offset| ARENA_AFTER_HEADER.contains(&offset))
 }
 
-/// The arena heaps among candidate headers (`(start, header, writable_bytes)`):
+/// Bytes from `start` (inside `maps[at]`) to the end of the run of adjacent
+/// private anonymous mappings that begins with `maps[at]`, within one heap's
+/// reservation: the read-write part and the inaccessible rest a heap grows
+/// into. The header is read live, after the maps: a heap that grew in between
+/// (the measuring's own allocations grow its thread's heap) has a `size`
+/// beyond the read-write part the maps listed, never beyond its reservation.
+pub fn reservation_bytes(maps: &[Mapping], at: usize, start: u64) -> u64 {
+    let limit = start.saturating_add(HEAP_MAX_BYTES);
+    let mut end = maps.get(at).map_or(start, |m| m.end);
+    for m in maps.iter().skip(at + 1) {
+        if m.start != end || end >= limit || !m.path.is_empty() || m.shared || m.exec {
+            break;
+        }
+        end = m.end;
+    }
+    end.min(limit).saturating_sub(start)
+}
+
+/// The arena heaps among candidate headers (`(start, header, reserved_bytes)`):
 /// an arena's first heap holds its arena right after the header and has no
 /// `prev`; any later heap names that arena and a `prev` heap of the same arena.
 pub fn link_heaps(candidates: &[(u64, HeapHeader, u64)], page_size: u64) -> Vec<ArenaHeap> {
     let plausible: Vec<&(u64, HeapHeader, u64)> = candidates
         .iter()
-        .filter(|(start, h, writable)| plausible(*start, h, *writable, page_size))
+        .filter(|(start, h, reserved)| plausible(*start, h, *reserved, page_size))
         .collect();
     let first_of = |arena: u64| {
         plausible
@@ -194,7 +213,7 @@ mod tests {
         let refused = |start: u64, h: HeapHeader, writable: u64| {
             link_heaps(&[(start, h, writable)], PAGE).is_empty()
         };
-        // The arena far from the header, a size beyond the writable part, odd
+        // The arena far from the header, a size beyond the reservation, odd
         // sizes, mprotect_size below size, a misaligned start or prev.
         assert!(refused(H1, header(H1 + 4096, 0, PAGE), PAGE));
         assert!(refused(H1, header(arena, 0, 2 * PAGE), PAGE));
@@ -220,6 +239,48 @@ mod tests {
         assert_eq!(found.len(), 1);
         // Zeroed memory is no heap.
         assert!(refused(H1, header(0, 0, 0), PAGE));
+    }
+
+    #[test]
+    fn a_reservation_runs_through_the_inaccessible_rest() {
+        let anon = |start: u64, end: u64, write: bool| Mapping {
+            start,
+            end,
+            read: write,
+            write,
+            exec: false,
+            shared: false,
+            offset: 0,
+            inode: 0,
+            path: Default::default(),
+        };
+        let grown = H1 + 300 * PAGE;
+        let maps = [
+            anon(H1 - PAGE, H1, true),
+            anon(H1, H1 + 33 * PAGE, true),
+            anon(H1 + 33 * PAGE, H2, false),
+            anon(H2, H2 + PAGE, true),
+        ];
+        // The read-write part and the rest up to the next heap's start: a
+        // header that grew to `grown` since the maps were read is plausible.
+        assert_eq!(reservation_bytes(&maps, 1, H1), HEAP_MAX_BYTES);
+        let header_now = header(H1 + 48, 0, grown - H1);
+        assert_eq!(
+            link_heaps(&[(H1, header_now, reservation_bytes(&maps, 1, H1))], PAGE).len(),
+            1
+        );
+        // A gap, a file or a shared mapping ends the run.
+        let mut gap = maps.clone();
+        gap[2].start += PAGE;
+        assert_eq!(reservation_bytes(&gap, 1, H1), 33 * PAGE);
+        let mut file = maps.clone();
+        file[2].path = "/lib/x.so".into();
+        assert_eq!(reservation_bytes(&file, 1, H1), 33 * PAGE);
+        let mut shared = maps.clone();
+        shared[2].shared = true;
+        assert_eq!(reservation_bytes(&shared, 1, H1), 33 * PAGE);
+        // A start past the mapping's own start counts from there.
+        assert_eq!(reservation_bytes(&maps, 0, H1 - PAGE), HEAP_MAX_BYTES);
     }
 
     #[test]
