@@ -292,12 +292,14 @@ pub struct ProgramDataSample {
 
 /// Pages of a private file mapping that are anonymous copies: present, and not
 /// a file page (`/proc/PID/pagemap`: bit 63 present, bit 61 file or shared).
-pub fn copied_pages(pagemap_entries: &[u64]) -> u64 {
+/// `pagemap` is the file's bytes as read: one native-endian `u64` a page.
+pub fn copied_pages(pagemap: &[u8]) -> u64 {
     const PRESENT: u64 = 1 << 63;
     const FILE_OR_SHARED: u64 = 1 << 61;
-    pagemap_entries
-        .iter()
-        .filter(|&&e| e & PRESENT != 0 && e & FILE_OR_SHARED == 0)
+    pagemap
+        .chunks_exact(8)
+        .map(|entry| u64::from_ne_bytes(entry.try_into().unwrap_or([0; 8])))
+        .filter(|&e| e & PRESENT != 0 && e & FILE_OR_SHARED == 0)
         .count() as u64
 }
 
@@ -1231,10 +1233,12 @@ mod tests {
         let present = 1u64 << 63;
         let file = 1u64 << 61;
         let swapped = 1u64 << 62;
-        assert_eq!(
-            copied_pages(&[present, present | file, 0, swapped, present | 1 << 56]),
-            2
-        );
+        let bytes =
+            |entries: &[u64]| -> Vec<u8> { entries.iter().flat_map(|e| e.to_ne_bytes()).collect() };
+        let entries = bytes(&[present, present | file, 0, swapped, present | 1 << 56]);
+        assert_eq!(copied_pages(&entries), 2);
+        // A short read's partial entry is not a page.
+        assert_eq!(copied_pages(&entries[..entries.len() - 1]), 1);
         assert_eq!(copied_pages(&[]), 0);
     }
 

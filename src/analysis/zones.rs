@@ -95,7 +95,7 @@ impl Serialize for Slots {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
         for (size, counts) in &self.0 {
-            map.serialize_entry(&size.to_string(), counts)?;
+            map.serialize_entry(size, counts)?;
         }
         map.end()
     }

@@ -99,11 +99,7 @@ fn sample_program_data(ranges: &ProgramDataRanges) -> Result<ProgramDataSample, 
         pagemap
             .read_exact_at(&mut buf, start / page * 8)
             .map_err(|e| SampleError::file("pagemap", &e))?;
-        let entries: Vec<u64> = buf
-            .chunks_exact(8)
-            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect();
-        sample.copied_bytes += copied_pages(&entries) * page;
+        sample.copied_bytes += copied_pages(&buf) * page;
     }
     for &(start, end) in &ranges.bss {
         let m = Mapping {

@@ -29,14 +29,29 @@ pub fn mincore(start: usize, len: usize, page: usize, vec: &mut [u8]) -> std::io
     }
 }
 
+/// Pages up to which `resident_pages` needs no allocation (16 MiB of 4 KiB
+/// pages; 4 KiB of the caller's stack).
+const SMALL_RANGE_PAGES: usize = 4096;
+
 /// Pages of `[addr, addr + size)` resident in memory, by `mincore`. For shared
 /// memory that is pages any process has touched, not only this one.
 pub fn resident_pages(addr: usize, size: usize, page_size: usize) -> Result<u64, ResidencyError> {
     if addr == 0 || size == 0 || page_size == 0 {
         return Ok(0);
     }
-    let mut vec = vec![0u8; size.div_ceil(page_size)];
-    mincore(addr, size, page_size, &mut vec).map_err(|e| ResidencyError::Mincore(e.to_string()))?;
+    let pages = size.div_ceil(page_size);
+    // Most ranges (stacks, `.bss`, heaps, small zones) fit a buffer on the
+    // stack: no allocation for each of an answer's dozens of ranges.
+    let mut small = [0u8; SMALL_RANGE_PAGES];
+    let mut big = Vec::new();
+    let vec: &mut [u8] = match small.get_mut(..pages) {
+        Some(small) => small,
+        None => {
+            big.resize(pages, 0);
+            &mut big
+        }
+    };
+    mincore(addr, size, page_size, vec).map_err(|e| ResidencyError::Mincore(e.to_string()))?;
     Ok(vec.iter().filter(|&&b| b & 1 != 0).count() as u64)
 }
 
